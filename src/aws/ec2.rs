@@ -1,0 +1,232 @@
+//! Instance lookups through DescribeInstances.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use aws_sdk_ec2::types::{Filter, Instance};
+use futures_util::future::try_join_all;
+
+use super::errors::{Attempt, from_sdk};
+use super::{Clients, Scope};
+use crate::sanitize::terminal_safe;
+use crate::target::{Addresses, Target};
+
+/// What eic-connect needs to know about an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// The `Name` tag, as AWS returned it (may hold anything: sanitise before printing).
+    pub name: Option<String>,
+    pub state: String,
+    pub addresses: Addresses,
+    pub availability_zone: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub image_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub metadata_endpoint: Option<String>,
+}
+
+impl InstanceInfo {
+    /// One line for listings: id, name, state, addresses — all terminal-safe.
+    pub fn summary(&self) -> String {
+        let name = self.name.as_deref().map(terminal_safe).unwrap_or_default();
+        let mut addrs: Vec<String> = Vec::new();
+        if let Some(ip) = self.addresses.public_ip {
+            addrs.push(format!("public {ip}"));
+        }
+        if let Some(ip) = self.addresses.private_ip {
+            addrs.push(format!("private {ip}"));
+        }
+        if let Some(ip) = self.addresses.ipv6.first() {
+            addrs.push(format!("ipv6 {ip}"));
+        }
+        let name = if name.is_empty() { "-".into() } else { format!("{name:?}") };
+        format!("{}  {}  {}  {}", self.id, name, self.state, addrs.join(", "))
+    }
+
+    fn from_sdk(inst: &Instance) -> Option<InstanceInfo> {
+        let id = inst.instance_id()?.to_owned();
+        let parse_v4 = |s: Option<&str>| s.and_then(|s| s.parse().ok());
+        let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        let mut ipv6: Vec<_> = inst.ipv6_address().and_then(|s| s.parse().ok()).into_iter().collect();
+        for ni in inst.network_interfaces() {
+            for a in ni.ipv6_addresses() {
+                if let Some(ip) = a.ipv6_address().and_then(|s| s.parse().ok())
+                    && !ipv6.contains(&ip)
+                {
+                    ipv6.push(ip);
+                }
+            }
+        }
+        Some(InstanceInfo {
+            name: inst
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("Name"))
+                .and_then(|t| t.value())
+                .map(str::to_owned),
+            state: inst
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_else(|| "unknown".into()),
+            addresses: Addresses {
+                public_ip: parse_v4(inst.public_ip_address()),
+                private_ip: parse_v4(inst.private_ip_address()),
+                ipv6,
+                public_dns: non_empty(inst.public_dns_name()),
+                private_dns: non_empty(inst.private_dns_name()),
+            },
+            availability_zone: inst.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+            vpc_id: inst.vpc_id().map(str::to_owned),
+            subnet_id: inst.subnet_id().map(str::to_owned),
+            image_id: inst.image_id().map(str::to_owned),
+            instance_type: inst.instance_type().map(|t| t.as_str().to_owned()),
+            metadata_endpoint: inst
+                .metadata_options()
+                .and_then(|m| m.http_endpoint())
+                .map(|e| e.as_str().to_owned()),
+            id,
+        })
+    }
+}
+
+/// Instances in these states can be looked up by name or address; terminated
+/// ones linger in the API for an hour and would only cause ambiguity.
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// The filter sets to query for a target; several sets are queried
+/// concurrently and their results merged (EC2 ANDs filters within a call).
+pub fn filter_sets(target: &Target) -> Vec<Vec<(String, String)>> {
+    let one = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
+    match target {
+        Target::InstanceId(_) => Vec::new(),
+        Target::Ip(IpAddr::V4(ip)) => {
+            vec![one("ip-address", &ip.to_string()), one("private-ip-address", &ip.to_string())]
+        }
+        Target::Ip(IpAddr::V6(ip)) => {
+            vec![one("network-interface.ipv6-addresses.ipv6-address", &ip.to_string())]
+        }
+        Target::DnsName(name) => vec![one("dns-name", name), one("private-dns-name", name)],
+        Target::Name(name) if name.contains('.') => vec![
+            one("tag:Name", name),
+            one("dns-name", &name.to_ascii_lowercase()),
+            one("private-dns-name", &name.to_ascii_lowercase()),
+        ],
+        Target::Name(name) => vec![one("tag:Name", name)],
+    }
+}
+
+/// Finds the instances a target names. Zero, one or several: the caller
+/// decides what each means.
+pub async fn find(clients: &Clients, target: &Target) -> anyhow::Result<Vec<InstanceInfo>> {
+    let at = Attempt { op: "DescribeInstances", scope: &clients.scope, instance_id: None, os_user: None };
+    if let Target::InstanceId(id) = target {
+        let result = clients.ec2.describe_instances().instance_ids(id).send().await;
+        return match result {
+            Ok(out) => Ok(collect(out.reservations())),
+            Err(err) if err.as_service_error().and_then(|e| e.meta().code()) == Some("InvalidInstanceID.NotFound") => {
+                Ok(Vec::new())
+            }
+            Err(err) => Err(from_sdk(err, &Attempt { instance_id: Some(id), ..at })),
+        };
+    }
+    let queries = filter_sets(target).into_iter().map(|set| describe_filtered(clients, set, at));
+    let mut merged: BTreeMap<String, InstanceInfo> = BTreeMap::new();
+    for batch in try_join_all(queries).await? {
+        for inst in batch {
+            merged.entry(inst.id.clone()).or_insert(inst);
+        }
+    }
+    Ok(merged.into_values().collect())
+}
+
+/// Most matches eic-connect will collect for one target; a pattern matching
+/// more than this is not naming an instance.
+const MAX_MATCHES: usize = 1000;
+
+async fn describe_filtered(
+    clients: &Clients,
+    set: Vec<(String, String)>,
+    at: Attempt<'_>,
+) -> anyhow::Result<Vec<InstanceInfo>> {
+    let mut request = clients.ec2.describe_instances();
+    for (name, value) in set {
+        request = request.filters(Filter::builder().name(name).values(value).build());
+    }
+    request = request.filters(
+        Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(LIVE_STATES.iter().map(|s| (*s).to_owned()).collect()))
+            .build(),
+    );
+    let mut pages = request.into_paginator().send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|err| from_sdk(err, &at))?;
+        found.extend(collect(page.reservations()));
+        if found.len() >= MAX_MATCHES {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+fn collect(reservations: &[aws_sdk_ec2::types::Reservation]) -> Vec<InstanceInfo> {
+    reservations
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(InstanceInfo::from_sdk)
+        .collect()
+}
+
+/// Describes the search for "no instance matches" messages.
+pub fn search_description(target: &Target, scope: &Scope) -> String {
+    format!("{target} ({})", scope.describe())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_per_target_kind() {
+        let names = |t: &Target| -> Vec<String> {
+            filter_sets(t).into_iter().map(|s| s.into_iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&")).collect()
+        };
+        assert_eq!(names(&Target::Name("web-1".into())), ["tag:Name=web-1"]);
+        assert_eq!(
+            names(&Target::Name("Web.Prod".into())),
+            ["tag:Name=Web.Prod", "dns-name=web.prod", "private-dns-name=web.prod"]
+        );
+        assert_eq!(
+            names(&Target::Ip("10.0.0.5".parse().unwrap())),
+            ["ip-address=10.0.0.5", "private-ip-address=10.0.0.5"]
+        );
+        assert_eq!(
+            names(&Target::Ip("2600::5".parse().unwrap())),
+            ["network-interface.ipv6-addresses.ipv6-address=2600::5"]
+        );
+        assert_eq!(
+            names(&Target::DnsName("ip-10-0-0-5.ec2.internal".into())),
+            ["dns-name=ip-10-0-0-5.ec2.internal", "private-dns-name=ip-10-0-0-5.ec2.internal"]
+        );
+        assert!(filter_sets(&Target::InstanceId("i-01234567".into())).is_empty());
+    }
+
+    #[test]
+    fn summary_is_terminal_safe() {
+        let info = InstanceInfo {
+            id: "i-01234567".into(),
+            name: Some("evil\x1b[2Jname\n".into()),
+            state: "running".into(),
+            addresses: Addresses { private_ip: Some("10.0.0.5".parse().unwrap()), ..Default::default() },
+            ..Default::default()
+        };
+        let line = info.summary();
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line}");
+        assert!(line.contains("private 10.0.0.5"));
+        assert!(line.starts_with("i-01234567  "));
+    }
+}

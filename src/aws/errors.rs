@@ -1,0 +1,311 @@
+//! What every AWS error the tool can meet means, and what to do about it.
+//!
+//! Errors are matched on their **code** (the HTTP status varies between the
+//! documentation and the service). Messages from AWS are shown after being
+//! made terminal-safe.
+
+use std::error::Error as StdError;
+use std::fmt::Debug;
+
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::Scope;
+use crate::error::Failure;
+use crate::sanitize::terminal_safe;
+
+/// What was being attempted when an error came back.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The API operation, e.g. `SendSSHPublicKey`.
+    pub op: &'static str,
+    pub scope: &'a Scope,
+    pub instance_id: Option<&'a str>,
+    pub os_user: Option<&'a str>,
+}
+
+impl Attempt<'_> {
+    fn instance(&self) -> &str {
+        self.instance_id.unwrap_or("the instance")
+    }
+
+    fn user(&self) -> &str {
+        self.os_user.unwrap_or("the OS user")
+    }
+}
+
+/// Turns an SDK error into a failure with a message and hints.
+pub fn from_sdk<E, R>(err: SdkError<E, R>, at: &Attempt<'_>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    R: Debug + Send + Sync + 'static,
+{
+    let failure = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            explain(e.code().unwrap_or("Unknown"), e.message().unwrap_or(""), at)
+        }
+        SdkError::TimeoutError(_) => timed_out(at),
+        SdkError::DispatchFailure(dispatch) => {
+            if let Some(cause) = credentials_problem(&err) {
+                no_credentials(at, &cause)
+            } else if dispatch.is_timeout() {
+                timed_out(at)
+            } else {
+                unreachable_endpoint(at, &chain_text(&err))
+            }
+        }
+        SdkError::ResponseError(_) => Failure::new(format!(
+            "{} returned a response eic-connect could not read ({})",
+            at.op,
+            chain_text(&err)
+        ))
+        .hint("check AWS_ENDPOINT_URL if you set one; otherwise this is worth a bug report"),
+        _ => {
+            let text = chain_text(&err);
+            if let Some(cause) = credentials_problem(&err) {
+                no_credentials(at, &cause)
+            } else if text.contains("signing region") {
+                Failure::new("no AWS region is configured").hint("pass --region REGION, or set AWS_REGION")
+            } else {
+                Failure::new(format!("could not call {}: {text}", at.op))
+            }
+        }
+    };
+    anyhow::Error::new(failure)
+}
+
+/// The source chain of an error on one line (the SDK's Display is terse).
+fn chain_text(err: &(dyn StdError + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    terminal_safe(&parts.join(": ")).into_owned()
+}
+
+/// Finds a credentials-provider failure anywhere in the chain.
+fn credentials_problem(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return Some(chain_text(cause));
+        }
+        source = cause.source();
+    }
+    let text = chain_text(err);
+    (text.contains("credentials") || text.contains("profile")).then_some(text)
+}
+
+fn timed_out(at: &Attempt<'_>) -> Failure {
+    Failure::new(format!("{} timed out ({})", at.op, at.scope.describe()))
+        .hint("check your network connection or proxy (HTTPS_PROXY) settings")
+        .hint("raise the limit with --api-timeout SECONDS if the network is slow")
+}
+
+fn unreachable_endpoint(at: &Attempt<'_>, cause: &str) -> Failure {
+    Failure::new(format!("could not reach the AWS API for {} ({}): {cause}", at.op, at.scope.describe()))
+        .hint("check your network connection, proxy settings and the region name")
+        .hint("if AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_EC2 is set, check that it points at a live endpoint")
+}
+
+fn no_credentials(at: &Attempt<'_>, cause: &str) -> Failure {
+    Failure::new(format!("no usable AWS credentials ({}): {cause}", at.scope.describe()))
+        .hint("configure credentials: `aws configure`, `aws sso login --profile NAME`, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        .hint("choose a profile with --profile NAME or AWS_PROFILE")
+}
+
+/// Message and hints for an AWS error code.
+pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
+    let msg = terminal_safe(message);
+    let said = if msg.is_empty() { String::new() } else { format!(": {msg}") };
+    let where_ = at.scope.describe();
+    let id = at.instance();
+    let user = at.user();
+    let op = at.op;
+    match code {
+        // ---- EC2 Instance Connect (SendSSHPublicKey and friends) ----
+        "AuthException" => Failure::new(format!("not allowed to push a key to {id} as OS user {user}{said}"))
+            .hint(format!(
+                "your IAM identity needs ec2-instance-connect:{op} on arn:aws:ec2:{}:<account>:instance/{id}",
+                at.scope.region
+            ))
+            .hint(format!("if the policy has an ec2:osuser condition, it must allow \"{user}\" (choose another with --os-user)"))
+            .hint("check which identity is in use: aws sts get-caller-identity"),
+        "EC2InstanceNotFoundException" => {
+            Failure::new(format!("EC2 Instance Connect cannot find instance {id} ({where_}){said}"))
+                .hint("check --region and --profile: the instance must be in that account and region")
+        }
+        "EC2InstanceStateInvalidException" => Failure::new(format!("instance {id} is not running{said}"))
+            .hint(format!("start it: aws ec2 start-instances --instance-ids {id}")),
+        "EC2InstanceUnavailableException" => Failure::new(format!("instance {id} is temporarily unavailable{said}"))
+            .hint("try again in a few seconds; if it just started, give it a minute to boot"),
+        "InvalidArgsException" => Failure::new(format!("EC2 Instance Connect rejected the request{said}"))
+            .hint(format!("check the OS user name \"{user}\" (1-32 characters) and the instance id {id}")),
+        "ThrottlingException" => Failure::new(format!("too many key pushes: {op} is being throttled{said}"))
+            .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
+            .hint("in loops (scp, rsync, Ansible) reuse one connection with ssh ControlMaster instead of pushing per call"),
+        "ServiceException" => Failure::new(format!("EC2 Instance Connect had an internal error{said}"))
+            .hint("this is on the AWS side and usually passes: try again shortly"),
+        "EC2InstanceTypeInvalidException" => {
+            Failure::new(format!("instance {id} does not support the serial console{said}"))
+                .hint("the serial console needs a Nitro-based instance type")
+        }
+        "SerialConsoleAccessDisabledException" => {
+            Failure::new(format!("serial console access is disabled for this account ({where_})"))
+                .hint("enable it: aws ec2 enable-serial-console-access")
+        }
+        "SerialConsoleSessionLimitExceededException" => {
+            Failure::new(format!("instance {id} already has a serial console session"))
+                .hint("only one session is allowed: wait about 30 seconds after the last one ended")
+        }
+        "SerialConsoleSessionUnavailableException" => {
+            Failure::new(format!("the serial console of {id} is unavailable right now{said}"))
+                .hint("try again shortly; if it persists, reboot the instance")
+        }
+        "SerialConsoleSessionUnsupportedException" => {
+            Failure::new(format!("instance {id} does not support serial console sessions{said}"))
+                .hint("reboot the instance, or use a Nitro-based instance type")
+        }
+
+        // ---- EC2 (DescribeInstances and friends) ----
+        "InvalidInstanceID.NotFound" => Failure::new(format!("no instance {id} ({where_})"))
+            .hint("check --region and --profile: instance ids are per account and region"),
+        "InvalidInstanceID.Malformed" => Failure::usage(format!("{id} is not a valid instance id{said}"))
+            .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"),
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+            let action = match op {
+                "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => format!("ec2-instance-connect:{op}"),
+                _ => format!("ec2:{op}"),
+            };
+            Failure::new(format!("not authorized to call {op} ({where_})"))
+                .hint(format!("your IAM identity needs {action}"))
+                .hint("check which identity is in use: aws sts get-caller-identity")
+        }
+        "RequestLimitExceeded" | "Throttling" | "EC2ThrottledException" | "TooManyRequestsException" => {
+            Failure::new(format!("{op} is being throttled by AWS{said}"))
+                .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
+        }
+        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
+            Failure::new(format!("the EC2 API had an internal error during {op}{said}"))
+                .hint("this is on the AWS side and usually passes: try again shortly")
+        }
+        "AuthFailure" | "InvalidClientTokenId" | "UnrecognizedClientException" | "IncompleteSignature" => {
+            Failure::new(format!("AWS did not accept the credentials ({where_}){said}"))
+                .hint("check the access key and profile in use: aws sts get-caller-identity")
+                .hint("`aws configure` or `aws sso login --profile NAME` sets up working credentials")
+        }
+        "SignatureDoesNotMatch" | "InvalidSignatureException" => {
+            Failure::new(format!("AWS rejected the request signature ({where_}){said}"))
+                .hint("check that the secret access key belongs to the access key id")
+                .hint("check that this machine's clock is correct")
+        }
+        "ExpiredToken" | "ExpiredTokenException" | "RequestExpired" => {
+            Failure::new(format!("the AWS credentials or request have expired ({where_}){said}"))
+                .hint("refresh them: `aws sso login --profile NAME`, or fetch new session credentials")
+                .hint("check that this machine's clock is correct")
+        }
+        "OptInRequired" => Failure::new(format!("the account is not subscribed to EC2 in {}{said}", at.scope.region))
+            .hint("opt in to the region in the AWS console, or choose another with --region"),
+        "Blocked" | "PendingVerification" => {
+            Failure::new(format!("the account cannot use EC2 in {} yet{said}", at.scope.region))
+                .hint("contact AWS Support about the account's status")
+        }
+        "InvalidParameterValue" | "InvalidParameterCombination" | "InvalidParameter" | "InvalidFilter"
+        | "MissingParameter" | "UnknownParameter" | "InvalidAction" | "InvalidNextToken"
+        | "ValidationError" | "ValidationException" => Failure::new(format!("AWS rejected the {op} request ({code}){said}"))
+            .hint("if the target you gave is valid, this is a bug in eic-connect: please report it"),
+        other => Failure::new(format!("{op} failed with AWS error {}{said}", terminal_safe(other)))
+            .hint(format!("look up \"{}\" in the AWS documentation for {op}", terminal_safe(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at<'a>(op: &'static str, scope: &'a Scope) -> Attempt<'a> {
+        Attempt { op, scope, instance_id: Some("i-0123456789abcdef0"), os_user: Some("ec2-user") }
+    }
+
+    /// Every code the tool can meet has its own message and at least one hint.
+    #[test]
+    fn every_known_code_has_a_specific_message_and_hint() {
+        let scope = Scope { region: "eu-west-1".into(), profile: Some("dev".into()) };
+        let push_codes = [
+            "AuthException",
+            "EC2InstanceNotFoundException",
+            "EC2InstanceStateInvalidException",
+            "EC2InstanceUnavailableException",
+            "InvalidArgsException",
+            "ThrottlingException",
+            "ServiceException",
+            "EC2InstanceTypeInvalidException",
+            "SerialConsoleAccessDisabledException",
+            "SerialConsoleSessionLimitExceededException",
+            "SerialConsoleSessionUnavailableException",
+            "SerialConsoleSessionUnsupportedException",
+        ];
+        let ec2_codes = [
+            "InvalidInstanceID.NotFound",
+            "InvalidInstanceID.Malformed",
+            "UnauthorizedOperation",
+            "RequestLimitExceeded",
+            "InternalError",
+            "Unavailable",
+            "AuthFailure",
+            "InvalidClientTokenId",
+            "UnrecognizedClientException",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "RequestExpired",
+            "OptInRequired",
+            "Blocked",
+            "InvalidParameterValue",
+            "InvalidFilter",
+        ];
+        let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope)).message;
+        for (op, codes) in [("SendSSHPublicKey", &push_codes[..]), ("DescribeInstances", &ec2_codes[..])] {
+            for code in codes {
+                let f = explain(code, "detail from AWS", &at(op, &scope));
+                assert!(!f.hints.is_empty(), "{code} has no hint");
+                assert!(!f.message.contains("failed with AWS error"), "{code} fell through: {}", f.message);
+                assert_ne!(f.message, fallback);
+            }
+        }
+    }
+
+    #[test]
+    fn auth_exception_names_the_action_and_user() {
+        let scope = Scope { region: "eu-west-1".into(), profile: None };
+        let f = explain("AuthException", "Not authorized", &at("SendSSHPublicKey", &scope));
+        assert!(f.message.contains("i-0123456789abcdef0") && f.message.contains("ec2-user"));
+        let hints = f.hints.join("\n");
+        assert!(hints.contains("ec2-instance-connect:SendSSHPublicKey"));
+        assert!(hints.contains("ec2:osuser"));
+        assert!(hints.contains("arn:aws:ec2:eu-west-1:"));
+    }
+
+    #[test]
+    fn not_found_names_region_and_profile() {
+        let scope = Scope { region: "eu-west-1".into(), profile: Some("dev".into()) };
+        let f = explain("InvalidInstanceID.NotFound", "", &at("DescribeInstances", &scope));
+        assert!(f.message.contains("region eu-west-1, profile dev"), "{}", f.message);
+    }
+
+    #[test]
+    fn unknown_codes_and_hostile_messages_are_shown_safely() {
+        let scope = Scope { region: "us-east-1".into(), profile: None };
+        let f = explain("Weird\x1b[2J", "evil\x1b]0;x\x07", &at("DescribeInstances", &scope));
+        assert!(!f.message.contains('\x1b') && !f.message.contains('\x07'), "{}", f.message);
+        assert!(f.message.contains("Weird\\u{1b}[2J"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Everything that talks to AWS: the SDK configuration (built in one place),
+//! instance lookups, the key push, and what each AWS error means to a user.
+
+pub mod ec2;
+pub mod errors;
+pub mod push;
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::error::{Failure, fail};
+
+/// AWS settings from the command line (and their environment variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Limit for one attempt of one API call.
+    pub attempt_timeout: Duration,
+}
+
+/// Where an API call went, for messages: region and profile as resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub region: String,
+    pub profile: Option<String>,
+}
+
+impl Scope {
+    /// `region us-east-1, profile dev` (the profile only when one is set).
+    pub fn describe(&self) -> String {
+        match &self.profile {
+            Some(p) => format!("region {}, profile {}", self.region, crate::sanitize::terminal_safe(p)),
+            None => format!("region {}", self.region),
+        }
+    }
+}
+
+/// SDK clients for one region and identity.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub eic: aws_sdk_ec2instanceconnect::Client,
+    pub scope: Scope,
+}
+
+/// Resolves region and credentials the standard way (environment, shared
+/// config and credentials files, SSO, IMDS), with `--profile` and
+/// `--region` taking precedence. Makes no API call: credentials are fetched
+/// lazily by the first request.
+pub async fn load_config(settings: &AwsSettings) -> anyhow::Result<SdkConfig> {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3).min(settings.attempt_timeout))
+        .operation_attempt_timeout(settings.attempt_timeout)
+        .operation_timeout(settings.attempt_timeout * 3)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(profile) = &settings.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        let mut failure = Failure::new("no AWS region is configured")
+            .hint("pass --region REGION, or set AWS_REGION");
+        failure = match &settings.profile {
+            Some(p) => failure.hint(format!("or add `region = …` to profile {p} in ~/.aws/config")),
+            None => failure.hint("or add `region = …` to ~/.aws/config"),
+        };
+        return fail(failure);
+    }
+    Ok(config)
+}
+
+impl Clients {
+    pub fn new(config: &SdkConfig, settings: &AwsSettings) -> Clients {
+        let ec2 = aws_sdk_ec2::Client::new(config);
+        let eic_config = aws_sdk_ec2instanceconnect::config::Builder::from(config)
+            .retry_classifier(push::retry_classifier())
+            .build();
+        let eic = aws_sdk_ec2instanceconnect::Client::from_conf(eic_config);
+        let scope = Scope {
+            region: config.region().map(|r| r.to_string()).unwrap_or_default(),
+            profile: settings
+                .profile
+                .clone()
+                .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty())),
+        };
+        Clients { ec2, eic, scope }
+    }
+}
+
+/// Resolves the region that would be used, for `--dry-run`, without building
+/// clients.
+pub async fn scope_for_dry_run(settings: &AwsSettings) -> anyhow::Result<Scope> {
+    let config = load_config(settings).await?;
+    Ok(Clients::new(&config, settings).scope)
+}

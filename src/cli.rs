@@ -1,0 +1,307 @@
+//! The command line: eic-connect's own options plus ssh's, in ssh's grammar.
+//!
+//! `eic-connect [OPTIONS] [USER@]TARGET [COMMAND [ARG...]]`. Options may come
+//! before or after the destination (as with ssh); the first word after the
+//! destination that is not an option starts the remote command, which is
+//! taken verbatim.
+
+use std::ffi::OsString;
+
+use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
+
+/// ssh's short options that take no value (OpenSSH 9), passed through.
+/// `-v` is ours too (it also turns on our own tracing) and `-V` prints our
+/// version, so neither is listed here.
+const SSH_FLAGS: &[(char, &str)] = &[
+    ('4', "Use IPv4 addresses only"),
+    ('6', "Use IPv6 addresses only"),
+    ('A', "Forward the authentication agent"),
+    ('a', "Disable agent forwarding"),
+    ('C', "Compress the connection"),
+    ('f', "Go to background after authentication"),
+    ('G', "Print ssh's configuration and exit"),
+    ('g', "Allow remote hosts to connect to forwarded ports"),
+    ('K', "Enable GSSAPI authentication"),
+    ('k', "Disable GSSAPI credential forwarding"),
+    ('M', "Master mode for connection sharing"),
+    ('N', "Do not run a remote command (port forwarding only)"),
+    ('n', "Redirect stdin from /dev/null"),
+    ('q', "Quiet mode"),
+    ('s', "Request a subsystem on the remote system"),
+    ('T', "Disable pseudo-terminal allocation"),
+    ('t', "Force pseudo-terminal allocation"),
+    ('X', "Enable X11 forwarding"),
+    ('x', "Disable X11 forwarding"),
+    ('Y', "Enable trusted X11 forwarding"),
+    ('y', "Send log output to syslog"),
+];
+
+/// ssh's short options that take a value, passed through. `-l` is handled
+/// by eic-connect (it is the OS user the key is pushed for).
+const SSH_OPTIONS: &[(char, &str, &str)] = &[
+    ('B', "BIND_INTERFACE", "Bind to this interface"),
+    ('b', "BIND_ADDRESS", "Bind to this local address"),
+    ('c', "CIPHER_SPEC", "Ciphers, comma separated"),
+    ('D', "[BIND_ADDRESS:]PORT", "Dynamic (SOCKS) port forwarding"),
+    ('E', "LOG_FILE", "Append ssh's debug log to this file"),
+    ('e', "ESCAPE_CHAR", "Escape character for sessions with a pty"),
+    ('F', "CONFIGFILE", "Use this ssh configuration file"),
+    ('I', "PKCS11", "PKCS#11 shared library"),
+    ('i', "IDENTITY_FILE", "An extra identity file for ssh to try"),
+    ('J', "DESTINATION", "Connect through this jump host"),
+    ('L', "ADDRESS", "Local port forwarding"),
+    ('m', "MAC_SPEC", "MAC algorithms, comma separated"),
+    ('O', "CTL_CMD", "Control an active connection-sharing master"),
+    ('o', "OPTION", "An ssh_config option, e.g. -o ServerAliveInterval=30"),
+    ('P', "TAG", "Tag for Match blocks in ssh_config"),
+    ('p', "PORT", "Port to connect to on the instance"),
+    ('Q', "QUERY_OPTION", "Query ssh for supported algorithms"),
+    ('R', "ADDRESS", "Remote port forwarding"),
+    ('S', "CTL_PATH", "Control socket for connection sharing"),
+    ('W', "HOST:PORT", "Forward stdin and stdout to this host and port"),
+    ('w', "LOCAL_TUN[:REMOTE_TUN]", "Tunnel device forwarding"),
+];
+
+const SSH_HEADING: &str = "SSH options (passed to ssh)";
+
+/// SSH to EC2 instances with EC2 Instance Connect: no SSH keys to manage.
+///
+/// Resolves the instance, generates a one-time ed25519 key, pushes it with
+/// SendSSHPublicKey (valid 60 s) and runs your system ssh with it. The private
+/// key never touches the disk.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eic-connect",
+    version,
+    about,
+    long_about = None,
+    override_usage = "eic-connect [OPTIONS] [USER@]TARGET [COMMAND [ARG...]]",
+    after_help = "TARGET is an instance id (i-0abc…), a Name tag value, a public or private DNS name, or an IP address.\n\
+                  A single COMMAND argument is run by the remote shell, as with ssh; several are quoted so that\n\
+                  each reaches the instance unchanged.\n\n\
+                  Exit status: the remote command's; 255 if eic-connect or ssh could not connect; 2 for usage errors.",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+
+    /// OS user to log in as [default: ec2-user]
+    #[arg(long, value_name = "USER", env = "EIC_CONNECT_OS_USER")]
+    pub os_user: Option<String>,
+
+    /// OS user to log in as (ssh's -l; same as --os-user)
+    #[arg(short = 'l', value_name = "USER", help_heading = SSH_HEADING)]
+    pub login_name: Option<String>,
+
+    #[command(flatten)]
+    pub address: AddressArgs,
+
+    /// Print the AWS calls and the ssh command line, and do nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Verbose: eic-connect's steps and timings, and ssh's -v (repeat for more)
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print version
+    #[arg(short = 'V', long = "version", action = ArgAction::Version)]
+    version: (),
+
+    /// [USER@]TARGET: instance id, Name tag, DNS name or IP address
+    #[arg(value_name = "[USER@]TARGET", value_parser = clap::value_parser!(OsString))]
+    pub destination: OsString,
+
+    /// Command to run on the instance, with its arguments
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub command: Vec<OsString>,
+
+    /// ssh options in the order given (filled in from the matches).
+    #[arg(skip)]
+    pub ssh_options: Vec<OsString>,
+}
+
+/// AWS settings, shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct AwsArgs {
+    /// AWS region [default: from AWS_REGION or the profile]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// AWS profile from ~/.aws/config [default: AWS_PROFILE or "default"]
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+
+    /// Seconds to wait for one attempt of one AWS API call
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, env = "EIC_CONNECT_API_TIMEOUT")]
+    pub api_timeout: f64,
+}
+
+/// Which address to connect to.
+#[derive(Debug, Clone, Args)]
+#[group(multiple = false)]
+pub struct AddressArgs {
+    /// Connect to the public IPv4 address
+    #[arg(long)]
+    pub public: bool,
+    /// Connect to the private IPv4 address
+    #[arg(long)]
+    pub private: bool,
+    /// Connect to the IPv6 address
+    #[arg(long)]
+    pub ipv6: bool,
+}
+
+/// The full command definition: our options plus ssh's passthrough options.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for &(short, help) in SSH_FLAGS {
+        cmd = cmd.arg(
+            Arg::new(flag_id(short))
+                .short(short)
+                .help(help)
+                .action(ArgAction::Count)
+                .help_heading(SSH_HEADING),
+        );
+    }
+    for &(short, value_name, help) in SSH_OPTIONS {
+        cmd = cmd.arg(
+            Arg::new(flag_id(short))
+                .short(short)
+                .value_name(value_name)
+                .help(help)
+                .action(ArgAction::Append)
+                .allow_hyphen_values(false)
+                .value_parser(clap::value_parser!(OsString))
+                .help_heading(SSH_HEADING),
+        );
+    }
+    cmd
+}
+
+fn flag_id(short: char) -> String {
+    format!("ssh-{short}")
+}
+
+/// Parses the command line; clap's own errors (exit 2) and help (exit 0)
+/// are returned as `clap::Error` for the caller to print.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.ssh_options = ssh_options_in_order(&matches);
+    Ok(cli)
+}
+
+/// Rebuilds ssh's options in the order they were given (order matters to
+/// ssh: for `-o`, the first value of an option wins).
+fn ssh_options_in_order(matches: &ArgMatches) -> Vec<OsString> {
+    let mut seen: Vec<(usize, OsString, Option<OsString>)> = Vec::new();
+    for &(short, _) in SSH_FLAGS {
+        let id = flag_id(short);
+        // Count flags carry a default of 0 with an index; only real uses count.
+        if matches.value_source(&id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        if let Some(indices) = matches.indices_of(&id) {
+            for index in indices {
+                seen.push((index, format!("-{short}").into(), None));
+            }
+        }
+    }
+    for &(short, _, _) in SSH_OPTIONS {
+        let id = flag_id(short);
+        if let (Some(indices), Some(values)) = (matches.indices_of(&id), matches.get_many::<OsString>(&id)) {
+            for (index, value) in indices.zip(values) {
+                seen.push((index, format!("-{short}").into(), Some(value.clone())));
+            }
+        }
+    }
+    seen.sort_by_key(|(index, _, _)| *index);
+    let mut out = Vec::with_capacity(seen.len() * 2);
+    for (_, flag, value) in seen {
+        out.push(flag);
+        out.extend(value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Cli {
+        parse(std::iter::once("eic-connect").chain(args.iter().copied())).unwrap()
+    }
+
+    fn strs(v: &[OsString]) -> Vec<&str> {
+        v.iter().map(|s| s.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn destination_and_command() {
+        let cli = parse_ok(&["web-1", "--", "make", "test"]);
+        assert_eq!(cli.destination, "web-1");
+        assert_eq!(strs(&cli.command), ["make", "test"]);
+        let cli = parse_ok(&["web-1", "ls", "-la", "/tmp"]);
+        assert_eq!(strs(&cli.command), ["ls", "-la", "/tmp"]);
+    }
+
+    #[test]
+    fn ssh_options_keep_their_order_and_values() {
+        let cli = parse_ok(&[
+            "-p", "2222", "-o", "ServerAliveInterval=30", "-At", "-L8080:localhost:80", "-o", "Compression=yes",
+            "web-1", "-N",
+        ]);
+        assert_eq!(
+            strs(&cli.ssh_options),
+            [
+                "-p", "2222", "-o", "ServerAliveInterval=30", "-A", "-t", "-L", "8080:localhost:80", "-o",
+                "Compression=yes", "-N"
+            ]
+        );
+        assert!(cli.command.is_empty());
+    }
+
+    #[test]
+    fn options_after_the_destination_are_options_until_the_command() {
+        let cli = parse_ok(&["web-1", "-p", "22", "uptime", "-p"]);
+        assert_eq!(strs(&cli.ssh_options), ["-p", "22"]);
+        assert_eq!(strs(&cli.command), ["uptime", "-p"]);
+    }
+
+    #[test]
+    fn our_options_and_verbosity() {
+        let cli = parse_ok(&["-vv", "--region", "eu-west-1", "--profile", "dev", "-l", "ubuntu", "--private", "web-1"]);
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(cli.aws.profile.as_deref(), Some("dev"));
+        assert_eq!(cli.login_name.as_deref(), Some("ubuntu"));
+        assert!(cli.address.private);
+        assert!(cli.ssh_options.is_empty());
+    }
+
+    #[test]
+    fn usage_errors() {
+        let err = |args: &[&str]| parse(std::iter::once("eic-connect").chain(args.iter().copied())).unwrap_err();
+        assert_eq!(err(&[]).exit_code(), 2);
+        assert_eq!(err(&["--public", "--private", "web-1"]).exit_code(), 2);
+        assert_eq!(err(&["-p"]).exit_code(), 2);
+        assert_eq!(err(&["-Z", "web-1"]).exit_code(), 2);
+        assert_eq!(err(&["--bogus", "web-1"]).exit_code(), 2);
+    }
+}

@@ -1,0 +1,61 @@
+//! eic-connect: SSH to EC2 instances with EC2 Instance Connect.
+
+mod agent;
+mod aws;
+mod cli;
+mod commands;
+mod error;
+mod key;
+mod sanitize;
+mod settings;
+mod ssh;
+mod target;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        // Help and version exit 0, usage errors 2, as clap decides.
+        Err(err) => err.exit(),
+    };
+    init_logging(cli.verbose);
+    let outcome = settings::ConnectSettings::from_cli(cli)
+        .map_err(anyhow::Error::new)
+        .and_then(|settings| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(commands::connect::run(settings))
+        });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            let _ = std::io::stderr().write_all(error::render(&err).as_bytes());
+            ExitCode::from(error::exit_code(&err))
+        }
+    }
+}
+
+/// `-v`: eic-connect's steps and timings; `-vvv`: the AWS SDK's too. Never
+/// below debug level for the SDK, where request details would be logged.
+fn init_logging(verbose: u8) {
+    let filter = match verbose {
+        0 => return,
+        1 | 2 => "eic_connect=debug",
+        _ => "eic_connect=debug,aws_config=debug,aws_smithy_runtime=debug",
+    };
+    let filter: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_timer(tracing_subscriber::fmt::time::uptime()),
+        )
+        .with(filter)
+        .init();
+}
