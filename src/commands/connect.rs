@@ -180,7 +180,7 @@ async fn dry_run(settings: &ConnectSettings) -> anyhow::Result<ExitCode> {
         "SendSSHPublicKey InstanceId={instance_ref} InstanceOSUser={user} SSHPublicKey=<ephemeral ed25519 public key>\n"
     ));
     let known_hosts = settings.state_dir.join("known_hosts");
-    let host = format!("<address of {instance_ref}>");
+    let host = "<instance address>".to_owned();
     let args: Vec<OsString> = SshInvocation {
         user_options: &settings.ssh_options,
         verbose: settings.verbose,
