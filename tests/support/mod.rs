@@ -1,0 +1,823 @@
+//! Integration-test bed for eic-connect: an in-process stand-in for the EC2
+//! and EC2 Instance Connect APIs plus a real OpenSSH sshd acting as the
+//! instances.
+//!
+//! ```ignore
+//! mod support;
+//! use support::{InstanceSpec, TestBed};
+//!
+//! let bed = TestBed::start();
+//! let web = bed.add_instance(InstanceSpec::named("web-1"));
+//! let out = bed.command().args(["-p", &bed.sshd_port().to_string(), "web-1", "echo", "hi"]).output().unwrap();
+//! assert!(bed.signature_failures().is_empty());
+//! ```
+//!
+//! Every bed has its own temp dir, API port and sshd port; nothing is global,
+//! so tests can run in parallel (threads or processes). The API is blocking:
+//! the stand-in runs on its own tokio runtime on a background thread.
+//!
+//! Layout of `bed.dir()`:
+//! `home/` `tmp/` `run/` (for the command under test), `akc.sh`,
+//! `sshd_config.N`, `sshd.log`, `ssh_host_ed25519_key`, `addr/<ip>` (instance
+//! id served on that address while running), `keys/<id>/<user>` (lines of
+//! `<expiry-epoch> <public key>`), `clock_offset`, `clientkeys/`.
+
+// Each test crate uses a different subset of the bed.
+#![allow(dead_code)]
+
+pub mod api;
+pub mod http;
+pub mod sigv4;
+pub mod sshd;
+pub mod timefmt;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use api::{Api, InstanceRec};
+#[allow(unused_imports)]
+pub use api::{ApiCall, Push, Service};
+
+/// The AuthorizedKeysCommand script, written into every bed dir.
+const AKC_SCRIPT: &str = include_str!("akc.sh");
+
+/// Options for [`TestBed::start_with`].
+#[derive(Debug, Clone)]
+pub struct BedOptions {
+    /// Region the stand-in expects in signatures (default `us-east-1`).
+    pub region: String,
+    /// If set, requests must carry and sign this `X-Amz-Security-Token`,
+    /// and [`TestBed::command`] exports it as `AWS_SESSION_TOKEN`.
+    pub session_token: Option<String>,
+    /// Listen on [::1] too, if the machine has IPv6 loopback (default true).
+    pub ipv6: bool,
+}
+
+impl Default for BedOptions {
+    fn default() -> Self {
+        BedOptions {
+            region: "us-east-1".into(),
+            session_token: None,
+            ipv6: true,
+        }
+    }
+}
+
+/// What to create with [`TestBed::add_instance`]. Build with
+/// `InstanceSpec::named("web-1").state("stopped").public_ip(false)...`.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Becomes the `Name` tag (first in the tag set).
+    pub name: Option<String>,
+    /// pending, running, shutting-down, terminated, stopping or stopped.
+    pub state: String,
+    /// Give the instance a public IPv4 (127.0.2.k) and public DNS name.
+    pub public_ip: bool,
+    /// Give the instance the bed's IPv6 address (::1); one instance per bed.
+    pub ipv6: bool,
+    /// Further tags, in order.
+    pub tags: Vec<(String, String)>,
+    /// `MetadataOptions.HttpEndpoint`: "enabled" or "disabled".
+    pub metadata_http_endpoint: String,
+    pub platform_details: String,
+    pub image_id: String,
+    pub instance_type: String,
+    /// Defaults to `<region>a`.
+    pub availability_zone: Option<String>,
+    /// Force an instance id (default: random `i-` + 17 hex digits).
+    pub id: Option<String>,
+}
+
+impl Default for InstanceSpec {
+    fn default() -> Self {
+        InstanceSpec {
+            name: None,
+            state: "running".into(),
+            public_ip: true,
+            ipv6: false,
+            tags: Vec::new(),
+            metadata_http_endpoint: "enabled".into(),
+            platform_details: "Linux/UNIX".into(),
+            image_id: "ami-0abcdef1234567890".into(),
+            instance_type: "t3.micro".into(),
+            availability_zone: None,
+            id: None,
+        }
+    }
+}
+
+impl InstanceSpec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn named(name: &str) -> Self {
+        InstanceSpec {
+            name: Some(name.to_owned()),
+            ..Self::default()
+        }
+    }
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+    pub fn state(mut self, state: &str) -> Self {
+        self.state = state.to_owned();
+        self
+    }
+    pub fn public_ip(mut self, yes: bool) -> Self {
+        self.public_ip = yes;
+        self
+    }
+    pub fn ipv6(mut self, yes: bool) -> Self {
+        self.ipv6 = yes;
+        self
+    }
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.push((key.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn metadata_http_endpoint(mut self, value: &str) -> Self {
+        self.metadata_http_endpoint = value.to_owned();
+        self
+    }
+    pub fn platform_details(mut self, value: &str) -> Self {
+        self.platform_details = value.to_owned();
+        self
+    }
+    pub fn image_id(mut self, value: &str) -> Self {
+        self.image_id = value.to_owned();
+        self
+    }
+    pub fn instance_type(mut self, value: &str) -> Self {
+        self.instance_type = value.to_owned();
+        self
+    }
+    pub fn availability_zone(mut self, value: &str) -> Self {
+        self.availability_zone = Some(value.to_owned());
+        self
+    }
+    pub fn id(mut self, value: &str) -> Self {
+        self.id = Some(value.to_owned());
+        self
+    }
+}
+
+/// A snapshot of a fake instance (addresses are fixed; `state` is as of the
+/// snapshot: use [`TestBed::instance`] for a fresh one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub slot: u8,
+    pub name: Option<String>,
+    pub state: String,
+    /// 127.0.1.k
+    pub private_ip: String,
+    /// 127.0.2.k, if the spec asked for a public IP.
+    pub public_ip: Option<String>,
+    /// "::1", if the spec asked for IPv6.
+    pub ipv6: Option<String>,
+    /// ip-127-0-1-k.ec2.internal (us-east-1) / ip-….<region>.compute.internal
+    pub private_dns_name: String,
+    /// ec2-127-0-2-k.compute-1.amazonaws.com (us-east-1) / ec2-….<region>.compute.amazonaws.com
+    pub public_dns_name: Option<String>,
+    pub availability_zone: String,
+}
+
+impl Instance {
+    fn from_rec(r: &InstanceRec) -> Instance {
+        Instance {
+            id: r.id.clone(),
+            slot: r.slot,
+            name: r
+                .tags
+                .iter()
+                .find(|(k, _)| k == "Name")
+                .map(|(_, v)| v.clone()),
+            state: r.state.clone(),
+            private_ip: r.private_ip.clone(),
+            public_ip: r.public_ip.clone(),
+            ipv6: r.ipv6.clone(),
+            private_dns_name: r.private_dns.clone(),
+            public_dns_name: r.public_dns.clone(),
+            availability_zone: r.availability_zone.clone(),
+        }
+    }
+}
+
+/// An ed25519 key pair made with ssh-keygen in the bed dir.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// Private key file (mode 0600), usable with `ssh -i`.
+    pub private_key: PathBuf,
+    /// The OpenSSH public key line, e.g. `ssh-ed25519 AAAA… name`.
+    pub public_key: String,
+}
+
+pub struct TestBed {
+    api: Arc<Api>,
+    endpoint: String,
+    sshd: Option<sshd::Sshd>,
+    server: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    user: String,
+    host_public_key: String,
+    ipv6: bool,
+    // Dropped last (fields drop in order, after `Drop::drop`).
+    dir: tempfile::TempDir,
+}
+
+impl TestBed {
+    /// Start a bed with default options (region us-east-1, no session token).
+    pub fn start() -> TestBed {
+        Self::start_with(BedOptions::default())
+    }
+
+    pub fn start_with(opts: BedOptions) -> TestBed {
+        let dir = tempfile::Builder::new()
+            .prefix("eic-testbed-")
+            .tempdir()
+            .expect("create the bed's temp dir");
+        let d = dir.path();
+        for sub in [
+            "home",
+            "home/.config",
+            "home/.cache",
+            "home/.local/state",
+            "tmp",
+            "run",
+            "addr",
+            "keys",
+            "clientkeys",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).expect("create bed subdirectory");
+        }
+        set_mode(&d.join("run"), 0o700);
+        std::fs::write(d.join("akc.sh"), AKC_SCRIPT).expect("write akc.sh");
+        std::fs::write(d.join("clock_offset"), "0\n").expect("write clock_offset");
+
+        // Host key: a fresh ed25519 key per bed.
+        let host_key_path = d.join("ssh_host_ed25519_key");
+        let host_key = ssh_key::PrivateKey::random(
+            &mut ssh_key::rand_core::OsRng,
+            ssh_key::Algorithm::Ed25519,
+        )
+        .expect("generate host key");
+        host_key
+            .write_openssh_file(&host_key_path, ssh_key::LineEnding::LF)
+            .expect("write host key");
+        set_mode(&host_key_path, 0o600);
+        let host_public_key = host_key
+            .public_key()
+            .to_openssh()
+            .expect("encode host public key");
+        std::fs::write(
+            d.join("ssh_host_ed25519_key.pub"),
+            format!("{host_public_key}\n"),
+        )
+        .expect("write host .pub");
+
+        let user = current_user();
+        let ipv6 = opts.ipv6 && sshd::ipv6_loopback_works();
+        let config = api::Config {
+            access_key_id: format!("AKIATESTBED{}", api::random_hex(9).to_uppercase()),
+            secret_access_key: api::random_hex(40),
+            session_token: opts.session_token.clone(),
+            region: opts.region.clone(),
+            account_id: "123456789012".into(),
+            vpc_id: format!("vpc-{}", api::random_hex(17)),
+            subnet_id: format!("subnet-{}", api::random_hex(17)),
+            security_group_id: format!("sg-{}", api::random_hex(17)),
+            dir: d.to_path_buf(),
+        };
+        let api = Arc::new(Api::new(config));
+
+        // API stand-in on its own runtime thread.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the API stand-in");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let port = listener.local_addr().expect("API address").port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handler: http::Handler = {
+            let api = api.clone();
+            Arc::new(move |req| api.handle(req))
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("testbed-api-{port}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build the stand-in's tokio runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("register listener with tokio");
+                    tokio::select! {
+                        _ = http::serve(listener, handler) => {}
+                        _ = rx => {}
+                    }
+                });
+            })
+            .expect("spawn the stand-in thread");
+
+        let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6);
+
+        TestBed {
+            api,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            sshd: Some(sshd),
+            server: Some((thread, tx)),
+            user,
+            host_public_key,
+            ipv6,
+            dir,
+        }
+    }
+
+    // ------------------------------------------------------------ facts
+
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+    pub fn region(&self) -> &str {
+        &self.api.config.region
+    }
+    pub fn access_key_id(&self) -> &str {
+        &self.api.config.access_key_id
+    }
+    pub fn secret_access_key(&self) -> &str {
+        &self.api.config.secret_access_key
+    }
+    pub fn session_token(&self) -> Option<&str> {
+        self.api.config.session_token.as_deref()
+    }
+    pub fn account_id(&self) -> &str {
+        &self.api.config.account_id
+    }
+    /// The one port sshd listens on, on every instance address.
+    pub fn sshd_port(&self) -> u16 {
+        self.sshd.as_ref().expect("sshd running").port
+    }
+    /// The only OS user that can log in (the user running the tests).
+    pub fn os_user(&self) -> String {
+        self.user.clone()
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// `HOME` of [`TestBed::command`].
+    pub fn home(&self) -> PathBuf {
+        self.dir().join("home")
+    }
+    /// Whether instances can get the IPv6 address ::1.
+    pub fn ipv6_available(&self) -> bool {
+        self.ipv6
+    }
+    /// The bed sshd's host key, `ssh-ed25519 AAAA…`.
+    pub fn host_public_key(&self) -> &str {
+        &self.host_public_key
+    }
+    /// A known_hosts line for `host` at the sshd port.
+    pub fn known_hosts_line(&self, host: &str) -> String {
+        format!("[{host}]:{} {}", self.sshd_port(), self.host_public_key)
+    }
+    /// Bed-clock now (real time + [`TestBed::advance_clock`] offset), epoch secs.
+    pub fn now(&self) -> i64 {
+        let st = self.api.lock();
+        self.api.now(&st)
+    }
+
+    // -------------------------------------------------------- instances
+
+    /// Create a fake instance in the next free slot (1..=15).
+    pub fn add_instance(&self, spec: InstanceSpec) -> Instance {
+        let cfg = &self.api.config;
+        let mut st = self.api.lock();
+        let slot = u8::try_from(st.instances.len() + 1).expect("slot");
+        assert!(
+            slot <= sshd::SLOTS,
+            "a test bed holds at most {} instances",
+            sshd::SLOTS
+        );
+        assert!(
+            api::state_code(&spec.state).is_some(),
+            "unknown instance state {:?}",
+            spec.state
+        );
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("i-{}", api::random_hex(17)));
+        assert!(
+            !st.instances.iter().any(|i| i.id == id),
+            "duplicate instance id {id}"
+        );
+        let ipv6 = if spec.ipv6 {
+            assert!(
+                self.ipv6,
+                "IPv6 loopback is not available on this machine (check bed.ipv6_available())"
+            );
+            assert!(
+                !st.instances.iter().any(|i| i.ipv6.is_some()),
+                "only one instance per bed can have IPv6 (::1)"
+            );
+            Some(sshd::IPV6_ADDR.to_owned())
+        } else {
+            None
+        };
+        let private_ip = sshd::private_ip(slot);
+        let public_ip = spec.public_ip.then(|| sshd::public_ip(slot));
+        let dashed = |ip: &str| ip.replace('.', "-");
+        let (private_dns, public_dns) = if cfg.region == "us-east-1" {
+            (
+                format!("ip-{}.ec2.internal", dashed(&private_ip)),
+                public_ip
+                    .as_ref()
+                    .map(|p| format!("ec2-{}.compute-1.amazonaws.com", dashed(p))),
+            )
+        } else {
+            (
+                format!("ip-{}.{}.compute.internal", dashed(&private_ip), cfg.region),
+                public_ip
+                    .as_ref()
+                    .map(|p| format!("ec2-{}.{}.compute.amazonaws.com", dashed(p), cfg.region)),
+            )
+        };
+        let mut tags = Vec::new();
+        if let Some(n) = &spec.name {
+            tags.push(("Name".to_owned(), n.clone()));
+        }
+        tags.extend(spec.tags.iter().cloned());
+        let rec = InstanceRec {
+            id,
+            slot,
+            state: spec.state.clone(),
+            image_id: spec.image_id.clone(),
+            instance_type: spec.instance_type.clone(),
+            availability_zone: spec
+                .availability_zone
+                .clone()
+                .unwrap_or_else(|| format!("{}a", cfg.region)),
+            private_ip,
+            public_ip,
+            ipv6,
+            private_dns,
+            public_dns,
+            tags,
+            metadata_http_endpoint: spec.metadata_http_endpoint.clone(),
+            platform_details: spec.platform_details.clone(),
+            launch_time: self.api.now(&st) - 3600,
+            eni_id: format!("eni-{}", api::random_hex(17)),
+        };
+        self.sync_addresses(&rec);
+        st.instances.push(rec.clone());
+        Instance::from_rec(&rec)
+    }
+
+    /// Current snapshot of an instance.
+    pub fn instance(&self, id: &str) -> Option<Instance> {
+        self.api
+            .lock()
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .map(Instance::from_rec)
+    }
+
+    pub fn instances(&self) -> Vec<Instance> {
+        self.api
+            .lock()
+            .instances
+            .iter()
+            .map(Instance::from_rec)
+            .collect()
+    }
+
+    /// Change an instance's state. Only `running` instances are reachable
+    /// over SSH; stopped/terminated ones also lose their public IP in
+    /// DescribeInstances, as on EC2.
+    pub fn set_state(&self, id: &str, state: &str) {
+        assert!(
+            api::state_code(state).is_some(),
+            "unknown instance state {state:?}"
+        );
+        let mut st = self.api.lock();
+        let rec = st
+            .instances
+            .iter_mut()
+            .find(|i| i.id == id)
+            .unwrap_or_else(|| panic!("no instance {id}"));
+        rec.state = state.to_owned();
+        let rec = rec.clone();
+        self.sync_addresses(&rec);
+    }
+
+    /// Write/remove `addr/<ip>` files so sshd serves keys for the instance
+    /// exactly on its addresses while it is running.
+    fn sync_addresses(&self, rec: &InstanceRec) {
+        let reachable = rec.reachable_addresses();
+        let mut all = vec![rec.private_ip.clone()];
+        all.extend(rec.public_ip.clone());
+        all.extend(rec.ipv6.clone());
+        for a in all {
+            let path = self.dir().join("addr").join(&a);
+            if reachable.contains(&a) {
+                api::write_atomic(&path, rec.id.as_bytes()).expect("write address map");
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    // ------------------------------------------------------ API control
+
+    /// Make the next `n` calls of `action` ("DescribeInstances",
+    /// "SendSSHPublicKey", ...) fail with error `code`, in the protocol's own
+    /// format and with the HTTP status that service uses for it (see
+    /// `api::ec2_status` / `api::eic_status`). Calls queue up: two
+    /// `fail_next` calls fail the next n1 + n2 calls, in order. Requests that
+    /// fail the SigV4 check are refused before, and don't use up, a failure.
+    pub fn fail_next(&self, action: &str, code: &str, n: usize) {
+        let mut st = self.api.lock();
+        let q = st.failures.entry(action.to_owned()).or_default();
+        q.extend(std::iter::repeat_n(code.to_owned(), n));
+    }
+
+    /// Delay every response to `action` by `d` (`Duration::ZERO` to stop).
+    pub fn set_delay(&self, action: &str, d: Duration) {
+        let mut st = self.api.lock();
+        if d.is_zero() {
+            st.delays.remove(action);
+        } else {
+            st.delays.insert(action.to_owned(), d);
+        }
+    }
+
+    /// Force DescribeInstances pages of at most `n` instances, whatever
+    /// MaxResults says (0 = no forced limit).
+    pub fn set_page_size(&self, n: usize) {
+        self.api.lock().page_size = (n > 0).then_some(n);
+    }
+
+    // ---------------------------------------------------------- clock/keys
+
+    /// Move the bed clock by `secs` (may be negative). Affects key expiry
+    /// checks in sshd's AuthorizedKeysCommand and push timestamps.
+    pub fn advance_clock(&self, secs: i64) {
+        let mut st = self.api.lock();
+        st.clock_offset += secs;
+        api::write_atomic(
+            &self.dir().join("clock_offset"),
+            format!("{}\n", st.clock_offset).as_bytes(),
+        )
+        .expect("write clock_offset");
+    }
+
+    /// Record later API pushes as if made `secs` ago (so `61` makes them
+    /// already expired).
+    pub fn set_push_age(&self, secs: i64) {
+        self.api.lock().push_age = secs;
+    }
+
+    /// Authorise `public_key` (an OpenSSH line) for `user` on `instance_id`
+    /// for 60 s of bed time, bypassing the API (not listed in `pushes()`).
+    pub fn push_key_directly(&self, instance_id: &str, user: &str, public_key: &str) {
+        assert!(api::is_valid_os_user(user), "invalid OS user name {user:?}");
+        let st = self.api.lock();
+        assert!(
+            st.instances.iter().any(|i| i.id == instance_id),
+            "no instance {instance_id}"
+        );
+        let now = self.api.now(&st);
+        let push = Push {
+            instance_id: instance_id.to_owned(),
+            os_user: user.to_owned(),
+            public_key: public_key.trim().to_owned(),
+            availability_zone: None,
+            pushed_at: now,
+            expires_at: now + api::KEY_LIFETIME_SECS,
+        };
+        api::add_key_line(self.dir(), &push).expect("write key file");
+    }
+
+    // ----------------------------------------------------------- records
+
+    /// Every request received, in order (including failed ones).
+    pub fn requests(&self) -> Vec<ApiCall> {
+        self.api.lock().requests.clone()
+    }
+
+    /// Requests of one action.
+    pub fn requests_for(&self, action: &str) -> Vec<ApiCall> {
+        self.api
+            .lock()
+            .requests
+            .iter()
+            .filter(|c| c.action == action)
+            .cloned()
+            .collect()
+    }
+
+    /// Accepted SendSSHPublicKey calls.
+    pub fn pushes(&self) -> Vec<Push> {
+        self.api.lock().pushes.clone()
+    }
+
+    /// Accepted SendSerialConsoleSSHPublicKey calls (`os_user` empty).
+    pub fn serial_pushes(&self) -> Vec<Push> {
+        self.api.lock().serial_pushes.clone()
+    }
+
+    /// Requests whose SigV4 check failed, with the reason. Tests of the
+    /// binary should assert this is empty.
+    pub fn signature_failures(&self) -> Vec<String> {
+        self.api.lock().signature_failures.clone()
+    }
+
+    /// Forget recorded requests/pushes/signature failures (not instances).
+    pub fn clear_records(&self) {
+        let mut st = self.api.lock();
+        st.requests.clear();
+        st.pushes.clear();
+        st.serial_pushes.clear();
+        st.signature_failures.clear();
+    }
+
+    /// sshd's log so far (stderr, LogLevel VERBOSE).
+    pub fn sshd_log(&self) -> String {
+        let path = &self.sshd.as_ref().expect("sshd running").log;
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    }
+
+    /// Wait until sshd's log contains `needle` (sshd may still be writing
+    /// after the client has exited). Returns whether it appeared.
+    pub fn wait_for_sshd_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.sshd_log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // ---------------------------------------------------------- commands
+
+    /// `eic-connect` with a clean environment pointed at this bed.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(eic_connect_bin());
+        self.apply_env(&mut c);
+        c
+    }
+
+    /// Apply the bed environment (see [`TestBed::command`]) to any command.
+    pub fn apply_env(&self, c: &mut Command) {
+        let d = self.dir();
+        c.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            c.env("PATH", path);
+        }
+        c.current_dir(d.join("home"))
+            .env("HOME", d.join("home"))
+            .env("XDG_CONFIG_HOME", d.join("home/.config"))
+            .env("XDG_STATE_HOME", d.join("home/.local/state"))
+            .env("XDG_CACHE_HOME", d.join("home/.cache"))
+            .env("XDG_RUNTIME_DIR", d.join("run"))
+            .env("TMPDIR", d.join("tmp"))
+            .env("LANG", "C")
+            .env("AWS_ACCESS_KEY_ID", self.access_key_id())
+            .env("AWS_SECRET_ACCESS_KEY", self.secret_access_key())
+            .env("AWS_REGION", self.region())
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", d.join("aws/config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", d.join("aws/credentials"))
+            .env("AWS_MAX_ATTEMPTS", "1");
+        if let Some(tok) = self.session_token() {
+            c.env("AWS_SESSION_TOKEN", tok);
+        }
+    }
+
+    /// The `export` lines that point a shell at this bed.
+    pub fn env_exports(&self) -> String {
+        let mut s = format!(
+            "export AWS_ENDPOINT_URL={}\nexport AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_REGION={}\nexport AWS_EC2_METADATA_DISABLED=true\n",
+            self.endpoint,
+            self.access_key_id(),
+            self.secret_access_key(),
+            self.region()
+        );
+        if let Some(tok) = self.session_token() {
+            s.push_str(&format!("export AWS_SESSION_TOKEN={tok}\n"));
+        }
+        s
+    }
+
+    /// Make an ed25519 key pair with ssh-keygen under `clientkeys/`.
+    pub fn generate_key(&self, name: &str) -> ClientKey {
+        let path = self.dir().join("clientkeys").join(name);
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .output()
+            .expect("run ssh-keygen (is openssh-client installed?)");
+        assert!(
+            out.status.success(),
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public_key = std::fs::read_to_string(path.with_extension("pub"))
+            .expect("read .pub")
+            .trim()
+            .to_owned();
+        ClientKey {
+            private_key: path,
+            public_key,
+        }
+    }
+
+    /// A plain OpenSSH client command logging in as `user` at `host` with
+    /// only `key`: no config files, no agent, no host key checks, batch mode.
+    /// Append the remote command with `.arg(...)`.
+    pub fn ssh_command(&self, key: &Path, user: &str, host: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(key)
+            .arg("-p")
+            .arg(self.sshd_port().to_string())
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg(format!("{user}@{host}"))
+            .stdin(std::process::Stdio::null());
+        c
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.sshd.take() {
+            s.stop();
+        }
+        if let Some((thread, tx)) = self.server.take() {
+            let _ = tx.send(());
+            let _ = thread.join();
+        }
+        // `dir` (TempDir) is removed when the fields drop.
+    }
+}
+
+/// Path of the binary under test. Integration tests get it from Cargo;
+/// examples (which don't) fall back to the debug build.
+pub fn eic_connect_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_eic-connect") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/eic-connect"),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Name of the effective user (getpwuid_r; `$USER` as a fallback).
+pub fn current_user() -> String {
+    // SAFETY: getpwuid_r with a buffer we own; the result only borrows it.
+    unsafe {
+        let uid = libc::geteuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+            return std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    std::env::var("USER").expect("cannot determine the current user name")
+}

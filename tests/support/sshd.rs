@@ -1,0 +1,304 @@
+//! Real OpenSSH sshd standing in for every fake instance of a bed.
+//!
+//! It listens on one port P on 127.0.1.k (private) and 127.0.2.k (public)
+//! for every slot k, plus [::1] when IPv6 loopback works. Which instance a
+//! connection is "for" is decided by the local address it arrived on: a
+//! `Match LocalAddress` block per address hands that address to the
+//! AuthorizedKeysCommand (OpenSSH 9.2 rejects `%C` in that command, and an
+//! unknown token there aborts the connection).
+//!
+//! sshd can hold at most 16 listen sockets (`MAX_LISTEN_SOCKS`; more makes
+//! it exit with "Too many listen sockets"), so the addresses are split over
+//! two sshd processes with the same port, host key, AuthorizedKeysCommand and
+//! log file. To a test they are one sshd.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Instance slots per bed (addresses 127.0.1.1-15 / 127.0.2.1-15).
+pub const SLOTS: u8 = 15;
+
+/// OpenSSH's MAX_LISTEN_SOCKS.
+const MAX_LISTEN_SOCKS: usize = 16;
+
+pub fn private_ip(slot: u8) -> String {
+    format!("127.0.1.{slot}")
+}
+
+pub fn public_ip(slot: u8) -> String {
+    format!("127.0.2.{slot}")
+}
+
+pub const IPV6_ADDR: &str = "::1";
+
+pub struct Sshd {
+    children: Vec<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    pub configs: Vec<PathBuf>,
+}
+
+/// Every address sshd must listen on.
+fn all_addresses(ipv6: bool) -> Vec<String> {
+    let mut addrs: Vec<String> = (1..=SLOTS)
+        .flat_map(|k| [private_ip(k), public_ip(k)])
+        .collect();
+    if ipv6 {
+        addrs.push(IPV6_ADDR.to_owned());
+    }
+    addrs
+}
+
+/// The sshd binary: `EIC_TESTBED_SSHD` or /usr/sbin/sshd.
+pub fn sshd_path() -> PathBuf {
+    std::env::var_os("EIC_TESTBED_SSHD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"))
+}
+
+/// `(major, minor)` of the installed OpenSSH, from `sshd -V`.
+fn sshd_version(sshd: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(sshd)
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let v = text.split("OpenSSH_").nth(1)?;
+    let mut nums = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
+}
+
+pub fn ipv6_loopback_works() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+impl Sshd {
+    /// Start sshd for a bed in `dir` (which must hold `akc.sh` and the host
+    /// key), retrying with a fresh port if the chosen one turns out taken.
+    pub fn start(dir: &Path, user: &str, host_key: &Path, ipv6: bool) -> Sshd {
+        let sshd = sshd_path();
+        assert!(
+            sshd.exists(),
+            "{} not found: the test bed needs OpenSSH's server (apt-get install openssh-server)",
+            sshd.display()
+        );
+        if is_root() {
+            // Privilege separation directory; needed by sshd when run as root.
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let version = sshd_version(&sshd);
+        let addrs = all_addresses(ipv6);
+        let mut last_log = String::new();
+        for attempt in 0..6 {
+            let port = free_port();
+            let log = dir.join("sshd.log");
+            let mut s = Sshd {
+                children: Vec::new(),
+                port,
+                log: log.clone(),
+                configs: Vec::new(),
+            };
+            // All processes append to one log (O_APPEND keeps lines whole).
+            let _ = std::fs::remove_file(&log);
+            for (n, chunk) in addrs.chunks(MAX_LISTEN_SOCKS).enumerate() {
+                let config = dir.join(format!("sshd_config.{n}"));
+                std::fs::write(
+                    &config,
+                    config_text(dir, user, host_key, port, chunk, &addrs, version),
+                )
+                .expect("write sshd_config");
+                let log_file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("open sshd.log");
+                let child = Command::new(&sshd)
+                    .arg("-D")
+                    .arg("-e")
+                    .arg("-f")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(log_file.try_clone().expect("dup sshd.log"))
+                    .stderr(log_file)
+                    // Own process group, so stop() also ends per-connection children.
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", sshd.display()));
+                s.children.push(child);
+                s.configs.push(config);
+            }
+            match s.wait_ready(&addrs) {
+                Ok(()) => return s,
+                Err(text) => {
+                    s.stop();
+                    let port_clash =
+                        text.contains("Address already in use") || text.contains("Bind to port");
+                    last_log = text;
+                    if !port_clash {
+                        break;
+                    }
+                    eprintln!("testbed: sshd port {port} clashed (attempt {attempt}), retrying");
+                }
+            }
+        }
+        panic!("sshd did not start; its log:\n{last_log}");
+    }
+
+    /// Wait (up to 5 s) until sshd says it listens on every address and a TCP
+    /// connection gets an SSH banner. `Err(log)` on failure.
+    fn wait_ready(&mut self, addrs: &[String]) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains("Bind to port") || log.contains("Cannot bind") {
+                return Err(log);
+            }
+            for child in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("{log}\n(sshd exited: {status})"));
+                }
+            }
+            let all = addrs
+                .iter()
+                .all(|a| log.contains(&format!("Server listening on {a} port {}.", self.port)));
+            if all && banner_ok(self.port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{log}\n(timed out waiting for sshd to listen on port {})",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop every sshd process of the bed.
+    pub fn stop(&mut self) {
+        for child in std::mem::take(&mut self.children) {
+            stop_group(child);
+        }
+    }
+}
+
+/// SIGTERM an sshd's process group (listener and per-connection children),
+/// wait up to 2 s for the listener, then SIGKILL the group. The group is only
+/// signalled while its leader is unreaped, so the id cannot have been reused.
+fn stop_group(mut child: Child) {
+    let pgid = child.id() as libc::pid_t;
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) on the process group we created for this sshd, whose
+    // leader we have not reaped yet.
+    unsafe {
+        libc::kill(-pgid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    // SAFETY: as above; the leader is still unreaped here.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn banner_ok(port: u16) -> bool {
+    let addr: SocketAddr = format!("127.0.2.1:{port}").parse().expect("socket address");
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0-"
+}
+
+/// A port that is free right now on the bed's first address.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.1.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Config for one sshd process: listens on `listen`, and has Match blocks
+/// for every address of the bed (`all`).
+fn config_text(
+    dir: &Path,
+    user: &str,
+    host_key: &Path,
+    port: u16,
+    listen: &[String],
+    all: &[String],
+    version: Option<(u32, u32)>,
+) -> String {
+    let akc = dir.join("akc.sh");
+    let mut c = String::new();
+    c.push_str("# Generated by the eic-connect test bed.\n");
+    for a in listen {
+        if a.contains(':') {
+            c.push_str(&format!("ListenAddress [{a}]:{port}\n"));
+        } else {
+            c.push_str(&format!("ListenAddress {a}:{port}\n"));
+        }
+    }
+    c.push_str(&format!("HostKey {}\n", host_key.display()));
+    c.push_str(
+        "PidFile none\n\
+         AuthorizedKeysFile none\n\
+         UsePAM no\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\n\
+         StrictModes no\n\
+         LogLevel VERBOSE\n\
+         PrintMotd no\n\
+         PrintLastLog no\n\
+         UseDNS no\n\
+         X11Forwarding no\n\
+         Subsystem sftp internal-sftp\n",
+    );
+    // OpenSSH >= 9.8 penalises sources with repeated failed logins, which
+    // would punish a test suite that fails logins on purpose.
+    if version.is_some_and(|v| v >= (9, 8)) {
+        c.push_str("PerSourcePenalties no\n");
+    }
+    c.push_str(&format!("AuthorizedKeysCommandUser {user}\n"));
+    // Default: serve no keys. Then one Match block per address.
+    c.push_str(&format!(
+        "AuthorizedKeysCommand /bin/sh {} %u -\n",
+        akc.display()
+    ));
+    for a in all {
+        c.push_str(&format!("Match LocalAddress {a}\n"));
+        c.push_str(&format!(
+            "    AuthorizedKeysCommand /bin/sh {} %u {a}\n",
+            akc.display()
+        ));
+    }
+    c
+}
