@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use support::{InstanceSpec, TestBed};
 
 fn main() {
-    let runs: usize = std::env::var("EIC_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("EIC_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let port = bed.sshd_port().to_string();
@@ -30,14 +33,25 @@ fn main() {
         if fake_ssh {
             c.env("EIC_CONNECT_SSH", &no_op);
         }
-        c.args(["-p", &port, "-l", &user]).args(args).stdin(Stdio::null());
+        c.args(["-p", &port, "-l", &user])
+            .args(args)
+            .stdin(Stdio::null());
         c
     };
 
     let mut rows: Vec<(&str, Stats)> = Vec::new();
-    rows.push(("start-up only (--dry-run, no API call)", measure(runs, || eic(&["--dry-run", &web.id], false))));
-    rows.push(("invocation -> ssh started, by instance id", measure(runs, || eic(&[&web.id, "true"], true))));
-    rows.push(("invocation -> ssh started, by Name tag", measure(runs, || eic(&["web-1", "true"], true))));
+    rows.push((
+        "start-up only (--dry-run, no API call)",
+        measure(runs, || eic(&["--dry-run", &web.id], false)),
+    ));
+    rows.push((
+        "invocation -> ssh started, by instance id",
+        measure(runs, || eic(&[&web.id, "true"], true)),
+    ));
+    rows.push((
+        "invocation -> ssh started, by Name tag",
+        measure(runs, || eic(&["web-1", "true"], true)),
+    ));
     let e2e = measure(runs, || eic(&[&web.id, "true"], false));
     rows.push(("eic-connect ID true, end to end", e2e));
 
@@ -51,11 +65,19 @@ fn main() {
         c
     });
     rows.push(("plain ssh -i KEY true, same sshd", plain));
-    rows.push(("one DescribeInstances round trip (raw HTTP)", round_trips(&bed, runs)));
+    rows.push((
+        "one DescribeInstances round trip (raw HTTP)",
+        round_trips(&bed, runs),
+    ));
 
     println!("\neic-connect benchmark: {runs} runs each, loopback, medians (p90, min)\n");
     for (label, s) in &rows {
-        println!("{label:<46} {:>7.1} ms  (p90 {:>6.1}, min {:>6.1})", ms(s.median), ms(s.p90), ms(s.min));
+        println!(
+            "{label:<46} {:>7.1} ms  (p90 {:>6.1}, min {:>6.1})",
+            ms(s.median),
+            ms(s.p90),
+            ms(s.min)
+        );
     }
     let overhead = ms(e2e.median) - ms(plain.median);
     println!("\neic-connect over plain ssh: {overhead:+.1} ms (median difference)");
@@ -75,7 +97,11 @@ fn ms(d: Duration) -> f64 {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats { median: at(0.5), p90: at(0.9), min: samples[0] }
+    Stats {
+        median: at(0.5),
+        p90: at(0.9),
+        min: samples[0],
+    }
 }
 
 /// Times `make()`'s command `runs` times after two warm-up runs; every run
@@ -87,7 +113,11 @@ fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Stats {
         let t = Instant::now();
         let out = c.output().expect("run benchmark command");
         let took = t.elapsed();
-        assert!(out.status.success(), "benchmark command failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "benchmark command failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if i >= 2 {
             samples.push(took);
         }
@@ -119,6 +149,9 @@ fn round_trips(bed: &TestBed, runs: usize) -> Stats {
 }
 
 fn which(program: &str) -> String {
-    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().expect("sh");
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("sh");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

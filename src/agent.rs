@@ -70,7 +70,9 @@ impl Drop for RuntimeDir {
 /// exist (killed with SIGKILL, say). They never hold a private key, only a
 /// socket and a public key, so this is tidiness, not secrecy.
 fn sweep_stale(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -127,7 +129,12 @@ impl Agent {
                 tracing::debug!("ephemeral key expired and was wiped from memory");
             })
         };
-        Ok(Agent { socket, identity_file, key, tasks: vec![serving, expiry] })
+        Ok(Agent {
+            socket,
+            identity_file,
+            key,
+            tasks: vec![serving, expiry],
+        })
     }
 
     pub fn socket(&self) -> &Path {
@@ -247,23 +254,44 @@ mod tests {
         assert_eq!(reply[0], SSH_AGENT_IDENTITIES_ANSWER);
         assert_eq!(&reply[1..5], &1u32.to_be_bytes());
         let mut rest = &reply[5..];
-        assert_eq!(take_string(&mut rest).unwrap(), key.public_blob().unwrap().as_slice());
+        assert_eq!(
+            take_string(&mut rest).unwrap(),
+            key.public_blob().unwrap().as_slice()
+        );
         // Once forgotten, it lists nothing and signs nothing.
-        assert_eq!(respond(&[SSH_AGENTC_REQUEST_IDENTITIES], None), vec![12, 0, 0, 0, 0]);
+        assert_eq!(
+            respond(&[SSH_AGENTC_REQUEST_IDENTITIES], None),
+            vec![12, 0, 0, 0, 0]
+        );
         let blob = key.public_blob().unwrap();
-        assert_eq!(respond(&sign_request(&blob, b"x"), None), vec![SSH_AGENT_FAILURE]);
+        assert_eq!(
+            respond(&sign_request(&blob, b"x"), None),
+            vec![SSH_AGENT_FAILURE]
+        );
     }
 
     #[test]
     fn signs_only_for_its_own_key_and_refuses_garbage() {
         let key = EphemeralKey::generate().unwrap();
         let other = EphemeralKey::generate().unwrap();
-        let ok = respond(&sign_request(&key.public_blob().unwrap(), b"data"), Some(&key));
+        let ok = respond(
+            &sign_request(&key.public_blob().unwrap(), b"data"),
+            Some(&key),
+        );
         assert_eq!(ok[0], SSH_AGENT_SIGN_RESPONSE);
-        let wrong = respond(&sign_request(&other.public_blob().unwrap(), b"data"), Some(&key));
+        let wrong = respond(
+            &sign_request(&other.public_blob().unwrap(), b"data"),
+            Some(&key),
+        );
         assert_eq!(wrong, vec![SSH_AGENT_FAILURE]);
-        assert_eq!(respond(&[SSH_AGENTC_SIGN_REQUEST, 0, 0], Some(&key)), vec![SSH_AGENT_FAILURE]);
-        assert_eq!(respond(&[SSH_AGENTC_SIGN_REQUEST, 255, 255, 255, 255], Some(&key)), vec![SSH_AGENT_FAILURE]);
+        assert_eq!(
+            respond(&[SSH_AGENTC_SIGN_REQUEST, 0, 0], Some(&key)),
+            vec![SSH_AGENT_FAILURE]
+        );
+        assert_eq!(
+            respond(&[SSH_AGENTC_SIGN_REQUEST, 255, 255, 255, 255], Some(&key)),
+            vec![SSH_AGENT_FAILURE]
+        );
         assert_eq!(respond(&[27], Some(&key)), vec![SSH_AGENT_FAILURE]);
         assert_eq!(respond(&[], Some(&key)), vec![SSH_AGENT_FAILURE]);
     }
@@ -301,13 +329,21 @@ mod tests {
 
         let key = Arc::clone(&agent.key);
         drop(agent);
-        assert!(key.lock().unwrap().is_none(), "dropping the agent wipes the key");
+        assert!(
+            key.lock().unwrap().is_none(),
+            "dropping the agent wipes the key"
+        );
     }
 
     #[tokio::test]
     async fn key_is_forgotten_after_its_lifetime() {
         let dir = RuntimeDir::create().unwrap();
-        let agent = Agent::start(EphemeralKey::generate().unwrap(), &dir, Duration::from_millis(20)).unwrap();
+        let agent = Agent::start(
+            EphemeralKey::generate().unwrap(),
+            &dir,
+            Duration::from_millis(20),
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(agent.key.lock().unwrap().is_none());
     }

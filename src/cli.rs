@@ -42,23 +42,47 @@ const SSH_OPTIONS: &[(char, &str, &str)] = &[
     ('B', "BIND_INTERFACE", "Bind to this interface"),
     ('b', "BIND_ADDRESS", "Bind to this local address"),
     ('c', "CIPHER_SPEC", "Ciphers, comma separated"),
-    ('D', "[BIND_ADDRESS:]PORT", "Dynamic (SOCKS) port forwarding"),
+    (
+        'D',
+        "[BIND_ADDRESS:]PORT",
+        "Dynamic (SOCKS) port forwarding",
+    ),
     ('E', "LOG_FILE", "Append ssh's debug log to this file"),
-    ('e', "ESCAPE_CHAR", "Escape character for sessions with a pty"),
+    (
+        'e',
+        "ESCAPE_CHAR",
+        "Escape character for sessions with a pty",
+    ),
     ('F', "CONFIGFILE", "Use this ssh configuration file"),
     ('I', "PKCS11", "PKCS#11 shared library"),
-    ('i', "IDENTITY_FILE", "An extra identity file for ssh to try"),
+    (
+        'i',
+        "IDENTITY_FILE",
+        "An extra identity file for ssh to try",
+    ),
     ('J', "DESTINATION", "Connect through this jump host"),
     ('L', "ADDRESS", "Local port forwarding"),
     ('m', "MAC_SPEC", "MAC algorithms, comma separated"),
-    ('O', "CTL_CMD", "Control an active connection-sharing master"),
-    ('o', "OPTION", "An ssh_config option, e.g. -o ServerAliveInterval=30"),
+    (
+        'O',
+        "CTL_CMD",
+        "Control an active connection-sharing master",
+    ),
+    (
+        'o',
+        "OPTION",
+        "An ssh_config option, e.g. -o ServerAliveInterval=30",
+    ),
     ('P', "TAG", "Tag for Match blocks in ssh_config"),
     ('p', "PORT", "Port to connect to on the instance"),
     ('Q', "QUERY_OPTION", "Query ssh for supported algorithms"),
     ('R', "ADDRESS", "Remote port forwarding"),
     ('S', "CTL_PATH", "Control socket for connection sharing"),
-    ('W', "HOST:PORT", "Forward stdin and stdout to this host and port"),
+    (
+        'W',
+        "HOST:PORT",
+        "Forward stdin and stdout to this host and port",
+    ),
     ('w', "LOCAL_TUN[:REMOTE_TUN]", "Tunnel device forwarding"),
 ];
 
@@ -139,7 +163,12 @@ pub struct AwsArgs {
     pub profile: Option<String>,
 
     /// Seconds to wait for one attempt of one AWS API call
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, env = "EIC_CONNECT_API_TIMEOUT")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        env = "EIC_CONNECT_API_TIMEOUT"
+    )]
     pub api_timeout: f64,
 }
 
@@ -220,7 +249,9 @@ fn ssh_options_in_order(matches: &ArgMatches) -> Vec<OsString> {
     }
     for &(short, _, _) in SSH_OPTIONS {
         let id = flag_id(short);
-        if let (Some(indices), Some(values)) = (matches.indices_of(&id), matches.get_many::<OsString>(&id)) {
+        if let (Some(indices), Some(values)) =
+            (matches.indices_of(&id), matches.get_many::<OsString>(&id))
+        {
             for (index, value) in indices.zip(values) {
                 seen.push((index, format!("-{short}").into(), Some(value.clone())));
             }
@@ -264,14 +295,31 @@ mod tests {
     #[test]
     fn ssh_options_keep_their_order_and_values() {
         let cli = parse_ok(&[
-            "-p", "2222", "-o", "ServerAliveInterval=30", "-At", "-L8080:localhost:80", "-o", "Compression=yes",
-            "web-1", "-N",
+            "-p",
+            "2222",
+            "-o",
+            "ServerAliveInterval=30",
+            "-At",
+            "-L8080:localhost:80",
+            "-o",
+            "Compression=yes",
+            "web-1",
+            "-N",
         ]);
         assert_eq!(
             strs(&cli.ssh_options),
             [
-                "-p", "2222", "-o", "ServerAliveInterval=30", "-A", "-t", "-L", "8080:localhost:80", "-o",
-                "Compression=yes", "-N"
+                "-p",
+                "2222",
+                "-o",
+                "ServerAliveInterval=30",
+                "-A",
+                "-t",
+                "-L",
+                "8080:localhost:80",
+                "-o",
+                "Compression=yes",
+                "-N"
             ]
         );
         assert!(cli.command.is_empty());
@@ -286,7 +334,17 @@ mod tests {
 
     #[test]
     fn our_options_and_verbosity() {
-        let cli = parse_ok(&["-vv", "--region", "eu-west-1", "--profile", "dev", "-l", "ubuntu", "--private", "web-1"]);
+        let cli = parse_ok(&[
+            "-vv",
+            "--region",
+            "eu-west-1",
+            "--profile",
+            "dev",
+            "-l",
+            "ubuntu",
+            "--private",
+            "web-1",
+        ]);
         assert_eq!(cli.verbose, 2);
         assert_eq!(cli.aws.region.as_deref(), Some("eu-west-1"));
         assert_eq!(cli.aws.profile.as_deref(), Some("dev"));
@@ -297,7 +355,9 @@ mod tests {
 
     #[test]
     fn usage_errors() {
-        let err = |args: &[&str]| parse(std::iter::once("eic-connect").chain(args.iter().copied())).unwrap_err();
+        let err = |args: &[&str]| {
+            parse(std::iter::once("eic-connect").chain(args.iter().copied())).unwrap_err()
+        };
         assert_eq!(err(&[]).exit_code(), 2);
         assert_eq!(err(&["--public", "--private", "web-1"]).exit_code(), 2);
         assert_eq!(err(&["-p"]).exit_code(), 2);

@@ -94,7 +94,8 @@ pub fn render(err: &anyhow::Error) -> String {
 }
 
 fn find_failure(err: &anyhow::Error) -> Option<&Failure> {
-    err.chain().find_map(|cause| cause.downcast_ref::<Failure>())
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Failure>())
 }
 
 /// The exit status for an error: the failure's own, else 255.

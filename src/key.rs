@@ -22,8 +22,13 @@ impl EphemeralKey {
         // expects; it is exactly 80 characters, the API's minimum.
         let mut public = private.public_key().clone();
         public.set_comment("");
-        let public_line = public.to_openssh().context("could not encode the public key")?;
-        Ok(EphemeralKey { private, public_line })
+        let public_line = public
+            .to_openssh()
+            .context("could not encode the public key")?;
+        Ok(EphemeralKey {
+            private,
+            public_line,
+        })
     }
 
     /// `ssh-ed25519 AAAA…`, as sent to SendSSHPublicKey and written to the
@@ -50,7 +55,10 @@ impl EphemeralKey {
 
     /// `SHA256:…` fingerprint, safe to log.
     pub fn fingerprint(&self) -> String {
-        self.private.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string()
+        self.private
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string()
     }
 }
 

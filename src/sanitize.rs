@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {
-        assert!(matches!(terminal_safe("web-1 (prod) ünïcode"), Cow::Borrowed(_)));
+        assert!(matches!(
+            terminal_safe("web-1 (prod) ünïcode"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

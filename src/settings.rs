@@ -53,7 +53,9 @@ impl ConnectSettings {
         };
         let timeout = cli.aws.api_timeout;
         if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
-            return Err(Failure::usage(format!("--api-timeout must be between 0 and 3600 seconds, not {timeout}")));
+            return Err(Failure::usage(format!(
+                "--api-timeout must be between 0 and 3600 seconds, not {timeout}"
+            )));
         }
         Ok(ConnectSettings {
             aws: AwsSettings {
@@ -119,7 +121,9 @@ pub fn ssh_option_value(options: &[OsString], key: &str) -> Option<String> {
         .filter_map(|pair| pair[1].to_str())
         .find_map(|opt| {
             let (k, v) = opt.split_once(['=', ' ', '\t'])?;
-            k.trim().eq_ignore_ascii_case(key).then(|| v.trim_start_matches(['=', ' ']).trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim_start_matches(['=', ' ']).trim().to_owned())
         })
 }
 
@@ -143,11 +147,28 @@ mod tests {
 
     #[test]
     fn os_user_sources_agree_or_conflict() {
-        assert_eq!(choose_os_user(None, None, None, None).unwrap(), ("ec2-user".into(), "the default"));
-        assert_eq!(choose_os_user(s("ubuntu"), None, None, None).unwrap().0, "ubuntu");
-        assert_eq!(choose_os_user(None, s("admin"), None, None).unwrap(), ("admin".into(), "-l"));
-        assert_eq!(choose_os_user(None, None, s("admin"), None).unwrap().1, "--os-user");
-        assert_eq!(choose_os_user(s("ubuntu"), s("ubuntu"), None, None).unwrap().0, "ubuntu");
+        assert_eq!(
+            choose_os_user(None, None, None, None).unwrap(),
+            ("ec2-user".into(), "the default")
+        );
+        assert_eq!(
+            choose_os_user(s("ubuntu"), None, None, None).unwrap().0,
+            "ubuntu"
+        );
+        assert_eq!(
+            choose_os_user(None, s("admin"), None, None).unwrap(),
+            ("admin".into(), "-l")
+        );
+        assert_eq!(
+            choose_os_user(None, None, s("admin"), None).unwrap().1,
+            "--os-user"
+        );
+        assert_eq!(
+            choose_os_user(s("ubuntu"), s("ubuntu"), None, None)
+                .unwrap()
+                .0,
+            "ubuntu"
+        );
         let err = choose_os_user(s("ubuntu"), None, s("admin"), None).unwrap_err();
         assert_eq!(err.exit, 2);
         assert!(err.message.contains("conflicting"), "{}", err.message);
@@ -157,7 +178,10 @@ mod tests {
 
     #[test]
     fn finds_ssh_option_values() {
-        let opts: Vec<OsString> = ["-p", "22", "-o", "User=bob", "-o", "Port 2222"].iter().map(Into::into).collect();
+        let opts: Vec<OsString> = ["-p", "22", "-o", "User=bob", "-o", "Port 2222"]
+            .iter()
+            .map(Into::into)
+            .collect();
         assert_eq!(ssh_option_value(&opts, "user"), s("bob"));
         assert_eq!(ssh_option_value(&opts, "PORT"), s("2222"));
         assert_eq!(ssh_option_value(&opts, "HostName"), None);

@@ -48,7 +48,12 @@ impl SshInvocation<'_> {
         args.extend(opt("HostKeyAlias", self.instance_id.as_ref()));
         args.extend(opt("UserKnownHostsFile", self.known_hosts.as_os_str()));
         args.extend(opt("StrictHostKeyChecking", "accept-new".as_ref()));
-        args.extend(["-l".into(), self.os_user.into(), "--".into(), self.host.into()]);
+        args.extend([
+            "-l".into(),
+            self.os_user.into(),
+            "--".into(),
+            self.host.into(),
+        ]);
         if let Some(command) = remote_command(self.command) {
             args.push(command);
         }
@@ -192,12 +197,18 @@ mod tests {
     #[test]
     fn remote_command_quoting() {
         assert_eq!(remote_command(&[]), None);
-        assert_eq!(remote_command(&os(&["cd /srv && make"])).unwrap(), "cd /srv && make");
+        assert_eq!(
+            remote_command(&os(&["cd /srv && make"])).unwrap(),
+            "cd /srv && make"
+        );
         assert_eq!(remote_command(&os(&["make", "test"])).unwrap(), "make test");
         assert_eq!(
             remote_command(&os(&["printf", "%s|", "a  b", "it's", "$HOME", ""])).unwrap(),
             "printf '%s|' 'a  b' 'it'\\''s' '$HOME' ''"
         );
-        assert_eq!(remote_command(&os(&["echo", "a;rm -rf /"])).unwrap(), "echo 'a;rm -rf /'");
+        assert_eq!(
+            remote_command(&os(&["echo", "a;rm -rf /"])).unwrap(),
+            "echo 'a;rm -rf /'"
+        );
     }
 }

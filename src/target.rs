@@ -39,7 +39,9 @@ const MAX_TARGET_LEN: usize = 256;
 pub fn is_instance_id(s: &str) -> bool {
     s.strip_prefix("i-").is_some_and(|hex| {
         (hex.len() == 8 || hex.len() == 17)
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -61,14 +63,18 @@ pub fn parse_destination(dest: &str) -> Result<(Option<String>, Target), Failure
 pub fn parse_target(host: &str) -> Result<Target, Failure> {
     let shown = terminal_safe(host);
     if host.is_empty() {
-        return Err(Failure::usage("empty target: name an instance id, Name tag, DNS name or IP address"));
+        return Err(Failure::usage(
+            "empty target: name an instance id, Name tag, DNS name or IP address",
+        ));
     }
     if host.starts_with('-') {
         return Err(Failure::usage(format!("target {shown:?} starts with '-'"))
             .hint("put options before the target; a target can never start with '-'"));
     }
     if host.chars().any(char::is_control) {
-        return Err(Failure::usage(format!("target {shown:?} contains control characters")));
+        return Err(Failure::usage(format!(
+            "target {shown:?} contains control characters"
+        )));
     }
     if host.len() > MAX_TARGET_LEN {
         return Err(Failure::usage(format!(
@@ -83,8 +89,10 @@ pub fn parse_target(host: &str) -> Result<Target, Failure> {
         // `i-` followed only by hex digits, but of the wrong length, is a
         // typo of an instance id rather than a name.
         if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Failure::usage(format!("{shown:?} is not a valid instance id"))
-                .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"));
+            return Err(
+                Failure::usage(format!("{shown:?} is not a valid instance id"))
+                    .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"),
+            );
         }
     }
     // `[::1]` as ssh users sometimes write IPv6 addresses.
@@ -120,8 +128,11 @@ pub fn validate_user(user: &str) -> Result<(), Failure> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
     if user.is_empty() || user.len() > 32 || user.starts_with('-') || !ok_chars {
-        return Err(Failure::usage(format!("{shown:?} is not a valid OS user name"))
-            .hint("OS user names are 1-32 letters, digits, '_', '-' or '.', not starting with '-'"));
+        return Err(
+            Failure::usage(format!("{shown:?} is not a valid OS user name")).hint(
+                "OS user names are 1-32 letters, digits, '_', '-' or '.', not starting with '-'",
+            ),
+        );
     }
     Ok(())
 }
@@ -162,21 +173,35 @@ pub fn choose_address(
     let ipv6 = addrs.ipv6.first().copied().map(IpAddr::V6);
     let picked = match choice {
         AddressChoice::Public => public.ok_or_else(|| {
-            Failure::new("the instance has no public IPv4 address")
-                .hint("connect to its private address with --private (from inside the VPC or over a VPN)")
+            Failure::new("the instance has no public IPv4 address").hint(
+                "connect to its private address with --private (from inside the VPC or over a VPN)",
+            )
         })?,
-        AddressChoice::Private => private.ok_or_else(|| Failure::new("the instance has no private IPv4 address"))?,
+        AddressChoice::Private => {
+            private.ok_or_else(|| Failure::new("the instance has no private IPv4 address"))?
+        }
         AddressChoice::Ipv6 => ipv6.ok_or_else(|| {
             Failure::new("the instance has no IPv6 address")
                 .hint("assign one to its network interface, or use --public / --private")
         })?,
         AddressChoice::Auto => {
             let named = match target {
-                Target::Ip(ip) => [public, private, ipv6].into_iter().flatten().find(|a| a == ip),
+                Target::Ip(ip) => [public, private, ipv6]
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a == ip),
                 Target::DnsName(name) | Target::Name(name) => {
-                    if addrs.private_dns.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(name)) {
+                    if addrs
+                        .private_dns
+                        .as_deref()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(name))
+                    {
                         private
-                    } else if addrs.public_dns.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(name)) {
+                    } else if addrs
+                        .public_dns
+                        .as_deref()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(name))
+                    {
                         public
                     } else {
                         None
@@ -203,16 +228,34 @@ mod tests {
 
     #[test]
     fn classifies_targets() {
-        assert_eq!(parse_target("i-0123456789abcdef0").unwrap(), Target::InstanceId("i-0123456789abcdef0".into()));
-        assert_eq!(parse_target("i-01234567").unwrap(), Target::InstanceId("i-01234567".into()));
-        assert_eq!(parse_target("10.0.1.5").unwrap(), Target::Ip("10.0.1.5".parse().unwrap()));
-        assert_eq!(parse_target("2600:1f18::1").unwrap(), Target::Ip("2600:1f18::1".parse().unwrap()));
-        assert_eq!(parse_target("[::1]").unwrap(), Target::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            parse_target("i-0123456789abcdef0").unwrap(),
+            Target::InstanceId("i-0123456789abcdef0".into())
+        );
+        assert_eq!(
+            parse_target("i-01234567").unwrap(),
+            Target::InstanceId("i-01234567".into())
+        );
+        assert_eq!(
+            parse_target("10.0.1.5").unwrap(),
+            Target::Ip("10.0.1.5".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target("2600:1f18::1").unwrap(),
+            Target::Ip("2600:1f18::1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target("[::1]").unwrap(),
+            Target::Ip("::1".parse().unwrap())
+        );
         assert_eq!(
             parse_target("ec2-3-1-2-3.compute-1.amazonaws.com").unwrap(),
             Target::DnsName("ec2-3-1-2-3.compute-1.amazonaws.com".into())
         );
-        assert_eq!(parse_target("IP-10-0-0-1.EC2.internal").unwrap(), Target::DnsName("ip-10-0-0-1.ec2.internal".into()));
+        assert_eq!(
+            parse_target("IP-10-0-0-1.EC2.internal").unwrap(),
+            Target::DnsName("ip-10-0-0-1.ec2.internal".into())
+        );
         assert_eq!(parse_target("web-1").unwrap(), name("web-1"));
         assert_eq!(parse_target("i-am-a-name").unwrap(), name("i-am-a-name"));
         assert_eq!(parse_target("web.prod").unwrap(), name("web.prod"));
@@ -221,7 +264,15 @@ mod tests {
 
     #[test]
     fn refuses_hostile_or_malformed_targets() {
-        for bad in ["", "-oProxyCommand=sh", "web\n1", "web\x1b[2J", &"x".repeat(300), "i-123", "i-0123456789ABCDEF0"] {
+        for bad in [
+            "",
+            "-oProxyCommand=sh",
+            "web\n1",
+            "web\x1b[2J",
+            &"x".repeat(300),
+            "i-123",
+            "i-0123456789ABCDEF0",
+        ] {
             let err = parse_target(bad).unwrap_err();
             assert_eq!(err.exit, 2, "{bad:?}");
         }
@@ -232,9 +283,18 @@ mod tests {
 
     #[test]
     fn splits_user_and_validates_it() {
-        assert_eq!(parse_destination("ubuntu@web-1").unwrap(), (Some("ubuntu".into()), name("web-1")));
+        assert_eq!(
+            parse_destination("ubuntu@web-1").unwrap(),
+            (Some("ubuntu".into()), name("web-1"))
+        );
         assert_eq!(parse_destination("web-1").unwrap(), (None, name("web-1")));
-        for bad in ["-l@web", "a b@web", "$(id)@web", "@web", &format!("{}@web", "u".repeat(33))] {
+        for bad in [
+            "-l@web",
+            "a b@web",
+            "$(id)@web",
+            "@web",
+            &format!("{}@web", "u".repeat(33)),
+        ] {
             assert!(parse_destination(bad).is_err(), "{bad:?}");
         }
         assert!(validate_user("ec2-user").is_ok());
@@ -255,11 +315,26 @@ mod tests {
     fn auto_prefers_public_then_private() {
         let id = Target::InstanceId("i-01234567".into());
         let both = addrs(Some("3.1.2.3"), Some("10.0.0.5"), None);
-        assert_eq!(choose_address(&both, AddressChoice::Auto, &id).unwrap().to_string(), "3.1.2.3");
+        assert_eq!(
+            choose_address(&both, AddressChoice::Auto, &id)
+                .unwrap()
+                .to_string(),
+            "3.1.2.3"
+        );
         let private_only = addrs(None, Some("10.0.0.5"), None);
-        assert_eq!(choose_address(&private_only, AddressChoice::Auto, &id).unwrap().to_string(), "10.0.0.5");
+        assert_eq!(
+            choose_address(&private_only, AddressChoice::Auto, &id)
+                .unwrap()
+                .to_string(),
+            "10.0.0.5"
+        );
         let v6_only = addrs(None, None, Some("2600::5"));
-        assert_eq!(choose_address(&v6_only, AddressChoice::Auto, &id).unwrap().to_string(), "2600::5");
+        assert_eq!(
+            choose_address(&v6_only, AddressChoice::Auto, &id)
+                .unwrap()
+                .to_string(),
+            "2600::5"
+        );
         assert!(choose_address(&addrs(None, None, None), AddressChoice::Auto, &id).is_err());
     }
 
@@ -267,11 +342,26 @@ mod tests {
     fn auto_honours_the_address_the_user_named() {
         let both = addrs(Some("3.1.2.3"), Some("10.0.0.5"), None);
         let by_ip = Target::Ip("10.0.0.5".parse().unwrap());
-        assert_eq!(choose_address(&both, AddressChoice::Auto, &by_ip).unwrap().to_string(), "10.0.0.5");
+        assert_eq!(
+            choose_address(&both, AddressChoice::Auto, &by_ip)
+                .unwrap()
+                .to_string(),
+            "10.0.0.5"
+        );
         let by_dns = Target::DnsName("ip-10-0-0-5.ec2.internal".into());
-        assert_eq!(choose_address(&both, AddressChoice::Auto, &by_dns).unwrap().to_string(), "10.0.0.5");
+        assert_eq!(
+            choose_address(&both, AddressChoice::Auto, &by_dns)
+                .unwrap()
+                .to_string(),
+            "10.0.0.5"
+        );
         let by_public_dns = Target::DnsName("ec2-3-1-2-3.compute-1.amazonaws.com".into());
-        assert_eq!(choose_address(&both, AddressChoice::Auto, &by_public_dns).unwrap().to_string(), "3.1.2.3");
+        assert_eq!(
+            choose_address(&both, AddressChoice::Auto, &by_public_dns)
+                .unwrap()
+                .to_string(),
+            "3.1.2.3"
+        );
     }
 
     #[test]
@@ -282,8 +372,18 @@ mod tests {
         assert!(err.message.contains("no public IPv4"));
         assert!(err.hints[0].contains("--private"));
         let both = addrs(Some("3.1.2.3"), Some("10.0.0.5"), Some("2600::5"));
-        assert_eq!(choose_address(&both, AddressChoice::Private, &id).unwrap().to_string(), "10.0.0.5");
-        assert_eq!(choose_address(&both, AddressChoice::Ipv6, &id).unwrap().to_string(), "2600::5");
+        assert_eq!(
+            choose_address(&both, AddressChoice::Private, &id)
+                .unwrap()
+                .to_string(),
+            "10.0.0.5"
+        );
+        assert_eq!(
+            choose_address(&both, AddressChoice::Ipv6, &id)
+                .unwrap()
+                .to_string(),
+            "2600::5"
+        );
         assert!(choose_address(&private_only, AddressChoice::Ipv6, &id).is_err());
     }
 }

@@ -29,12 +29,20 @@ fn stderr(o: &Output) -> String {
 
 #[track_caller]
 fn assert_clean(bed: &TestBed) {
-    assert!(bed.signature_failures().is_empty(), "signature failures: {:?}", bed.signature_failures());
+    assert!(
+        bed.signature_failures().is_empty(),
+        "signature failures: {:?}",
+        bed.signature_failures()
+    );
 }
 
 /// `echo $SSH_CONNECTION` on the instance: the server address ssh reached.
 fn server_address(o: &Output) -> String {
-    stdout(o).split_whitespace().nth(2).unwrap_or_default().to_owned()
+    stdout(o)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -42,7 +50,13 @@ fn connects_by_instance_id_and_returns_output_and_exit_status() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let mut c = eic(&bed);
-    c.args([&web.id, "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"]);
+    c.args([
+        &web.id,
+        "--",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; exit 7",
+    ]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "to-stdout\n");
@@ -54,7 +68,10 @@ fn connects_by_instance_id_and_returns_output_and_exit_status() {
     assert_eq!(pushes[0].instance_id, web.id);
     assert_eq!(pushes[0].os_user, bed.os_user());
     assert!(pushes[0].public_key.starts_with("ssh-ed25519 "));
-    assert_eq!(pushes[0].availability_zone, None, "the AZ is optional and costs a lookup");
+    assert_eq!(
+        pushes[0].availability_zone, None,
+        "the AZ is optional and costs a lookup"
+    );
 }
 
 #[test]
@@ -74,7 +91,10 @@ fn lookup_and_push_overlap_for_an_instance_id() {
         .received
         .duration_since(describe.received)
         .unwrap_or_else(|e| e.duration());
-    assert!(gap < delay / 2, "the push waited for the lookup: {gap:?} apart");
+    assert!(
+        gap < delay / 2,
+        "the push waited for the lookup: {gap:?} apart"
+    );
 }
 
 #[test]
@@ -122,14 +142,21 @@ fn address_choice_flags() {
     c.args(["--public", "db-1", "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("no public IPv4 address"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no public IPv4 address"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("hint: connect to its private address with --private"));
 }
 
 #[test]
 fn connects_over_ipv6_when_asked() {
     let bed = TestBed::start();
-    assert!(bed.ipv6_available(), "the test machine needs IPv6 on loopback (::1)");
+    assert!(
+        bed.ipv6_available(),
+        "the test machine needs IPv6 on loopback (::1)"
+    );
     let web = bed.add_instance(InstanceSpec::named("v6").ipv6(true));
     let mut c = eic(&bed);
     c.args(["--ipv6", &web.id, "echo $SSH_CONNECTION"]);
@@ -151,8 +178,15 @@ fn finds_a_name_on_a_later_page() {
     c.args(["*", "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("matches 5 instances"), "{}", stderr(&out));
-    assert!(bed.requests_for("DescribeInstances").len() >= 5, "expected one call per page");
+    assert!(
+        stderr(&out).contains("matches 5 instances"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        bed.requests_for("DescribeInstances").len() >= 5,
+        "expected one call per page"
+    );
 }
 
 #[test]
@@ -165,9 +199,18 @@ fn ambiguous_name_lists_the_matches_and_pushes_nothing() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
-    assert!(err.starts_with("eic-connect: error: Name tag \"web\" matches 2 instances"), "{err}");
-    assert!(err.contains(&format!("{}  \"web\"  running", a.id)), "{err}");
-    assert!(err.contains(&format!("{}  \"web\"  stopped", b.id)), "{err}");
+    assert!(
+        err.starts_with("eic-connect: error: Name tag \"web\" matches 2 instances"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}  \"web\"  running", a.id)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}  \"web\"  stopped", b.id)),
+        "{err}"
+    );
     assert!(err.contains("hint: name one by its instance id"));
     assert!(bed.pushes().is_empty());
     assert!(bed.requests_for("SendSSHPublicKey").is_empty());
@@ -183,7 +226,10 @@ fn unknown_instance_says_where_it_looked() {
         let out = run(c);
         assert_eq!(out.status.code(), Some(255), "{target}");
         let err = stderr(&out);
-        assert!(err.contains("eic-connect: error: no instance matches"), "{err}");
+        assert!(
+            err.contains("eic-connect: error: no instance matches"),
+            "{err}"
+        );
         assert!(err.contains(&format!("(region {})", bed.region())), "{err}");
         assert!(err.contains("hint: check --region and --profile"), "{err}");
     }
@@ -200,10 +246,22 @@ fn stopped_instance_is_refused_with_a_way_out() {
         let out = run(c);
         assert_eq!(out.status.code(), Some(255));
         let err = stderr(&out);
-        assert!(err.contains(&format!("instance {} is stopped", old.id)), "{err}");
-        assert!(err.contains(&format!("hint: start it: aws ec2 start-instances --instance-ids {}", old.id)), "{err}");
+        assert!(
+            err.contains(&format!("instance {} is stopped", old.id)),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "hint: start it: aws ec2 start-instances --instance-ids {}",
+                old.id
+            )),
+            "{err}"
+        );
     }
-    assert!(bed.pushes().is_empty(), "no key may be accepted for a stopped instance");
+    assert!(
+        bed.pushes().is_empty(),
+        "no key may be accepted for a stopped instance"
+    );
     // By name, the push is not even attempted.
     assert_eq!(bed.requests_for("SendSSHPublicKey").len(), 1);
 }
@@ -213,12 +271,36 @@ fn every_push_error_code_gets_its_own_message() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let cases = [
-        ("AuthException", "not allowed to push a key", "ec2-instance-connect:SendSSHPublicKey"),
-        ("EC2InstanceNotFoundException", "cannot find instance", "check --region and --profile"),
-        ("EC2InstanceStateInvalidException", "is not running", "aws ec2 start-instances"),
-        ("EC2InstanceUnavailableException", "temporarily unavailable", "try again in a few seconds"),
-        ("InvalidArgsException", "rejected the request", "check the OS user name"),
-        ("ThrottlingException", "too many key pushes", "wait a few seconds"),
+        (
+            "AuthException",
+            "not allowed to push a key",
+            "ec2-instance-connect:SendSSHPublicKey",
+        ),
+        (
+            "EC2InstanceNotFoundException",
+            "cannot find instance",
+            "check --region and --profile",
+        ),
+        (
+            "EC2InstanceStateInvalidException",
+            "is not running",
+            "aws ec2 start-instances",
+        ),
+        (
+            "EC2InstanceUnavailableException",
+            "temporarily unavailable",
+            "try again in a few seconds",
+        ),
+        (
+            "InvalidArgsException",
+            "rejected the request",
+            "check the OS user name",
+        ),
+        (
+            "ThrottlingException",
+            "too many key pushes",
+            "wait a few seconds",
+        ),
         ("ServiceException", "internal error", "try again shortly"),
     ];
     for (code, message, hint) in cases {
@@ -229,8 +311,15 @@ fn every_push_error_code_gets_its_own_message() {
         assert_eq!(out.status.code(), Some(255), "{code}");
         let err = stderr(&out);
         let first = err.lines().next().unwrap_or_default();
-        assert!(first.starts_with("eic-connect: error: ") && first.contains(message), "{code}: {err}");
-        assert!(err.lines().any(|l| l.starts_with("hint: ") && l.contains(hint)), "{code}: {err}");
+        assert!(
+            first.starts_with("eic-connect: error: ") && first.contains(message),
+            "{code}: {err}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("hint: ") && l.contains(hint)),
+            "{code}: {err}"
+        );
     }
     assert!(bed.pushes().is_empty());
     assert_clean(&bed);
@@ -245,10 +334,26 @@ fn every_lookup_error_code_gets_its_own_message() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1"));
     let cases = [
-        ("UnauthorizedOperation", "not authorized to call DescribeInstances", "ec2:DescribeInstances"),
-        ("AuthFailure", "did not accept the credentials", "aws sts get-caller-identity"),
-        ("InvalidClientTokenId", "did not accept the credentials", "aws configure"),
-        ("SignatureDoesNotMatch", "rejected the request signature", "clock"),
+        (
+            "UnauthorizedOperation",
+            "not authorized to call DescribeInstances",
+            "ec2:DescribeInstances",
+        ),
+        (
+            "AuthFailure",
+            "did not accept the credentials",
+            "aws sts get-caller-identity",
+        ),
+        (
+            "InvalidClientTokenId",
+            "did not accept the credentials",
+            "aws configure",
+        ),
+        (
+            "SignatureDoesNotMatch",
+            "rejected the request signature",
+            "clock",
+        ),
         ("ExpiredToken", "expired", "aws sso login"),
         ("RequestExpired", "expired", "clock"),
         ("RequestLimitExceeded", "throttled", "wait a few seconds"),
@@ -256,7 +361,11 @@ fn every_lookup_error_code_gets_its_own_message() {
         ("Unavailable", "internal error", "try again shortly"),
         ("OptInRequired", "not subscribed", "--region"),
         ("Blocked", "cannot use EC2", "AWS Support"),
-        ("InvalidParameterValue", "rejected the DescribeInstances request", "bug"),
+        (
+            "InvalidParameterValue",
+            "rejected the DescribeInstances request",
+            "bug",
+        ),
     ];
     for (code, message, hint) in cases {
         bed.fail_next("DescribeInstances", code, 1);
@@ -265,8 +374,15 @@ fn every_lookup_error_code_gets_its_own_message() {
         let out = run(c);
         assert_eq!(out.status.code(), Some(255), "{code}");
         let err = stderr(&out);
-        assert!(err.lines().next().unwrap_or_default().contains(message), "{code}: {err}");
-        assert!(err.lines().any(|l| l.starts_with("hint: ") && l.contains(hint)), "{code}: {err}");
+        assert!(
+            err.lines().next().unwrap_or_default().contains(message),
+            "{code}: {err}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("hint: ") && l.contains(hint)),
+            "{code}: {err}"
+        );
     }
     assert!(bed.requests_for("SendSSHPublicKey").is_empty());
 }
@@ -275,7 +391,11 @@ fn every_lookup_error_code_gets_its_own_message() {
 fn throttled_and_transient_push_errors_are_retried() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1"));
-    for code in ["ThrottlingException", "EC2InstanceUnavailableException", "ServiceException"] {
+    for code in [
+        "ThrottlingException",
+        "EC2InstanceUnavailableException",
+        "ServiceException",
+    ] {
         bed.clear_records();
         bed.fail_next("SendSSHPublicKey", code, 2);
         let mut c = eic(&bed);
@@ -297,7 +417,11 @@ fn a_key_pushed_61_seconds_ago_is_refused() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
     assert!(!stdout(&out).contains("should-not-run"));
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(bed.pushes().len(), 1, "the push itself was accepted");
 
     bed.set_push_age(59);
@@ -325,12 +449,26 @@ fn the_private_key_never_touches_the_disk_and_the_runtime_dir_goes_away() {
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     let listing = stdout(&out);
-    let mut names: Vec<&str> = listing.lines().filter(|l| !l.is_empty() && !l.contains('/')).collect();
+    let mut names: Vec<&str> = listing
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains('/'))
+        .collect();
     names.sort_unstable();
-    assert_eq!(names, ["agent.sock", "id.pub", "no-private-key-files"], "{listing}");
+    assert_eq!(
+        names,
+        ["agent.sock", "id.pub", "no-private-key-files"],
+        "{listing}"
+    );
 
-    let leftovers: Vec<_> = std::fs::read_dir(&run_dir).expect("run dir").flatten().map(|e| e.path()).collect();
-    assert!(leftovers.is_empty(), "runtime files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir)
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "runtime files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -354,7 +492,13 @@ fn ssh_options_pass_through_and_come_first() {
 /// hashed, as Debian's ssh_config asks, so look them up with ssh-keygen).
 fn known_host_entry(bed: &TestBed, host: &str) -> bool {
     let file = bed.home().join(".local/state/eic-connect/known_hosts");
-    let out = Command::new("ssh-keygen").arg("-F").arg(host).arg("-f").arg(&file).output().expect("ssh-keygen");
+    let out = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(host)
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("ssh-keygen");
     out.status.success() && !out.stdout.is_empty()
 }
 
@@ -365,15 +509,20 @@ fn known_hosts_entries_follow_the_instance_id() {
     let mut c = eic(&bed);
     c.args(["web-1", "true"]);
     assert!(run(c).status.success());
-    let known_hosts = std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts")).unwrap();
+    let known_hosts =
+        std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts")).unwrap();
     assert_eq!(known_hosts.lines().count(), 1);
     assert!(known_host_entry(&bed, &web.id), "{known_hosts}");
-    assert!(!known_host_entry(&bed, web.public_ip.as_deref().unwrap()), "keyed by id, not address");
+    assert!(
+        !known_host_entry(&bed, web.public_ip.as_deref().unwrap()),
+        "keyed by id, not address"
+    );
     // A second connection by another route reuses the entry.
     let mut c = eic(&bed);
     c.args([web.private_ip.as_str(), "true"]);
     assert!(run(c).status.success());
-    let again = std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts")).unwrap();
+    let again =
+        std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts")).unwrap();
     assert_eq!(again, known_hosts);
 }
 
@@ -382,7 +531,18 @@ fn remote_command_arguments_arrive_unchanged() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let mut c = eic(&bed);
-    c.args([&web.id, "--", "printf", "[%s]", "a  b", "it's", "$HOME", "", "semi;colon", "*"]);
+    c.args([
+        &web.id,
+        "--",
+        "printf",
+        "[%s]",
+        "a  b",
+        "it's",
+        "$HOME",
+        "",
+        "semi;colon",
+        "*",
+    ]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "[a  b][it's][$HOME][][semi;colon][*]");
@@ -403,7 +563,11 @@ fn hostile_input_is_refused_before_anything_runs() {
     let cases: Vec<Vec<String>> = vec![
         vec!["--".into(), format!("-oProxyCommand=touch {m}")],
         vec!["--".into(), format!("-oProxyCommand=touch {m}@web-1")],
-        vec!["--os-user".into(), format!("-oProxyCommand=touch {m}"), "web-1".into()],
+        vec![
+            "--os-user".into(),
+            format!("-oProxyCommand=touch {m}"),
+            "web-1".into(),
+        ],
         vec![format!("$(touch {m})@web-1")],
         vec!["--".into(), "web\x1b]0;title\x07".into()],
         vec!["--".into(), "web\n1".into()],
@@ -413,7 +577,10 @@ fn hostile_input_is_refused_before_anything_runs() {
         c.args(&args).arg("true");
         let out = run(c);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(!stderr(&out).contains('\x1b'), "raw escape echoed: {args:?}");
+        assert!(
+            !stderr(&out).contains('\x1b'),
+            "raw escape echoed: {args:?}"
+        );
     }
     assert!(!marker.exists());
     assert!(bed.requests().is_empty(), "no API call for unusable input");
@@ -425,7 +592,14 @@ fn hostile_input_is_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(255));
     assert!(!marker.exists());
     let describe = &bed.requests_for("DescribeInstances")[0];
-    assert!(describe.params.values().any(|v| v == &format!("web; touch {m}")), "{:?}", describe.params);
+    assert!(
+        describe
+            .params
+            .values()
+            .any(|v| v == &format!("web; touch {m}")),
+        "{:?}",
+        describe.params
+    );
 }
 
 #[test]
@@ -440,7 +614,10 @@ fn hostile_tag_values_are_neutralised_on_the_terminal() {
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
     assert!(err.contains("matches 2 instances"), "{err}");
-    assert!(!err.contains('\x1b') && !err.contains('\x07') && !err.contains('\u{202e}'), "{err:?}");
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\u{202e}'),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -451,25 +628,46 @@ fn dry_run_prints_the_plan_and_calls_nothing() {
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan = stdout(&out);
-    assert!(plan.contains("DescribeInstances Filter tag:Name=web-1"), "{plan}");
-    assert!(plan.contains("SendSSHPublicKey InstanceId=<instance id> InstanceOSUser=ubuntu"), "{plan}");
-    let ssh_line = plan.lines().find(|l| l.starts_with("ssh ")).expect("ssh line");
-    assert!(ssh_line.starts_with("ssh -p 2222 -o IdentitiesOnly=yes"), "{ssh_line}");
-    assert!(ssh_line.ends_with("-l ubuntu -- '<instance address>' uptime"), "{ssh_line}");
+    assert!(
+        plan.contains("DescribeInstances Filter tag:Name=web-1"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("SendSSHPublicKey InstanceId=<instance id> InstanceOSUser=ubuntu"),
+        "{plan}"
+    );
+    let ssh_line = plan
+        .lines()
+        .find(|l| l.starts_with("ssh "))
+        .expect("ssh line");
+    assert!(
+        ssh_line.starts_with("ssh -p 2222 -o IdentitiesOnly=yes"),
+        "{ssh_line}"
+    );
+    assert!(
+        ssh_line.ends_with("-l ubuntu -- '<instance address>' uptime"),
+        "{ssh_line}"
+    );
     assert!(!plan.contains("PRIVATE"));
     assert!(bed.requests().is_empty());
 }
 
 #[test]
 fn verbose_output_shows_steps_and_no_secrets() {
-    let bed = TestBed::start_with(support::BedOptions { session_token: Some("SESSIONTOKEN-abc123".into()), ..Default::default() });
+    let bed = TestBed::start_with(support::BedOptions {
+        session_token: Some("SESSIONTOKEN-abc123".into()),
+        ..Default::default()
+    });
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let mut c = eic(&bed);
     c.args(["-vvv", &web.id, "true"]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("looked up instance and pushed key concurrently"), "{err}");
+    assert!(
+        err.contains("looked up instance and pushed key concurrently"),
+        "{err}"
+    );
     assert!(err.contains("starting ssh"), "{err}");
     assert!(err.contains("since_start_ms="), "{err}");
     assert!(!err.contains(bed.secret_access_key()), "secret key leaked");
@@ -483,9 +681,14 @@ fn unreachable_and_slow_endpoints_fail_fast_with_advice() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1"));
     // Nothing listens on this port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut c = eic(&bed);
-    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}")).args(["web-1", "true"]);
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
+        .args(["web-1", "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
@@ -498,8 +701,16 @@ fn unreachable_and_slow_endpoints_fail_fast_with_advice() {
     let started = std::time::Instant::now();
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(started.elapsed() < Duration::from_secs(4), "did not time out: {:?}", started.elapsed());
-    assert!(stderr(&out).contains("DescribeInstances timed out"), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "did not time out: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("DescribeInstances timed out"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("--api-timeout"));
 }
 
@@ -510,21 +721,34 @@ fn missing_region_and_credentials_are_explained() {
     c.env_remove("AWS_REGION").args(["web-1", "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("no AWS region is configured"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no AWS region is configured"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("hint: pass --region REGION"));
 
     let mut c = eic(&bed);
-    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").args(["web-1", "true"]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["web-1", "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("no usable AWS credentials"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no usable AWS credentials"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("hint: configure credentials"));
     assert!(bed.requests().is_empty());
 }
 
 #[test]
 fn region_and_profile_options_are_used() {
-    let bed = TestBed::start_with(support::BedOptions { region: "eu-west-1".into(), ..Default::default() });
+    let bed = TestBed::start_with(support::BedOptions {
+        region: "eu-west-1".into(),
+        ..Default::default()
+    });
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     // The profile carries credentials and a wrong region; --region corrects it.
     std::fs::create_dir_all(bed.dir().join("aws")).unwrap();
@@ -541,7 +765,14 @@ fn region_and_profile_options_are_used() {
     c.env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_REGION")
-        .args(["--profile", "work", "--region", "eu-west-1", &web.id, "echo hi"]);
+        .args([
+            "--profile",
+            "work",
+            "--region",
+            "eu-west-1",
+            &web.id,
+            "echo hi",
+        ]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "hi\n");
@@ -556,14 +787,22 @@ fn region_and_profile_options_are_used() {
         .args(["--profile", "work", &web.id, "true"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("region us-west-2, profile work"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("region us-west-2, profile work"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn per_service_endpoint_variables_are_honoured() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut c = eic(&bed);
     c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
         .env("AWS_ENDPOINT_URL_EC2", bed.endpoint())
@@ -578,7 +817,11 @@ fn per_service_endpoint_variables_are_honoured() {
 fn usage_errors_exit_2_and_ssh_failures_exit_255() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
-    for args in [vec!["--public", "--private", "web-1"], vec![], vec!["-l", "a", "b@web-1"]] {
+    for args in [
+        vec!["--public", "--private", "web-1"],
+        vec![],
+        vec!["-l", "a", "b@web-1"],
+    ] {
         let mut c = bed.command();
         c.args(&args);
         let out = run(c);
@@ -586,7 +829,16 @@ fn usage_errors_exit_2_and_ssh_failures_exit_255() {
     }
     // Pushed for one user, but the instance has no such account.
     let mut c = bed.command();
-    c.args(["-p", &bed.sshd_port().to_string(), "-o", "BatchMode=yes", "-l", "nosuchuser", &web.id, "true"]);
+    c.args([
+        "-p",
+        &bed.sshd_port().to_string(),
+        "-o",
+        "BatchMode=yes",
+        "-l",
+        "nosuchuser",
+        &web.id,
+        "true",
+    ]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
 }

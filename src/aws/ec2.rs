@@ -41,15 +41,29 @@ impl InstanceInfo {
         if let Some(ip) = self.addresses.ipv6.first() {
             addrs.push(format!("ipv6 {ip}"));
         }
-        let name = if name.is_empty() { "-".into() } else { format!("{name:?}") };
-        format!("{}  {}  {}  {}", self.id, name, self.state, addrs.join(", "))
+        let name = if name.is_empty() {
+            "-".into()
+        } else {
+            format!("{name:?}")
+        };
+        format!(
+            "{}  {}  {}  {}",
+            self.id,
+            name,
+            self.state,
+            addrs.join(", ")
+        )
     }
 
     fn from_sdk(inst: &Instance) -> Option<InstanceInfo> {
         let id = inst.instance_id()?.to_owned();
         let parse_v4 = |s: Option<&str>| s.and_then(|s| s.parse().ok());
         let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
-        let mut ipv6: Vec<_> = inst.ipv6_address().and_then(|s| s.parse().ok()).into_iter().collect();
+        let mut ipv6: Vec<_> = inst
+            .ipv6_address()
+            .and_then(|s| s.parse().ok())
+            .into_iter()
+            .collect();
         for ni in inst.network_interfaces() {
             for a in ni.ipv6_addresses() {
                 if let Some(ip) = a.ipv6_address().and_then(|s| s.parse().ok())
@@ -78,7 +92,10 @@ impl InstanceInfo {
                 public_dns: non_empty(inst.public_dns_name()),
                 private_dns: non_empty(inst.private_dns_name()),
             },
-            availability_zone: inst.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+            availability_zone: inst
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_owned),
             vpc_id: inst.vpc_id().map(str::to_owned),
             subnet_id: inst.subnet_id().map(str::to_owned),
             image_id: inst.image_id().map(str::to_owned),
@@ -103,10 +120,16 @@ pub fn filter_sets(target: &Target) -> Vec<Vec<(String, String)>> {
     match target {
         Target::InstanceId(_) => Vec::new(),
         Target::Ip(IpAddr::V4(ip)) => {
-            vec![one("ip-address", &ip.to_string()), one("private-ip-address", &ip.to_string())]
+            vec![
+                one("ip-address", &ip.to_string()),
+                one("private-ip-address", &ip.to_string()),
+            ]
         }
         Target::Ip(IpAddr::V6(ip)) => {
-            vec![one("network-interface.ipv6-addresses.ipv6-address", &ip.to_string())]
+            vec![one(
+                "network-interface.ipv6-addresses.ipv6-address",
+                &ip.to_string(),
+            )]
         }
         Target::DnsName(name) => vec![one("dns-name", name), one("private-dns-name", name)],
         Target::Name(name) if name.contains('.') => vec![
@@ -121,18 +144,39 @@ pub fn filter_sets(target: &Target) -> Vec<Vec<(String, String)>> {
 /// Finds the instances a target names. Zero, one or several: the caller
 /// decides what each means.
 pub async fn find(clients: &Clients, target: &Target) -> anyhow::Result<Vec<InstanceInfo>> {
-    let at = Attempt { op: "DescribeInstances", scope: &clients.scope, instance_id: None, os_user: None };
+    let at = Attempt {
+        op: "DescribeInstances",
+        scope: &clients.scope,
+        instance_id: None,
+        os_user: None,
+    };
     if let Target::InstanceId(id) = target {
-        let result = clients.ec2.describe_instances().instance_ids(id).send().await;
+        let result = clients
+            .ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await;
         return match result {
             Ok(out) => Ok(collect(out.reservations())),
-            Err(err) if err.as_service_error().and_then(|e| e.meta().code()) == Some("InvalidInstanceID.NotFound") => {
+            Err(err)
+                if err.as_service_error().and_then(|e| e.meta().code())
+                    == Some("InvalidInstanceID.NotFound") =>
+            {
                 Ok(Vec::new())
             }
-            Err(err) => Err(from_sdk(err, &Attempt { instance_id: Some(id), ..at })),
+            Err(err) => Err(from_sdk(
+                err,
+                &Attempt {
+                    instance_id: Some(id),
+                    ..at
+                },
+            )),
         };
     }
-    let queries = filter_sets(target).into_iter().map(|set| describe_filtered(clients, set, at));
+    let queries = filter_sets(target)
+        .into_iter()
+        .map(|set| describe_filtered(clients, set, at));
     let mut merged: BTreeMap<String, InstanceInfo> = BTreeMap::new();
     for batch in try_join_all(queries).await? {
         for inst in batch {
@@ -193,12 +237,24 @@ mod tests {
     #[test]
     fn filters_per_target_kind() {
         let names = |t: &Target| -> Vec<String> {
-            filter_sets(t).into_iter().map(|s| s.into_iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&")).collect()
+            filter_sets(t)
+                .into_iter()
+                .map(|s| {
+                    s.into_iter()
+                        .map(|(n, v)| format!("{n}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                })
+                .collect()
         };
         assert_eq!(names(&Target::Name("web-1".into())), ["tag:Name=web-1"]);
         assert_eq!(
             names(&Target::Name("Web.Prod".into())),
-            ["tag:Name=Web.Prod", "dns-name=web.prod", "private-dns-name=web.prod"]
+            [
+                "tag:Name=Web.Prod",
+                "dns-name=web.prod",
+                "private-dns-name=web.prod"
+            ]
         );
         assert_eq!(
             names(&Target::Ip("10.0.0.5".parse().unwrap())),
@@ -210,7 +266,10 @@ mod tests {
         );
         assert_eq!(
             names(&Target::DnsName("ip-10-0-0-5.ec2.internal".into())),
-            ["dns-name=ip-10-0-0-5.ec2.internal", "private-dns-name=ip-10-0-0-5.ec2.internal"]
+            [
+                "dns-name=ip-10-0-0-5.ec2.internal",
+                "private-dns-name=ip-10-0-0-5.ec2.internal"
+            ]
         );
         assert!(filter_sets(&Target::InstanceId("i-01234567".into())).is_empty());
     }
@@ -221,7 +280,10 @@ mod tests {
             id: "i-01234567".into(),
             name: Some("evil\x1b[2Jname\n".into()),
             state: "running".into(),
-            addresses: Addresses { private_ip: Some("10.0.0.5".parse().unwrap()), ..Default::default() },
+            addresses: Addresses {
+                private_ip: Some("10.0.0.5".parse().unwrap()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let line = info.summary();

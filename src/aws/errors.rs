@@ -66,7 +66,8 @@ where
             if let Some(cause) = credentials_problem(&err) {
                 no_credentials(at, &cause)
             } else if text.contains("signing region") {
-                Failure::new("no AWS region is configured").hint("pass --region REGION, or set AWS_REGION")
+                Failure::new("no AWS region is configured")
+                    .hint("pass --region REGION, or set AWS_REGION")
             } else {
                 Failure::new(format!("could not call {}: {text}", at.op))
             }
@@ -126,7 +127,11 @@ fn no_credentials(at: &Attempt<'_>, cause: &str) -> Failure {
 /// Message and hints for an AWS error code.
 pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
     let msg = terminal_safe(message);
-    let said = if msg.is_empty() { String::new() } else { format!(": {msg}") };
+    let said = if msg.is_empty() {
+        String::new()
+    } else {
+        format!(": {msg}")
+    };
     let where_ = at.scope.describe();
     let id = at.instance();
     let user = at.user();
@@ -233,13 +238,21 @@ mod tests {
     use super::*;
 
     fn at<'a>(op: &'static str, scope: &'a Scope) -> Attempt<'a> {
-        Attempt { op, scope, instance_id: Some("i-0123456789abcdef0"), os_user: Some("ec2-user") }
+        Attempt {
+            op,
+            scope,
+            instance_id: Some("i-0123456789abcdef0"),
+            os_user: Some("ec2-user"),
+        }
     }
 
     /// Every code the tool can meet has its own message and at least one hint.
     #[test]
     fn every_known_code_has_a_specific_message_and_hint() {
-        let scope = Scope { region: "eu-west-1".into(), profile: Some("dev".into()) };
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: Some("dev".into()),
+        };
         let push_codes = [
             "AuthException",
             "EC2InstanceNotFoundException",
@@ -273,11 +286,18 @@ mod tests {
             "InvalidFilter",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope)).message;
-        for (op, codes) in [("SendSSHPublicKey", &push_codes[..]), ("DescribeInstances", &ec2_codes[..])] {
+        for (op, codes) in [
+            ("SendSSHPublicKey", &push_codes[..]),
+            ("DescribeInstances", &ec2_codes[..]),
+        ] {
             for code in codes {
                 let f = explain(code, "detail from AWS", &at(op, &scope));
                 assert!(!f.hints.is_empty(), "{code} has no hint");
-                assert!(!f.message.contains("failed with AWS error"), "{code} fell through: {}", f.message);
+                assert!(
+                    !f.message.contains("failed with AWS error"),
+                    "{code} fell through: {}",
+                    f.message
+                );
                 assert_ne!(f.message, fallback);
             }
         }
@@ -285,8 +305,15 @@ mod tests {
 
     #[test]
     fn auth_exception_names_the_action_and_user() {
-        let scope = Scope { region: "eu-west-1".into(), profile: None };
-        let f = explain("AuthException", "Not authorized", &at("SendSSHPublicKey", &scope));
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: None,
+        };
+        let f = explain(
+            "AuthException",
+            "Not authorized",
+            &at("SendSSHPublicKey", &scope),
+        );
         assert!(f.message.contains("i-0123456789abcdef0") && f.message.contains("ec2-user"));
         let hints = f.hints.join("\n");
         assert!(hints.contains("ec2-instance-connect:SendSSHPublicKey"));
@@ -296,16 +323,38 @@ mod tests {
 
     #[test]
     fn not_found_names_region_and_profile() {
-        let scope = Scope { region: "eu-west-1".into(), profile: Some("dev".into()) };
-        let f = explain("InvalidInstanceID.NotFound", "", &at("DescribeInstances", &scope));
-        assert!(f.message.contains("region eu-west-1, profile dev"), "{}", f.message);
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: Some("dev".into()),
+        };
+        let f = explain(
+            "InvalidInstanceID.NotFound",
+            "",
+            &at("DescribeInstances", &scope),
+        );
+        assert!(
+            f.message.contains("region eu-west-1, profile dev"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]
     fn unknown_codes_and_hostile_messages_are_shown_safely() {
-        let scope = Scope { region: "us-east-1".into(), profile: None };
-        let f = explain("Weird\x1b[2J", "evil\x1b]0;x\x07", &at("DescribeInstances", &scope));
-        assert!(!f.message.contains('\x1b') && !f.message.contains('\x07'), "{}", f.message);
+        let scope = Scope {
+            region: "us-east-1".into(),
+            profile: None,
+        };
+        let f = explain(
+            "Weird\x1b[2J",
+            "evil\x1b]0;x\x07",
+            &at("DescribeInstances", &scope),
+        );
+        assert!(
+            !f.message.contains('\x1b') && !f.message.contains('\x07'),
+            "{}",
+            f.message
+        );
         assert!(f.message.contains("Weird\\u{1b}[2J"));
     }
 }

@@ -32,7 +32,11 @@ impl Scope {
     /// `region us-east-1, profile dev` (the profile only when one is set).
     pub fn describe(&self) -> String {
         match &self.profile {
-            Some(p) => format!("region {}, profile {}", self.region, crate::sanitize::terminal_safe(p)),
+            Some(p) => format!(
+                "region {}, profile {}",
+                self.region,
+                crate::sanitize::terminal_safe(p)
+            ),
             None => format!("region {}", self.region),
         }
     }
@@ -68,7 +72,9 @@ pub async fn load_config(settings: &AwsSettings) -> anyhow::Result<SdkConfig> {
         let mut failure = Failure::new("no AWS region is configured")
             .hint("pass --region REGION, or set AWS_REGION");
         failure = match &settings.profile {
-            Some(p) => failure.hint(format!("or add `region = …` to profile {p} in ~/.aws/config")),
+            Some(p) => failure.hint(format!(
+                "or add `region = …` to profile {p} in ~/.aws/config"
+            )),
             None => failure.hint("or add `region = …` to ~/.aws/config"),
         };
         return fail(failure);

@@ -55,5 +55,7 @@ pub fn retry_classifier() -> AwsErrorCodeClassifier<SendSSHPublicKeyError> {
         "EC2InstanceUnavailableException",
         "ServiceException",
     ];
-    AwsErrorCodeClassifier::builder().transient_errors(TRANSIENT).build()
+    AwsErrorCodeClassifier::builder()
+        .transient_errors(TRANSIENT)
+        .build()
 }

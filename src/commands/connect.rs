@@ -69,7 +69,10 @@ pub async fn run(settings: ConnectSettings) -> anyhow::Result<ExitCode> {
     let status = ssh::run(&settings.ssh_program, &args).await?;
     drop(agent);
     drop(dir);
-    tracing::debug!(?status, "ssh finished; key wiped, runtime directory removed");
+    tracing::debug!(
+        ?status,
+        "ssh finished; key wiped, runtime directory removed"
+    );
     Ok(child_exit_code(status))
 }
 
@@ -95,7 +98,11 @@ async fn resolve_and_push(
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
         return Ok(instance);
     }
-    let instance = exactly_one(ec2::find(clients, &settings.target).await?, &settings.target, &clients.scope)?;
+    let instance = exactly_one(
+        ec2::find(clients, &settings.target).await?,
+        &settings.target,
+        &clients.scope,
+    )?;
     ensure_running(&instance)?;
     tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
     let t1 = Instant::now();
@@ -105,19 +112,29 @@ async fn resolve_and_push(
 }
 
 /// Zero matches and several matches are both errors; never silently the first.
-fn exactly_one(mut found: Vec<InstanceInfo>, target: &Target, scope: &Scope) -> anyhow::Result<InstanceInfo> {
+fn exactly_one(
+    mut found: Vec<InstanceInfo>,
+    target: &Target,
+    scope: &Scope,
+) -> anyhow::Result<InstanceInfo> {
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => {
-            let mut failure = Failure::new(format!("no instance matches {}", ec2::search_description(target, scope)))
-                .hint("check --region and --profile: lookups are per account and region");
+            let mut failure = Failure::new(format!(
+                "no instance matches {}",
+                ec2::search_description(target, scope)
+            ))
+            .hint("check --region and --profile: lookups are per account and region");
             if !matches!(target, Target::InstanceId(_)) {
                 failure = failure.hint("terminated instances are not considered; list instances with: aws ec2 describe-instances");
             }
             fail(failure)
         }
         n => {
-            let mut failure = Failure::new(format!("{target} matches {n} instances ({})", scope.describe()));
+            let mut failure = Failure::new(format!(
+                "{target} matches {n} instances ({})",
+                scope.describe()
+            ));
             for instance in &found {
                 failure = failure.detail(instance.summary());
             }
@@ -131,13 +148,17 @@ fn ensure_running(instance: &InstanceInfo) -> anyhow::Result<()> {
     match instance.state.as_str() {
         "running" => Ok(()),
         "pending" => fail(
-            Failure::new(format!("instance {id} is still starting (pending)")).hint("try again in a few seconds"),
+            Failure::new(format!("instance {id} is still starting (pending)"))
+                .hint("try again in a few seconds"),
         ),
         "stopped" | "stopping" => fail(
-            Failure::new(format!("instance {id} is {}", instance.state))
-                .hint(format!("start it: aws ec2 start-instances --instance-ids {id}")),
+            Failure::new(format!("instance {id} is {}", instance.state)).hint(format!(
+                "start it: aws ec2 start-instances --instance-ids {id}"
+            )),
         ),
-        other => fail(Failure::new(format!("instance {id} is {other}; only running instances can be connected to"))),
+        other => fail(Failure::new(format!(
+            "instance {id} is {other}; only running instances can be connected to"
+        ))),
     }
 }
 
