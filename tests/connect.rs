@@ -842,3 +842,105 @@ fn usage_errors_exit_2_and_ssh_failures_exit_255() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
 }
+
+/// Starts `eic-connect ID 'echo started; sleep N'` and waits for "started".
+fn start_session(
+    bed: &TestBed,
+    id: &str,
+    secs: u32,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut c = eic(bed);
+    c.args([id, &format!("echo started; sleep {secs}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn eic-connect");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read");
+    assert_eq!(line, "started\n");
+    (child, reader)
+}
+
+fn runtime_entries(bed: &TestBed) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(bed.dir().join("run"))
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn sigterm_is_passed_to_ssh_and_the_runtime_dir_is_removed() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let (mut child, _out) = start_session(&bed, &web.id, 30);
+    assert_eq!(
+        runtime_entries(&bed).len(),
+        1,
+        "a runtime dir exists during the session"
+    );
+    let started = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ssh did not stop"
+    );
+    // ssh reports being killed by a signal with 255; eic-connect passes it on.
+    assert_eq!(status.code(), Some(255), "{status:?}");
+    assert!(
+        runtime_entries(&bed).is_empty(),
+        "{:?}",
+        runtime_entries(&bed)
+    );
+}
+
+#[test]
+fn after_sigkill_no_secret_remains_and_the_next_run_sweeps_up() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let (mut child, _out) = start_session(&bed, &web.id, 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let left = runtime_entries(&bed);
+    assert_eq!(left.len(), 1, "SIGKILL leaves the directory: {left:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&left[0])
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["agent.sock", "id.pub"],
+        "only a socket and the public key"
+    );
+    let public = std::fs::read_to_string(left[0].join("id.pub")).unwrap();
+    assert!(public.starts_with("ssh-ed25519 ") && !public.contains("PRIVATE"));
+
+    let mut c = eic(&bed);
+    c.args([&web.id, "true"]);
+    assert!(run(c).status.success());
+    assert!(
+        runtime_entries(&bed).is_empty(),
+        "stale dir swept: {:?}",
+        runtime_entries(&bed)
+    );
+}
+
+#[test]
+fn throttled_lookups_are_retried() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    bed.fail_next("DescribeInstances", "RequestLimitExceeded", 2);
+    let mut c = eic(&bed);
+    c.env("AWS_MAX_ATTEMPTS", "3").args(["web-1", "echo ok"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(bed.requests_for("DescribeInstances").len(), 3);
+}
