@@ -104,11 +104,21 @@ const SSH_HEADING: &str = "SSH options (passed to ssh)";
                   A single COMMAND argument is run by the remote shell, as with ssh; several are quoted so that\n\
                   each reaches the instance unchanged.\n\n\
                   Exit status: the remote command's; 255 if eic-connect or ssh could not connect; 2 for usage errors.",
-    disable_version_flag = true
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    subcommand_help_heading = "Other commands",
+    subcommand_value_name = "COMMAND"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub subcommand: Option<Subcommand>,
+
     #[command(flatten)]
     pub aws: AwsArgs,
+
+    #[command(flatten)]
+    pub path: PathArgs,
 
     /// OS user to log in as [default: ec2-user]
     #[arg(long, value_name = "USER", env = "EIC_CONNECT_OS_USER")]
@@ -134,8 +144,8 @@ pub struct Cli {
     version: (),
 
     /// [USER@]TARGET: instance id, Name tag, DNS name or IP address
-    #[arg(value_name = "[USER@]TARGET", value_parser = clap::value_parser!(OsString))]
-    pub destination: OsString,
+    #[arg(value_name = "[USER@]TARGET", required = true, value_parser = clap::value_parser!(OsString))]
+    pub destination: Option<OsString>,
 
     /// Command to run on the instance, with its arguments
     #[arg(
@@ -151,15 +161,39 @@ pub struct Cli {
     pub ssh_options: Vec<OsString>,
 }
 
-/// AWS settings, shared by every subcommand.
+/// Commands other than connecting.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Open a tunnel to an instance through an EC2 Instance Connect Endpoint
+    Tunnel(TunnelArgs),
+}
+
+/// `eic-connect tunnel`.
+#[derive(Debug, Clone, Args)]
+pub struct TunnelArgs {
+    /// Instance id, Name tag, DNS name or IP address
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Port on the instance: 22 (SSH) or 3389 (RDP)
+    #[arg(long, value_name = "PORT", default_value_t = 22)]
+    pub remote_port: u16,
+
+    /// Listen on this loopback port and tunnel each connection; without it,
+    /// relay standard input and output
+    #[arg(long, value_name = "PORT")]
+    pub local_port: Option<u16>,
+}
+
+/// AWS settings, shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
     /// AWS region [default: from AWS_REGION or the profile]
-    #[arg(long, value_name = "REGION")]
+    #[arg(long, value_name = "REGION", global = true)]
     pub region: Option<String>,
 
     /// AWS profile from ~/.aws/config [default: AWS_PROFILE or "default"]
-    #[arg(long, value_name = "PROFILE")]
+    #[arg(long, value_name = "PROFILE", global = true)]
     pub profile: Option<String>,
 
     /// Seconds to wait for one attempt of one AWS API call
@@ -167,9 +201,50 @@ pub struct AwsArgs {
         long,
         value_name = "SECONDS",
         default_value_t = 10.0,
-        env = "EIC_CONNECT_API_TIMEOUT"
+        env = "EIC_CONNECT_API_TIMEOUT",
+        global = true
     )]
     pub api_timeout: f64,
+}
+
+/// How to reach the instance's port 22.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConnectVia {
+    /// Straight to a public address; through an endpoint when the instance has none
+    #[default]
+    Auto,
+    /// Straight to the chosen address
+    Direct,
+    /// Through an EC2 Instance Connect Endpoint to the private address
+    Eice,
+}
+
+/// The network path, shared by every command that connects.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// Network path to the instance
+    #[arg(
+        long = "connect",
+        value_name = "PATH",
+        value_enum,
+        default_value_t,
+        env = "EIC_CONNECT_PATH",
+        global = true
+    )]
+    pub via: ConnectVia,
+
+    /// EC2 Instance Connect Endpoint to use [default: the one in the instance's subnet, else its VPC]
+    #[arg(long, value_name = "ID", global = true)]
+    pub eice_id: Option<String>,
+
+    /// Close endpoint tunnels after this many seconds (1-3600)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u32).range(1..=3600),
+        global = true
+    )]
+    pub max_tunnel_duration: Option<u32>,
 }
 
 /// Which address to connect to.
@@ -225,10 +300,55 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args = subcommand_first(args.into_iter().map(Into::into).collect());
     let matches = command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     cli.ssh_options = ssh_options_in_order(&matches);
     Ok(cli)
+}
+
+/// Options shared by every command (`global` in the definition), with
+/// whether each takes a value.
+const GLOBAL_OPTIONS: &[(&str, bool)] = &[
+    ("--region", true),
+    ("--profile", true),
+    ("--api-timeout", true),
+    ("--connect", true),
+    ("--eice-id", true),
+    ("--max-tunnel-duration", true),
+];
+
+/// `eic-connect --region R tunnel …` means the tunnel command, but clap
+/// only sees a subcommand in first position (anything else is the connect
+/// command's grammar, where `tunnel` would be an instance name). When only
+/// global options precede a subcommand name, move the name first.
+fn subcommand_first(mut args: Vec<OsString>) -> Vec<OsString> {
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    let mut i = 1;
+    while i < args.len() {
+        let Some(word) = args[i].to_str() else {
+            return args;
+        };
+        if names.iter().any(|n| n == word) {
+            if i > 1 {
+                let name = args.remove(i);
+                args.insert(1, name);
+            }
+            return args;
+        }
+        let (flag, inline_value) = match word.split_once('=') {
+            Some((flag, _)) => (flag, true),
+            None => (word, false),
+        };
+        match GLOBAL_OPTIONS.iter().find(|(name, _)| *name == flag) {
+            Some((_, takes_value)) => i += if *takes_value && !inline_value { 2 } else { 1 },
+            None => return args,
+        }
+    }
+    args
 }
 
 /// Rebuilds ssh's options in the order they were given (order matters to
@@ -286,7 +406,7 @@ mod tests {
     #[test]
     fn destination_and_command() {
         let cli = parse_ok(&["web-1", "--", "make", "test"]);
-        assert_eq!(cli.destination, "web-1");
+        assert_eq!(cli.destination.as_deref(), Some("web-1".as_ref()));
         assert_eq!(strs(&cli.command), ["make", "test"]);
         let cli = parse_ok(&["web-1", "ls", "-la", "/tmp"]);
         assert_eq!(strs(&cli.command), ["ls", "-la", "/tmp"]);
@@ -351,6 +471,38 @@ mod tests {
         assert_eq!(cli.login_name.as_deref(), Some("ubuntu"));
         assert!(cli.address.private);
         assert!(cli.ssh_options.is_empty());
+    }
+
+    #[test]
+    fn subcommands_after_global_options() {
+        let os = |v: &[&str]| -> Vec<OsString> { v.iter().map(Into::into).collect() };
+        assert_eq!(
+            subcommand_first(os(&[
+                "e",
+                "--region",
+                "x",
+                "--connect=eice",
+                "tunnel",
+                "web"
+            ])),
+            os(&["e", "tunnel", "--region", "x", "--connect=eice", "web"])
+        );
+        // After ssh options or a destination, `tunnel` is a name or a command.
+        for args in [
+            &["e", "-p", "22", "tunnel"][..],
+            &["e", "web", "tunnel"],
+            &["e", "--", "tunnel"],
+        ] {
+            assert_eq!(subcommand_first(os(args)), os(args));
+        }
+        let cli = parse_ok(&["--region", "x", "tunnel", "web-1"]);
+        assert!(matches!(cli.subcommand, Some(Subcommand::Tunnel(_))));
+        assert_eq!(cli.aws.region.as_deref(), Some("x"));
+        let cli = parse_ok(&["web-1", "tunnel"]);
+        assert!(cli.subcommand.is_none());
+        assert_eq!(strs(&cli.command), ["tunnel"]);
+        let cli = parse_ok(&["--", "tunnel"]);
+        assert_eq!(cli.destination.as_deref(), Some("tunnel".as_ref()));
     }
 
     #[test]

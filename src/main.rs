@@ -15,20 +15,20 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os()) {
+    let mut cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         // Help and version exit 0, usage errors 2, as clap decides.
         Err(err) => err.exit(),
     };
     init_logging(cli.verbose);
-    let outcome = settings::ConnectSettings::from_cli(cli)
-        .map_err(anyhow::Error::new)
-        .and_then(|settings| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(commands::connect::run(settings))
-        });
+    let outcome = match cli.subcommand.take() {
+        None => settings::ConnectSettings::from_cli(cli)
+            .map_err(anyhow::Error::new)
+            .and_then(|settings| block_on(commands::connect::run(settings))),
+        Some(cli::Subcommand::Tunnel(args)) => {
+            block_on(commands::tunnel::run(args, cli.aws, cli.path))
+        }
+    };
     match outcome {
         Ok(code) => code,
         Err(err) => {
@@ -36,6 +36,18 @@ fn main() -> ExitCode {
             ExitCode::from(error::exit_code(&err))
         }
     }
+}
+
+/// Runs a command on a single-threaded runtime: eic-connect's work is a few
+/// concurrent network calls and byte relays, which one thread serves well
+/// and starts fastest.
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    future: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 /// `-v`: eic-connect's steps and timings; `-vvv`: the AWS SDK's too. Never

@@ -36,6 +36,8 @@ impl ConnectSettings {
     pub fn from_cli(cli: Cli) -> Result<ConnectSettings, Failure> {
         let destination = cli
             .destination
+            .as_deref()
+            .unwrap_or_default()
             .to_str()
             .ok_or_else(|| Failure::usage("the target is not valid UTF-8"))?;
         let (dest_user, target) = parse_destination(destination)?;

@@ -8,6 +8,7 @@ use futures_util::future::try_join_all;
 
 use super::errors::{Attempt, from_sdk};
 use super::{Clients, Scope};
+use crate::error::{Failure, fail};
 use crate::sanitize::terminal_safe;
 use crate::target::{Addresses, Target};
 
@@ -223,6 +224,64 @@ fn collect(reservations: &[aws_sdk_ec2::types::Reservation]) -> Vec<InstanceInfo
         .flat_map(|r| r.instances())
         .filter_map(InstanceInfo::from_sdk)
         .collect()
+}
+
+/// Zero matches and several matches are both errors; never silently the first.
+pub fn exactly_one(
+    mut found: Vec<InstanceInfo>,
+    target: &Target,
+    scope: &Scope,
+) -> anyhow::Result<InstanceInfo> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => {
+            let mut failure = Failure::new(format!(
+                "no instance matches {}",
+                search_description(target, scope)
+            ))
+            .hint("check --region and --profile: lookups are per account and region");
+            if !matches!(target, Target::InstanceId(_)) {
+                failure = failure.hint("terminated instances are not considered; list instances with: aws ec2 describe-instances");
+            }
+            fail(failure)
+        }
+        n => {
+            let mut failure = Failure::new(format!(
+                "{target} matches {n} instances ({})",
+                scope.describe()
+            ));
+            for instance in &found {
+                failure = failure.detail(instance.summary());
+            }
+            fail(failure.hint("name one by its instance id"))
+        }
+    }
+}
+
+pub fn ensure_running(instance: &InstanceInfo) -> anyhow::Result<()> {
+    let id = &instance.id;
+    match instance.state.as_str() {
+        "running" => Ok(()),
+        "pending" => fail(
+            Failure::new(format!("instance {id} is still starting (pending)"))
+                .hint("try again in a few seconds"),
+        ),
+        "stopped" | "stopping" => fail(
+            Failure::new(format!("instance {id} is {}", instance.state)).hint(format!(
+                "start it: aws ec2 start-instances --instance-ids {id}"
+            )),
+        ),
+        other => fail(Failure::new(format!(
+            "instance {id} is {other}; only running instances can be connected to"
+        ))),
+    }
+}
+
+/// Finds the one running instance a target names, or fails saying why.
+pub async fn resolve_running(clients: &Clients, target: &Target) -> anyhow::Result<InstanceInfo> {
+    let instance = exactly_one(find(clients, target).await?, target, &clients.scope)?;
+    ensure_running(&instance)?;
+    Ok(instance)
 }
 
 /// Describes the search for "no instance matches" messages.

@@ -10,8 +10,8 @@ use anyhow::Context;
 use crate::agent::{Agent, RuntimeDir};
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::push::{KEY_LIFETIME, push_key};
-use crate::aws::{self, Clients, Scope};
-use crate::error::{Failure, child_exit_code, fail};
+use crate::aws::{self, Clients};
+use crate::error::child_exit_code;
 use crate::key::EphemeralKey;
 use crate::settings::ConnectSettings;
 use crate::ssh::{self, SshInvocation};
@@ -92,74 +92,18 @@ async fn resolve_and_push(
             push_key(clients, id, user, key.public_openssh())
         );
         // The lookup explains "not found" and "stopped" better than the push.
-        let instance = exactly_one(found?, &settings.target, &clients.scope)?;
-        ensure_running(&instance)?;
+        let instance = ec2::exactly_one(found?, &settings.target, &clients.scope)?;
+        ec2::ensure_running(&instance)?;
         pushed?;
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
         return Ok(instance);
     }
-    let instance = exactly_one(
-        ec2::find(clients, &settings.target).await?,
-        &settings.target,
-        &clients.scope,
-    )?;
-    ensure_running(&instance)?;
+    let instance = ec2::resolve_running(clients, &settings.target).await?;
     tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
     let t1 = Instant::now();
     push_key(clients, &instance.id, user, key.public_openssh()).await?;
     tracing::debug!(elapsed_ms = t1.elapsed().as_millis() as u64, "pushed key");
     Ok(instance)
-}
-
-/// Zero matches and several matches are both errors; never silently the first.
-fn exactly_one(
-    mut found: Vec<InstanceInfo>,
-    target: &Target,
-    scope: &Scope,
-) -> anyhow::Result<InstanceInfo> {
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => {
-            let mut failure = Failure::new(format!(
-                "no instance matches {}",
-                ec2::search_description(target, scope)
-            ))
-            .hint("check --region and --profile: lookups are per account and region");
-            if !matches!(target, Target::InstanceId(_)) {
-                failure = failure.hint("terminated instances are not considered; list instances with: aws ec2 describe-instances");
-            }
-            fail(failure)
-        }
-        n => {
-            let mut failure = Failure::new(format!(
-                "{target} matches {n} instances ({})",
-                scope.describe()
-            ));
-            for instance in &found {
-                failure = failure.detail(instance.summary());
-            }
-            fail(failure.hint("name one by its instance id"))
-        }
-    }
-}
-
-fn ensure_running(instance: &InstanceInfo) -> anyhow::Result<()> {
-    let id = &instance.id;
-    match instance.state.as_str() {
-        "running" => Ok(()),
-        "pending" => fail(
-            Failure::new(format!("instance {id} is still starting (pending)"))
-                .hint("try again in a few seconds"),
-        ),
-        "stopped" | "stopping" => fail(
-            Failure::new(format!("instance {id} is {}", instance.state)).hint(format!(
-                "start it: aws ec2 start-instances --instance-ids {id}"
-            )),
-        ),
-        other => fail(Failure::new(format!(
-            "instance {id} is {other}; only running instances can be connected to"
-        ))),
-    }
 }
 
 /// The known_hosts file eic-connect owns (entries keyed by instance id).
