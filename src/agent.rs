@@ -24,6 +24,9 @@ const SSH_AGENTC_REQUEST_IDENTITIES: u8 = 11;
 const SSH_AGENT_IDENTITIES_ANSWER: u8 = 12;
 const SSH_AGENTC_SIGN_REQUEST: u8 = 13;
 const SSH_AGENT_SIGN_RESPONSE: u8 = 14;
+const SSH_AGENT_SUCCESS: u8 = 6;
+const SSH_AGENTC_ADD_ID_CONSTRAINED: u8 = 25;
+const SSH_AGENT_CONSTRAIN_LIFETIME: u8 = 1;
 /// Agent messages we handle are small; anything larger is not ssh talking.
 const MAX_MESSAGE: usize = 256 * 1024;
 
@@ -228,6 +231,62 @@ fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
     }
 }
 
+/// A connection to an ssh-agent (the user's, via `SSH_AUTH_SOCK`).
+pub struct AgentClient {
+    stream: UnixStream,
+}
+
+impl AgentClient {
+    /// Connects to the agent named by `SSH_AUTH_SOCK`, if there is one.
+    pub async fn from_env() -> Option<AgentClient> {
+        let path = std::env::var_os("SSH_AUTH_SOCK").filter(|p| !p.is_empty())?;
+        let stream = UnixStream::connect(&path).await.ok()?;
+        Some(AgentClient { stream })
+    }
+
+    async fn request(&mut self, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut framed = zeroize::Zeroizing::new(Vec::with_capacity(msg.len() + 4));
+        put_string(&mut framed, msg);
+        self.stream.write_all(&framed).await?;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        anyhow::ensure!(len > 0 && len <= MAX_MESSAGE, "bad reply length {len} from ssh-agent");
+        let mut reply = vec![0u8; len];
+        self.stream.read_exact(&mut reply).await?;
+        Ok(reply)
+    }
+
+    /// Adds `key` with a lifetime constraint: the agent itself deletes it
+    /// after `lifetime`, whatever happens to this process.
+    pub async fn add(&mut self, key: &EphemeralKey, lifetime: Duration) -> anyhow::Result<()> {
+        let mut msg = zeroize::Zeroizing::new(vec![SSH_AGENTC_ADD_ID_CONSTRAINED]);
+        msg.extend_from_slice(&key.agent_key_fields()?);
+        put_string(&mut msg, b"eic-connect ephemeral key");
+        msg.push(SSH_AGENT_CONSTRAIN_LIFETIME);
+        msg.extend_from_slice(&(lifetime.as_secs().max(1) as u32).to_be_bytes());
+        let reply = self.request(&msg).await?;
+        anyhow::ensure!(reply.first() == Some(&SSH_AGENT_SUCCESS), "the ssh-agent refused the key");
+        Ok(())
+    }
+
+    /// Whether the agent currently holds the key with this public blob.
+    pub async fn has(&mut self, blob: &[u8]) -> anyhow::Result<bool> {
+        let reply = self.request(&[SSH_AGENTC_REQUEST_IDENTITIES]).await?;
+        anyhow::ensure!(reply.first() == Some(&SSH_AGENT_IDENTITIES_ANSWER), "unexpected ssh-agent reply");
+        let mut rest = &reply[1..];
+        let count = rest.get(..4).map_or(0, |n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
+        rest = rest.get(4..).unwrap_or_default();
+        for _ in 0..count {
+            let (Some(key), Some(_comment)) = (take_string(&mut rest), take_string(&mut rest)) else { break };
+            if key == blob {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 fn take_string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
     let s = buf.get(4..4 + len)?;
@@ -333,6 +392,42 @@ mod tests {
             key.lock().unwrap().is_none(),
             "dropping the agent wipes the key"
         );
+    }
+
+    /// Our agent client against the real OpenSSH ssh-agent: the key goes in
+    /// with a lifetime and can be found again.
+    #[tokio::test]
+    async fn adds_a_constrained_key_to_a_real_ssh_agent() {
+        let dir = RuntimeDir::create().unwrap();
+        let socket = dir.path().join("real-agent.sock");
+        let mut agent = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client) must be installed");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut client = AgentClient { stream: UnixStream::connect(&socket).await.unwrap() };
+        let key = EphemeralKey::generate().unwrap();
+        let blob = key.public_blob().unwrap();
+        assert!(!client.has(&blob).await.unwrap());
+        client.add(&key, Duration::from_secs(60)).await.unwrap();
+        assert!(client.has(&blob).await.unwrap());
+        // ssh-add -l shows it with the lifetime-bearing comment.
+        let listed = std::process::Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&listed.stdout).contains(&key.fingerprint()));
+        agent.kill().unwrap();
+        agent.wait().unwrap();
     }
 
     #[tokio::test]

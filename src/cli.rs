@@ -135,6 +135,24 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Trust only the host keys the instance printed on its console
+    /// (GetConsoleOutput), checked strictly
+    #[arg(
+        long,
+        env = "EIC_CONNECT_VERIFY_HOST_KEY",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub verify_host_key: bool,
+
+    /// With --verify-host-key: if the console shows no host keys, warn and
+    /// accept the key on first use instead of failing
+    #[arg(
+        long,
+        env = "EIC_CONNECT_ALLOW_UNVERIFIED",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub allow_unverified: bool,
+
     /// Verbose: eic-connect's steps and timings, and ssh's -v (repeat for more)
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
@@ -166,6 +184,127 @@ pub struct Cli {
 pub enum Subcommand {
     /// Open a tunnel to an instance through an EC2 Instance Connect Endpoint
     Tunnel(TunnelArgs),
+    /// ProxyCommand for ssh, scp, rsync, git and editors (see ssh-config)
+    Proxy(ProxyArgs),
+    /// Print a ~/.ssh/config block so plain ssh, scp, rsync and git reach instances
+    SshConfig(SshConfigArgs),
+    /// Copy files with scp: eic-connect scp FILE web-1:/tmp/
+    #[command(disable_help_flag = true)]
+    Scp(CopyArgs),
+    /// Transfer files with sftp: eic-connect sftp web-1
+    #[command(disable_help_flag = true)]
+    Sftp(CopyArgs),
+    /// Explain why a connection would fail: one line per check, with a fix
+    Doctor(DoctorArgs),
+    /// Connect to an instance's serial console (EC2 Serial Console)
+    Serial(SerialArgs),
+    /// (internal) ssh's KnownHostsCommand for pinned host keys
+    #[command(name = "__known-hosts", hide = true)]
+    KnownHosts(KnownHostsArgs),
+}
+
+/// `eic-connect doctor`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 if every check passed (warnings allowed), 1 if any failed, 2 for usage errors.\n\
+                  The push check really pushes a throwaway key: it is valid for 60 seconds and never used."
+)]
+pub struct DoctorArgs {
+    /// [USER@]TARGET: instance id, Name tag, DNS name or IP address
+    #[arg(value_name = "[USER@]TARGET")]
+    pub destination: String,
+
+    /// OS user to check [default: guessed from the AMI, else ec2-user]
+    #[arg(short = 'l', long = "os-user", value_name = "USER", env = "EIC_CONNECT_OS_USER")]
+    pub os_user: Option<String>,
+
+    /// Port ssh would connect to
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = 22)]
+    pub port: u16,
+
+    /// Your address as the instance sees it [default: the local address used to reach the EC2 API]
+    #[arg(long, value_name = "IP")]
+    pub source_ip: Option<std::net::IpAddr>,
+
+    #[command(flatten)]
+    pub address: AddressArgs,
+
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `eic-connect serial`.
+#[derive(Debug, Clone, Args)]
+pub struct SerialArgs {
+    /// Instance id, Name tag, DNS name or IP address
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Pin this host-key fingerprint instead of AWS's published one (for a
+    /// region newer than this release)
+    #[arg(long, value_name = "SHA256:…", env = "EIC_CONNECT_SERIAL_FINGERPRINT")]
+    pub host_key_fingerprint: Option<String>,
+
+    /// Verbose: ssh's -v (repeat for more)
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `eic-connect __known-hosts … -- %I %H %t %K`, run by ssh.
+#[derive(Debug, Clone, Args)]
+pub struct KnownHostsArgs {
+    /// File to append the verdict to
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+    /// A pinned SHA256 fingerprint
+    #[arg(long, value_name = "SHA256:…")]
+    pub pin: Vec<String>,
+    /// A pinned key, `TYPE:BASE64`
+    #[arg(long, value_name = "TYPE:BASE64")]
+    pub key: Vec<String>,
+    /// ssh's %I %H %t %K (any may be empty)
+    #[arg(value_name = "WORD", num_args = 0.., allow_hyphen_values = true)]
+    pub words: Vec<String>,
+}
+
+/// `eic-connect proxy HOST PORT USER`, as ssh's `ProxyCommand … %h %p %r`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Host as ssh names it (%h): instance id, Name tag (after --prefix), DNS name or IP
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// Port (%p)
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+    /// OS user (%r): the key is pushed for this user
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// Strip this prefix from HOST (the ssh-config block's Host pattern for names)
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Directory for the identity files ssh reads (the ssh-config block's IdentityFile)
+    #[arg(long, value_name = "DIR")]
+    pub key_dir: Option<std::path::PathBuf>,
+}
+
+/// `eic-connect ssh-config`.
+#[derive(Debug, Clone, Args)]
+pub struct SshConfigArgs {
+    /// Prefix that marks a Name tag: `ssh eic-web-1` reaches the instance named web-1
+    #[arg(long, value_name = "PREFIX", default_value = "eic-")]
+    pub prefix: String,
+    /// Default OS user for these hosts
+    #[arg(long, value_name = "USER", default_value = crate::settings::DEFAULT_OS_USER)]
+    pub os_user: String,
+}
+
+/// `eic-connect scp|sftp [ARGS...]`: the tool's own arguments, passed on.
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// Arguments for scp or sftp; remote operands name instances ([USER@]TARGET:PATH)
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+    pub args: Vec<OsString>,
 }
 
 /// `eic-connect tunnel`.
@@ -183,6 +322,15 @@ pub struct TunnelArgs {
     /// relay standard input and output
     #[arg(long, value_name = "PORT")]
     pub local_port: Option<u16>,
+
+    /// (internal, with --private-ip and --eice-id) the endpoint's DNS name:
+    /// skip every lookup, as eic-connect's own ProxyCommand does
+    #[arg(long, value_name = "DNS_NAME", hide = true, requires = "private_ip")]
+    pub eice_dns_name: Option<String>,
+
+    /// (internal, with --eice-dns-name) the instance's private address
+    #[arg(long, value_name = "IP", hide = true, requires = "eice_dns_name")]
+    pub private_ip: Option<std::net::IpAddr>,
 }
 
 /// AWS settings, shared by every command.
@@ -200,7 +348,7 @@ pub struct AwsArgs {
     #[arg(
         long,
         value_name = "SECONDS",
-        default_value_t = 10.0,
+        default_value_t = DEFAULT_API_TIMEOUT,
         env = "EIC_CONNECT_API_TIMEOUT",
         global = true
     )]
@@ -234,7 +382,7 @@ pub struct PathArgs {
     pub via: ConnectVia,
 
     /// EC2 Instance Connect Endpoint to use [default: the one in the instance's subnet, else its VPC]
-    #[arg(long, value_name = "ID", global = true)]
+    #[arg(long, value_name = "ID", env = "EIC_CONNECT_EICE_ID", global = true)]
     pub eice_id: Option<String>,
 
     /// Close endpoint tunnels after this many seconds (1-3600)
@@ -242,10 +390,64 @@ pub struct PathArgs {
         long,
         value_name = "SECONDS",
         value_parser = clap::value_parser!(u32).range(1..=3600),
+        env = "EIC_CONNECT_MAX_TUNNEL_DURATION",
         global = true
     )]
     pub max_tunnel_duration: Option<u32>,
 }
+
+/// The global options as they would be given to another eic-connect
+/// process (a ProxyCommand line), leaving out defaults.
+pub fn global_args(aws: &AwsArgs, path: &PathArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |flag: &str, value: Option<String>| {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            out.push(flag.to_owned());
+            out.push(value);
+        }
+    };
+    add("--region", aws.region.clone());
+    add("--profile", aws.profile.clone());
+    add("--api-timeout", (aws.api_timeout != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout.to_string()));
+    add("--connect", (path.via != ConnectVia::Auto).then(|| path.via.as_str().to_owned()));
+    add("--eice-id", path.eice_id.clone());
+    add("--max-tunnel-duration", path.max_tunnel_duration.map(|n| n.to_string()));
+    out
+}
+
+/// The same settings as environment variables, for a child eic-connect that
+/// takes no arguments from us (scp's and sftp's `-S` program).
+pub fn global_env(aws: &AwsArgs, path: &PathArgs) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(region) = aws.region.clone().filter(|r| !r.is_empty()) {
+        out.push(("AWS_REGION", region));
+    }
+    if let Some(profile) = aws.profile.clone().filter(|p| !p.is_empty()) {
+        out.push(("AWS_PROFILE", profile));
+    }
+    out.push(("EIC_CONNECT_API_TIMEOUT", aws.api_timeout.to_string()));
+    out.push(("EIC_CONNECT_PATH", path.via.as_str().to_owned()));
+    if let Some(id) = &path.eice_id {
+        out.push(("EIC_CONNECT_EICE_ID", id.clone()));
+    }
+    if let Some(n) = path.max_tunnel_duration {
+        out.push(("EIC_CONNECT_MAX_TUNNEL_DURATION", n.to_string()));
+    }
+    out
+}
+
+impl ConnectVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectVia::Auto => "auto",
+            ConnectVia::Direct => "direct",
+            ConnectVia::Eice => "eice",
+        }
+    }
+}
+
+/// `--api-timeout`'s default, in seconds.
+pub const DEFAULT_API_TIMEOUT: f64 = 10.0;
 
 /// Which address to connect to.
 #[derive(Debug, Clone, Args)]

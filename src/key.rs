@@ -6,6 +6,7 @@ use std::fmt;
 use anyhow::Context;
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, PrivateKey};
+use zeroize::Zeroizing;
 
 /// An ed25519 key pair that lives only in this process's memory.
 pub struct EphemeralKey {
@@ -18,6 +19,17 @@ impl EphemeralKey {
     pub fn generate() -> anyhow::Result<Self> {
         let private = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
             .context("could not generate an ed25519 key")?;
+        Self::from_private(private)
+    }
+
+    /// Reads back a key eic-connect wrote (proxy mode without an agent).
+    pub fn from_openssh(text: &str) -> anyhow::Result<Self> {
+        let private = PrivateKey::from_openssh(text).context("not an OpenSSH private key")?;
+        anyhow::ensure!(private.algorithm() == Algorithm::Ed25519, "not an ed25519 key");
+        Self::from_private(private)
+    }
+
+    fn from_private(private: PrivateKey) -> anyhow::Result<Self> {
         // A bare `ssh-ed25519 <base64>` (no comment) is what the service
         // expects; it is exactly 80 characters, the API's minimum.
         let mut public = private.public_key().clone();
@@ -51,6 +63,29 @@ impl EphemeralKey {
         put_string(&mut out, sig.algorithm().as_str().as_bytes());
         put_string(&mut out, sig.as_bytes());
         Ok(out)
+    }
+
+    /// The key pair in the agent protocol's form for ed25519
+    /// (`string "ssh-ed25519", string public, string seed‖public`), for
+    /// adding it to an ssh-agent. Wiped when dropped.
+    pub fn agent_key_fields(&self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let keypair = self
+            .private
+            .key_data()
+            .ed25519()
+            .context("the ephemeral key is not ed25519")?;
+        let secret = Zeroizing::new(keypair.to_bytes());
+        let mut out = Zeroizing::new(Vec::with_capacity(128));
+        put_string(&mut out, b"ssh-ed25519");
+        put_string(&mut out, keypair.public.as_ref());
+        put_string(&mut out, secret.as_ref());
+        Ok(out)
+    }
+
+    /// The private key in OpenSSH's file format, for the one fallback that
+    /// needs a file (no ssh-agent in proxy mode). Wiped when dropped.
+    pub fn private_openssh(&self) -> anyhow::Result<Zeroizing<String>> {
+        Ok(self.private.to_openssh(ssh_key::LineEnding::LF)?)
     }
 
     /// `SHA256:…` fingerprint, safe to log.

@@ -5,11 +5,15 @@ mod aws;
 mod cli;
 mod commands;
 mod error;
+mod hostkeys;
 mod key;
+mod osuser;
 mod sanitize;
+mod serial;
 mod settings;
 mod ssh;
 mod target;
+mod tunnel;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -28,6 +32,15 @@ fn main() -> ExitCode {
         Some(cli::Subcommand::Tunnel(args)) => {
             block_on(commands::tunnel::run(args, cli.aws, cli.path))
         }
+        Some(cli::Subcommand::Proxy(args)) => {
+            block_on(commands::proxy::run(args, cli.aws, cli.path))
+        }
+        Some(cli::Subcommand::SshConfig(args)) => commands::ssh_config::run(&args, &cli.aws, &cli.path),
+        Some(cli::Subcommand::Scp(args)) => commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path),
+        Some(cli::Subcommand::Sftp(args)) => commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path),
+        Some(cli::Subcommand::Doctor(args)) => block_on(commands::doctor::run(args, cli.aws, cli.path)),
+        Some(cli::Subcommand::Serial(args)) => block_on(commands::serial::run(args, cli.aws)),
+        Some(cli::Subcommand::KnownHosts(args)) => commands::known_hosts::run(&args),
     };
     match outcome {
         Ok(code) => code,

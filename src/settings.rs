@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::aws::AwsSettings;
-use crate::cli::Cli;
+use crate::cli::{AwsArgs, Cli};
 use crate::error::Failure;
 use crate::target::{AddressChoice, Target, parse_destination, validate_user};
 
 /// The OS user when nothing says otherwise.
 pub const DEFAULT_OS_USER: &str = "ec2-user";
+/// The rule name when no OS user was given (connect then guesses from the AMI).
+pub const DEFAULT_OS_USER_SOURCE: &str = "the default";
 
 /// Everything the connect command needs, validated.
 #[derive(Debug, Clone)]
@@ -20,7 +22,15 @@ pub struct ConnectSettings {
     pub os_user: String,
     /// Which rule chose the OS user (shown with -v).
     pub os_user_source: &'static str,
+    /// Whether the user named the OS user; if not, it is guessed from the AMI.
+    pub os_user_explicit: bool,
+    /// `--verify-host-key`: pin the host keys from the console output.
+    pub verify_host_key: bool,
+    /// `--allow-unverified`: without console keys, fall back to first use.
+    pub allow_unverified: bool,
     pub address: AddressChoice,
+    /// `--connect`, `--eice-id`, `--max-tunnel-duration`.
+    pub path: crate::cli::PathArgs,
     pub dry_run: bool,
     pub verbose: u8,
     /// ssh options in the user's order.
@@ -53,22 +63,16 @@ impl ConnectSettings {
             (_, _, true) => AddressChoice::Ipv6,
             _ => AddressChoice::Auto,
         };
-        let timeout = cli.aws.api_timeout;
-        if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
-            return Err(Failure::usage(format!(
-                "--api-timeout must be between 0 and 3600 seconds, not {timeout}"
-            )));
-        }
         Ok(ConnectSettings {
-            aws: AwsSettings {
-                region: non_empty(cli.aws.region),
-                profile: non_empty(cli.aws.profile),
-                attempt_timeout: Duration::from_secs_f64(timeout),
-            },
+            aws: AwsSettings::from_args(&cli.aws)?,
             target,
             os_user,
+            os_user_explicit: os_user_source != DEFAULT_OS_USER_SOURCE,
             os_user_source,
             address,
+            path: cli.path,
+            verify_host_key: cli.verify_host_key,
+            allow_unverified: cli.allow_unverified,
             dry_run: cli.dry_run,
             verbose: cli.verbose,
             ssh_options: cli.ssh_options,
@@ -111,7 +115,24 @@ pub fn choose_os_user(
         validate_user(first)?;
         return Ok((first.clone(), first_source));
     }
-    Ok((DEFAULT_OS_USER.to_owned(), "the default"))
+    Ok((DEFAULT_OS_USER.to_owned(), DEFAULT_OS_USER_SOURCE))
+}
+
+impl AwsSettings {
+    /// Validates the AWS options shared by every command.
+    pub fn from_args(args: &AwsArgs) -> Result<AwsSettings, Failure> {
+        let timeout = args.api_timeout;
+        if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
+            return Err(Failure::usage(format!(
+                "--api-timeout must be between 0 and 3600 seconds, not {timeout}"
+            )));
+        }
+        Ok(AwsSettings {
+            region: non_empty(args.region.clone()),
+            profile: non_empty(args.profile.clone()),
+            attempt_timeout: Duration::from_secs_f64(timeout),
+        })
+    }
 }
 
 /// The value of `-o Key=value` (or `-o "Key value"`) among ssh options, if
@@ -130,7 +151,7 @@ pub fn ssh_option_value(options: &[OsString], key: &str) -> Option<String> {
 }
 
 /// `$XDG_STATE_HOME/eic-connect`, else `~/.local/state/eic-connect`.
-fn state_dir() -> PathBuf {
+pub fn state_dir() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())

@@ -24,6 +24,10 @@ pub struct SshInvocation<'a> {
     pub identity_file: &'a Path,
     pub agent_socket: &'a Path,
     pub known_hosts: &'a Path,
+    /// Pinned host keys: a `KnownHostsCommand` that answers with exactly the
+    /// keys to trust (see `hostkeys`). When set, ssh checks strictly against
+    /// it alone and `known_hosts` is not consulted.
+    pub known_hosts_command: Option<&'a OsStr>,
     pub command: &'a [OsString],
 }
 
@@ -46,8 +50,18 @@ impl SshInvocation<'_> {
         // Known-hosts entries follow the instance, not an address that AWS
         // hands to another instance tomorrow.
         args.extend(opt("HostKeyAlias", self.instance_id.as_ref()));
-        args.extend(opt("UserKnownHostsFile", self.known_hosts.as_os_str()));
-        args.extend(opt("StrictHostKeyChecking", "accept-new".as_ref()));
+        match self.known_hosts_command {
+            None => {
+                args.extend(opt("UserKnownHostsFile", self.known_hosts.as_os_str()));
+                args.extend(opt("StrictHostKeyChecking", "accept-new".as_ref()));
+            }
+            Some(command) => {
+                args.extend(opt("UserKnownHostsFile", "/dev/null".as_ref()));
+                args.extend(opt("GlobalKnownHostsFile", "/dev/null".as_ref()));
+                args.extend(opt("KnownHostsCommand", command));
+                args.extend(opt("StrictHostKeyChecking", "yes".as_ref()));
+            }
+        }
         args.extend([
             "-l".into(),
             self.os_user.into(),
@@ -168,6 +182,7 @@ mod tests {
             identity_file: Path::new("/run/x/id.pub"),
             agent_socket: Path::new("/run/x/agent.sock"),
             known_hosts: Path::new("/home/u/.local/state/eic-connect/known_hosts"),
+            known_hosts_command: None,
             command,
         }
     }
@@ -192,6 +207,21 @@ mod tests {
         let dd = args.iter().position(|a| a == "--").unwrap();
         assert_eq!(args[dd + 1], "3.1.2.3");
         assert_eq!(args.len(), dd + 2);
+    }
+
+    #[test]
+    fn pinned_host_keys_are_checked_strictly_against_the_command_alone() {
+        let mut inv = invocation(&[], &[]);
+        inv.known_hosts_command = Some("/bin/eic-connect __known-hosts".as_ref());
+        let shown = display_command("ssh".as_ref(), &inv.args());
+        assert!(
+            shown.contains(
+                "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
+                 -o 'KnownHostsCommand=/bin/eic-connect __known-hosts' -o StrictHostKeyChecking=yes"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains("accept-new"));
     }
 
     #[test]

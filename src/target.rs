@@ -32,6 +32,16 @@ impl fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// The target as the user wrote it (without a user part).
+    pub fn host_text(&self) -> String {
+        match self {
+            Target::InstanceId(s) | Target::DnsName(s) | Target::Name(s) => s.clone(),
+            Target::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
 /// Longest tag value EC2 allows; anything longer cannot name an instance.
 const MAX_TARGET_LEN: usize = 256;
 

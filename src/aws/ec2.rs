@@ -26,6 +26,8 @@ pub struct InstanceInfo {
     pub image_id: Option<String>,
     pub instance_type: Option<String>,
     pub metadata_endpoint: Option<String>,
+    /// Security groups of the instance (for `doctor`).
+    pub security_group_ids: Vec<String>,
 }
 
 impl InstanceInfo {
@@ -105,6 +107,11 @@ impl InstanceInfo {
                 .metadata_options()
                 .and_then(|m| m.http_endpoint())
                 .map(|e| e.as_str().to_owned()),
+            security_group_ids: inst
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_owned))
+                .collect(),
             id,
         })
     }

@@ -186,6 +186,14 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("check --region and --profile: instance ids are per account and region"),
         "InvalidInstanceID.Malformed" => Failure::usage(format!("{id} is not a valid instance id{said}"))
             .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"),
+        "InvalidInstanceConnectEndpointId.NotFound" => {
+            Failure::new(format!("no such EC2 Instance Connect Endpoint ({where_}){said}"))
+                .hint("check --eice-id, --region and --profile; list endpoints with: aws ec2 describe-instance-connect-endpoints")
+        }
+        "InvalidInstanceConnectEndpointId.Malformed" => {
+            Failure::usage(format!("not a valid EC2 Instance Connect Endpoint id{said}"))
+                .hint("endpoint ids look like eice-0123456789abcdef0")
+        }
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
             let action = match op {
                 "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => format!("ec2-instance-connect:{op}"),
@@ -284,6 +292,8 @@ mod tests {
             "Blocked",
             "InvalidParameterValue",
             "InvalidFilter",
+            "InvalidInstanceConnectEndpointId.NotFound",
+            "InvalidInstanceConnectEndpointId.Malformed",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope)).message;
         for (op, codes) in [

@@ -1,7 +1,9 @@
 //! Everything that talks to AWS: the SDK configuration (built in one place),
 //! instance lookups, the key push, and what each AWS error means to a user.
 
+pub mod diag;
 pub mod ec2;
+pub mod eice;
 pub mod errors;
 pub mod push;
 

@@ -1,4 +1,10 @@
 //! One module per subcommand.
 
 pub mod connect;
+pub mod copy;
+pub mod doctor;
+pub mod known_hosts;
+pub mod proxy;
+pub mod serial;
+pub mod ssh_config;
 pub mod tunnel;

@@ -180,6 +180,10 @@ pub struct State {
     pub requests: Vec<ApiCall>,
     pub pushes: Vec<Push>,
     pub serial_pushes: Vec<Push>,
+    /// Console output, images, security groups (`diag.rs`).
+    pub diag: super::diag::DiagState,
+    /// EC2 Instance Connect Endpoints and tunnels (`eice.rs`).
+    pub eice: super::eice::EiceState,
     pub signature_failures: Vec<String>,
     /// NextToken -> (request fingerprint, offset).
     pub tokens: HashMap<String, (String, usize)>,
@@ -274,6 +278,8 @@ impl Api {
                     "MissingAction",
                     "The request must contain the parameter Action",
                 )),
+                (Service::Ec2, a) if super::eice::handles(a) => super::eice::handle(self, &mut st, &params),
+                (Service::Ec2, a) if super::diag::handles(a) => super::diag::handle(self, &mut st, a, &params),
                 (Service::Ec2, other) => Err(err(
                     400,
                     "InvalidAction",
@@ -759,7 +765,7 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
 }
 
 /// `Prefix.N` values sorted by N.
-fn indexed(params: &BTreeMap<String, String>, prefix: &str) -> Vec<(usize, String)> {
+pub fn indexed(params: &BTreeMap<String, String>, prefix: &str) -> Vec<(usize, String)> {
     let mut v: Vec<(usize, String)> = params
         .iter()
         .filter_map(|(k, val)| {
@@ -771,7 +777,7 @@ fn indexed(params: &BTreeMap<String, String>, prefix: &str) -> Vec<(usize, Strin
     v
 }
 
-fn parse_filters(params: &BTreeMap<String, String>) -> Vec<(String, Vec<String>)> {
+pub fn parse_filters(params: &BTreeMap<String, String>) -> Vec<(String, Vec<String>)> {
     // Filter.N.Name / Filter.N.Value.M
     let mut out: Vec<(usize, String, Vec<String>)> = Vec::new();
     let mut names: BTreeMap<usize, String> = BTreeMap::new();

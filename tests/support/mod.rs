@@ -26,6 +26,8 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod diag;
+pub mod eice;
 pub mod http;
 pub mod sigv4;
 pub mod sshd;
@@ -221,6 +223,8 @@ pub struct TestBed {
     endpoint: String,
     sshd: Option<sshd::Sshd>,
     server: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    /// The EC2 Instance Connect Endpoint stand-in (`eice.rs`).
+    eice: Option<eice::EiceServer>,
     user: String,
     host_public_key: String,
     ipv6: bool,
@@ -323,12 +327,14 @@ impl TestBed {
             .expect("spawn the stand-in thread");
 
         let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6);
+        let eice = eice::EiceServer::start(api.clone(), d, sshd.port);
 
         TestBed {
             api,
             endpoint: format!("http://127.0.0.1:{port}"),
             sshd: Some(sshd),
             server: Some((thread, tx)),
+            eice: Some(eice),
             user,
             host_public_key,
             ipv6,
@@ -699,6 +705,7 @@ impl TestBed {
             .env("AWS_CONFIG_FILE", d.join("aws/config"))
             .env("AWS_SHARED_CREDENTIALS_FILE", d.join("aws/credentials"))
             .env("AWS_MAX_ATTEMPTS", "1");
+        self.apply_eice_env(c);
         if let Some(tok) = self.session_token() {
             c.env("AWS_SESSION_TOKEN", tok);
         }

@@ -476,3 +476,170 @@ pub fn format_amz_date(t: SystemTime) -> String {
     let (y, mo, d, h, mi, s) = super::timefmt::civil(t);
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
+
+/// The SHA-256 of the empty string: the payload hash of a presigned GET.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Verify a request authenticated by query parameters (a presigned URL):
+/// `X-Amz-Algorithm`, `-Credential`, `-Date`, `-Expires` (at most
+/// `max_expires` seconds, and not yet past), `-SignedHeaders` (with `host`),
+/// the session token if the bed has one (in the query, so signed), and
+/// `X-Amz-Signature` over the canonical request of everything else, whose
+/// payload hash is the SHA-256 of the empty string (never
+/// `UNSIGNED-PAYLOAD`). `exp.max_skew` bounds how far in the future
+/// `X-Amz-Date` may be.
+pub fn verify_presigned(
+    req: &SignedRequest<'_>,
+    exp: &Expected<'_>,
+    max_expires: u64,
+) -> Result<(), AuthError> {
+    let pairs: Vec<(String, String, &str)> = req
+        .query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                String::from_utf8_lossy(&percent_decode(k)).into_owned(),
+                String::from_utf8_lossy(&percent_decode(v)).into_owned(),
+                p,
+            )
+        })
+        .collect();
+    let get = |name: &str| -> Result<&str, AuthError> {
+        let mut found = pairs.iter().filter(|(k, _, _)| k == name);
+        match (found.next(), found.next()) {
+            (Some((_, v, _)), None) => Ok(v.as_str()),
+            (None, _) => Err(AuthError::Missing(format!("no {name} query parameter"))),
+            (Some(_), Some(_)) => Err(AuthError::Malformed(format!("{name} given twice"))),
+        }
+    };
+    let algorithm = get("X-Amz-Algorithm")?;
+    if algorithm != ALGORITHM {
+        return Err(AuthError::Malformed(format!(
+            "X-Amz-Algorithm is {algorithm:?}, not {ALGORITHM}"
+        )));
+    }
+    let credential = get("X-Amz-Credential")?;
+    let amz_date = get("X-Amz-Date")?;
+    let expires = get("X-Amz-Expires")?;
+    let signed = get("X-Amz-SignedHeaders")?;
+    let signature = get("X-Amz-Signature")?;
+
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope.len() != 5 || scope[4] != "aws4_request" {
+        return Err(AuthError::Malformed(format!(
+            "bad credential scope {credential:?}"
+        )));
+    }
+    if scope[0] != exp.access_key_id {
+        return Err(AuthError::UnknownKey(format!(
+            "access key id {:?} is not the bed's {:?}",
+            scope[0], exp.access_key_id
+        )));
+    }
+    if scope[2] != exp.region {
+        return Err(AuthError::Mismatch(format!(
+            "credential scope region {:?}, expected {:?}",
+            scope[2], exp.region
+        )));
+    }
+    if scope[3] != exp.service {
+        return Err(AuthError::Mismatch(format!(
+            "credential scope service {:?}, expected {:?}",
+            scope[3], exp.service
+        )));
+    }
+    let when = parse_amz_date(amz_date)
+        .ok_or_else(|| AuthError::Malformed(format!("bad X-Amz-Date {amz_date:?}")))?;
+    if !amz_date.starts_with(scope[1]) || scope[1].len() != 8 {
+        return Err(AuthError::Mismatch(format!(
+            "credential scope date {:?} does not match X-Amz-Date {amz_date:?}",
+            scope[1]
+        )));
+    }
+    let expires: u64 = expires
+        .parse()
+        .map_err(|_| AuthError::Malformed(format!("X-Amz-Expires {expires:?} is not a number")))?;
+    if expires == 0 || expires > max_expires {
+        return Err(AuthError::Malformed(format!(
+            "X-Amz-Expires {expires} is outside 1..={max_expires}"
+        )));
+    }
+    if let Ok(ahead) = when.duration_since(exp.now)
+        && ahead > exp.max_skew
+    {
+        return Err(AuthError::Expired(format!(
+            "X-Amz-Date {amz_date} is {}s in the future",
+            ahead.as_secs()
+        )));
+    }
+    if exp.now > when + Duration::from_secs(expires) {
+        return Err(AuthError::Expired(format!(
+            "the URL signed at {amz_date} expired after {expires}s"
+        )));
+    }
+
+    let signed_headers: Vec<&str> = signed.split(';').collect();
+    let mut sorted = signed_headers.clone();
+    sorted.sort_unstable();
+    if sorted != signed_headers
+        || signed_headers
+            .iter()
+            .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
+    {
+        return Err(AuthError::Malformed(format!(
+            "X-Amz-SignedHeaders not lowercase and sorted: {signed:?}"
+        )));
+    }
+    if !signed_headers.contains(&"host") {
+        return Err(AuthError::Mismatch("the host header is not signed".into()));
+    }
+
+    let token = pairs
+        .iter()
+        .find(|(k, _, _)| k == "X-Amz-Security-Token")
+        .map(|(_, v, _)| v.as_str());
+    match (exp.session_token, token) {
+        (Some(want), Some(got)) if got != want => {
+            return Err(AuthError::UnknownKey(
+                "X-Amz-Security-Token is not the bed's".into(),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(AuthError::UnknownKey("X-Amz-Security-Token missing".into()));
+        }
+        (None, Some(_)) => {
+            return Err(AuthError::UnknownKey(
+                "X-Amz-Security-Token sent but the bed has no session token".into(),
+            ));
+        }
+        _ => {}
+    }
+
+    // Everything but the signature is part of the canonical query.
+    let unsigned_query: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _, _)| k != "X-Amz-Signature")
+        .map(|(_, _, raw)| *raw)
+        .collect();
+    let unsigned_query = unsigned_query.join("&");
+    let unsigned = SignedRequest {
+        method: req.method,
+        path: req.path,
+        query: &unsigned_query,
+        headers: req.headers,
+        body: &[],
+    };
+    let creq = canonical_request(&unsigned, &signed_headers, EMPTY_SHA256)?;
+    let scope_str = format!("{}/{}/{}/aws4_request", scope[1], scope[2], scope[3]);
+    let sts = string_to_sign(amz_date, &scope_str, &creq);
+    let key = signing_key(exp.secret_access_key, scope[1], scope[2], scope[3]);
+    let want = hex::encode(hmac_sha256(&key, sts.as_bytes()));
+    if !constant_time_eq(want.as_bytes(), signature.as_bytes()) {
+        return Err(AuthError::Mismatch(format!(
+            "signature {signature} != expected {want}; canonical request was:\n{creq}\nstring to sign:\n{sts}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,813 @@
+//! One tunnel through an EC2 Instance Connect Endpoint (protocols.md §3):
+//! TCP to the endpoint (directly, through an HTTP CONNECT proxy, or to a
+//! test stand-in), TLS, the WebSocket handshake with a presigned URL, then
+//! raw bytes in binary frames each way.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use aws_config::SdkConfig;
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::aws::Scope;
+use crate::aws::eice::{self, TunnelTarget};
+use crate::error::{Failure, fail};
+use crate::sanitize::terminal_safe;
+
+/// Largest payload per binary frame the service accepts.
+pub const MAX_FRAME: usize = 65_000;
+
+/// Test hook: `https://HOST:PORT` to open the TCP connection to instead of
+/// `<endpoint DNS name>:443` (TLS server name, Host header and signature
+/// still use the DNS name, as with curl's `--connect-to`).
+pub const CONNECT_TO_ENV: &str = "EIC_CONNECT_EICE_ENDPOINT";
+
+/// How long to wait for the endpoint to answer our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The WebSocket over TLS over TCP.
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Opens WebSocket connections to endpoints: TLS settings, proxy and the
+/// test override, read once from the environment.
+#[derive(Clone)]
+pub struct Connector {
+    tls: TlsConnector,
+    connect_to: Option<String>,
+    proxy: Option<Proxy>,
+    no_proxy: Option<String>,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// Trusts the system's roots plus the PEM bundle in `AWS_CA_BUNDLE`;
+    /// honours `HTTPS_PROXY`/`NO_PROXY` and [`CONNECT_TO_ENV`].
+    pub fn from_env(timeout: Duration) -> anyhow::Result<Connector> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let connect_to = match env(CONNECT_TO_ENV) {
+            Some(url) => Some(parse_connect_to(&url)?),
+            None => None,
+        };
+        let proxy = match env("HTTPS_PROXY").or_else(|| env("https_proxy")) {
+            Some(url) => Some(Proxy::parse(&url)?),
+            None => None,
+        };
+        Ok(Connector {
+            tls: TlsConnector::from(Arc::new(tls_config(env("AWS_CA_BUNDLE").as_deref())?)),
+            connect_to,
+            proxy,
+            no_proxy: env("NO_PROXY").or_else(|| env("no_proxy")),
+            timeout,
+        })
+    }
+
+    /// TCP (+ proxy), TLS and the WebSocket handshake for a presigned URL
+    /// whose host is `host`, within the timeout.
+    pub async fn open(&self, url: &str, host: &str) -> anyhow::Result<Ws> {
+        match tokio::time::timeout(self.timeout, self.open_inner(url, host)).await {
+            Ok(result) => result,
+            Err(_) => fail(
+                Failure::new(format!(
+                    "timed out after {:.0?} opening a tunnel through the EC2 Instance Connect Endpoint {host}",
+                    self.timeout
+                ))
+                .hint("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)")
+                .hint("raise the limit with --api-timeout SECONDS if the network is slow"),
+            ),
+        }
+    }
+
+    async fn open_inner(&self, url: &str, host: &str) -> anyhow::Result<Ws> {
+        let tcp = self.tcp(host).await.map_err(|err| {
+            anyhow::Error::new(
+                Failure::new(format!(
+                    "could not reach the EC2 Instance Connect Endpoint {host}: {}",
+                    terminal_safe(&format!("{err:#}"))
+                ))
+                .hint("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)"),
+            )
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(host.to_owned())
+            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+        let tls = self.tls.connect(server_name, tcp).await.map_err(|err| {
+            anyhow::Error::new(
+                Failure::new(format!(
+                    "TLS with the EC2 Instance Connect Endpoint {host} failed: {}",
+                    terminal_safe(&err.to_string())
+                ))
+                .hint("if a proxy or firewall inspects TLS, point AWS_CA_BUNDLE at its CA certificate (PEM)"),
+            )
+        })?;
+        let request = url
+            .into_client_request()
+            .context("building the tunnel request")?;
+        let config = WebSocketConfig::default().max_frame_size(Some(1 << 20));
+        match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
+            Ok((ws, _response)) => Ok(ws),
+            Err(WsError::Http(response)) => {
+                let status = response.status().as_u16();
+                let request_id = response
+                    .headers()
+                    .get("x-amzn-requestid")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.body().as_deref().unwrap_or_default();
+                Err(anyhow::Error::new(rejected(
+                    status,
+                    body,
+                    request_id.as_deref(),
+                )))
+            }
+            Err(err) => fail(Failure::new(format!(
+                "the WebSocket handshake with {host} failed: {}",
+                terminal_safe(&err.to_string())
+            ))),
+        }
+    }
+
+    async fn tcp(&self, host: &str) -> anyhow::Result<TcpStream> {
+        if let Some(addr) = &self.connect_to {
+            tracing::debug!(%addr, "connecting to the endpoint override");
+            return Ok(TcpStream::connect(addr.as_str()).await?);
+        }
+        match &self.proxy {
+            Some(proxy) if !no_proxy_matches(self.no_proxy.as_deref(), host) => {
+                tracing::debug!(proxy = %proxy.addr, "connecting through the HTTPS proxy");
+                proxy.connect(host, 443).await
+            }
+            _ => Ok(TcpStream::connect((host, 443)).await?),
+        }
+    }
+}
+
+/// rustls with the aws-lc-rs provider (what the SDK uses), trusting the
+/// native roots and the certificates in `ca_bundle`.
+fn tls_config(ca_bundle: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(
+        added,
+        errors = native.errors.len(),
+        "loaded native root certificates"
+    );
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read(path).map_err(|err| {
+            anyhow::Error::new(
+                Failure::new(format!("cannot read AWS_CA_BUNDLE {path}: {err}"))
+                    .hint("point AWS_CA_BUNDLE at a PEM file of CA certificates, or unset it"),
+            )
+        })?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|err| {
+                anyhow::Error::new(Failure::new(format!(
+                    "AWS_CA_BUNDLE {path} is not a valid PEM file: {err}"
+                )))
+            })?;
+        if certs.is_empty() {
+            return fail(Failure::new(format!(
+                "AWS_CA_BUNDLE {path} holds no certificate"
+            )));
+        }
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        tracing::debug!(added, ignored, path, "loaded AWS_CA_BUNDLE");
+    }
+    if roots.is_empty() {
+        return fail(
+            Failure::new("no trusted CA certificates were found")
+                .hint("install the system's CA certificates (e.g. apt-get install ca-certificates), or set AWS_CA_BUNDLE"),
+        );
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// `https://HOST:PORT` (or `HOST:PORT`) → `HOST:PORT`.
+fn parse_connect_to(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return fail(Failure::new(format!(
+            "{CONNECT_TO_ENV} must look like https://HOST:PORT, not {:?}",
+            terminal_safe(url)
+        )));
+    }
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !rest.ends_with(']'));
+    Ok(if has_port {
+        rest.to_owned()
+    } else {
+        format!("{rest}:443")
+    })
+}
+
+/// An HTTP proxy reached with `CONNECT` (HTTPS_PROXY).
+#[derive(Clone)]
+struct Proxy {
+    /// `host:port`
+    addr: String,
+    /// `Basic …` for `Proxy-Authorization`.
+    authorization: Option<String>,
+}
+
+impl Proxy {
+    fn parse(url: &str) -> anyhow::Result<Proxy> {
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return fail(
+                    Failure::new(format!(
+                        "HTTPS_PROXY uses scheme {:?}; eic-connect's tunnels support only http:// proxies",
+                        terminal_safe(scheme)
+                    ))
+                    .hint("use an http:// proxy URL, or add the endpoint's host to NO_PROXY"),
+                );
+            }
+            None => url,
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        if hostport.is_empty() {
+            return fail(Failure::new("HTTPS_PROXY names no host"));
+        }
+        let has_port = hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !hostport.ends_with(']'));
+        let addr = if has_port {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:80")
+        };
+        let authorization = userinfo.map(|u| {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let plain = format!("{}:{}", percent_decode(user), percent_decode(pass));
+            format!("Basic {}", base64(plain.as_bytes()))
+        });
+        Ok(Proxy {
+            addr,
+            authorization,
+        })
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> anyhow::Result<TcpStream> {
+        let mut tcp = TcpStream::connect(self.addr.as_str())
+            .await
+            .with_context(|| format!("connecting to the proxy {}", self.addr))?;
+        let mut request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+        if let Some(auth) = &self.authorization {
+            request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        // Read the response head byte by byte: TLS starts right after it.
+        let mut head = Vec::with_capacity(256);
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 * 1024 {
+                anyhow::bail!("the proxy's answer to CONNECT is too long");
+            }
+            let byte = tcp.read_u8().await.context("the proxy closed the connection")?;
+            head.push(byte);
+        }
+        let status_line = String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
+            .into_owned();
+        let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+        if !status.starts_with('2') {
+            anyhow::bail!(
+                "the proxy refused CONNECT {host}:{port}: {}",
+                terminal_safe(&status_line)
+            );
+        }
+        Ok(tcp)
+    }
+}
+
+/// Whether NO_PROXY exempts `host`: `*`, the host itself, or a domain it is
+/// in (`example.com` and `.example.com` both cover `a.example.com`).
+fn no_proxy_matches(no_proxy: Option<&str>, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    no_proxy.is_some_and(|list| {
+        list.split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .any(|entry| {
+                if entry == "*" {
+                    return true;
+                }
+                let domain = entry.trim_start_matches("*.").trim_start_matches('.');
+                host == domain || host.ends_with(&format!(".{domain}"))
+            })
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A refused handshake: the service's message, and what to check.
+fn rejected(status: u16, body: &[u8], request_id: Option<&str>) -> Failure {
+    let (code, message) = error_body(body);
+    let code = code.unwrap_or_default();
+    let shown_code = if code.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", terminal_safe(&code))
+    };
+    let said = match message {
+        Some(m) if !m.is_empty() => format!(": {}", terminal_safe(&m)),
+        _ => String::new(),
+    };
+    let mut failure = Failure::new(format!(
+        "the EC2 Instance Connect Endpoint refused the tunnel (HTTP {status}{shown_code}){said}"
+    ));
+    let lower = code.to_ascii_lowercase();
+    if status == 401 || status == 403 || lower.contains("denied") || lower.contains("auth") {
+        failure = failure
+            .hint("your IAM identity needs ec2-instance-connect:OpenTunnel on the endpoint; policy conditions on remotePort, privateIpAddress and maxTunnelDuration must allow this tunnel")
+            .hint("check which identity is in use: aws sts get-caller-identity; and that this machine's clock is correct");
+    } else if status == 429 || lower.contains("throttl") || lower.contains("limit") {
+        failure = failure.hint(
+            "an endpoint carries at most 20 tunnels at once and throttles heavy use: wait a little and retry",
+        );
+    } else if status >= 500 {
+        failure = failure.hint("this is on the AWS side and usually passes: try again shortly");
+    } else {
+        failure = failure.hint(
+            "check the instance's private address and port: endpoints reach ports 22 and 3389 in their own VPC",
+        );
+    }
+    failure = failure.hint(
+        "the instance's security group must allow the port from the endpoint's security group",
+    );
+    if let Some(id) = request_id {
+        failure = failure.detail(format!("request id {}", terminal_safe(id)));
+    }
+    failure
+}
+
+/// `{"ErrorCode": "...", "Message": "..."}` (either field may be missing;
+/// a body that is not JSON is shown as it is, shortened).
+fn error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| map.get(*n).and_then(|v| v.as_str()).map(str::to_owned))
+        };
+        return (
+            field(&["ErrorCode", "errorCode", "__type", "code"]),
+            field(&["Message", "message"]),
+        );
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        (None, None)
+    } else {
+        (None, Some(text.chars().take(300).collect()))
+    }
+}
+
+/// Opens tunnels to one target, each with a freshly presigned URL.
+#[derive(Clone)]
+pub struct Tunneller {
+    pub config: SdkConfig,
+    pub scope: Scope,
+    pub target: TunnelTarget,
+    pub connector: Connector,
+}
+
+impl Tunneller {
+    pub async fn open(&self) -> anyhow::Result<Ws> {
+        let started = Instant::now();
+        let credentials = eice::credentials(&self.config, &self.scope).await?;
+        let url = eice::presign(
+            &self.target,
+            &self.scope.region,
+            &credentials,
+            SystemTime::now(),
+        )?;
+        tracing::debug!(url = %eice::redact_url(&url), "opening tunnel");
+        let ws = self.connector.open(&url, &self.target.host).await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tunnel open"
+        );
+        Ok(ws)
+    }
+
+    /// Where the tunnel goes, for messages.
+    pub fn describe(&self) -> String {
+        describe_target(&self.target.private_ip, self.target.remote_port, &self.target.endpoint_id)
+    }
+}
+
+fn describe_target(ip: &IpAddr, port: u16, endpoint: &str) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]:{port} through {endpoint}"),
+        IpAddr::V4(v4) => format!("{v4}:{port} through {endpoint}"),
+    }
+}
+
+/// How a relay ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The local side finished; the tunnel was closed by us.
+    LocalClosed,
+    /// The endpoint closed the tunnel normally (code 1000), maybe with a reason.
+    RemoteClosed { reason: String },
+}
+
+/// Relays bytes between a local stream and the tunnel until one side ends.
+/// Local EOF sends a close frame (and waits briefly for the answer); a close
+/// from the endpoint shuts the local side's write half. A text frame or a
+/// close with a code other than 1000 is an error carrying the reason.
+pub async fn relay<R, W>(ws: Ws, mut local_in: R, mut local_out: W) -> anyhow::Result<Ending>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    // Boxed (not stack-pinned) so that dropping them ends their borrows.
+    let mut upstream = Box::pin(async {
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            let n = local_in.read(&mut buf).await.map_err(Up::Local)?;
+            if n == 0 {
+                break;
+            }
+            sink.send(Message::binary(buf[..n].to_vec()))
+                .await
+                .map_err(Up::Ws)?;
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })))
+            .await;
+        Ok::<(), Up>(())
+    });
+    let mut downstream = Box::pin(async {
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Binary(data)) => {
+                    local_out.write_all(&data).await.map_err(Down::Local)?
+                }
+                Ok(Message::Text(_)) => return Err(Down::Text),
+                Ok(Message::Close(frame)) => {
+                    let _ = local_out.shutdown().await;
+                    return Ok(Some(frame));
+                }
+                Ok(_) => {}
+                Err(err) => return Err(Down::Ws(err)),
+            }
+        }
+        let _ = local_out.shutdown().await;
+        Ok(None)
+    });
+    let first = tokio::select! {
+        up = &mut upstream => First::Up(up),
+        down = &mut downstream => First::Down(down),
+    };
+    let mut text_frame = matches!(first, First::Down(Err(Down::Text)));
+    let result = match first {
+        First::Up(Ok(())) => {
+            // Our close is sent: wait (briefly) for the endpoint's answer,
+            // passing on whatever data was still in flight.
+            match tokio::time::timeout(CLOSE_WAIT, &mut downstream).await {
+                Ok(Err(Down::Local(_))) | Err(_) => Ok(Ending::LocalClosed),
+                Ok(Ok(_)) => Ok(Ending::LocalClosed),
+                Ok(Err(down)) => Err(down.into_error()),
+            }
+        }
+        First::Up(Err(Up::Local(err))) => {
+            Err(anyhow::Error::new(err).context("reading from the local side of the tunnel"))
+        }
+        First::Up(Err(Up::Ws(err))) => {
+            // Often the endpoint closed the tunnel: prefer its reason.
+            match tokio::time::timeout(Duration::from_secs(1), &mut downstream).await {
+                Ok(Ok(frame)) => remote_close(frame),
+                Ok(Err(down)) => {
+                    text_frame = matches!(down, Down::Text);
+                    Err(down.into_error())
+                }
+                Err(_) => Err(ws_failure(&err)),
+            }
+        }
+        First::Down(Ok(frame)) => remote_close(frame),
+        First::Down(Err(down)) => Err(down.into_error()),
+    };
+    drop(upstream);
+    drop(downstream);
+    // Finish the closing handshake, best effort: a protocol error gets its
+    // own close frame; otherwise this sends (or flushes) our close or the
+    // answer to the endpoint's.
+    if let Ok(mut ws) = sink.reunite(stream) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if text_frame {
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Protocol,
+                        reason: "text frame".into(),
+                    })))
+                    .await;
+            }
+            let _ = SinkExt::close(&mut ws).await;
+        })
+        .await;
+    }
+    result
+}
+
+enum First {
+    Up(Result<(), Up>),
+    Down(Result<Option<Option<CloseFrame>>, Down>),
+}
+
+enum Up {
+    Local(io::Error),
+    Ws(WsError),
+}
+
+enum Down {
+    Local(io::Error),
+    Ws(WsError),
+    Text,
+}
+
+impl Down {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Down::Local(err) => {
+                anyhow::Error::new(err).context("writing to the local side of the tunnel")
+            }
+            Down::Ws(err) => ws_failure(&err),
+            Down::Text => anyhow::Error::new(
+                Failure::new("the endpoint sent a text frame, which the tunnel protocol does not use; the tunnel was closed")
+                    .hint("this is unexpected from AWS: please report it with the output of -v"),
+            ),
+        }
+    }
+}
+
+fn ws_failure(err: &WsError) -> anyhow::Error {
+    anyhow::Error::new(Failure::new(format!(
+        "the tunnel broke: {}",
+        terminal_safe(&err.to_string())
+    )))
+}
+
+/// The endpoint's close: normal (1000) ends the relay, anything else is an
+/// error showing its reason.
+fn remote_close(frame: Option<Option<CloseFrame>>) -> anyhow::Result<Ending> {
+    match frame {
+        // The connection ended without a close frame.
+        None => fail(Failure::new(
+            "the endpoint dropped the tunnel without closing it",
+        )),
+        Some(None) => Ok(Ending::RemoteClosed {
+            reason: String::new(),
+        }),
+        Some(Some(frame)) if frame.code == CloseCode::Normal => Ok(Ending::RemoteClosed {
+            reason: frame.reason.to_string(),
+        }),
+        Some(Some(frame)) => {
+            let reason = terminal_safe(frame.reason.as_str()).into_owned();
+            let code = u16::from(frame.code);
+            let message = if reason.is_empty() {
+                format!("the endpoint closed the tunnel (code {code})")
+            } else {
+                format!("the endpoint closed the tunnel (code {code}): {reason}")
+            };
+            fail(Failure::new(message))
+        }
+    }
+}
+
+/// Standard output as an `AsyncWrite` without std's line buffering (binary
+/// data must reach ssh at once): a duplicate of fd 1, written on tokio's
+/// blocking pool.
+pub fn stdout() -> anyhow::Result<tokio::fs::File> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let fd: OwnedFd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard output")?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
+}
+
+/// Standard input as an `AsyncRead`, read on a thread of its own: a
+/// blocking read of stdin must never keep the process from exiting once the
+/// tunnel is closed.
+pub struct StdinReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl StdinReader {
+    pub fn spawn() -> StdinReader {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let spawned = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut stdin = std::io::stdin().lock();
+                loop {
+                    let mut buf = vec![0u8; MAX_FRAME];
+                    match stdin.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.blocking_send(Ok(buf)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(err) => {
+                            let _ = tx.blocking_send(Err(err));
+                            break;
+                        }
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::debug!(%err, "could not start the stdin thread");
+        }
+        StdinReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl AsyncRead for StdinReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos >= this.chunk.len() {
+            match ready!(this.rx.poll_recv(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(err)) => return Poll::Ready(Err(err)),
+                Some(Ok(chunk)) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+            }
+        }
+        let n = out.remaining().min(this.chunk.len() - this.pos);
+        out.put_slice(&this.chunk[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_override_forms() {
+        assert_eq!(parse_connect_to("https://127.0.0.1:8443").unwrap(), "127.0.0.1:8443");
+        assert_eq!(parse_connect_to("https://127.0.0.1:8443/").unwrap(), "127.0.0.1:8443");
+        assert_eq!(parse_connect_to("localhost").unwrap(), "localhost:443");
+        assert_eq!(parse_connect_to("https://[::1]:9").unwrap(), "[::1]:9");
+        assert!(parse_connect_to("https://h/x").is_err());
+    }
+
+    #[test]
+    fn proxy_urls() {
+        let p = Proxy::parse("http://user:p%40ss@proxy.corp:3128/").unwrap();
+        assert_eq!(p.addr, "proxy.corp:3128");
+        assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        let p = Proxy::parse("proxy.corp").unwrap();
+        assert_eq!(p.addr, "proxy.corp:80");
+        assert!(p.authorization.is_none());
+        assert!(Proxy::parse("socks5://proxy:1080").is_err());
+    }
+
+    #[test]
+    fn no_proxy_rules() {
+        let host = "eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com";
+        assert!(no_proxy_matches(Some("*"), host));
+        assert!(no_proxy_matches(Some("localhost, .amazonaws.com"), host));
+        assert!(no_proxy_matches(Some("amazonaws.com"), host));
+        assert!(no_proxy_matches(Some(host), host));
+        assert!(!no_proxy_matches(Some("example.com,zonaws.com"), host));
+        assert!(!no_proxy_matches(None, host));
+    }
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn rejected_handshakes_show_the_service_message_safely() {
+        let f = rejected(
+            403,
+            br#"{"ErrorCode":"AccessDeniedException","Message":"not allowed\u001b[2J to OpenTunnel"}"#,
+            Some("req-1"),
+        );
+        assert!(f.message.contains("HTTP 403, AccessDeniedException"), "{}", f.message);
+        assert!(f.message.contains("not allowed\\u{1b}[2J to OpenTunnel"), "{}", f.message);
+        assert!(f.hints.iter().any(|h| h.contains("ec2-instance-connect:OpenTunnel")));
+        assert_eq!(f.details, ["request id req-1"]);
+        let f = rejected(400, b"plain text error", None);
+        assert!(f.message.ends_with(": plain text error"), "{}", f.message);
+        let f = rejected(429, b"", None);
+        assert!(f.hints[0].contains("20 tunnels"));
+    }
+
+    #[test]
+    fn remote_close_codes() {
+        assert_eq!(
+            remote_close(Some(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into()
+            })))
+            .unwrap(),
+            Ending::RemoteClosed {
+                reason: "bye".into()
+            }
+        );
+        let err = remote_close(Some(Some(CloseFrame {
+            code: CloseCode::Error,
+            reason: "instance unreachable\n".into(),
+        })))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "the endpoint closed the tunnel (code 1011): instance unreachable\\n"
+        );
+        assert!(remote_close(None).is_err());
+    }
+}
