@@ -107,10 +107,7 @@ async fn relay_direct(address: &str, port: u16) -> anyhow::Result<()> {
         tokio::io::copy(&mut from_remote, &mut stdout).await?;
         tokio::io::AsyncWriteExt::flush(&mut stdout).await
     };
-    // ssh closes our stdin when it is done; the server closing ends it too.
-    tokio::select! {
-        result = async { tokio::try_join!(upstream, downstream) } => { result?; }
-    }
+    tokio::try_join!(upstream, downstream)?;
     Ok(())
 }
 
