@@ -400,13 +400,24 @@ mod tests {
     async fn adds_a_constrained_key_to_a_real_ssh_agent() {
         let dir = RuntimeDir::create().unwrap();
         let socket = dir.path().join("real-agent.sock");
-        let mut agent = std::process::Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("ssh-agent (openssh-client) must be installed");
+        struct KillOnDrop(std::process::Child);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _agent = KillOnDrop(
+            std::process::Command::new("ssh-agent")
+                .arg("-D")
+                .arg("-a")
+                .arg(&socket)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("ssh-agent (openssh-client) must be installed"),
+        );
         for _ in 0..100 {
             if socket.exists() {
                 break;
@@ -426,8 +437,6 @@ mod tests {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&listed.stdout).contains(&key.fingerprint()));
-        agent.kill().unwrap();
-        agent.wait().unwrap();
     }
 
     #[tokio::test]

@@ -103,6 +103,17 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     find_failure(err).map_or(EXIT_FAILURE, |f| f.exit)
 }
 
+/// Writes to standard output; a reader that went away (`| head`) is not an
+/// error worth a panic or a message.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Maps a child's exit status to ours: the code itself, or 128 + signal as a
 /// shell reports it.
 pub fn child_exit_code(status: std::process::ExitStatus) -> ExitCode {

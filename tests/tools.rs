@@ -51,13 +51,28 @@ fn payload(path: &Path, len: usize) -> Vec<u8> {
     data
 }
 
-fn start_agent(bed: &TestBed) -> (std::process::Child, PathBuf) {
+/// A real ssh-agent, killed when dropped (even if the test fails).
+struct UserAgent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for UserAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(bed: &TestBed) -> UserAgent {
     let socket = bed.dir().join("user-agent.sock");
     let child = Command::new("ssh-agent")
         .arg("-D")
         .arg("-a")
         .arg(&socket)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("ssh-agent");
     for _ in 0..200 {
@@ -66,7 +81,7 @@ fn start_agent(bed: &TestBed) -> (std::process::Child, PathBuf) {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    (child, socket)
+    UserAgent { child, socket }
 }
 
 fn setup() -> (TestBed, Instance, PathBuf) {
@@ -120,7 +135,8 @@ fn proxy_mode_without_an_agent_keeps_the_key_file_only_while_needed() {
 #[test]
 fn proxy_mode_with_an_agent_adds_a_short_lived_key_and_reuses_it() {
     let (bed, web, config) = setup();
-    let (mut agent, socket) = start_agent(&bed);
+    let agent = start_agent(&bed);
+    let socket = agent.socket.clone();
     let port = bed.sshd_port().to_string();
     for _ in 0..3 {
         let mut c = tool(&bed, "ssh");
@@ -139,8 +155,6 @@ fn proxy_mode_with_an_agent_adds_a_short_lived_key_and_reuses_it() {
     // The agent enforces the lifetime: ssh-add shows the constraint.
     let pushed = &bed.pushes()[0].public_key;
     assert!(pushed.starts_with("ssh-ed25519 "));
-    agent.kill().unwrap();
-    agent.wait().unwrap();
 }
 
 #[test]

@@ -13,8 +13,8 @@ use crate::aws::push::{KEY_LIFETIME, push_key};
 use crate::aws::{self, Clients};
 use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::{self, ConsoleKeys, Pins, Verdict};
-use crate::osuser;
 use crate::key::EphemeralKey;
+use crate::osuser;
 use crate::settings::ConnectSettings;
 use crate::ssh::{self, SshInvocation};
 use crate::target::{Target, choose_address};
@@ -46,21 +46,24 @@ pub async fn run(settings: ConnectSettings) -> anyhow::Result<ExitCode> {
         (Target::InstanceId(id), true) => Some(id.as_str()),
         _ => None,
     };
-    let (resolved, console) = tokio::join!(
-        resolve_and_push(&settings, &clients, &key),
+    // The endpoint lookup (when tunnelling) starts as soon as the instance
+    // is known, alongside the key push.
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    let (resolved, console, route) = tokio::join!(
+        resolve_and_push(&settings, &clients, &key, found_tx),
         async {
             match early_console {
                 Some(id) => Some(aws::diag::console_output(&clients, id).await),
                 None => None,
             }
-        }
+        },
+        super::tunnel::route_once_found(&settings, &config, &clients, found_rx)
     );
     let (instance, os_user) = resolved?;
     let pushed_at = Instant::now();
     let address = choose_address(&instance.addresses, settings.address, &settings.target)?;
     tracing::debug!(%address, "chose address");
-    let route =
-        super::tunnel::route_for_connect(&settings, &config, &clients, &instance, address).await?;
+    let route = route?;
     if instance.metadata_endpoint.as_deref() == Some("disabled") {
         eprintln!(
             "eic-connect: warning: instance metadata is disabled on {}, so it cannot receive the pushed key; \
@@ -213,10 +216,12 @@ async fn resolve_and_push(
     settings: &ConnectSettings,
     clients: &Clients,
     key: &EphemeralKey,
+    instance_known: tokio::sync::oneshot::Sender<InstanceInfo>,
 ) -> anyhow::Result<(InstanceInfo, String)> {
     let t0 = Instant::now();
     if !settings.os_user_explicit {
         let instance = ec2::resolve_running(clients, &settings.target).await?;
+        let _ = instance_known.send(instance.clone());
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
         let t1 = Instant::now();
         let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
@@ -232,7 +237,11 @@ async fn resolve_and_push(
         return Ok((instance, choice.user));
     }
     let user = settings.os_user.as_str();
-    tracing::debug!(os_user = user, chosen_by = settings.os_user_source, "OS user given");
+    tracing::debug!(
+        os_user = user,
+        chosen_by = settings.os_user_source,
+        "OS user given"
+    );
     if let Target::InstanceId(id) = &settings.target {
         let (found, pushed) = tokio::join!(
             ec2::find(clients, &settings.target),
@@ -241,11 +250,13 @@ async fn resolve_and_push(
         // The lookup explains "not found" and "stopped" better than the push.
         let instance = ec2::exactly_one(found?, &settings.target, &clients.scope)?;
         ec2::ensure_running(&instance)?;
+        let _ = instance_known.send(instance.clone());
         pushed?;
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
         return Ok((instance, user.to_owned()));
     }
     let instance = ec2::resolve_running(clients, &settings.target).await?;
+    let _ = instance_known.send(instance.clone());
     tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
     let t1 = Instant::now();
     push_key(clients, &instance.id, user, key.public_openssh()).await?;
@@ -325,6 +336,6 @@ async fn dry_run(settings: &ConnectSettings) -> anyhow::Result<ExitCode> {
     .args();
     out.push_str(&ssh::display_command(&settings.ssh_program, &args));
     out.push('\n');
-    print!("{out}");
+    crate::error::print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }

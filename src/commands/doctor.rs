@@ -155,11 +155,12 @@ pub async fn run(args: DoctorArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow:
         eice_id: path.eice_id.as_deref(),
     };
     diagnose(&clients, &inputs, &mut report).await;
-    if args.json {
-        println!("{}", to_json(&report));
+    let text = if args.json {
+        to_json(&report) + "\n"
     } else {
-        print!("{}", render(&report));
-    }
+        render(&report)
+    };
+    crate::error::print_stdout(&text)?;
     Ok(if report.failed() {
         ExitCode::from(1)
     } else {
@@ -202,7 +203,15 @@ async fn diagnose(clients: &Clients, inputs: &Inputs<'_>, report: &mut Report) {
                 check.detail = format!("{} ({})", check.detail, failure.details.join("; "));
             }
             report.checks.push(check);
-            for name in ["path", "security-group", "port", "metadata", "os-user", "push", "host-keys"] {
+            for name in [
+                "path",
+                "security-group",
+                "port",
+                "metadata",
+                "os-user",
+                "push",
+                "host-keys",
+            ] {
                 report
                     .checks
                     .push(Check::new(name, Status::Skip, "no instance to check"));
@@ -267,15 +276,25 @@ fn instance_check(instance: &InstanceInfo) -> Check {
     let id = &instance.id;
     let kind = instance.instance_type.as_deref().unwrap_or("unknown type");
     match instance.state.as_str() {
-        "running" => Check::new("instance", Status::Pass, format!("{id} is running ({kind})")),
-        "pending" => Check::new("instance", Status::Fail, format!("{id} is still starting (pending)"))
-            .fix("wait a minute and try again"),
+        "running" => Check::new(
+            "instance",
+            Status::Pass,
+            format!("{id} is running ({kind})"),
+        ),
+        "pending" => Check::new(
+            "instance",
+            Status::Fail,
+            format!("{id} is still starting (pending)"),
+        )
+        .fix("wait a minute and try again"),
         "stopped" | "stopping" => Check::new(
             "instance",
             Status::Fail,
             format!("{id} is {}", instance.state),
         )
-        .fix(format!("start it: aws ec2 start-instances --instance-ids {id}")),
+        .fix(format!(
+            "start it: aws ec2 start-instances --instance-ids {id}"
+        )),
         other => Check::new(
             "instance",
             Status::Fail,
@@ -284,13 +303,21 @@ fn instance_check(instance: &InstanceInfo) -> Check {
     }
 }
 
-async fn route(clients: &Clients, inputs: &Inputs<'_>, instance: &InstanceInfo) -> (Option<Route>, Check) {
+async fn route(
+    clients: &Clients,
+    inputs: &Inputs<'_>,
+    instance: &InstanceInfo,
+) -> (Option<Route>, Check) {
     let addrs = &instance.addresses;
     let id = &instance.id;
-    if instance.state != "running" && addrs.public_ip.is_none() && addrs.private_ip.is_none() {
+    if instance.state != "running" {
         return (
             None,
-            Check::new("path", Status::Skip, format!("{id} is {}: it has no address now", instance.state)),
+            Check::new(
+                "path",
+                Status::Skip,
+                format!("{id} is {}: check again once it runs", instance.state),
+            ),
         );
     }
     let direct = match inputs.address_choice {
@@ -336,8 +363,12 @@ async fn route(clients: &Clients, inputs: &Inputs<'_>, instance: &InstanceInfo) 
     let Some(vpc) = instance.vpc_id.as_deref() else {
         return (
             None,
-            Check::new("path", Status::Fail, format!("{id} has no public IP and is in no VPC"))
-                .fix("give it a public IP address"),
+            Check::new(
+                "path",
+                Status::Fail,
+                format!("{id} has no public IP and is in no VPC"),
+            )
+            .fix("give it a public IP address"),
         );
     };
     let no_public = if direct.is_none() && inputs.via == ConnectVia::Auto {
@@ -356,7 +387,10 @@ async fn route(clients: &Clients, inputs: &Inputs<'_>, instance: &InstanceInfo) 
                 "through EC2 Instance Connect Endpoint {} ({}) to its private address",
                 chosen.id, chosen.state
             );
-            (Some(Route::Endpoint(chosen)), Check::new("path", Status::Pass, detail))
+            (
+                Some(Route::Endpoint(chosen)),
+                Check::new("path", Status::Pass, detail),
+            )
         }
         Ok(Some(_)) => (
             None,
@@ -368,18 +402,29 @@ async fn route(clients: &Clients, inputs: &Inputs<'_>, instance: &InstanceInfo) 
             .fix(format!(
                 "create one: aws ec2 create-instance-connect-endpoint --subnet-id {}{}",
                 instance.subnet_id.as_deref().unwrap_or("<subnet id>"),
-                if no_public.is_empty() { "" } else { " (or give the instance a public IP)" }
+                if no_public.is_empty() {
+                    ""
+                } else {
+                    " (or give the instance a public IP)"
+                }
             )),
         ),
         Ok(None) => (
             None,
             Check::new(
                 "path",
-                if no_public.is_empty() { Status::Warn } else { Status::Fail },
+                if no_public.is_empty() {
+                    Status::Warn
+                } else {
+                    Status::Fail
+                },
                 format!("{no_public}the EC2 API here does not list EC2 Instance Connect Endpoints"),
             ),
         ),
-        Err(err) => (None, Check::from_failure("path", Status::Warn, &failure_of(&err))),
+        Err(err) => (
+            None,
+            Check::from_failure("path", Status::Warn, &failure_of(&err)),
+        ),
     }
 }
 
@@ -410,7 +455,11 @@ pub fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
             u32::from(net) & mask == u32::from(ip) & mask
         }
         (Ok(IpAddr::V6(net)), IpAddr::V6(ip)) if len <= 128 => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(net) & mask == u128::from(ip) & mask
         }
         _ => false,
@@ -432,7 +481,10 @@ pub fn is_public(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];
-            !(v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -447,7 +499,11 @@ struct Openings {
 
 fn openings(groups: &[SecurityGroup], port: u16) -> Openings {
     let mut o = Openings::default();
-    for rule in groups.iter().flat_map(|g| &g.inbound).filter(|r| rule_covers(r, port)) {
+    for rule in groups
+        .iter()
+        .flat_map(|g| &g.inbound)
+        .filter(|r| rule_covers(r, port))
+    {
         o.cidrs.extend(rule.cidrs.iter().cloned());
         o.groups.extend(rule.group_ids.iter().cloned());
         o.prefix_lists.extend(rule.prefix_list_ids.iter().cloned());
@@ -469,10 +525,15 @@ pub fn security_group_check(
 ) -> Check {
     const NAME: &str = "security-group";
     let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-    let shown_ids = if ids.is_empty() { "none".to_owned() } else { ids.join(", ") };
+    let shown_ids = if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    };
     let first_group = ids.first().copied().unwrap_or("<security group id>");
     let open = openings(groups, port);
-    let console_open = console_prefix_list.is_some_and(|pl| open.prefix_lists.iter().any(|p| p == pl));
+    let console_open =
+        console_prefix_list.is_some_and(|pl| open.prefix_lists.iter().any(|p| p == pl));
     let console_note = if console_open {
         " (also open to the EC2 console's prefix list: browser-based EC2 Instance Connect can reach it)"
     } else {
@@ -480,7 +541,9 @@ pub fn security_group_check(
     };
     if open.cidrs.is_empty() && open.groups.is_empty() && open.prefix_lists.is_empty() {
         let source_cidr = match source {
-            Some(s) if s.given || is_public(s.ip) => format!("{}/{}", s.ip, if s.ip.is_ipv4() { 32 } else { 128 }),
+            Some(s) if s.given || is_public(s.ip) => {
+                format!("{}/{}", s.ip, if s.ip.is_ipv4() { 32 } else { 128 })
+            }
             _ => "<your public address>/32".to_owned(),
         };
         let fix = match route {
@@ -492,16 +555,35 @@ pub fn security_group_check(
                 "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --cidr {source_cidr}"
             ),
         };
-        return Check::new(NAME, Status::Fail, format!("port {port} is not open to any source in {shown_ids}")).fix(fix);
+        return Check::new(
+            NAME,
+            Status::Fail,
+            format!("port {port} is not open to any source in {shown_ids}"),
+        )
+        .fix(fix);
     }
     let world = open.cidrs.iter().any(|c| c == "0.0.0.0/0" || c == "::/0");
     match route {
         Some(Route::Endpoint(e)) => {
-            if let Some(g) = e.security_group_ids.iter().find(|g| open.groups.contains(g)) {
-                return Check::new(NAME, Status::Pass, format!("port {port} is open to the endpoint's security group {g}{console_note}"));
+            if let Some(g) = e
+                .security_group_ids
+                .iter()
+                .find(|g| open.groups.contains(g))
+            {
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!(
+                        "port {port} is open to the endpoint's security group {g}{console_note}"
+                    ),
+                );
             }
             if world {
-                return Check::new(NAME, Status::Pass, format!("port {port} is open to any address{console_note}"));
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!("port {port} is open to any address{console_note}"),
+                );
             }
             let fix = match e.security_group_ids.first() {
                 Some(g) => format!(
@@ -509,7 +591,11 @@ pub fn security_group_check(
                 ),
                 None => format!("allow port {port} from the endpoint's subnet in {first_group}"),
             };
-            let status = if open.cidrs.is_empty() { Status::Fail } else { Status::Warn };
+            let status = if open.cidrs.is_empty() {
+                Status::Fail
+            } else {
+                Status::Warn
+            };
             Check::new(
                 NAME,
                 status,
@@ -523,19 +609,35 @@ pub fn security_group_check(
         Some(Route::Direct(_)) | None => {
             if let Some(source) = source {
                 if let Some(c) = open.cidrs.iter().find(|c| cidr_contains(c, source.ip)) {
-                    return Check::new(NAME, Status::Pass, format!("port {port} is open to {} via {c}{console_note}", source.ip));
+                    return Check::new(
+                        NAME,
+                        Status::Pass,
+                        format!("port {port} is open to {} via {c}{console_note}", source.ip),
+                    );
                 }
             } else if world {
-                return Check::new(NAME, Status::Pass, format!("port {port} is open to any address{console_note}"));
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!("port {port} is open to any address{console_note}"),
+                );
             }
             let only_console = open.cidrs.is_empty() && open.groups.is_empty() && console_open;
             let detail = if only_console {
-                format!("port {port} is open only to the EC2 console's prefix list, not to your address")
+                format!(
+                    "port {port} is open only to the EC2 console's prefix list, not to your address"
+                )
             } else {
-                format!("port {port} is open to {}, which does not include {}", describe_openings(&open), source.map_or("your address".to_owned(), |s| s.ip.to_string()))
+                format!(
+                    "port {port} is open to {}, which does not include {}",
+                    describe_openings(&open),
+                    source.map_or("your address".to_owned(), |s| s.ip.to_string())
+                )
             };
             let cidr = match source {
-                Some(s) if s.given || is_public(s.ip) => format!("{}/{}", s.ip, if s.ip.is_ipv4() { 32 } else { 128 }),
+                Some(s) if s.given || is_public(s.ip) => {
+                    format!("{}/{}", s.ip, if s.ip.is_ipv4() { 32 } else { 128 })
+                }
                 _ => "<your public address>/32".to_owned(),
             };
             let fix = format!(
@@ -591,19 +693,34 @@ fn metadata_check(instance: &InstanceInfo) -> Check {
         .fix(format!(
             "aws ec2 modify-instance-metadata-options --instance-id {id} --http-endpoint enabled"
         )),
-        Some(state) => Check::new("metadata", Status::Pass, format!("instance metadata is {state}")),
-        None => Check::new("metadata", Status::Warn, "EC2 did not report the metadata options"),
+        Some(state) => Check::new(
+            "metadata",
+            Status::Pass,
+            format!("instance metadata is {state}"),
+        ),
+        None => Check::new(
+            "metadata",
+            Status::Warn,
+            "EC2 did not report the metadata options",
+        ),
     }
 }
 
-async fn os_user_check(clients: &Clients, inputs: &Inputs<'_>, instance: &InstanceInfo) -> (String, Check) {
+async fn os_user_check(
+    clients: &Clients,
+    inputs: &Inputs<'_>,
+    instance: &InstanceInfo,
+) -> (String, Check) {
     let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
     if let Some((user, source)) = &inputs.explicit_user {
         let check = if choice.rule.starts_with("guessed") && choice.user != *user {
             Check::new(
                 "os-user",
                 Status::Warn,
-                format!("{user} (from {source}), but the AMI suggests {}: {}", choice.user, choice.rule),
+                format!(
+                    "{user} (from {source}), but the AMI suggests {}: {}",
+                    choice.user, choice.rule
+                ),
             )
             .fix(format!("if login fails, try -l {}", choice.user))
         } else {
@@ -611,15 +728,28 @@ async fn os_user_check(clients: &Clients, inputs: &Inputs<'_>, instance: &Instan
         };
         return (user.clone(), check);
     }
-    let status = if choice.rule.starts_with("guessed") { Status::Pass } else { Status::Warn };
-    let mut check = Check::new("os-user", status, format!("{}: {}", choice.user, choice.rule));
+    let status = if choice.rule.starts_with("guessed") {
+        Status::Pass
+    } else {
+        Status::Warn
+    };
+    let mut check = Check::new(
+        "os-user",
+        status,
+        format!("{}: {}", choice.user, choice.rule),
+    );
     if status == Status::Warn {
         check = check.fix("name the user with -l USER if ec2-user is not right for this AMI");
     }
     (choice.user, check)
 }
 
-async fn push_check(clients: &Clients, instance: &InstanceInfo, user: &str, running: bool) -> Check {
+async fn push_check(
+    clients: &Clients,
+    instance: &InstanceInfo,
+    user: &str,
+    running: bool,
+) -> Check {
     if !running {
         return Check::new("push", Status::Skip, "the instance is not running");
     }
@@ -631,7 +761,9 @@ async fn push_check(clients: &Clients, instance: &InstanceInfo, user: &str, runn
         Ok(()) => Check::new(
             "push",
             Status::Pass,
-            format!("SendSSHPublicKey accepted a throwaway key for {user} (valid 60 s, never used)"),
+            format!(
+                "SendSSHPublicKey accepted a throwaway key for {user} (valid 60 s, never used)"
+            ),
         ),
         Err(err) => Check::from_failure("push", Status::Fail, &failure_of(&err)),
     }
@@ -645,11 +777,18 @@ async fn host_keys_check(clients: &Clients, instance: &InstanceInfo) -> Check {
     };
     match hostkeys::parse_console(&text) {
         ConsoleKeys::Keys(keys) => {
-            let list: Vec<String> = keys.iter().map(|k| format!("{} {}", k.kind(), k.fingerprint)).collect();
+            let list: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{} {}", k.kind(), k.fingerprint))
+                .collect();
             Check::new(
                 NAME,
                 Status::Pass,
-                format!("the console lists {} host key(s): {}", keys.len(), list.join(", ")),
+                format!(
+                    "the console lists {} host key(s): {}",
+                    keys.len(),
+                    list.join(", ")
+                ),
             )
         }
         other => Check::new(
@@ -657,7 +796,11 @@ async fn host_keys_check(clients: &Clients, instance: &InstanceInfo) -> Check {
             Status::Warn,
             format!(
                 "the console output shows {}: --verify-host-key cannot pin this instance's keys",
-                if other == ConsoleKeys::Empty { "an empty host-key block" } else { "no host keys" }
+                if other == ConsoleKeys::Empty {
+                    "an empty host-key block"
+                } else {
+                    "no host keys"
+                }
             ),
         )
         .fix("connect with --verify-host-key --allow-unverified, or without --verify-host-key"),
@@ -676,20 +819,24 @@ async fn local_address_towards_ec2(region: &str) -> Option<IpAddr> {
             let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
             let authority = rest.split('/').next().unwrap_or_default();
             match authority.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                    (h.trim_matches(['[', ']']).to_owned(), p.parse().unwrap_or(443))
-                }
+                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                    h.trim_matches(['[', ']']).to_owned(),
+                    p.parse().unwrap_or(443),
+                ),
                 _ => (authority.to_owned(), 443),
             }
         }
         None if region.starts_with("cn-") => (format!("ec2.{region}.amazonaws.com.cn"), 443),
         None => (format!("ec2.{region}.amazonaws.com"), 443),
     };
-    let remote = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host.as_str(), port)))
-        .await
-        .ok()?
-        .ok()?
-        .next()?;
+    let remote = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .next()?;
     let bind: std::net::SocketAddr = if remote.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -731,13 +878,20 @@ pub fn render(report: &Report) -> String {
             source.ip
         );
     } else if report.source.is_none() {
-        let _ = writeln!(out, "note: your address is unknown: pass --source-ip to check the security groups against it");
+        let _ = writeln!(
+            out,
+            "note: your address is unknown: pass --source-ip to check the security groups against it"
+        );
     }
     let count = |s: Status| report.checks.iter().filter(|c| c.status == s).count();
     let (failed, warned) = (count(Status::Fail), count(Status::Warn));
     let _ = match failed {
         0 if warned == 0 => writeln!(out, "All checks passed."),
-        0 => writeln!(out, "No check failed ({warned} warning{}).", if warned == 1 { "" } else { "s" }),
+        0 => writeln!(
+            out,
+            "No check failed ({warned} warning{}).",
+            if warned == 1 { "" } else { "s" }
+        ),
         n => writeln!(out, "{n} check{} failed.", if n == 1 { "" } else { "s" }),
     };
     out
@@ -831,36 +985,83 @@ mod tests {
         assert!(!cidr_contains("garbage", ip("203.0.113.9")));
         assert!(!cidr_contains("10.0.0.0/33", ip("10.0.0.1")));
         assert!(is_public(ip("3.1.2.3")));
-        assert!(!is_public(ip("10.1.2.3")) && !is_public(ip("100.64.0.1")) && !is_public(ip("127.0.0.1")));
+        assert!(
+            !is_public(ip("10.1.2.3"))
+                && !is_public(ip("100.64.0.1"))
+                && !is_public(ip("127.0.0.1"))
+        );
         assert!(!is_public(ip("fd00::1")) && is_public(ip("2600:1f18::1")));
     }
 
     #[test]
     fn port_open_to_the_world_or_to_the_caller() {
         let world = sg(vec![tcp(22, 22, &["0.0.0.0/0"], &[], &[])]);
-        let c = security_group_check(&world, 22, Some(&direct()), Some(&src("198.51.100.7", true)), None);
+        let c = security_group_check(
+            &world,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
         assert_eq!(c.status, Status::Pass, "{c:?}");
         let office = sg(vec![tcp(22, 22, &["203.0.113.0/24"], &[], &[])]);
-        let c = security_group_check(&office, 22, Some(&direct()), Some(&src("203.0.113.9", true)), None);
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("203.0.113.9", true)),
+            None,
+        );
         assert_eq!(c.status, Status::Pass);
-        let c = security_group_check(&office, 22, Some(&direct()), Some(&src("198.51.100.7", true)), None);
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
         assert_eq!(c.status, Status::Fail);
         assert!(c.fix.unwrap().contains("--cidr 198.51.100.7/32"));
         // An assumed private address is not proof either way.
-        let c = security_group_check(&office, 22, Some(&direct()), Some(&src("192.168.1.5", false)), None);
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("192.168.1.5", false)),
+            None,
+        );
         assert_eq!(c.status, Status::Warn);
         // A range covering the port counts; another port does not.
         let range = sg(vec![tcp(0, 1024, &["0.0.0.0/0"], &[], &[])]);
-        assert_eq!(security_group_check(&range, 22, None, None, None).status, Status::Pass);
-        assert_eq!(security_group_check(&range, 2222, None, None, None).status, Status::Fail);
+        assert_eq!(
+            security_group_check(&range, 22, None, None, None).status,
+            Status::Pass
+        );
+        assert_eq!(
+            security_group_check(&range, 2222, None, None, None).status,
+            Status::Fail
+        );
     }
 
     #[test]
     fn port_closed_everywhere_fails_with_the_command_to_open_it() {
-        let web_only = sg(vec![tcp(80, 80, &["0.0.0.0/0"], &[], &[]), tcp(443, 443, &["0.0.0.0/0"], &[], &[])]);
-        let c = security_group_check(&web_only, 22, Some(&direct()), Some(&src("198.51.100.7", true)), None);
+        let web_only = sg(vec![
+            tcp(80, 80, &["0.0.0.0/0"], &[], &[]),
+            tcp(443, 443, &["0.0.0.0/0"], &[], &[]),
+        ]);
+        let c = security_group_check(
+            &web_only,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
         assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("not open to any source in sg-1"), "{}", c.detail);
+        assert!(
+            c.detail.contains("not open to any source in sg-1"),
+            "{}",
+            c.detail
+        );
         assert_eq!(
             c.fix.unwrap(),
             "aws ec2 authorize-security-group-ingress --group-id sg-1 --protocol tcp --port 22 --cidr 198.51.100.7/32"
@@ -870,7 +1071,10 @@ mod tests {
             cidrs: vec!["0.0.0.0/0".into()],
             ..Default::default()
         }]);
-        assert_eq!(security_group_check(&all, 22, None, None, None).status, Status::Pass);
+        assert_eq!(
+            security_group_check(&all, 22, None, None, None).status,
+            Status::Pass
+        );
     }
 
     #[test]
@@ -882,7 +1086,10 @@ mod tests {
             security_group_ids: vec!["sg-eice".into()],
         });
         let ok = sg(vec![tcp(22, 22, &[], &["sg-eice"], &[])]);
-        assert_eq!(security_group_check(&ok, 22, Some(&endpoint), None, None).status, Status::Pass);
+        assert_eq!(
+            security_group_check(&ok, 22, Some(&endpoint), None, None).status,
+            Status::Pass
+        );
         let other = sg(vec![tcp(22, 22, &[], &["sg-bastion"], &[])]);
         let c = security_group_check(&other, 22, Some(&endpoint), None, None);
         assert_eq!(c.status, Status::Fail);
@@ -892,11 +1099,27 @@ mod tests {
     #[test]
     fn console_prefix_list_alone_is_not_enough_for_the_cli() {
         let console = sg(vec![tcp(22, 22, &[], &[], &["pl-console"])]);
-        let c = security_group_check(&console, 22, Some(&direct()), Some(&src("192.168.1.5", false)), Some("pl-console"));
+        let c = security_group_check(
+            &console,
+            22,
+            Some(&direct()),
+            Some(&src("192.168.1.5", false)),
+            Some("pl-console"),
+        );
         assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("only to the EC2 console's prefix list"), "{}", c.detail);
+        assert!(
+            c.detail.contains("only to the EC2 console's prefix list"),
+            "{}",
+            c.detail
+        );
         let both = sg(vec![tcp(22, 22, &["0.0.0.0/0"], &[], &["pl-console"])]);
-        let c = security_group_check(&both, 22, Some(&direct()), Some(&src("198.51.100.7", true)), Some("pl-console"));
+        let c = security_group_check(
+            &both,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            Some("pl-console"),
+        );
         assert_eq!(c.status, Status::Pass);
         assert!(c.detail.contains("EC2 console's prefix list"));
     }
@@ -917,9 +1140,15 @@ mod tests {
             ],
         };
         let text = render(&report);
-        assert!(text.contains("PASS  instance       i-0abc is running\n"), "{text}");
+        assert!(
+            text.contains("PASS  instance       i-0abc is running\n"),
+            "{text}"
+        );
         assert!(text.contains("FAIL  metadata       disabled\n"), "{text}");
-        assert!(text.contains("                     fix: enable it\n"), "{text}");
+        assert!(
+            text.contains("                     fix: enable it\n"),
+            "{text}"
+        );
         assert!(text.ends_with("1 check failed.\n"), "{text}");
         assert!(!text.contains('\x1b'));
         let json: serde_json::Value = serde_json::from_str(&to_json(&report)).unwrap();

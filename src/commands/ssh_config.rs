@@ -28,7 +28,7 @@ pub fn run(args: &SshConfigArgs, aws: &AwsArgs, path: &PathArgs) -> anyhow::Resu
     // exist for ssh to record host keys there.
     let known_hosts = crate::commands::connect::known_hosts_file(&crate::settings::state_dir())?;
     let block = render(&exe, &default_key_dir(), &known_hosts, args, &global_args(aws, path));
-    print!("{block}");
+    crate::error::print_stdout(&block)?;
     Ok(ExitCode::SUCCESS)
 }
 
