@@ -411,10 +411,7 @@ mod tests {
              -----END SSH HOST KEY KEYS-----\r\n\
              [   24.506227] cloud-init[2547]: Cloud-init v. 19.3-46.amzn2 finished\r\n"
         );
-        assert_eq!(
-            fps(&parse_console(&text)),
-            [ECDSA_FP, ED25519_FP, RSA_FP]
-        );
+        assert_eq!(fps(&parse_console(&text)), [ECDSA_FP, ED25519_FP, RSA_FP]);
     }
 
     /// Ubuntu style: every line of the block through cloud-init's logger,
@@ -437,12 +434,12 @@ mod tests {
                      <14>Nov 23 18:06:28 ec2: -----END SSH HOST KEY KEYS-----\r\n";
         assert_eq!(parse_console(empty), ConsoleKeys::Empty);
         assert_eq!(parse_console(""), ConsoleKeys::NotFound);
-        assert_eq!(
-            parse_console("Booting...\nlogin: "),
-            ConsoleKeys::NotFound
-        );
+        assert_eq!(parse_console("Booting...\nlogin: "), ConsoleKeys::NotFound);
         // Cut off before END (the buffer ends mid-block): not trusted.
-        let cut = format!("-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n{}", &RSA[..60]);
+        let cut = format!(
+            "-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n{}",
+            &RSA[..60]
+        );
         assert_eq!(parse_console(&cut), ConsoleKeys::NotFound);
         // END without BEGIN (the start scrolled out): not trusted either.
         let headless = format!("{ED25519}\n-----END SSH HOST KEY KEYS-----\n");
@@ -461,7 +458,8 @@ mod tests {
 
     #[test]
     fn garbage_inside_a_block_is_skipped() {
-        let bad_b64 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINyrthAyT0OlfZBcHYwYqguVw1wamLXj8hAYLB+dlyt";
+        let bad_b64 =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINyrthAyT0OlfZBcHYwYqguVw1wamLXj8hAYLB+dlyt";
         let wrong_type = format!("ssh-rsa {}", ED25519.split(' ').nth(1).unwrap());
         let text = format!(
             "-----BEGIN SSH HOST KEY KEYS-----\n\
@@ -475,7 +473,8 @@ mod tests {
              -----END SSH HOST KEY KEYS-----\n"
         );
         assert_eq!(fps(&parse_console(&text)), [ECDSA_FP]);
-        let only_garbage = "-----BEGIN SSH HOST KEY KEYS-----\nxyz\n-----END SSH HOST KEY KEYS-----";
+        let only_garbage =
+            "-----BEGIN SSH HOST KEY KEYS-----\nxyz\n-----END SSH HOST KEY KEYS-----";
         assert_eq!(parse_console(only_garbage), ConsoleKeys::Empty);
     }
 
@@ -600,9 +599,8 @@ mod tests {
             ConsoleKeys::Keys(k) => k,
             other => panic!("{other:?}"),
         };
-        let existing = format!(
-            "i-0abc {RSA}\ni-0other {RSA}\n|1|c2FsdA==|aGFzaA== {RSA}\ni-0abc {ED25519}\n"
-        );
+        let existing =
+            format!("i-0abc {RSA}\ni-0other {RSA}\n|1|c2FsdA==|aGFzaA== {RSA}\ni-0abc {ED25519}\n");
         let updated = known_hosts_with(&existing, "i-0abc", &keys);
         assert_eq!(
             updated,

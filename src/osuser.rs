@@ -38,7 +38,11 @@ const FAMILIES: &[(&[&str], &str, &str)] = &[
     (&["centos"], "centos", "CentOS"),
     (&["fedora"], "fedora", "Fedora"),
     (&["rocky"], "rocky", "Rocky Linux"),
-    (&["amzn", "amazon linux", "al2023-ami"], "ec2-user", "Amazon Linux"),
+    (
+        &["amzn", "amazon linux", "al2023-ami"],
+        "ec2-user",
+        "Amazon Linux",
+    ),
     (&["rhel", "red hat"], "ec2-user", "Red Hat Enterprise Linux"),
     (&["suse", "sles"], "ec2-user", "SUSE Linux"),
 ];
@@ -102,7 +106,10 @@ pub struct Choice {
 
 impl Choice {
     /// Turns a lookup outcome into a choice, falling back to `ec2-user`.
-    pub fn from_lookup(image_id: Option<&str>, found: Result<Option<ImageFacts>, String>) -> Choice {
+    pub fn from_lookup(
+        image_id: Option<&str>,
+        found: Result<Option<ImageFacts>, String>,
+    ) -> Choice {
         let safe = |s: &str| crate::sanitize::terminal_safe(s).into_owned();
         let fallback = |why: String| Choice {
             user: DEFAULT_OS_USER.to_owned(),
@@ -127,7 +134,10 @@ impl Choice {
                     let quoted = shown.map(|s| format!(" {s:?}")).unwrap_or_default();
                     Choice {
                         user: g.user.to_owned(),
-                        rule: format!("guessed from {}{quoted} ({image_id}): {}", g.evidence, g.family),
+                        rule: format!(
+                            "guessed from {}{quoted} ({image_id}): {}",
+                            g.evidence, g.family
+                        ),
                     }
                 }
                 None if image
@@ -137,7 +147,9 @@ impl Choice {
                 {
                     fallback(format!("{image_id} is a Windows AMI"))
                 }
-                None => fallback(format!("nothing in {image_id}'s name or description names a distribution")),
+                None => fallback(format!(
+                    "nothing in {image_id}'s name or description names a distribution"
+                )),
             },
         }
     }
@@ -145,8 +157,16 @@ impl Choice {
 
 /// DescribeImages for one AMI. `Ok(None)` when the image is not visible
 /// (deregistered, or private to another account).
-pub async fn describe_image(clients: &Clients, image_id: &str) -> anyhow::Result<Option<ImageFacts>> {
-    let result = clients.ec2.describe_images().image_ids(image_id).send().await;
+pub async fn describe_image(
+    clients: &Clients,
+    image_id: &str,
+) -> anyhow::Result<Option<ImageFacts>> {
+    let result = clients
+        .ec2
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await;
     let out = match result {
         Ok(out) => out,
         Err(err)
@@ -169,13 +189,17 @@ pub async fn describe_image(clients: &Clients, image_id: &str) -> anyhow::Result
             ));
         }
     };
-    Ok(out.images().iter().find(|i| i.image_id() == Some(image_id)).map(|i| ImageFacts {
-        image_id: image_id.to_owned(),
-        name: i.name().map(str::to_owned),
-        description: i.description().map(str::to_owned),
-        platform_details: i.platform_details().map(str::to_owned),
-        owner_alias: i.image_owner_alias().map(str::to_owned),
-    }))
+    Ok(out
+        .images()
+        .iter()
+        .find(|i| i.image_id() == Some(image_id))
+        .map(|i| ImageFacts {
+            image_id: image_id.to_owned(),
+            name: i.name().map(str::to_owned),
+            description: i.description().map(str::to_owned),
+            platform_details: i.platform_details().map(str::to_owned),
+            owner_alias: i.image_owner_alias().map(str::to_owned),
+        }))
 }
 
 /// Chooses the OS user for an instance from its AMI; never fails (a failed
@@ -292,8 +316,14 @@ mod tests {
 
     #[test]
     fn platform_beats_a_misleading_name_except_for_bitnami() {
-        assert_eq!(user("my-ubuntu-clone", "", "Red Hat Enterprise Linux"), Some("ec2-user"));
-        assert_eq!(user("bitnami-redmine-5-rhel", "", "Red Hat Enterprise Linux"), Some("bitnami"));
+        assert_eq!(
+            user("my-ubuntu-clone", "", "Red Hat Enterprise Linux"),
+            Some("ec2-user")
+        );
+        assert_eq!(
+            user("bitnami-redmine-5-rhel", "", "Red Hat Enterprise Linux"),
+            Some("bitnami")
+        );
         // The description is used when the name says nothing.
         let g = guess(&image("golden-1", "Debian 12 based", "Linux/UNIX")).unwrap();
         assert_eq!((g.user, g.evidence), ("admin", "the AMI description"));
@@ -312,8 +342,17 @@ mod tests {
         )));
         let c = Choice::from_lookup(Some("ami-0123456789abcdef0"), found);
         assert_eq!(c.user, "ubuntu");
-        assert!(c.rule.starts_with("guessed from the AMI name \"ubuntu/images"), "{}", c.rule);
-        assert!(c.rule.ends_with("(ami-0123456789abcdef0): Ubuntu"), "{}", c.rule);
+        assert!(
+            c.rule
+                .starts_with("guessed from the AMI name \"ubuntu/images"),
+            "{}",
+            c.rule
+        );
+        assert!(
+            c.rule.ends_with("(ami-0123456789abcdef0): Ubuntu"),
+            "{}",
+            c.rule
+        );
 
         let c = Choice::from_lookup(Some("ami-1"), Ok(None));
         assert_eq!(c.user, "ec2-user");

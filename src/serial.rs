@@ -13,6 +13,7 @@ use crate::error::Failure;
 use crate::hostkeys::is_sha256_fingerprint;
 
 /// (region, SSH host, SHA-256 host-key fingerprint), as AWS publishes them.
+#[rustfmt::skip]
 pub const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("us-east-1", "serial-console.ec2-instance-connect.us-east-1.aws", "SHA256:dXwn5ma/xadVMeBZGEru5l2gx+yI5LDiJaLUcz0FMmw"),
     ("us-east-2", "serial-console.ec2-instance-connect.us-east-2.aws", "SHA256:EhwPkTzRtTY7TRSzz26XbB0/HvV9jRM7mCZN0xw/d/0"),
@@ -176,7 +177,10 @@ mod tests {
     fn published_endpoints() {
         let e = endpoint("us-east-1", None, None).unwrap();
         assert_eq!(e.host, "serial-console.ec2-instance-connect.us-east-1.aws");
-        assert_eq!(e.fingerprint, "SHA256:dXwn5ma/xadVMeBZGEru5l2gx+yI5LDiJaLUcz0FMmw");
+        assert_eq!(
+            e.fingerprint,
+            "SHA256:dXwn5ma/xadVMeBZGEru5l2gx+yI5LDiJaLUcz0FMmw"
+        );
         assert!(!e.overridden);
         assert_eq!(
             endpoint("ap-southeast-3", None, None).unwrap().host,
@@ -192,23 +196,43 @@ mod tests {
     fn unknown_regions_need_a_pinned_fingerprint() {
         let err = endpoint("xx-future-1", None, None).unwrap_err();
         assert!(err.message.contains("xx-future-1"));
-        assert!(err.hints.iter().any(|h| h.contains("--host-key-fingerprint")));
+        assert!(
+            err.hints
+                .iter()
+                .any(|h| h.contains("--host-key-fingerprint"))
+        );
         let fp = "SHA256:EhwPkTzRtTY7TRSzz26XbB0/HvV9jRM7mCZN0xw/d/0";
         let e = endpoint("xx-future-1", None, Some(fp)).unwrap();
         assert_eq!(e.host, "ec2-serial-console.xx-future-1.api.aws");
         assert!(e.overridden);
-        assert_eq!(endpoint("cn-south-9", None, Some(fp)).unwrap().host, "ec2-serial-console.cn-south-9.api.amazonwebservices.com.cn");
-        assert_eq!(endpoint("us-east-1", None, Some("MD5:aa")).unwrap_err().exit, 2);
+        assert_eq!(
+            endpoint("cn-south-9", None, Some(fp)).unwrap().host,
+            "ec2-serial-console.cn-south-9.api.amazonwebservices.com.cn"
+        );
+        assert_eq!(
+            endpoint("us-east-1", None, Some("MD5:aa"))
+                .unwrap_err()
+                .exit,
+            2
+        );
     }
 
     #[test]
     fn host_overrides_are_always_pinned() {
         let fp = "SHA256:EhwPkTzRtTY7TRSzz26XbB0/HvV9jRM7mCZN0xw/d/0";
         let e = endpoint("us-east-1", Some("127.0.0.1:2222"), Some(fp)).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.overridden), ("127.0.0.1", Some(2222), true));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.overridden),
+            ("127.0.0.1", Some(2222), true)
+        );
         assert!(endpoint("us-east-1", Some("127.0.0.1:2222"), None).is_err());
         assert!(endpoint("us-east-1", Some("-oProxyCommand=x"), Some(fp)).is_err());
         assert!(endpoint("us-east-1", Some("host:notaport"), Some(fp)).is_err());
-        assert_eq!(endpoint("us-east-1", Some("serial.example"), Some(fp)).unwrap().port, None);
+        assert_eq!(
+            endpoint("us-east-1", Some("serial.example"), Some(fp))
+                .unwrap()
+                .port,
+            None
+        );
     }
 }

@@ -23,8 +23,8 @@ fn bed() -> TestBed {
     bed.set_security_group(
         &bed.security_group_id(),
         vec![
-            SgRule::tcp(22, 22).from_cidr("0.0.0.0/0"),
-            SgRule::tcp(port, port).from_cidr("0.0.0.0/0"),
+            SgRule::tcp(22, 22).allow_cidr("0.0.0.0/0"),
+            SgRule::tcp(port, port).allow_cidr("0.0.0.0/0"),
         ],
     );
     bed
@@ -84,15 +84,34 @@ fn a_healthy_instance_passes_every_check() {
     let out = doctor(&bed, &["web-1"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
-    assert!(text.starts_with(&format!("eic-connect doctor: {} (\"web-1\"), region us-east-1\n", web.id)), "{text}");
-    for name in ["instance", "path", "security-group", "port", "metadata", "os-user", "push", "host-keys"] {
+    assert!(
+        text.starts_with(&format!(
+            "eic-connect doctor: {} (\"web-1\"), region us-east-1\n",
+            web.id
+        )),
+        "{text}"
+    );
+    for name in [
+        "instance",
+        "path",
+        "security-group",
+        "port",
+        "metadata",
+        "os-user",
+        "push",
+        "host-keys",
+    ] {
         assert!(
-            text.lines().any(|l| l.starts_with("PASS") && l.contains(&format!(" {name} "))),
+            text.lines()
+                .any(|l| l.starts_with("PASS") && l.contains(&format!(" {name} "))),
             "{name} did not pass:\n{text}"
         );
     }
     assert!(text.contains("All checks passed."), "{text}");
-    assert!(text.contains("note: your address was taken to be 127.0.0.1"), "{text}");
+    assert!(
+        text.contains("note: your address was taken to be 127.0.0.1"),
+        "{text}"
+    );
     // The push was real, for the guessed user, with a throwaway key.
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 1);
@@ -125,7 +144,16 @@ fn json_output_has_a_stable_shape() {
         .collect();
     assert_eq!(
         names,
-        ["instance", "path", "security-group", "port", "metadata", "os-user", "push", "host-keys"]
+        [
+            "instance",
+            "path",
+            "security-group",
+            "port",
+            "metadata",
+            "os-user",
+            "push",
+            "host-keys"
+        ]
     );
     for c in json["checks"].as_array().unwrap() {
         let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
@@ -136,14 +164,24 @@ fn json_output_has_a_stable_shape() {
 #[test]
 fn a_stopped_instance_fails_with_how_to_start_it() {
     let bed = bed();
-    let web = bed.add_instance(InstanceSpec::named("web-1").state("stopped").image_id(UBUNTU_AMI));
+    let web = bed.add_instance(
+        InstanceSpec::named("web-1")
+            .state("stopped")
+            .image_id(UBUNTU_AMI),
+    );
     let (code, json) = doctor_json(&bed, &["web-1"]);
     assert_eq!(code, Some(1));
     assert_eq!(json["ok"], false);
     let (status, detail, fix) = check(&json, "instance");
     assert_eq!(status, "fail");
     assert!(detail.contains("is stopped"), "{detail}");
-    assert_eq!(fix.unwrap(), format!("start it: aws ec2 start-instances --instance-ids {}", web.id));
+    assert_eq!(
+        fix.unwrap(),
+        format!(
+            "start it: aws ec2 start-instances --instance-ids {}",
+            web.id
+        )
+    );
     assert_eq!(check(&json, "push").0, "skip");
     assert!(bed.pushes().is_empty());
 }
@@ -154,21 +192,35 @@ fn an_unknown_instance_fails_and_skips_the_rest() {
     let out = doctor(&bed, &["i-0123456789abcdef0"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("FAIL  instance       no instance matches instance id i-0123456789abcdef0"), "{text}");
+    assert!(
+        text.contains("FAIL  instance       no instance matches instance id i-0123456789abcdef0"),
+        "{text}"
+    );
     assert!(text.contains("fix: check --region and --profile"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("SKIP")).count(), 7, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("SKIP")).count(),
+        7,
+        "{text}"
+    );
     assert!(text.ends_with("1 check failed.\n"), "{text}");
 }
 
 #[test]
 fn no_public_address_and_no_endpoint_fails_the_path() {
     let bed = bed();
-    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false).image_id(UBUNTU_AMI));
+    let db = bed.add_instance(
+        InstanceSpec::named("db-1")
+            .public_ip(false)
+            .image_id(UBUNTU_AMI),
+    );
     let (code, json) = doctor_json(&bed, &["db-1"]);
     assert_eq!(code, Some(1), "{json}");
     let (status, detail, _) = check(&json, "path");
     assert_eq!(status, "fail", "{json}");
-    assert!(detail.starts_with("no public IPv4 address, and "), "{detail}");
+    assert!(
+        detail.starts_with("no public IPv4 address, and "),
+        "{detail}"
+    );
     assert_eq!(json["path"], serde_json::Value::Null);
     assert_eq!(check(&json, "port").0, "skip");
     let _ = db;
@@ -181,13 +233,22 @@ fn a_security_group_without_port_22_fails_with_the_rule_to_add() {
     let port = bed.sshd_port();
     bed.set_security_group(
         &bed.security_group_id(),
-        vec![SgRule::tcp(80, 80).from_cidr("0.0.0.0/0"), SgRule::tcp(443, 443).from_cidr("0.0.0.0/0")],
+        vec![
+            SgRule::tcp(80, 80).allow_cidr("0.0.0.0/0"),
+            SgRule::tcp(443, 443).allow_cidr("0.0.0.0/0"),
+        ],
     );
     let (code, json) = doctor_json(&bed, &["--source-ip", "198.51.100.7", "web-1"]);
     assert_eq!(code, Some(1), "{json}");
     let (status, detail, fix) = check(&json, "security-group");
     assert_eq!(status, "fail");
-    assert_eq!(detail, format!("port {port} is not open to any source in {}", bed.security_group_id()));
+    assert_eq!(
+        detail,
+        format!(
+            "port {port} is not open to any source in {}",
+            bed.security_group_id()
+        )
+    );
     assert_eq!(
         fix.unwrap(),
         format!(
@@ -202,24 +263,33 @@ fn a_security_group_open_to_other_addresses_fails_for_the_caller() {
     let bed = bed();
     healthy(&bed, "web-1");
     let port = bed.sshd_port() as i32;
-    bed.set_security_group(&bed.security_group_id(), vec![SgRule::tcp(port, port).from_cidr("203.0.113.0/24")]);
+    bed.set_security_group(
+        &bed.security_group_id(),
+        vec![SgRule::tcp(port, port).allow_cidr("203.0.113.0/24")],
+    );
     let (code, json) = doctor_json(&bed, &["--source-ip", "198.51.100.7", "web-1"]);
     assert_eq!(code, Some(1));
     let (status, detail, _) = check(&json, "security-group");
     assert_eq!(status, "fail");
-    assert!(detail.contains("203.0.113.0/24, which does not include 198.51.100.7"), "{detail}");
+    assert!(
+        detail.contains("203.0.113.0/24, which does not include 198.51.100.7"),
+        "{detail}"
+    );
     let (code, json) = doctor_json(&bed, &["--source-ip", "203.0.113.9", "web-1"]);
     assert_eq!(code, Some(0), "{json}");
     assert_eq!(check(&json, "security-group").0, "pass");
     // Open only to the EC2 console's prefix list: the browser can, we can't.
     bed.set_security_group(
         &bed.security_group_id(),
-        vec![SgRule::tcp(port, port).from_prefix_list(bed.console_prefix_list_id())],
+        vec![SgRule::tcp(port, port).allow_prefix_list(bed.console_prefix_list_id())],
     );
     let (_, json) = doctor_json(&bed, &["--source-ip", "203.0.113.9", "web-1"]);
     let (status, detail, _) = check(&json, "security-group");
     assert_eq!(status, "fail");
-    assert!(detail.contains("only to the EC2 console's prefix list"), "{detail}");
+    assert!(
+        detail.contains("only to the EC2 console's prefix list"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -235,7 +305,10 @@ fn a_closed_port_fails_the_port_check() {
         .unwrap();
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("refused the connection: nothing listens on port 1"), "{text}");
+    assert!(
+        text.contains("refused the connection: nothing listens on port 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -252,7 +325,10 @@ fn disabled_instance_metadata_fails_with_the_command_to_enable_it() {
     assert_eq!(status, "fail");
     assert_eq!(
         fix.unwrap(),
-        format!("aws ec2 modify-instance-metadata-options --instance-id {} --http-endpoint enabled", web.id)
+        format!(
+            "aws ec2 modify-instance-metadata-options --instance-id {} --http-endpoint enabled",
+            web.id
+        )
     );
 }
 
@@ -268,7 +344,10 @@ fn a_denied_push_fails_with_the_missing_permission() {
     assert!(detail.contains("not allowed to push a key"), "{detail}");
     assert!(detail.contains("as OS user ubuntu"), "{detail}");
     let fix = fix.unwrap();
-    assert!(fix.contains("ec2-instance-connect:SendSSHPublicKey"), "{fix}");
+    assert!(
+        fix.contains("ec2-instance-connect:SendSSHPublicKey"),
+        "{fix}"
+    );
     assert!(fix.contains("ec2:osuser"), "{fix}");
 }
 
@@ -281,12 +360,18 @@ fn os_user_guess_and_a_user_that_disagrees_with_the_ami() {
     let (_, json) = doctor_json(&bed, &["web-1"]);
     let (status, detail, _) = check(&json, "os-user");
     assert_eq!(status, "pass");
-    assert!(detail.starts_with("ubuntu: guessed from the AMI name"), "{detail}");
+    assert!(
+        detail.starts_with("ubuntu: guessed from the AMI name"),
+        "{detail}"
+    );
     let (code, json) = doctor_json(&bed, &["-l", "admin", "web-1"]);
     assert_eq!(code, Some(0), "a warning is not a failure: {json}");
     let (status, detail, fix) = check(&json, "os-user");
     assert_eq!(status, "warn");
-    assert!(detail.starts_with("admin (from -l), but the AMI suggests ubuntu"), "{detail}");
+    assert!(
+        detail.starts_with("admin (from -l), but the AMI suggests ubuntu"),
+        "{detail}"
+    );
     assert_eq!(fix.unwrap(), "if login fails, try -l ubuntu");
     assert_eq!(bed.pushes().last().unwrap().os_user, "admin");
     let (_, json) = doctor_json(&bed, &["plain"]);

@@ -9,7 +9,11 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use super::Clients;
 use super::errors::{Attempt, from_sdk};
 
-fn attempt<'a>(clients: &'a Clients, op: &'static str, instance_id: Option<&'a str>) -> Attempt<'a> {
+fn attempt<'a>(
+    clients: &'a Clients,
+    op: &'static str,
+    instance_id: Option<&'a str>,
+) -> Attempt<'a> {
     Attempt {
         op,
         scope: &clients.scope,
@@ -72,7 +76,10 @@ pub struct SecurityGroup {
     pub inbound: Vec<InboundRule>,
 }
 
-pub async fn security_groups(clients: &Clients, ids: &[String]) -> anyhow::Result<Vec<SecurityGroup>> {
+pub async fn security_groups(
+    clients: &Clients,
+    ids: &[String],
+) -> anyhow::Result<Vec<SecurityGroup>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -100,7 +107,11 @@ pub async fn security_groups(clients: &Clients, ids: &[String]) -> anyhow::Resul
                         .ip_ranges()
                         .iter()
                         .filter_map(|r| r.cidr_ip().map(str::to_owned))
-                        .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6().map(str::to_owned)))
+                        .chain(
+                            p.ipv6_ranges()
+                                .iter()
+                                .filter_map(|r| r.cidr_ipv6().map(str::to_owned)),
+                        )
                         .collect(),
                     group_ids: p
                         .user_id_group_pairs()
@@ -121,11 +132,19 @@ pub async fn security_groups(clients: &Clients, ids: &[String]) -> anyhow::Resul
 /// The id of the AWS-managed prefix list `com.amazonaws.<region>.ec2-instance-connect`
 /// (the addresses the EC2 console's browser-based client connects from).
 pub async fn console_prefix_list(clients: &Clients) -> anyhow::Result<Option<String>> {
-    let name = format!("com.amazonaws.{}.ec2-instance-connect", clients.scope.region);
+    let name = format!(
+        "com.amazonaws.{}.ec2-instance-connect",
+        clients.scope.region
+    );
     let out = clients
         .ec2
         .describe_managed_prefix_lists()
-        .filters(Filter::builder().name("prefix-list-name").values(&name).build())
+        .filters(
+            Filter::builder()
+                .name("prefix-list-name")
+                .values(&name)
+                .build(),
+        )
         .send()
         .await
         .map_err(|e| from_sdk(e, &attempt(clients, "DescribeManagedPrefixLists", None)))?;
@@ -192,7 +211,10 @@ pub async fn endpoints(
         };
         for e in page.instance_connect_endpoints() {
             found.push(Endpoint {
-                id: e.instance_connect_endpoint_id().unwrap_or_default().to_owned(),
+                id: e
+                    .instance_connect_endpoint_id()
+                    .unwrap_or_default()
+                    .to_owned(),
                 subnet_id: e.subnet_id().map(str::to_owned),
                 state: e.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 security_group_ids: e.security_group_ids().to_vec(),
@@ -206,7 +228,11 @@ pub async fn endpoints(
 }
 
 /// SendSerialConsoleSSHPublicKey on serial port 0.
-pub async fn push_serial_key(clients: &Clients, instance_id: &str, public_key: &str) -> anyhow::Result<()> {
+pub async fn push_serial_key(
+    clients: &Clients,
+    instance_id: &str,
+    public_key: &str,
+) -> anyhow::Result<()> {
     let result = clients
         .eic
         .send_serial_console_ssh_public_key()

@@ -47,7 +47,10 @@ pub fn run(args: &KnownHostsArgs) -> anyhow::Result<ExitCode> {
 
 /// The `KnownHostsCommand` that makes ssh accept exactly `pins`, reporting
 /// to `report`.
-pub fn pinning_command(report: &std::path::Path, pins: &Pins) -> anyhow::Result<std::ffi::OsString> {
+pub fn pinning_command(
+    report: &std::path::Path,
+    pins: &Pins,
+) -> anyhow::Result<std::ffi::OsString> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("cannot find eic-connect's own path")?;
     crate::hostkeys::known_hosts_command(&exe, report, pins).map_err(|why| {

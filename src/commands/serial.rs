@@ -144,7 +144,12 @@ mod tests {
             algorithm: "ecdsa-sha2-nistp256".into(),
         };
         let f = refusal(&endpoint, "us-east-1", std::slice::from_ref(&mismatch)).unwrap();
-        assert!(f.message.contains("AWS's published fingerprint for us-east-1"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("AWS's published fingerprint for us-east-1"),
+            "{}",
+            f.message
+        );
         assert!(f.message.contains(&endpoint.fingerprint));
         let matched = Verdict::Match {
             fingerprint: endpoint.fingerprint.clone(),

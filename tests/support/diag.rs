@@ -33,7 +33,7 @@ pub struct Image {
     pub owner_alias: String,
 }
 
-/// One inbound rule. Build with [`SgRule::tcp`] and the `from_*` methods.
+/// One inbound rule. Build with [`SgRule::tcp`] and the `allow_*` methods.
 #[derive(Debug, Clone, Default)]
 pub struct SgRule {
     /// `tcp`, `udp`, `-1`...
@@ -55,15 +55,15 @@ impl SgRule {
             ..SgRule::default()
         }
     }
-    pub fn from_cidr(mut self, cidr: &str) -> SgRule {
+    pub fn allow_cidr(mut self, cidr: &str) -> SgRule {
         self.cidrs.push(cidr.into());
         self
     }
-    pub fn from_group(mut self, group: &str) -> SgRule {
+    pub fn allow_group(mut self, group: &str) -> SgRule {
         self.groups.push(group.into());
         self
     }
-    pub fn from_prefix_list(mut self, pl: &str) -> SgRule {
+    pub fn allow_prefix_list(mut self, pl: &str) -> SgRule {
         self.prefix_lists.push(pl.into());
         self
     }
@@ -84,7 +84,10 @@ pub struct DiagState {
 pub fn handles(action: &str) -> bool {
     matches!(
         action,
-        "GetConsoleOutput" | "DescribeImages" | "DescribeSecurityGroups" | "DescribeManagedPrefixLists"
+        "GetConsoleOutput"
+            | "DescribeImages"
+            | "DescribeSecurityGroups"
+            | "DescribeManagedPrefixLists"
     )
 }
 
@@ -145,16 +148,32 @@ pub fn handle(
         "DescribeImages" => describe_images(st, params),
         "DescribeSecurityGroups" => describe_security_groups(api, st, params),
         "DescribeManagedPrefixLists" => describe_prefix_lists(api, params),
-        other => Err(err(400, "InvalidAction", format!("The action {other} is not valid"))),
+        other => Err(err(
+            400,
+            "InvalidAction",
+            format!("The action {other} is not valid"),
+        )),
     }
 }
 
-fn get_console_output(api: &Api, st: &State, p: &BTreeMap<String, String>) -> Result<Response, ApiError> {
-    let id = p
-        .get("InstanceId")
-        .ok_or_else(|| err(400, "MissingParameter", "The request must contain the parameter InstanceId"))?;
+fn get_console_output(
+    api: &Api,
+    st: &State,
+    p: &BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
+    let id = p.get("InstanceId").ok_or_else(|| {
+        err(
+            400,
+            "MissingParameter",
+            "The request must contain the parameter InstanceId",
+        )
+    })?;
     if !api::is_ec2_instance_id(id) {
-        return Err(err(400, "InvalidInstanceID.Malformed", format!("Invalid id: \"{id}\"")));
+        return Err(err(
+            400,
+            "InvalidInstanceID.Malformed",
+            format!("Invalid id: \"{id}\""),
+        ));
     }
     if !st.instances.iter().any(|i| &i.id == id) {
         return Err(err(
@@ -167,7 +186,11 @@ fn get_console_output(api: &Api, st: &State, p: &BTreeMap<String, String>) -> Re
     el(&mut body, "instanceId", id);
     el(&mut body, "timestamp", &timefmt::iso8601(api.now(st)));
     if let Some(text) = st.diag.console.get(id) {
-        el(&mut body, "output", &aws_smithy_types::base64::encode(text.as_bytes()));
+        el(
+            &mut body,
+            "output",
+            &aws_smithy_types::base64::encode(text.as_bytes()),
+        );
     }
     Ok(xml_response("GetConsoleOutput", &body))
 }
@@ -179,14 +202,27 @@ fn describe_images(st: &State, p: &BTreeMap<String, String>) -> Result<Response,
             .strip_prefix("ami-")
             .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if !ok {
-            return Err(err(400, "InvalidAMIID.Malformed", format!("Invalid id: \"{id}\" (expecting \"ami-...\")")));
+            return Err(err(
+                400,
+                "InvalidAMIID.Malformed",
+                format!("Invalid id: \"{id}\" (expecting \"ami-...\")"),
+            ));
         }
     }
     let mut body = String::from("<imagesSet>");
-    for image in st.diag.images.iter().filter(|i| ids.is_empty() || ids.contains(&i.id)) {
+    for image in st
+        .diag
+        .images
+        .iter()
+        .filter(|i| ids.is_empty() || ids.contains(&i.id))
+    {
         body.push_str("<item>");
         el(&mut body, "imageId", &image.id);
-        el(&mut body, "imageLocation", &format!("123456789012/{}", image.name));
+        el(
+            &mut body,
+            "imageLocation",
+            &format!("123456789012/{}", image.name),
+        );
         el(&mut body, "imageState", "available");
         el(&mut body, "imageOwnerId", "123456789012");
         el(&mut body, "isPublic", "true");
@@ -214,11 +250,18 @@ fn describe_images(st: &State, p: &BTreeMap<String, String>) -> Result<Response,
 fn default_group(api: &Api) -> (String, (String, Vec<SgRule>)) {
     (
         api.config.security_group_id.clone(),
-        ("default".to_owned(), vec![SgRule::tcp(22, 22).from_cidr("0.0.0.0/0")]),
+        (
+            "default".to_owned(),
+            vec![SgRule::tcp(22, 22).allow_cidr("0.0.0.0/0")],
+        ),
     )
 }
 
-fn describe_security_groups(api: &Api, st: &mut State, p: &BTreeMap<String, String>) -> Result<Response, ApiError> {
+fn describe_security_groups(
+    api: &Api,
+    st: &mut State,
+    p: &BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
     let (default_id, default) = default_group(api);
     st.diag.groups.entry(default_id).or_insert(default);
     let ids = list(p, "GroupId");
@@ -230,7 +273,12 @@ fn describe_security_groups(api: &Api, st: &mut State, p: &BTreeMap<String, Stri
         ));
     }
     let mut body = String::from("<securityGroupInfo>");
-    for (id, (name, rules)) in st.diag.groups.iter().filter(|(id, _)| ids.is_empty() || ids.contains(id)) {
+    for (id, (name, rules)) in st
+        .diag
+        .groups
+        .iter()
+        .filter(|(id, _)| ids.is_empty() || ids.contains(id))
+    {
         body.push_str("<item>");
         el(&mut body, "ownerId", &api.config.account_id);
         el(&mut body, "groupId", id);
@@ -287,8 +335,14 @@ fn describe_security_groups(api: &Api, st: &mut State, p: &BTreeMap<String, Stri
 fn describe_prefix_lists(api: &Api, p: &BTreeMap<String, String>) -> Result<Response, ApiError> {
     let region = &api.config.region;
     let lists = [
-        (CONSOLE_PREFIX_LIST_ID.to_owned(), format!("com.amazonaws.{region}.ec2-instance-connect")),
-        ("pl-63a5400a".to_owned(), format!("com.amazonaws.{region}.s3")),
+        (
+            CONSOLE_PREFIX_LIST_ID.to_owned(),
+            format!("com.amazonaws.{region}.ec2-instance-connect"),
+        ),
+        (
+            "pl-63a5400a".to_owned(),
+            format!("com.amazonaws.{region}.s3"),
+        ),
     ];
     let names = filter_values(p, "prefix-list-name");
     let ids = list(p, "PrefixListId");
@@ -300,7 +354,11 @@ fn describe_prefix_lists(api: &Api, p: &BTreeMap<String, String>) -> Result<Resp
         el(&mut body, "prefixListId", id);
         el(&mut body, "addressFamily", "IPv4");
         el(&mut body, "state", "create-complete");
-        el(&mut body, "prefixListArn", &format!("arn:aws:ec2:{region}:aws:prefix-list/{id}"));
+        el(
+            &mut body,
+            "prefixListArn",
+            &format!("arn:aws:ec2:{region}:aws:prefix-list/{id}"),
+        );
         el(&mut body, "prefixListName", name);
         el(&mut body, "ownerId", "AWS");
         body.push_str("</item>");
@@ -319,8 +377,12 @@ pub fn cloud_init_console(keys: &[&str]) -> String {
          [    1.234567] Run /init as init process\r\n\
          [  OK  ] Started cloud-init.service - Initial cloud-init job (metadata service crawler).\r\n",
     );
-    s.push_str(&format!("{prefix}\r\n{prefix}#############################################################\r\n"));
-    s.push_str(&format!("{prefix}-----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n"));
+    s.push_str(&format!(
+        "{prefix}\r\n{prefix}#############################################################\r\n"
+    ));
+    s.push_str(&format!(
+        "{prefix}-----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n"
+    ));
     for key in keys {
         if let Ok(k) = ssh_key::PublicKey::from_openssh(key) {
             let kind = match k.algorithm().as_str() {
@@ -334,8 +396,12 @@ pub fn cloud_init_console(keys: &[&str]) -> String {
             ));
         }
     }
-    s.push_str(&format!("{prefix}-----END SSH HOST KEY FINGERPRINTS-----\r\n"));
-    s.push_str(&format!("{prefix}#############################################################\r\n"));
+    s.push_str(&format!(
+        "{prefix}-----END SSH HOST KEY FINGERPRINTS-----\r\n"
+    ));
+    s.push_str(&format!(
+        "{prefix}#############################################################\r\n"
+    ));
     s.push_str("-----BEGIN SSH HOST KEY KEYS-----\r\n");
     for key in keys {
         s.push_str(key.trim());
