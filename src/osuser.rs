@@ -372,3 +372,64 @@ mod tests {
         assert!(!c.rule.contains('\x1b'), "{}", c.rule);
     }
 }
+
+/// File under the state directory remembering AMI-based guesses, one
+/// `instance-id user` line each. An instance's AMI never changes and instance
+/// ids are never reused, so a remembered guess never goes stale; it lets the
+/// next connection push at once, concurrently with the lookup.
+const REMEMBERED: &str = "os-users";
+/// Beyond this size the file is started afresh.
+const REMEMBERED_MAX_BYTES: u64 = 256 * 1024;
+
+/// The user guessed from this instance's AMI on an earlier connection.
+pub fn remembered(state_dir: &std::path::Path, instance_id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join(REMEMBERED)).ok()?;
+    text.lines().rev().find_map(|line| {
+        let (id, user) = line.split_once(' ')?;
+        (id == instance_id && crate::target::validate_user(user).is_ok()).then(|| user.to_owned())
+    })
+}
+
+/// Remembers a guess made from the AMI (not a fallback). Best effort.
+pub fn remember(state_dir: &std::path::Path, instance_id: &str, user: &str) {
+    use std::io::Write;
+    let path = state_dir.join(REMEMBERED);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > REMEMBERED_MAX_BYTES) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::create_dir_all(state_dir);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(file, "{instance_id} {user}");
+    }
+}
+
+#[cfg(test)]
+mod remembered_tests {
+    use super::*;
+
+    #[test]
+    fn remembers_the_latest_guess_per_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(remembered(dir.path(), "i-01234567"), None);
+        remember(dir.path(), "i-01234567", "ubuntu");
+        remember(dir.path(), "i-89abcdef", "admin");
+        assert_eq!(
+            remembered(dir.path(), "i-01234567").as_deref(),
+            Some("ubuntu")
+        );
+        assert_eq!(
+            remembered(dir.path(), "i-89abcdef").as_deref(),
+            Some("admin")
+        );
+        std::fs::write(dir.path().join(REMEMBERED), "i-01234567 -oProxyCommand=x\n").unwrap();
+        assert_eq!(
+            remembered(dir.path(), "i-01234567"),
+            None,
+            "a tampered entry is ignored"
+        );
+    }
+}

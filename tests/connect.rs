@@ -957,3 +957,33 @@ fn ssh_dash_g_prints_config_without_calling_aws() {
     assert!(stdout(&out).contains("hostname web-1"), "{}", stdout(&out));
     assert!(bed.requests().is_empty());
 }
+
+#[test]
+fn the_ami_guess_is_remembered_so_the_next_connection_pushes_at_once() {
+    let bed = TestBed::start();
+    bed.register_image(
+        "ami-0b000000000000001",
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+        "Canonical, Ubuntu, 22.04 LTS",
+        "Linux/UNIX",
+    );
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    let fake_ssh = |bed: &TestBed| {
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_SSH", "true").args(["-v", &web.id]);
+        c
+    };
+    assert!(run(fake_ssh(&bed)).status.success());
+    let first: Vec<String> = bed.requests().iter().map(|r| r.action.clone()).collect();
+    assert_eq!(
+        first,
+        ["DescribeInstances", "DescribeImages", "SendSSHPublicKey"]
+    );
+    bed.clear_records();
+    let out = run(fake_ssh(&bed));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("remembered"), "{}", stderr(&out));
+    assert!(bed.requests_for("DescribeImages").is_empty());
+    assert_eq!(bed.pushes()[0].os_user, "ubuntu");
+    assert!(stderr(&out).contains("looked up instance and pushed key concurrently"));
+}

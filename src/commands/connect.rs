@@ -28,7 +28,12 @@ pub async fn run(settings: ConnectSettings) -> anyhow::Result<ExitCode> {
         // `ssh -G` only prints its configuration (git runs it to learn what
         // kind of ssh it has): nothing to look up, no key to push.
         let mut args = settings.ssh_options.clone();
-        args.extend(["-l".into(), settings.os_user.clone().into(), "--".into(), settings.target.host_text().into()]);
+        args.extend([
+            "-l".into(),
+            settings.os_user.clone().into(),
+            "--".into(),
+            settings.target.host_text().into(),
+        ]);
         let status = ssh::run(&settings.ssh_program, &args).await?;
         return Ok(child_exit_code(status));
     }
@@ -89,7 +94,9 @@ pub async fn run(settings: ConnectSettings) -> anyhow::Result<ExitCode> {
         Some(pins) => Some(super::known_hosts::pinning_command(&report, pins)?),
         None => None,
     };
-    let host = route.as_ref().map_or_else(|| address.to_string(), |r| r.ssh_host());
+    let host = route
+        .as_ref()
+        .map_or_else(|| address.to_string(), |r| r.ssh_host());
     let ssh_options = super::tunnel::ssh_options_for(
         &settings.ssh_options,
         route.as_ref(),
@@ -219,7 +226,13 @@ async fn resolve_and_push(
     instance_known: tokio::sync::oneshot::Sender<InstanceInfo>,
 ) -> anyhow::Result<(InstanceInfo, String)> {
     let t0 = Instant::now();
-    if !settings.os_user_explicit {
+    let remembered = match &settings.target {
+        Target::InstanceId(id) if !settings.os_user_explicit => {
+            osuser::remembered(&settings.state_dir, id)
+        }
+        _ => None,
+    };
+    if !settings.os_user_explicit && remembered.is_none() {
         let instance = ec2::resolve_running(clients, &settings.target).await?;
         let _ = instance_known.send(instance.clone());
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
@@ -234,14 +247,16 @@ async fn resolve_and_push(
         let t2 = Instant::now();
         push_key(clients, &instance.id, &choice.user, key.public_openssh()).await?;
         tracing::debug!(elapsed_ms = t2.elapsed().as_millis() as u64, "pushed key");
+        if choice.rule.starts_with("guessed") {
+            osuser::remember(&settings.state_dir, &instance.id, &choice.user);
+        }
         return Ok((instance, choice.user));
     }
-    let user = settings.os_user.as_str();
-    tracing::debug!(
-        os_user = user,
-        chosen_by = settings.os_user_source,
-        "OS user given"
-    );
+    let (user, source) = match &remembered {
+        Some(user) => (user.as_str(), "the AMI guess remembered for this instance"),
+        None => (settings.os_user.as_str(), settings.os_user_source),
+    };
+    tracing::debug!(os_user = user, chosen_by = source, "OS user given");
     if let Target::InstanceId(id) = &settings.target {
         let (found, pushed) = tokio::join!(
             ec2::find(clients, &settings.target),
