@@ -7,7 +7,9 @@
 //!   Name tag (lookup, then push), with a no-op program standing in for ssh;
 //! - `eic-connect ID true` end to end against the loopback sshd, beside plain
 //!   `ssh -i key true` to the same sshd with a key pushed out of band;
-//! - one API round trip to the stand-in, for scale.
+//! - one API round trip to the stand-in, for scale;
+//! - bulk copy throughput through ssh, direct and through the EC2 Instance
+//!   Connect Endpoint tunnel stand-in (`EIC_BENCH_MIB`, default 64).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -81,6 +83,75 @@ fn main() {
     }
     let overhead = ms(e2e.median) - ms(plain.median);
     println!("\neic-connect over plain ssh: {overhead:+.1} ms (median difference)");
+
+    tunnel_throughput(&bed, &web.id);
+}
+
+/// Bulk copy through ssh, directly and through the EC2 Instance Connect
+/// Endpoint stand-in (TLS WebSocket, binary frames): `EIC_BENCH_MIB`
+/// (default 64) MiB into `cat > /dev/null`, best of three, less the median
+/// time of the same connection running `true`.
+fn tunnel_throughput(bed: &TestBed, id: &str) {
+    use std::io::Write;
+    let mib: usize = std::env::var("EIC_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let path = bed.dir().join("bench-payload");
+    {
+        let mut f = std::fs::File::create(&path).expect("create payload");
+        let chunk: Vec<u8> = (0..1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for _ in 0..mib {
+            f.write_all(&chunk).expect("write payload");
+        }
+    }
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    let port = bed.sshd_port().to_string();
+    let user = bed.os_user();
+    let make = |tunnel: bool, copy: bool| {
+        let mut c = bed.command();
+        if tunnel {
+            // Port 22 is what endpoints reach (the stand-in maps it to sshd).
+            c.args(["--connect", "eice", "-l", &user]);
+        } else {
+            c.args(["--connect", "direct", "-p", &port, "-l", &user]);
+        }
+        c.arg(id);
+        if copy {
+            c.arg("cat > /dev/null");
+            c.stdin(std::fs::File::open(&path).expect("open payload"));
+        } else {
+            c.arg("true").stdin(Stdio::null());
+        }
+        c
+    };
+    let best = |tunnel: bool| {
+        let setup = measure(3, || make(tunnel, false)).median;
+        let copy = measure(3, || make(tunnel, true)).min;
+        let secs = copy.saturating_sub(setup).as_secs_f64().max(1e-6);
+        ((mib * 1024 * 1024) as f64 / 1e6 / secs, copy, setup)
+    };
+    let (direct, d_copy, d_setup) = best(false);
+    let (tunnel, t_copy, t_setup) = best(true);
+    println!(
+        "\nbulk copy, {mib} MiB through ssh into cat > /dev/null (best of 3, less connection set-up)\n"
+    );
+    println!(
+        "{:<46} {direct:>7.1} MB/s  (copy {:.2} s, set-up {:.0} ms)",
+        "direct to sshd",
+        d_copy.as_secs_f64(),
+        ms(d_setup)
+    );
+    println!(
+        "{:<46} {tunnel:>7.1} MB/s  (copy {:.2} s, set-up {:.0} ms)",
+        "through the EICE tunnel (stand-in)",
+        t_copy.as_secs_f64(),
+        ms(t_setup)
+    );
+    println!("tunnel / direct: {:.2}", tunnel / direct);
+    let _ = std::fs::remove_file(&path);
 }
 
 #[derive(Clone, Copy)]

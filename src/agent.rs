@@ -251,7 +251,10 @@ impl AgentClient {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
-        anyhow::ensure!(len > 0 && len <= MAX_MESSAGE, "bad reply length {len} from ssh-agent");
+        anyhow::ensure!(
+            len > 0 && len <= MAX_MESSAGE,
+            "bad reply length {len} from ssh-agent"
+        );
         let mut reply = vec![0u8; len];
         self.stream.read_exact(&mut reply).await?;
         Ok(reply)
@@ -266,19 +269,30 @@ impl AgentClient {
         msg.push(SSH_AGENT_CONSTRAIN_LIFETIME);
         msg.extend_from_slice(&(lifetime.as_secs().max(1) as u32).to_be_bytes());
         let reply = self.request(&msg).await?;
-        anyhow::ensure!(reply.first() == Some(&SSH_AGENT_SUCCESS), "the ssh-agent refused the key");
+        anyhow::ensure!(
+            reply.first() == Some(&SSH_AGENT_SUCCESS),
+            "the ssh-agent refused the key"
+        );
         Ok(())
     }
 
     /// Whether the agent currently holds the key with this public blob.
     pub async fn has(&mut self, blob: &[u8]) -> anyhow::Result<bool> {
         let reply = self.request(&[SSH_AGENTC_REQUEST_IDENTITIES]).await?;
-        anyhow::ensure!(reply.first() == Some(&SSH_AGENT_IDENTITIES_ANSWER), "unexpected ssh-agent reply");
+        anyhow::ensure!(
+            reply.first() == Some(&SSH_AGENT_IDENTITIES_ANSWER),
+            "unexpected ssh-agent reply"
+        );
         let mut rest = &reply[1..];
-        let count = rest.get(..4).map_or(0, |n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
+        let count = rest
+            .get(..4)
+            .map_or(0, |n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
         rest = rest.get(4..).unwrap_or_default();
         for _ in 0..count {
-            let (Some(key), Some(_comment)) = (take_string(&mut rest), take_string(&mut rest)) else { break };
+            let (Some(key), Some(_comment)) = (take_string(&mut rest), take_string(&mut rest))
+            else {
+                break;
+            };
             if key == blob {
                 return Ok(true);
             }
@@ -424,7 +438,9 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut client = AgentClient { stream: UnixStream::connect(&socket).await.unwrap() };
+        let mut client = AgentClient {
+            stream: UnixStream::connect(&socket).await.unwrap(),
+        };
         let key = EphemeralKey::generate().unwrap();
         let blob = key.public_blob().unwrap();
         assert!(!client.has(&blob).await.unwrap());

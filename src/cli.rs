@@ -215,7 +215,12 @@ pub struct DoctorArgs {
     pub destination: String,
 
     /// OS user to check [default: guessed from the AMI, else ec2-user]
-    #[arg(short = 'l', long = "os-user", value_name = "USER", env = "EIC_CONNECT_OS_USER")]
+    #[arg(
+        short = 'l',
+        long = "os-user",
+        value_name = "USER",
+        env = "EIC_CONNECT_OS_USER"
+    )]
     pub os_user: Option<String>,
 
     /// Port ssh would connect to
@@ -408,10 +413,19 @@ pub fn global_args(aws: &AwsArgs, path: &PathArgs) -> Vec<String> {
     };
     add("--region", aws.region.clone());
     add("--profile", aws.profile.clone());
-    add("--api-timeout", (aws.api_timeout != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout.to_string()));
-    add("--connect", (path.via != ConnectVia::Auto).then(|| path.via.as_str().to_owned()));
+    add(
+        "--api-timeout",
+        (aws.api_timeout != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout.to_string()),
+    );
+    add(
+        "--connect",
+        (path.via != ConnectVia::Auto).then(|| path.via.as_str().to_owned()),
+    );
     add("--eice-id", path.eice_id.clone());
-    add("--max-tunnel-duration", path.max_tunnel_duration.map(|n| n.to_string()));
+    add(
+        "--max-tunnel-duration",
+        path.max_tunnel_duration.map(|n| n.to_string()),
+    );
     out
 }
 

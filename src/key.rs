@@ -25,7 +25,10 @@ impl EphemeralKey {
     /// Reads back a key eic-connect wrote (proxy mode without an agent).
     pub fn from_openssh(text: &str) -> anyhow::Result<Self> {
         let private = PrivateKey::from_openssh(text).context("not an OpenSSH private key")?;
-        anyhow::ensure!(private.algorithm() == Algorithm::Ed25519, "not an ed25519 key");
+        anyhow::ensure!(
+            private.algorithm() == Algorithm::Ed25519,
+            "not an ed25519 key"
+        );
         Self::from_private(private)
     }
 

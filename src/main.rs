@@ -35,10 +35,18 @@ fn main() -> ExitCode {
         Some(cli::Subcommand::Proxy(args)) => {
             block_on(commands::proxy::run(args, cli.aws, cli.path))
         }
-        Some(cli::Subcommand::SshConfig(args)) => commands::ssh_config::run(&args, &cli.aws, &cli.path),
-        Some(cli::Subcommand::Scp(args)) => commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path),
-        Some(cli::Subcommand::Sftp(args)) => commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path),
-        Some(cli::Subcommand::Doctor(args)) => block_on(commands::doctor::run(args, cli.aws, cli.path)),
+        Some(cli::Subcommand::SshConfig(args)) => {
+            commands::ssh_config::run(&args, &cli.aws, &cli.path)
+        }
+        Some(cli::Subcommand::Scp(args)) => {
+            commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path)
+        }
+        Some(cli::Subcommand::Sftp(args)) => {
+            commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path)
+        }
+        Some(cli::Subcommand::Doctor(args)) => {
+            block_on(commands::doctor::run(args, cli.aws, cli.path))
+        }
         Some(cli::Subcommand::Serial(args)) => block_on(commands::serial::run(args, cli.aws)),
         Some(cli::Subcommand::KnownHosts(args)) => commands::known_hosts::run(&args),
     };

@@ -290,11 +290,15 @@ impl Proxy {
             if head.len() > 16 * 1024 {
                 anyhow::bail!("the proxy's answer to CONNECT is too long");
             }
-            let byte = tcp.read_u8().await.context("the proxy closed the connection")?;
+            let byte = tcp
+                .read_u8()
+                .await
+                .context("the proxy closed the connection")?;
             head.push(byte);
         }
-        let status_line = String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
-            .into_owned();
+        let status_line =
+            String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
+                .into_owned();
         let status = status_line.split_whitespace().nth(1).unwrap_or_default();
         if !status.starts_with('2') {
             anyhow::bail!(
@@ -330,7 +334,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -343,8 +349,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let n = chunk
@@ -456,7 +461,11 @@ impl Tunneller {
 
     /// Where the tunnel goes, for messages.
     pub fn describe(&self) -> String {
-        describe_target(&self.target.private_ip, self.target.remote_port, &self.target.endpoint_id)
+        describe_target(
+            &self.target.private_ip,
+            self.target.remote_port,
+            &self.target.endpoint_id,
+        )
     }
 }
 
@@ -554,6 +563,16 @@ where
             }
         }
         First::Down(Ok(frame)) => remote_close(frame),
+        // The local side went away while data was still coming (ssh exits
+        // as soon as its session is over): that is its way of closing.
+        First::Down(Err(Down::Local(err)))
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(Ending::LocalClosed)
+        }
         First::Down(Err(down)) => Err(down.into_error()),
     };
     drop(upstream);
@@ -731,8 +750,14 @@ mod tests {
 
     #[test]
     fn connect_to_override_forms() {
-        assert_eq!(parse_connect_to("https://127.0.0.1:8443").unwrap(), "127.0.0.1:8443");
-        assert_eq!(parse_connect_to("https://127.0.0.1:8443/").unwrap(), "127.0.0.1:8443");
+        assert_eq!(
+            parse_connect_to("https://127.0.0.1:8443").unwrap(),
+            "127.0.0.1:8443"
+        );
+        assert_eq!(
+            parse_connect_to("https://127.0.0.1:8443/").unwrap(),
+            "127.0.0.1:8443"
+        );
         assert_eq!(parse_connect_to("localhost").unwrap(), "localhost:443");
         assert_eq!(parse_connect_to("https://[::1]:9").unwrap(), "[::1]:9");
         assert!(parse_connect_to("https://h/x").is_err());
@@ -776,9 +801,21 @@ mod tests {
             br#"{"ErrorCode":"AccessDeniedException","Message":"not allowed\u001b[2J to OpenTunnel"}"#,
             Some("req-1"),
         );
-        assert!(f.message.contains("HTTP 403, AccessDeniedException"), "{}", f.message);
-        assert!(f.message.contains("not allowed\\u{1b}[2J to OpenTunnel"), "{}", f.message);
-        assert!(f.hints.iter().any(|h| h.contains("ec2-instance-connect:OpenTunnel")));
+        assert!(
+            f.message.contains("HTTP 403, AccessDeniedException"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message.contains("not allowed\\u{1b}[2J to OpenTunnel"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.hints
+                .iter()
+                .any(|h| h.contains("ec2-instance-connect:OpenTunnel"))
+        );
         assert_eq!(f.details, ["request id req-1"]);
         let f = rejected(400, b"plain text error", None);
         assert!(f.message.ends_with(": plain text error"), "{}", f.message);

@@ -169,13 +169,21 @@ fn auto_tunnels_to_a_private_only_instance() {
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert_eq!(server_address(&out), db.private_ip);
     assert!(stderr(&out).contains("to-stderr"));
+    assert!(!stderr(&out).contains("eic-connect:"), "{}", stderr(&out));
     assert_clean(&bed);
 
     let lookups = bed.requests_for("DescribeInstanceConnectEndpoints");
     assert_eq!(lookups.len(), 1);
     let filters = lookups[0].filters();
-    assert!(filters.contains(&("vpc-id".to_owned(), vec![bed.vpc_id().to_owned()])), "{filters:?}");
-    assert!(filters.iter().any(|(n, v)| n == "state" && v.contains(&"create-complete".to_owned())));
+    assert!(
+        filters.contains(&("vpc-id".to_owned(), vec![bed.vpc_id().to_owned()])),
+        "{filters:?}"
+    );
+    assert!(
+        filters
+            .iter()
+            .any(|(n, v)| n == "state" && v.contains(&"create-complete".to_owned()))
+    );
 
     let tunnels = bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
     assert_eq!(tunnels.len(), 1);
@@ -211,23 +219,47 @@ fn eice_mode_tunnels_even_to_a_public_instance_and_direct_mode_never_does() {
     c.args(["--connect", "eice", "web-1", "echo $SSH_CONNECTION"]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert_eq!(server_address(&out), web.private_ip, "through the endpoint to the private address");
-    assert_eq!(bed.wait_for_tunnels_closed(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(
+        server_address(&out),
+        web.private_ip,
+        "through the endpoint to the private address"
+    );
+    assert_eq!(
+        bed.wait_for_tunnels_closed(1, Duration::from_secs(10))
+            .len(),
+        1
+    );
 
     // Direct, to the private-only instance: no lookup, no tunnel.
     let mut c = eic(&bed);
-    c.args(["--connect", "direct", "-p", &bed.sshd_port().to_string(), "db-1", "echo $SSH_CONNECTION"]);
+    c.args([
+        "--connect",
+        "direct",
+        "-p",
+        &bed.sshd_port().to_string(),
+        "db-1",
+        "echo $SSH_CONNECTION",
+    ]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(server_address(&out), db.private_ip);
     // So is auto with an explicit --public/--private, or a port no endpoint reaches.
     let mut c = eic(&bed);
-    c.args(["--private", "-p", &bed.sshd_port().to_string(), "db-1", "true"]);
+    c.args([
+        "--private",
+        "-p",
+        &bed.sshd_port().to_string(),
+        "db-1",
+        "true",
+    ]);
     assert!(run(c).status.success());
     let mut c = eic(&bed);
     c.args(["-p", &bed.sshd_port().to_string(), "db-1", "true"]);
     assert!(run(c).status.success());
-    assert_eq!(bed.requests_for("DescribeInstanceConnectEndpoints").len(), 1);
+    assert_eq!(
+        bed.requests_for("DescribeInstanceConnectEndpoints").len(),
+        1
+    );
     assert_eq!(bed.tunnels().len(), 1);
     assert_clean(&bed);
 }
@@ -245,7 +277,10 @@ fn prefers_the_endpoint_in_the_instance_subnet_across_pages() {
     c.args(["db-1", "true"]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert!(bed.requests_for("DescribeInstanceConnectEndpoints").len() >= 2, "paginated");
+    assert!(
+        bed.requests_for("DescribeInstanceConnectEndpoints").len() >= 2,
+        "paginated"
+    );
     let tunnels = bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
     assert_eq!(tunnels[0].endpoint_id, mine.id);
     assert_clean(&bed);
@@ -285,7 +320,10 @@ fn session_tokens_are_signed_and_fips_names_served() {
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let t = &bed.wait_for_tunnels_closed(2, Duration::from_secs(10))[1];
     assert_eq!(t.host, endpoint.fips_dns_name);
-    assert!(bed.requests_for("DescribeInstances").len() == 1, "no lookup");
+    assert!(
+        bed.requests_for("DescribeInstances").len() == 1,
+        "no lookup"
+    );
     assert_clean(&bed);
 }
 
@@ -293,15 +331,29 @@ fn session_tokens_are_signed_and_fips_names_served() {
 fn dry_run_shows_the_endpoint_lookup_and_the_proxy_command() {
     let bed = TestBed::start();
     let mut c = bed.command();
-    c.args(["--dry-run", "--connect", "eice", "--max-tunnel-duration", "600", "i-0123456789abcdef0", "uptime"]);
+    c.args([
+        "--dry-run",
+        "--connect",
+        "eice",
+        "--max-tunnel-duration",
+        "600",
+        "i-0123456789abcdef0",
+        "uptime",
+    ]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("DescribeInstanceConnectEndpoints Filter state=create-complete,"), "{text}");
+    assert!(
+        text.contains("DescribeInstanceConnectEndpoints Filter state=create-complete,"),
+        "{text}"
+    );
     assert!(text.contains("vpc-id=<instance VpcId>"), "{text}");
     assert!(text.contains("ProxyCommand="), "{text}");
     assert!(text.contains(" tunnel --region us-east-1 "), "{text}");
-    assert!(text.contains("--max-tunnel-duration 600 --remote-port %p -- i-0123456789abcdef0"), "{text}");
+    assert!(
+        text.contains("--max-tunnel-duration 600 --remote-port %p -- i-0123456789abcdef0"),
+        "{text}"
+    );
     assert!(bed.requests().is_empty());
 
     let mut c = bed.command();
@@ -395,14 +447,26 @@ fn local_port_mode_carries_concurrent_ssh_sessions() {
         assert!(out.status.success(), "session {i}: {}", stderr(&out));
         let text = stdout(&out);
         let words: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(words.first().copied(), Some(format!("session-{i}").as_str()), "{text}");
-        assert_eq!(words.get(3).copied(), Some(db.private_ip.as_str()), "{text}");
+        assert_eq!(
+            words.first().copied(),
+            Some(format!("session-{i}").as_str()),
+            "{text}"
+        );
+        assert_eq!(
+            words.get(3).copied(),
+            Some(db.private_ip.as_str()),
+            "{text}"
+        );
     }
     assert_eq!(bed.max_open_tunnels(), 2, "both sessions at once");
     let (status, err) = stop(child);
     assert!(status.success(), "tunnel exit: {status:?}, stderr: {err}");
     let tunnels = bed.wait_for_tunnels_closed(2, Duration::from_secs(10));
-    assert!(tunnels.iter().all(|t| t.private_ip == db.private_ip && t.remote_port == 22));
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| t.private_ip == db.private_ip && t.remote_port == 22)
+    );
     assert_clean(&bed);
 }
 
@@ -419,7 +483,10 @@ fn stdio_mode_is_a_proxycommand_for_plain_ssh() {
     c.args(["-F", "/dev/null", "-i"])
         .arg(&key.private_key)
         .arg("-o")
-        .arg(format!("ProxyCommand={} tunnel --remote-port %p %h", bin.display()))
+        .arg(format!(
+            "ProxyCommand={} tunnel --remote-port %p %h",
+            bin.display()
+        ))
         .args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -437,8 +504,15 @@ fn stdio_mode_is_a_proxycommand_for_plain_ssh() {
         .stdin(Stdio::null());
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("via-proxycommand "), "{}", stdout(&out));
-    assert_eq!(stdout(&out).split_whitespace().nth(3), Some(db.private_ip.as_str()));
+    assert!(
+        stdout(&out).starts_with("via-proxycommand "),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        stdout(&out).split_whitespace().nth(3),
+        Some(db.private_ip.as_str())
+    );
     bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
     assert_clean(&bed);
 }
@@ -458,7 +532,11 @@ fn local_eof_closes_the_tunnel_cleanly() {
     let status = wait_with_timeout(&mut child, Duration::from_secs(15));
     let (_, err) = read_all(&mut child);
     assert!(status.success(), "{status:?}: {err}");
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
     let t = &bed.wait_for_tunnels_closed(1, Duration::from_secs(10))[0];
     assert!(t.client_closed_cleanly(), "{t:?}");
     assert_clean(&bed);
@@ -531,11 +609,18 @@ fn listener_queues_connections_beyond_twenty() {
         .set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
     let mut buf = [0u8; 6];
-    assert!(waiting.read_exact(&mut buf).is_err(), "the 21st waits for a free slot");
+    assert!(
+        waiting.read_exact(&mut buf).is_err(),
+        "the 21st waits for a free slot"
+    );
     assert_eq!(bed.tunnels().len(), 20);
     drop(conns.remove(0));
-    waiting.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    waiting.read_exact(&mut buf).expect("served once a slot is free");
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    waiting
+        .read_exact(&mut buf)
+        .expect("served once a slot is free");
     assert_eq!(&buf, b"queued");
     assert_eq!(bed.max_open_tunnels(), 20);
     drop(conns);
@@ -554,7 +639,10 @@ fn through_an_https_proxy() {
     // A one-shot CONNECT proxy that sends every tunnel to the stand-in.
     let proxy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let proxy_port = proxy.local_addr().unwrap().port();
-    let upstream = bed.eice_endpoint().trim_start_matches("https://").to_owned();
+    let upstream = bed
+        .eice_endpoint()
+        .trim_start_matches("https://")
+        .to_owned();
     let seen = std::thread::spawn(move || {
         let (mut client, _) = proxy.accept().expect("accept");
         let mut head = Vec::new();
@@ -564,7 +652,9 @@ fn through_an_https_proxy() {
             head.push(byte[0]);
         }
         let mut server = TcpStream::connect(&upstream).expect("connect upstream");
-        client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").unwrap();
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap();
         let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
         let t = std::thread::spawn(move || {
             let _ = std::io::copy(&mut c2, &mut s2);
@@ -577,7 +667,10 @@ fn through_an_https_proxy() {
     });
     let mut c = bed.command();
     c.env_remove("EIC_CONNECT_EICE_ENDPOINT")
-        .env("HTTPS_PROXY", format!("http://user:secret@127.0.0.1:{proxy_port}"))
+        .env(
+            "HTTPS_PROXY",
+            format!("http://user:secret@127.0.0.1:{proxy_port}"),
+        )
         .env("NO_PROXY", "localhost,127.0.0.1")
         .args(["tunnel", "db-1"])
         .stdin(Stdio::null());
@@ -588,8 +681,15 @@ fn through_an_https_proxy() {
         head.starts_with(&format!("CONNECT {}:443 HTTP/1.1\r\n", endpoint.dns_name)),
         "{head}"
     );
-    assert!(head.contains("Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=\r\n"), "{head}");
-    assert_eq!(bed.wait_for_tunnels_closed(1, Duration::from_secs(10)).len(), 1);
+    assert!(
+        head.contains("Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=\r\n"),
+        "{head}"
+    );
+    assert_eq!(
+        bed.wait_for_tunnels_closed(1, Duration::from_secs(10))
+            .len(),
+        1
+    );
     assert_clean(&bed);
 }
 
@@ -600,18 +700,31 @@ fn no_endpoint_in_the_vpc_is_a_clear_error() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
     bed.add_endpoint(EndpointSpec::default().vpc("vpc-0cccccccccccccccc"));
-    for args in [&["--connect", "eice", "db-1", "true"][..], &["tunnel", "db-1"]] {
-        let mut c = if args[0] == "tunnel" { bed.command() } else { eic(&bed) };
+    for args in [
+        &["--connect", "eice", "db-1", "true"][..],
+        &["tunnel", "db-1"],
+    ] {
+        let mut c = if args[0] == "tunnel" {
+            bed.command()
+        } else {
+            eic(&bed)
+        };
         c.args(args).stdin(Stdio::null());
         let out = run(c);
         assert_eq!(out.status.code(), Some(255), "{args:?}");
         let err = stderr(&out);
         assert!(
-            err.contains(&format!("no EC2 Instance Connect Endpoint in {}", bed.vpc_id())),
+            err.contains(&format!(
+                "no EC2 Instance Connect Endpoint in {}",
+                bed.vpc_id()
+            )),
             "{err}"
         );
         assert!(err.contains("hint: create one"), "{err}");
-        assert!(err.contains("aws ec2 create-instance-connect-endpoint --subnet-id "), "{err}");
+        assert!(
+            err.contains("aws ec2 create-instance-connect-endpoint --subnet-id "),
+            "{err}"
+        );
         assert!(err.contains("--connect direct"), "{err}");
     }
     assert!(bed.tunnels().is_empty());
@@ -625,11 +738,15 @@ fn unknown_or_malformed_endpoint_ids_are_clear_errors() {
     bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
     bed.add_endpoint(EndpointSpec::default());
     let mut c = bed.command();
-    c.args(["--eice-id", "eice-0123456789abcdef0", "tunnel", "db-1"]).stdin(Stdio::null());
+    c.args(["--eice-id", "eice-0123456789abcdef0", "tunnel", "db-1"])
+        .stdin(Stdio::null());
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
-    assert!(err.contains("no such EC2 Instance Connect Endpoint"), "{err}");
+    assert!(
+        err.contains("no such EC2 Instance Connect Endpoint"),
+        "{err}"
+    );
     assert!(err.contains("eice-0123456789abcdef0"), "{err}");
     assert!(err.contains("hint: check --eice-id"), "{err}");
 
@@ -640,7 +757,8 @@ fn unknown_or_malformed_endpoint_ids_are_clear_errors() {
     assert!(stderr(&out).contains("not a valid EC2 Instance Connect Endpoint id"));
 
     let mut c = bed.command();
-    c.args(["tunnel", "--remote-port", "8080", "db-1"]).stdin(Stdio::null());
+    c.args(["tunnel", "--remote-port", "8080", "db-1"])
+        .stdin(Stdio::null());
     let out = run(c);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("only reach ports 22 and 3389, not 8080"));
@@ -662,10 +780,21 @@ fn a_refused_handshake_shows_the_service_message() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
-    assert!(err.contains("refused the tunnel (HTTP 403, AccessDeniedException)"), "{err}");
-    assert!(err.contains("user/dev is not authorized to perform: ec2-instance-connect:OpenTunnel\\u{1b}[2J"), "{err}");
+    assert!(
+        err.contains("refused the tunnel (HTTP 403, AccessDeniedException)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "user/dev is not authorized to perform: ec2-instance-connect:OpenTunnel\\u{1b}[2J"
+        ),
+        "{err}"
+    );
     assert!(!err.contains('\x1b'));
-    assert!(err.contains("hint: your IAM identity needs ec2-instance-connect:OpenTunnel"), "{err}");
+    assert!(
+        err.contains("hint: your IAM identity needs ec2-instance-connect:OpenTunnel"),
+        "{err}"
+    );
     assert!(err.contains("security group"), "{err}");
 
     // Through connect, ssh shows the tunnel's error and fails.
@@ -703,7 +832,11 @@ fn a_server_close_or_text_frame_is_reported() {
     assert!(stderr(&out).contains("text frame"), "{}", stderr(&out));
 
     let tunnels = bed.wait_for_tunnels_closed(2, Duration::from_secs(10));
-    assert!(tunnels[0].client_close_code.is_some(), "answered the close: {:?}", tunnels[0]);
+    assert!(
+        tunnels[0].client_close_code.is_some(),
+        "answered the close: {:?}",
+        tunnels[0]
+    );
     assert_eq!(tunnels[1].client_close_code, Some(1002), "protocol error");
     assert_clean(&bed);
 }
@@ -737,9 +870,41 @@ fn max_tunnel_duration_is_sent_and_enforced() {
 
     // Through connect: the session is cut and the reason shown.
     let mut c = eic(&bed);
-    c.args(["--connect", "eice", "--max-tunnel-duration", "1", "db-1", "sleep 5"]);
+    c.args([
+        "--connect",
+        "eice",
+        "--max-tunnel-duration",
+        "1",
+        "db-1",
+        "sleep 5",
+    ]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
-    assert!(stderr(&out).contains("maximum duration of 1 s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("maximum duration of 1 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert_clean(&bed);
+}
+
+#[test]
+fn the_endpoint_lookup_overlaps_the_key_push() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(EndpointSpec::default());
+    let delay = Duration::from_millis(400);
+    bed.set_delay("SendSSHPublicKey", delay);
+    let mut c = eic(&bed);
+    c.args(["db-1", "true"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let push = bed.requests_for("SendSSHPublicKey")[0].received;
+    let lookup = bed.requests_for("DescribeInstanceConnectEndpoints")[0].received;
+    let gap = lookup.duration_since(push).unwrap_or_else(|e| e.duration());
+    assert!(
+        gap < delay / 2,
+        "the lookup waited for the push: {gap:?} apart"
+    );
     assert_clean(&bed);
 }

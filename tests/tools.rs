@@ -97,14 +97,32 @@ fn ssh_config_block_makes_plain_ssh_work_by_id_and_by_name() {
     let port = bed.sshd_port().to_string();
     for host in [web.id.clone(), "eic-web-1".to_owned()] {
         let mut c = tool(&bed, "ssh");
-        c.arg("-F").arg(&config).args(["-p", &port, "-o", "BatchMode=yes", &host, "echo", "hello from", "$0"]);
+        c.arg("-F").arg(&config).args([
+            "-p",
+            &port,
+            "-o",
+            "BatchMode=yes",
+            &host,
+            "echo",
+            "hello from",
+            "$0",
+        ]);
         let out = ok(c);
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from"), "{host}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("hello from"),
+            "{host}"
+        );
     }
     // The block's host patterns: by id the known_hosts entry is the id.
     let known = bed.home().join(".local/state/eic-connect/known_hosts");
     let entry = format!("[{}]:{port}", web.id);
-    let found = Command::new("ssh-keygen").arg("-F").arg(&entry).arg("-f").arg(&known).output().unwrap();
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(&entry)
+        .arg("-f")
+        .arg(&known)
+        .output()
+        .unwrap();
     assert!(found.status.success());
     assert!(bed.signature_failures().is_empty());
 }
@@ -117,9 +135,15 @@ fn proxy_mode_without_an_agent_keeps_the_key_file_only_while_needed() {
     let key_file = key_dir.join(format!("{}-{}", web.id, bed.os_user()));
     let probe = format!("test -f {} && echo key-present", key_file.display());
     let mut c = tool(&bed, "ssh");
-    c.arg("-F").arg(&config).args(["-p", &port, "-o", "BatchMode=yes", &web.id, &probe]);
+    c.arg("-F")
+        .arg(&config)
+        .args(["-p", &port, "-o", "BatchMode=yes", &web.id, &probe]);
     let out = ok(c);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "key-present\n", "ssh read it from the runtime dir");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "key-present\n",
+        "ssh read it from the runtime dir"
+    );
     // ssh does not wait for its ProxyCommand to finish cleaning up.
     for _ in 0..100 {
         if !key_file.exists() {
@@ -127,8 +151,13 @@ fn proxy_mode_without_an_agent_keeps_the_key_file_only_while_needed() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(!key_file.exists(), "the private key file is removed when the connection ends");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_dir).unwrap().permissions());
+    assert!(
+        !key_file.exists(),
+        "the private key file is removed when the connection ends"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_dir).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o700);
 }
 
@@ -146,11 +175,30 @@ fn proxy_mode_with_an_agent_adds_a_short_lived_key_and_reuses_it() {
             .args(["-p", &port, "-o", "BatchMode=yes", &web.id, "true"]);
         ok(c);
     }
-    assert_eq!(bed.pushes().len(), 1, "a live key is reused instead of pushed again");
-    assert_eq!(bed.requests_for("DescribeInstances").len(), 1, "reuse needs no API call");
-    let key_file = bed.dir().join(format!("run/eic-connect-proxy/{}-{}", web.id, bed.os_user()));
-    assert!(!key_file.exists(), "with an agent no private key file is written");
-    let listed = Command::new("ssh-add").arg("-l").env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert_eq!(
+        bed.pushes().len(),
+        1,
+        "a live key is reused instead of pushed again"
+    );
+    assert_eq!(
+        bed.requests_for("DescribeInstances").len(),
+        1,
+        "reuse needs no API call"
+    );
+    let key_file = bed.dir().join(format!(
+        "run/eic-connect-proxy/{}-{}",
+        web.id,
+        bed.os_user()
+    ));
+    assert!(
+        !key_file.exists(),
+        "with an agent no private key file is written"
+    );
+    let listed = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("eic-connect ephemeral key"));
     // The agent enforces the lifetime: ssh-add shows the constraint.
     let pushed = &bed.pushes()[0].public_key;
@@ -168,14 +216,20 @@ fn scp_sftp_and_rsync_through_the_ssh_config_block() {
 
     // scp up and back down.
     let mut c = tool(&bed, "scp");
-    c.arg("-F").arg(&config).args(["-P", &port, "-o", "BatchMode=yes"]);
-    c.arg(&src).arg(format!("{}:{}/scp.bin", web.id, remote_dir.display()));
+    c.arg("-F")
+        .arg(&config)
+        .args(["-P", &port, "-o", "BatchMode=yes"]);
+    c.arg(&src)
+        .arg(format!("{}:{}/scp.bin", web.id, remote_dir.display()));
     ok(c);
     assert_eq!(std::fs::read(remote_dir.join("scp.bin")).unwrap(), data);
     let back = bed.dir().join("scp-back.bin");
     let mut c = tool(&bed, "scp");
-    c.arg("-F").arg(&config).args(["-P", &port, "-o", "BatchMode=yes"]);
-    c.arg(format!("eic-web-1:{}/scp.bin", remote_dir.display())).arg(&back);
+    c.arg("-F")
+        .arg(&config)
+        .args(["-P", &port, "-o", "BatchMode=yes"]);
+    c.arg(format!("eic-web-1:{}/scp.bin", remote_dir.display()))
+        .arg(&back);
     ok(c);
     assert_eq!(std::fs::read(&back).unwrap(), data);
 
@@ -194,15 +248,23 @@ fn scp_sftp_and_rsync_through_the_ssh_config_block() {
     )
     .unwrap();
     let mut c = tool(&bed, "sftp");
-    c.arg("-F").arg(&config).args(["-P", &port, "-o", "BatchMode=yes", "-b"]).arg(&batch).arg(&web.id);
+    c.arg("-F")
+        .arg(&config)
+        .args(["-P", &port, "-o", "BatchMode=yes", "-b"])
+        .arg(&batch)
+        .arg(&web.id);
     ok(c);
     assert_eq!(std::fs::read(remote_dir.join("sftp.bin")).unwrap(), data);
     assert_eq!(std::fs::read(&sftp_back).unwrap(), data);
 
     // rsync -e ssh.
     let mut c = tool(&bed, "rsync");
-    c.arg("-e").arg(format!("ssh -F {} -p {port} -o BatchMode=yes", config.display()));
-    c.arg(&src).arg(format!("{}:{}/rsync.bin", web.id, remote_dir.display()));
+    c.arg("-e").arg(format!(
+        "ssh -F {} -p {port} -o BatchMode=yes",
+        config.display()
+    ));
+    c.arg(&src)
+        .arg(format!("{}:{}/rsync.bin", web.id, remote_dir.display()));
     ok(c);
     assert_eq!(std::fs::read(remote_dir.join("rsync.bin")).unwrap(), data);
     assert!(bed.signature_failures().is_empty());
@@ -220,19 +282,29 @@ fn eic_connect_scp_sftp_and_rsync_with_eic_connect_as_the_remote_shell() {
     std::fs::create_dir_all(&remote).unwrap();
 
     let mut c = bed.command();
-    c.args(["scp", "-P", &port]).arg(&src).arg(format!("{user}@web-1:{}/a.bin", remote.display()));
+    c.args(["scp", "-P", &port])
+        .arg(&src)
+        .arg(format!("{user}@web-1:{}/a.bin", remote.display()));
     ok(c);
     assert_eq!(std::fs::read(remote.join("a.bin")).unwrap(), data);
     let back = bed.dir().join("a-back.bin");
     let mut c = bed.command();
-    c.args(["scp", "-P", &port]).arg(format!("{user}@{}:{}/a.bin", web.id, remote.display())).arg(&back);
+    c.args(["scp", "-P", &port])
+        .arg(format!("{user}@{}:{}/a.bin", web.id, remote.display()))
+        .arg(&back);
     ok(c);
     assert_eq!(std::fs::read(&back).unwrap(), data);
 
     let batch = bed.dir().join("b.batch");
-    std::fs::write(&batch, format!("put {} {}/b.bin\n", src.display(), remote.display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!("put {} {}/b.bin\n", src.display(), remote.display()),
+    )
+    .unwrap();
     let mut c = bed.command();
-    c.args(["sftp", "-P", &port, "-b"]).arg(&batch).arg(format!("{user}@web-1"));
+    c.args(["sftp", "-P", &port, "-b"])
+        .arg(&batch)
+        .arg(format!("{user}@web-1"));
     ok(c);
     assert_eq!(std::fs::read(remote.join("b.bin")).unwrap(), data);
 
@@ -240,7 +312,8 @@ fn eic_connect_scp_sftp_and_rsync_with_eic_connect_as_the_remote_shell() {
     let eic = support::eic_connect_bin();
     let mut c = tool(&bed, "rsync");
     c.arg("-e").arg(format!("{} -p {port}", eic.display()));
-    c.arg(&src).arg(format!("{user}@web-1:{}/c.bin", remote.display()));
+    c.arg(&src)
+        .arg(format!("{user}@web-1:{}/c.bin", remote.display()));
     ok(c);
     assert_eq!(std::fs::read(remote.join("c.bin")).unwrap(), data);
     assert_eq!(bed.pushes().len(), 4, "one push per connection");
@@ -257,7 +330,11 @@ fn git_over_eic_connect() {
         c
     });
     let work = bed.dir().join("work");
-    let git_ssh = format!("{} -p {}", support::eic_connect_bin().display(), bed.sshd_port());
+    let git_ssh = format!(
+        "{} -p {}",
+        support::eic_connect_bin().display(),
+        bed.sshd_port()
+    );
     let mut c = tool(&bed, "git");
     c.env("GIT_SSH_COMMAND", &git_ssh)
         .args(["clone", "-q"])

@@ -57,10 +57,7 @@ impl Endpoint {
         let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
         Some(Endpoint {
             id: non_empty(e.instance_connect_endpoint_id())?,
-            state: e
-                .state()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
+            state: e.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             dns_name: non_empty(e.dns_name()),
             fips_dns_name: non_empty(e.fips_dns_name()),
             vpc_id: non_empty(e.vpc_id()),
@@ -192,7 +189,12 @@ pub async fn find(
         request = request.instance_connect_endpoint_ids(id);
     }
     for (name, values) in filters(eice_id, Some(vpc_id)) {
-        request = request.filters(Filter::builder().name(name).set_values(Some(values)).build());
+        request = request.filters(
+            Filter::builder()
+                .name(name)
+                .set_values(Some(values))
+                .build(),
+        );
     }
     let mut pages = request.into_paginator().send();
     let mut found = Vec::new();
@@ -271,7 +273,10 @@ pub struct TunnelTarget {
 /// The AWS credentials to sign with, from the SDK's provider chain.
 pub async fn credentials(config: &SdkConfig, scope: &super::Scope) -> anyhow::Result<Credentials> {
     let Some(provider) = config.credentials_provider() else {
-        return fail(no_credentials(scope, "no credentials provider is configured"));
+        return fail(no_credentials(
+            scope,
+            "no credentials provider is configured",
+        ));
     };
     provider.provide_credentials().await.map_err(|err| {
         let mut text = err.to_string();
@@ -408,12 +413,21 @@ mod tests {
 
     #[test]
     fn presign_signs_the_session_token_and_encodes_ipv6() {
-        let creds = Credentials::new("access_key", "secret_key", Some("tok/en+=".into()), None, "test");
+        let creds = Credentials::new(
+            "access_key",
+            "secret_key",
+            Some("tok/en+=".into()),
+            None,
+            "test",
+        );
         let mut target = vector_target();
         target.private_ip = "fd00::5".parse().unwrap();
         target.max_duration = None;
         let url = presign(&target, "us-west-2", &creds, vector_time()).unwrap();
-        assert!(url.contains("&privateIpAddress=fd00%3A%3A5&X-Amz-Algorithm="), "{url}");
+        assert!(
+            url.contains("&privateIpAddress=fd00%3A%3A5&X-Amz-Algorithm="),
+            "{url}"
+        );
         assert!(!url.contains("maxTunnelDuration"), "{url}");
         let token = url.find("&X-Amz-Security-Token=tok%2Fen%2B%3D&").unwrap();
         let signature = url.find("&X-Amz-Signature=").unwrap();
@@ -421,7 +435,10 @@ mod tests {
         // The token is part of what is signed: another token, another signature.
         let other = Credentials::new("access_key", "secret_key", Some("other".into()), None, "t");
         let url2 = presign(&target, "us-west-2", &other, vector_time()).unwrap();
-        assert_ne!(&url[signature..], &url2[url2.find("&X-Amz-Signature=").unwrap()..]);
+        assert_ne!(
+            &url[signature..],
+            &url2[url2.find("&X-Amz-Signature=").unwrap()..]
+        );
         assert!(redact_url(&url).contains("X-Amz-Signature=(redacted)"));
         assert!(!redact_url(&url).contains("tok%2F"));
     }
@@ -430,7 +447,9 @@ mod tests {
         Endpoint {
             id: id.into(),
             state: "create-complete".into(),
-            dns_name: Some(format!("{id}.ec2-instance-connect-endpoint.us-east-1.amazonaws.com")),
+            dns_name: Some(format!(
+                "{id}.ec2-instance-connect-endpoint.us-east-1.amazonaws.com"
+            )),
             subnet_id: Some(subnet.into()),
             vpc_id: Some("vpc-1".into()),
             ..Default::default()
@@ -452,7 +471,10 @@ mod tests {
         assert_eq!(f[0].0, "state");
         assert_eq!(f[0].1, USABLE_STATES);
         assert_eq!(f[1], ("vpc-id".to_owned(), vec!["vpc-1".to_owned()]));
-        assert_eq!(filters(Some("eice-0123456789abcdef0"), Some("vpc-1")).len(), 1);
+        assert_eq!(
+            filters(Some("eice-0123456789abcdef0"), Some("vpc-1")).len(),
+            1
+        );
     }
 
     #[test]
@@ -461,7 +483,9 @@ mod tests {
         assert!(!is_endpoint_id("eice-XYZ"));
         assert!(!is_endpoint_id("i-0123456789abcdef0"));
         assert_eq!(validate_endpoint_id("bogus").unwrap_err().exit, 2);
-        assert!(is_dns_name("eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com"));
+        assert!(is_dns_name(
+            "eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com"
+        ));
         for bad in ["", "a..b", "-a.b", "a b", "a/b", "x;rm -rf /", "évil.com"] {
             assert!(!is_dns_name(bad), "{bad:?}");
         }

@@ -29,13 +29,28 @@ impl Tool {
 
 /// Replaces this process with scp or sftp (it handles the terminal, signals
 /// and exit status itself).
-pub fn run(tool: Tool, args: Vec<OsString>, aws: &AwsArgs, path: &PathArgs) -> anyhow::Result<ExitCode> {
-    if args.iter().any(|a| a == "-S" || a.to_str().is_some_and(|s| s.starts_with("-S"))) {
-        return fail(Failure::usage(format!("eic-connect {} sets -S itself", tool.program())));
+pub fn run(
+    tool: Tool,
+    args: Vec<OsString>,
+    aws: &AwsArgs,
+    path: &PathArgs,
+) -> anyhow::Result<ExitCode> {
+    if args
+        .iter()
+        .any(|a| a == "-S" || a.to_str().is_some_and(|s| s.starts_with("-S")))
+    {
+        return fail(Failure::usage(format!(
+            "eic-connect {} sets -S itself",
+            tool.program()
+        )));
     }
     let exe = std::env::current_exe().context("cannot find eic-connect's own path")?;
     let mut command = std::process::Command::new(tool.program());
-    command.arg("-S").arg(exe).args(&args).envs(global_env(aws, path));
+    command
+        .arg("-S")
+        .arg(exe)
+        .args(&args)
+        .envs(global_env(aws, path));
     let err = command.exec();
     let failure = if err.kind() == std::io::ErrorKind::NotFound {
         Failure::new(format!("cannot run {}: not found", tool.program()))

@@ -16,7 +16,10 @@ use crate::target::validate_user;
 pub fn run(args: &SshConfigArgs, aws: &AwsArgs, path: &PathArgs) -> anyhow::Result<ExitCode> {
     validate_user(&args.os_user)?;
     let prefix_ok = !args.prefix.is_empty()
-        && args.prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && args
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !prefix_ok {
         return fail(Failure::usage(format!(
             "--prefix {:?}: use letters, digits, '-', '_' or '.'",
@@ -27,14 +30,26 @@ pub fn run(args: &SshConfigArgs, aws: &AwsArgs, path: &PathArgs) -> anyhow::Resu
     // The block names eic-connect's known_hosts file; its directory must
     // exist for ssh to record host keys there.
     let known_hosts = crate::commands::connect::known_hosts_file(&crate::settings::state_dir())?;
-    let block = render(&exe, &default_key_dir(), &known_hosts, args, &global_args(aws, path));
+    let block = render(
+        &exe,
+        &default_key_dir(),
+        &known_hosts,
+        args,
+        &global_args(aws, path),
+    );
     crate::error::print_stdout(&block)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The config block. Paths are absolute, so it works whatever the
 /// environment of the program running ssh.
-pub fn render(exe: &Path, key_dir: &Path, known_hosts: &Path, args: &SshConfigArgs, globals: &[String]) -> String {
+pub fn render(
+    exe: &Path,
+    key_dir: &Path,
+    known_hosts: &Path,
+    args: &SshConfigArgs,
+    globals: &[String],
+) -> String {
     let quote = |s: &str| String::from_utf8_lossy(&shell_quote(s.as_bytes())).into_owned();
     let mut proxy: Vec<String> = vec![quote(&exe.to_string_lossy()), "proxy".into()];
     proxy.extend(globals.iter().map(|g| quote(g)));
@@ -47,7 +62,11 @@ pub fn render(exe: &Path, key_dir: &Path, known_hosts: &Path, args: &SshConfigAr
     ]);
     let config_path = |p: &Path| {
         let s = p.to_string_lossy();
-        if s.contains(char::is_whitespace) { format!("\"{s}\"") } else { s.into_owned() }
+        if s.contains(char::is_whitespace) {
+            format!("\"{s}\"")
+        } else {
+            s.into_owned()
+        }
     };
     format!(
         "# eic-connect: reach EC2 instances by id (ssh i-0abc…) or by Name tag\n\
@@ -73,7 +92,10 @@ mod tests {
 
     #[test]
     fn renders_a_block_with_quoted_paths() {
-        let args = SshConfigArgs { prefix: "eic-".into(), os_user: "ubuntu".into() };
+        let args = SshConfigArgs {
+            prefix: "eic-".into(),
+            os_user: "ubuntu".into(),
+        };
         let block = render(
             Path::new("/opt/my tools/eic-connect"),
             Path::new("/run/user/1000/eic-connect-proxy"),

@@ -88,7 +88,9 @@ pub fn check_remote_port(port: u16) -> Result<(), Failure> {
         Err(Failure::usage(format!(
             "EC2 Instance Connect Endpoints only reach ports 22 and 3389, not {port}"
         ))
-        .hint("use --remote-port 22 (SSH) or 3389 (RDP); for other ports, forward them over ssh (-L)"))
+        .hint(
+            "use --remote-port 22 (SSH) or 3389 (RDP); for other ports, forward them over ssh (-L)",
+        ))
     }
 }
 
@@ -115,7 +117,7 @@ pub fn target_for(
     })
 }
 
-fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
+pub(crate) fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
     Scope {
         region: config.region().map(|r| r.to_string()).unwrap_or_default(),
         profile: settings
@@ -126,7 +128,7 @@ fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
 }
 
 /// One tunnel on standard input and output.
-async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
     let ws = tunneller.open().await?;
     let opened = Instant::now();
     let ending = relay(ws, StdinReader::spawn(), crate::tunnel::stdout()?).await;
@@ -184,8 +186,7 @@ async fn listen(tunneller: Tunneller, port: u16) -> anyhow::Result<ExitCode> {
     }
     let tunneller = Arc::new(tunneller);
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut serial = 0u64;
     loop {
         tokio::select! {
@@ -348,7 +349,9 @@ pub async fn plan(
             return Ok(None);
         }
         (Ok(None), _) => return fail(eice::no_endpoint(instance, &clients.scope)),
-        (Err(err), Decision::TunnelIfAvailable) if path.eice_id.is_none() && is_not_authorized(&err) => {
+        (Err(err), Decision::TunnelIfAvailable)
+            if path.eice_id.is_none() && is_not_authorized(&err) =>
+        {
             tracing::debug!(error = %err, "cannot look up endpoints: connecting directly");
             return Ok(None);
         }
@@ -457,6 +460,25 @@ pub async fn route_for_connect(
     plan(decision, &settings.path, config, clients, instance, port).await
 }
 
+/// [`route_for_connect`] as soon as `found` names the instance (`Ok(None)`
+/// if it never does: the lookup's own error is reported then).
+pub async fn route_once_found(
+    settings: &crate::settings::ConnectSettings,
+    config: &SdkConfig,
+    clients: &Clients,
+    found: tokio::sync::oneshot::Receiver<InstanceInfo>,
+) -> anyhow::Result<Option<Route>> {
+    let Ok(instance) = found.await else {
+        return Ok(None);
+    };
+    let Ok(address) =
+        crate::target::choose_address(&instance.addresses, settings.address, &settings.target)
+    else {
+        return Ok(None);
+    };
+    route_for_connect(settings, config, clients, &instance, address).await
+}
+
 /// The user's ssh options, plus the ProxyCommand when tunnelling.
 pub fn ssh_options_for(
     options: &[OsString],
@@ -466,10 +488,16 @@ pub fn ssh_options_for(
 ) -> anyhow::Result<Vec<OsString>> {
     let mut out = options.to_vec();
     if let Some(route) = route {
-        let exe = std::env::current_exe()
-            .map_err(|err| anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}"))?;
+        let exe = std::env::current_exe().map_err(|err| {
+            anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
+        })?;
         out.push("-o".into());
-        out.push(proxy_command(exe.as_os_str(), scope, &route.target, instance_id));
+        out.push(proxy_command(
+            exe.as_os_str(),
+            scope,
+            &route.target,
+            instance_id,
+        ));
     }
     Ok(out)
 }
@@ -568,16 +596,41 @@ mod tests {
         let private: IpAddr = "10.0.1.5".parse().unwrap();
         let public: IpAddr = "3.1.2.3".parse().unwrap();
         let i = instance(false);
-        assert_eq!(decide(ConnectVia::Auto, false, private, &i, None), Decision::TunnelIfAvailable);
-        assert_eq!(decide(ConnectVia::Auto, false, private, &i, Some(22)), Decision::TunnelIfAvailable);
-        assert_eq!(decide(ConnectVia::Auto, true, private, &i, None), Decision::Direct, "--private");
-        assert_eq!(decide(ConnectVia::Auto, false, private, &i, Some(2222)), Decision::Direct);
+        assert_eq!(
+            decide(ConnectVia::Auto, false, private, &i, None),
+            Decision::TunnelIfAvailable
+        );
+        assert_eq!(
+            decide(ConnectVia::Auto, false, private, &i, Some(22)),
+            Decision::TunnelIfAvailable
+        );
+        assert_eq!(
+            decide(ConnectVia::Auto, true, private, &i, None),
+            Decision::Direct,
+            "--private"
+        );
+        assert_eq!(
+            decide(ConnectVia::Auto, false, private, &i, Some(2222)),
+            Decision::Direct
+        );
         let i = instance(true);
-        assert_eq!(decide(ConnectVia::Auto, false, public, &i, None), Decision::Direct);
-        assert_eq!(decide(ConnectVia::Eice, false, public, &i, None), Decision::Tunnel);
-        assert_eq!(decide(ConnectVia::Direct, false, private, &i, None), Decision::Direct);
+        assert_eq!(
+            decide(ConnectVia::Auto, false, public, &i, None),
+            Decision::Direct
+        );
+        assert_eq!(
+            decide(ConnectVia::Eice, false, public, &i, None),
+            Decision::Tunnel
+        );
+        assert_eq!(
+            decide(ConnectVia::Direct, false, private, &i, None),
+            Decision::Direct
+        );
         let v6: IpAddr = "2600::1".parse().unwrap();
-        assert_eq!(decide(ConnectVia::Auto, false, v6, &i, None), Decision::Direct);
+        assert_eq!(
+            decide(ConnectVia::Auto, false, v6, &i, None),
+            Decision::Direct
+        );
     }
 
     #[test]

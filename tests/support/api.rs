@@ -278,8 +278,12 @@ impl Api {
                     "MissingAction",
                     "The request must contain the parameter Action",
                 )),
-                (Service::Ec2, a) if super::eice::handles(a) => super::eice::handle(self, &mut st, &params),
-                (Service::Ec2, a) if super::diag::handles(a) => super::diag::handle(self, &mut st, a, &params),
+                (Service::Ec2, a) if super::eice::handles(a) => {
+                    super::eice::handle(self, &mut st, &params)
+                }
+                (Service::Ec2, a) if super::diag::handles(a) => {
+                    super::diag::handle(self, &mut st, a, &params)
+                }
                 (Service::Ec2, other) => Err(err(
                     400,
                     "InvalidAction",

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
 
 use super::api::{self, Api, State};
 use super::http::Response as HttpResponse;
@@ -270,7 +270,9 @@ pub fn handle(
                 return Err(err(
                     400,
                     "InvalidParameterValue",
-                    format!("Value ( {v} ) for parameter maxResults is invalid. Parameter may only be between 1 and 50."),
+                    format!(
+                        "Value ( {v} ) for parameter maxResults is invalid. Parameter may only be between 1 and 50."
+                    ),
                 ));
             }
         },
@@ -345,11 +347,7 @@ pub fn handle(
         x.push_str("</item></networkInterfaceIdSet>");
         el(&mut x, "vpcId", &e.vpc_id);
         el(&mut x, "availabilityZone", &e.availability_zone);
-        el(
-            &mut x,
-            "createdAt",
-            &super::timefmt::iso8601(e.created_at),
-        );
+        el(&mut x, "createdAt", &super::timefmt::iso8601(e.created_at));
         el(&mut x, "subnetId", &e.subnet_id);
         el(&mut x, "preserveClientIp", "false");
         x.push_str("<securityGroupIdSet><item>");
@@ -377,9 +375,8 @@ fn el(out: &mut String, name: &str, text: &str) {
 
 /// `eice-` and 17 lowercase hex digits.
 pub fn is_endpoint_id(id: &str) -> bool {
-    id.strip_prefix("eice-").is_some_and(|h| {
-        h.len() == 17 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    id.strip_prefix("eice-")
+        .is_some_and(|h| h.len() == 17 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 // ------------------------------------------------------------ the server
@@ -409,7 +406,9 @@ impl EiceServer {
             .expect("server certificate");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the EICE stand-in");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let port = listener.local_addr().expect("EICE address").port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -527,6 +526,8 @@ struct Accepted {
     query: String,
 }
 
+// tungstenite's handshake callback returns its (large) error response.
+#[allow(clippy::result_large_err)]
 async fn connection(
     api: Arc<Api>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -579,7 +580,8 @@ fn check_handshake(
         });
         let body = serde_json::json!({ "ErrorCode": code, "Message": message }).to_string();
         let mut r = http::Response::new(Some(body));
-        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        *r.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
         r.headers_mut().insert(
             "content-type",
             http::HeaderValue::from_static("application/json"),
@@ -602,7 +604,12 @@ fn check_handshake(
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let signed = sigv4::SignedRequest {
         method: req.method().as_str(),
@@ -640,9 +647,21 @@ fn check_handshake(
         .collect();
     let param = |name: &str| params.get(name).cloned();
     let Some(endpoint_id) = param("instanceConnectEndpointId") else {
-        return reject(&mut st, 400, "InvalidParameter", "instanceConnectEndpointId is required".into(), false);
+        return reject(
+            &mut st,
+            400,
+            "InvalidParameter",
+            "instanceConnectEndpointId is required".into(),
+            false,
+        );
     };
-    let Some(endpoint) = st.eice.endpoints.iter().find(|e| e.id == endpoint_id).cloned() else {
+    let Some(endpoint) = st
+        .eice
+        .endpoints
+        .iter()
+        .find(|e| e.id == endpoint_id)
+        .cloned()
+    else {
         let message = format!("The instanceConnectEndpoint ID '{endpoint_id}' does not exist");
         return reject(&mut st, 404, "ResourceNotFoundException", message, false);
     };
@@ -651,7 +670,10 @@ fn check_handshake(
         return reject(&mut st, 400, "InvalidParameter", message, false);
     }
     if !OPEN_STATES.contains(&endpoint.state.as_str()) {
-        let message = format!("Instance Connect Endpoint {endpoint_id} is in state {}", endpoint.state);
+        let message = format!(
+            "Instance Connect Endpoint {endpoint_id} is in state {}",
+            endpoint.state
+        );
         return reject(&mut st, 400, "InvalidState", message, false);
     }
     let remote_port = match param("remotePort").map(|p| p.parse::<u16>()) {
@@ -662,7 +684,13 @@ fn check_handshake(
         }
     };
     let Some(private_ip) = param("privateIpAddress") else {
-        return reject(&mut st, 400, "InvalidParameter", "privateIpAddress is required".into(), false);
+        return reject(
+            &mut st,
+            400,
+            "InvalidParameter",
+            "privateIpAddress is required".into(),
+            false,
+        );
     };
     let reachable = endpoint.vpc_id == api.config.vpc_id
         && st
@@ -738,7 +766,9 @@ async fn serve_tunnel(api: Arc<Api>, mut ws: Ws, a: Accepted, sshd_port: u16) {
         }
         None => {
             let upstream = if a.remote_port == 22 {
-                TcpStream::connect((a.private_ip.as_str(), sshd_port)).await.ok()
+                TcpStream::connect((a.private_ip.as_str(), sshd_port))
+                    .await
+                    .ok()
             } else {
                 None
             };
@@ -861,7 +891,10 @@ async fn relay<R, W>(
                         }
                         bytes_up += data.len() as u64;
                         if tcp_w.write_all(&data).await.is_err() {
-                            return RelayEnd::Violation(1011, "Connection to the instance failed".into());
+                            return RelayEnd::Violation(
+                                1011,
+                                "Connection to the instance failed".into(),
+                            );
                         }
                     }
                     Ok(Message::Text(_)) => {
@@ -965,7 +998,10 @@ impl TestBed {
             "duplicate endpoint id {id}"
         );
         let state = spec.state.unwrap_or_else(|| "create-complete".into());
-        assert!(STATES.contains(&state.as_str()), "unknown endpoint state {state:?}");
+        assert!(
+            STATES.contains(&state.as_str()),
+            "unknown endpoint state {state:?}"
+        );
         let region = &cfg.region;
         let endpoint = Endpoint {
             arn: format!(
@@ -978,7 +1014,9 @@ impl TestBed {
             availability_zone: format!("{region}a"),
             security_group_id: format!("sg-{}", api::random_hex(17)),
             dns_name: format!("{id}.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
-            fips_dns_name: format!("{id}.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
+            fips_dns_name: format!(
+                "{id}.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"
+            ),
             created_at: self.api.now(&st) - 86_400,
             id,
         };
@@ -1014,11 +1052,11 @@ impl TestBed {
             "ServiceUnavailableException" => 503,
             _ => 400,
         };
-        self.api
-            .lock()
-            .eice
-            .rejections_queued
-            .push_back((status, code.to_owned(), message.to_owned()));
+        self.api.lock().eice.rejections_queued.push_back((
+            status,
+            code.to_owned(),
+            message.to_owned(),
+        ));
     }
 
     /// Do `fault` to the next accepted tunnel instead of relaying it.
