@@ -354,3 +354,77 @@ fn scp_refuses_to_be_given_another_ssh_program() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("sets -S itself"));
 }
+
+/// A private-only instance reachable only through an EC2 Instance Connect
+/// Endpoint: the proxy (ssh-config block) and `eic-connect scp|sftp` tunnel,
+/// and the copied bytes arrive intact both ways.
+#[test]
+fn scp_sftp_and_rsync_through_an_endpoint_to_a_private_instance() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    let config = ssh_config(&bed);
+    let user = bed.os_user();
+    let src = bed.dir().join("src.bin");
+    let data = payload(&src, 250_000);
+    let remote = bed.dir().join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+
+    // Plain scp with the ssh-config block; no -P: port 22 via the endpoint.
+    let mut c = tool(&bed, "scp");
+    c.arg("-F").arg(&config).args(["-o", "BatchMode=yes"]);
+    c.arg(&src)
+        .arg(format!("{}:{}/proxy.bin", db.id, remote.display()));
+    ok(c);
+    assert_eq!(std::fs::read(remote.join("proxy.bin")).unwrap(), data);
+    let back = bed.dir().join("proxy-back.bin");
+    let mut c = tool(&bed, "scp");
+    c.arg("-F").arg(&config).args(["-o", "BatchMode=yes"]);
+    c.arg(format!("eic-db-1:{}/proxy.bin", remote.display()))
+        .arg(&back);
+    ok(c);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    // rsync -e ssh through the same block.
+    let mut c = tool(&bed, "rsync");
+    c.arg("-e")
+        .arg(format!("ssh -F {} -o BatchMode=yes", config.display()));
+    c.arg(&src)
+        .arg(format!("{}:{}/rsync.bin", db.id, remote.display()));
+    ok(c);
+    assert_eq!(std::fs::read(remote.join("rsync.bin")).unwrap(), data);
+
+    // eic-connect scp and sftp (connect's ProxyCommand tunnel).
+    let mut c = bed.command();
+    c.arg("scp")
+        .arg(&src)
+        .arg(format!("{user}@db-1:{}/eic.bin", remote.display()));
+    ok(c);
+    assert_eq!(std::fs::read(remote.join("eic.bin")).unwrap(), data);
+    let batch = bed.dir().join("get.batch");
+    let sftp_back = bed.dir().join("sftp-back.bin");
+    std::fs::write(
+        &batch,
+        format!("get {}/eic.bin {}\n", remote.display(), sftp_back.display()),
+    )
+    .unwrap();
+    let mut c = bed.command();
+    c.args(["sftp", "-b"])
+        .arg(&batch)
+        .arg(format!("{user}@db-1"));
+    ok(c);
+    assert_eq!(std::fs::read(&sftp_back).unwrap(), data);
+
+    let tunnels = bed.tunnels();
+    assert!(
+        tunnels.len() >= 5,
+        "every connection went through the endpoint: {}",
+        tunnels.len()
+    );
+    assert!(
+        tunnels.iter().all(|t| t.private_ip == db.private_ip),
+        "{tunnels:?}"
+    );
+    assert!(bed.unexpected_tunnel_rejections().is_empty());
+    assert!(bed.signature_failures().is_empty());
+}

@@ -128,7 +128,10 @@ pub(crate) fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
 }
 
 /// One tunnel on standard input and output.
-pub(crate) async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn stdio(
+    tunneller: Tunneller,
+    max_duration: Option<u32>,
+) -> anyhow::Result<ExitCode> {
     let ws = tunneller.open().await?;
     let opened = Instant::now();
     let ending = relay(ws, StdinReader::spawn(), crate::tunnel::stdout()?).await;
