@@ -2,39 +2,12 @@
 
 mod support;
 
+use support::cmd::{assert_signed as assert_clean, eic, run, stderr, stdout};
+
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::{InstanceSpec, TestBed};
-
-/// eic-connect aimed at the bed's sshd port, logging in as the bed's user.
-fn eic(bed: &TestBed) -> Command {
-    let mut c = bed.command();
-    c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()]);
-    c.stdin(Stdio::null());
-    c
-}
-
-fn run(mut c: Command) -> Output {
-    c.output().expect("run eic-connect")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_clean(bed: &TestBed) {
-    assert!(
-        bed.signature_failures().is_empty(),
-        "signature failures: {:?}",
-        bed.signature_failures()
-    );
-}
 
 /// `echo $SSH_CONNECTION` on the instance: the server address ssh reached.
 fn server_address(o: &Output) -> String {

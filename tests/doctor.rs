@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::cmd::{stderr, stdout};
+
 use std::process::{Command, Output, Stdio};
 
 use support::diag::SgRule;
@@ -43,14 +45,6 @@ fn doctor(bed: &TestBed, args: &[&str]) -> Output {
         .args(args)
         .stdin(Stdio::null());
     c.output().expect("run eic-connect doctor")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The `(status, detail)` of one check, from `--json` output.

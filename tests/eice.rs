@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::cmd::{run, stderr, stdout};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
@@ -11,18 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::eice::{ClosedBy, EndpointSpec, TunnelFault};
 use support::{BedOptions, ClientKey, InstanceSpec, TestBed, sigv4};
-
-fn run(mut c: Command) -> Output {
-    c.output().expect("run eic-connect")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// eic-connect logging in as the bed's user, on ssh's default port 22 (what
 /// endpoints reach; the stand-in maps it to the bed's sshd).

@@ -4,14 +4,12 @@
 
 mod support;
 
+use support::cmd::stderr;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use support::{Instance, InstanceSpec, TestBed};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[track_caller]
 fn ok(mut c: Command) -> Output {

@@ -4,38 +4,11 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use support::cmd::{assert_signed as assert_clean, eic, run, stderr, stdout};
+
+use std::process::{Command, Stdio};
 
 use support::{InstanceSpec, TestBed};
-
-/// eic-connect aimed at the bed's sshd port, logging in as the bed's user.
-fn eic(bed: &TestBed) -> Command {
-    let mut c = bed.command();
-    c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()]);
-    c.stdin(Stdio::null());
-    c
-}
-
-fn run(mut c: Command) -> Output {
-    c.output().expect("run eic-connect")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_clean(bed: &TestBed) {
-    assert!(
-        bed.signature_failures().is_empty(),
-        "signature failures: {:?}",
-        bed.signature_failures()
-    );
-}
 
 fn own_known_hosts(bed: &TestBed) -> String {
     std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts"))

@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod cmd;
 pub mod diag;
 pub mod eice;
 pub mod http;
