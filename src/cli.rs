@@ -9,6 +9,8 @@ use std::ffi::OsString;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
+use crate::target::AddressChoice;
+
 /// ssh's short options that take no value (OpenSSH 9), passed through.
 /// `-v` is ours too (it also turns on our own tracing) and `-V` prints our
 /// version, so neither is listed here.
@@ -120,8 +122,8 @@ pub struct Cli {
     #[command(flatten)]
     pub path: PathArgs,
 
-    /// OS user to log in as [default: ec2-user]
-    #[arg(long, value_name = "USER", env = "EIC_CONNECT_OS_USER")]
+    /// OS user to log in as [default: guessed from the AMI, else ec2-user] [env: EIC_CONNECT_OS_USER]
+    #[arg(long, value_name = "USER")]
     pub os_user: Option<String>,
 
     /// OS user to log in as (ssh's -l; same as --os-user)
@@ -136,13 +138,17 @@ pub struct Cli {
     pub dry_run: bool,
 
     /// Trust only the host keys the instance printed on its console
-    /// (GetConsoleOutput), checked strictly
-    #[arg(
-        long,
-        env = "EIC_CONNECT_VERIFY_HOST_KEY",
-        value_parser = clap::builder::FalseyValueParser::new()
-    )]
+    /// (GetConsoleOutput), checked strictly [env: EIC_CONNECT_VERIFY_HOST_KEY]
+    #[arg(long, overrides_with = "no_verify_host_key")]
     pub verify_host_key: bool,
+
+    /// Do not verify host keys from the console, whatever the config says
+    #[arg(long, overrides_with = "verify_host_key")]
+    pub no_verify_host_key: bool,
+
+    /// Start the instance if it is stopped, wait until it runs, then connect
+    #[arg(long)]
+    pub start: bool,
 
     /// With --verify-host-key: if the console shows no host keys, warn and
     /// accept the key on first use instead of failing
@@ -160,6 +166,10 @@ pub struct Cli {
     /// Print version
     #[arg(short = 'V', long = "version", action = ArgAction::Version)]
     version: (),
+
+    /// Print shell completions (bash, zsh, fish) or the man page (man) and exit
+    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
+    pub generate: Option<Generate>,
 
     /// [USER@]TARGET: instance id, Name tag, DNS name or IP address
     #[arg(value_name = "[USER@]TARGET", required = true, value_parser = clap::value_parser!(OsString))]
@@ -182,6 +192,10 @@ pub struct Cli {
 /// Commands other than connecting.
 #[derive(Debug, clap::Subcommand)]
 pub enum Subcommand {
+    /// List instances: eic-connect list tag:Role=build
+    List(ListArgs),
+    /// Run a command on every instance a filter selects: eic-connect run -f tag:Role=build -- make test
+    Run(RunArgs),
     /// Open a tunnel to an instance through an EC2 Instance Connect Endpoint
     Tunnel(TunnelArgs),
     /// ProxyCommand for ssh, scp, rsync, git and editors (see ssh-config)
@@ -203,6 +217,83 @@ pub enum Subcommand {
     KnownHosts(KnownHostsArgs),
 }
 
+/// Filter syntax, shared by `list` and `run` (a macro, for `concat!`).
+macro_rules! filter_help {
+    () => {
+        "FILTER is a Name glob (web-*), an instance id, tag:KEY=VALUE, state=running, type=, az=, vpc=,\n\
+         subnet=, ami=, or any EC2 DescribeInstances filter NAME=VALUE. Commas separate values that\n\
+         may each match; different filters must all match."
+    };
+}
+
+/// `eic-connect list`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = filter_help!())]
+pub struct ListArgs {
+    /// Which instances [default: all but terminated ones]
+    #[arg(value_name = "FILTER")]
+    pub filters: Vec<String>,
+
+    /// Print JSON (field names are stable; see the README)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `eic-connect run`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = concat!(
+    filter_help!(),
+    "\n\nExit status: 0 if the command succeeded on every instance; 1 if it failed or could not run on\n\
+     any; 255 if no instance matched or the lookup failed; 2 for usage errors; 130 if interrupted."
+))]
+pub struct RunArgs {
+    /// Select instances (repeat: all must match); only running ones unless a state= filter or --start
+    #[arg(short = 'f', long = "filter", value_name = "FILTER", required = true)]
+    pub filters: Vec<String>,
+
+    /// Instances at a time
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
+
+    /// OS user to log in as [default: configured, else guessed from each AMI] [env: EIC_CONNECT_OS_USER]
+    #[arg(short = 'l', long = "os-user", value_name = "USER")]
+    pub os_user: Option<String>,
+
+    /// Port on the instances
+    #[arg(short = 'p', value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// An ssh_config option for every connection (repeatable)
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub ssh_option: Vec<String>,
+
+    /// Stop a command (and count it failed) after this many seconds
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<f64>,
+
+    /// Start stopped instances that match, wait for them, then run
+    #[arg(long)]
+    pub start: bool,
+
+    /// Print one JSON document with each instance's output and status
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub address: AddressArgs,
+
+    /// The command, run by each instance's shell (several words are quoted as for connect)
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
 /// `eic-connect doctor`.
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -214,13 +305,8 @@ pub struct DoctorArgs {
     #[arg(value_name = "[USER@]TARGET")]
     pub destination: String,
 
-    /// OS user to check [default: guessed from the AMI, else ec2-user]
-    #[arg(
-        short = 'l',
-        long = "os-user",
-        value_name = "USER",
-        env = "EIC_CONNECT_OS_USER"
-    )]
+    /// OS user to check [default: guessed from the AMI, else ec2-user] [env: EIC_CONNECT_OS_USER]
+    #[arg(short = 'l', long = "os-user", value_name = "USER")]
     pub os_user: Option<String>,
 
     /// Port ssh would connect to
@@ -341,27 +427,39 @@ pub struct TunnelArgs {
 /// AWS settings, shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
-    /// AWS region [default: from AWS_REGION or the profile]
+    /// AWS region [env: EIC_CONNECT_REGION; default: the config file, else AWS_REGION or the profile's]
     #[arg(long, value_name = "REGION", global = true)]
     pub region: Option<String>,
 
-    /// AWS profile from ~/.aws/config [default: AWS_PROFILE or "default"]
+    /// AWS profile [env: EIC_CONNECT_PROFILE; default: the config file, else AWS_PROFILE or "default"]
     #[arg(long, value_name = "PROFILE", global = true)]
     pub profile: Option<String>,
 
-    /// Seconds to wait for one attempt of one AWS API call
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = DEFAULT_API_TIMEOUT,
-        env = "EIC_CONNECT_API_TIMEOUT",
-        global = true
-    )]
-    pub api_timeout: f64,
+    /// Seconds to wait for one attempt of one AWS API call [default: 10] [env: EIC_CONNECT_API_TIMEOUT]
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub api_timeout: Option<f64>,
+}
+
+impl AwsArgs {
+    /// `--api-timeout` after every layer, in seconds.
+    pub fn api_timeout(&self) -> f64 {
+        self.api_timeout.unwrap_or(DEFAULT_API_TIMEOUT)
+    }
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    Bash,
+    Zsh,
+    Fish,
+    /// The man page (roff)
+    Man,
 }
 
 /// How to reach the instance's port 22.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConnectVia {
     /// Straight to a public address; through an endpoint when the instance has none
     #[default]
@@ -375,30 +473,29 @@ pub enum ConnectVia {
 /// The network path, shared by every command that connects.
 #[derive(Debug, Clone, Args)]
 pub struct PathArgs {
-    /// Network path to the instance
-    #[arg(
-        long = "connect",
-        value_name = "PATH",
-        value_enum,
-        default_value_t,
-        env = "EIC_CONNECT_PATH",
-        global = true
-    )]
-    pub via: ConnectVia,
+    /// Network path to the instance [default: auto] [env: EIC_CONNECT_PATH]
+    #[arg(long = "connect", value_name = "PATH", value_enum, global = true)]
+    pub via: Option<ConnectVia>,
 
-    /// EC2 Instance Connect Endpoint to use [default: the one in the instance's subnet, else its VPC]
-    #[arg(long, value_name = "ID", env = "EIC_CONNECT_EICE_ID", global = true)]
+    /// EC2 Instance Connect Endpoint to use [default: the one in the instance's subnet, else its VPC] [env: EIC_CONNECT_EICE_ID]
+    #[arg(long, value_name = "ID", global = true)]
     pub eice_id: Option<String>,
 
-    /// Close endpoint tunnels after this many seconds (1-3600)
+    /// Close endpoint tunnels after this many seconds (1-3600) [env: EIC_CONNECT_MAX_TUNNEL_DURATION]
     #[arg(
         long,
         value_name = "SECONDS",
         value_parser = clap::value_parser!(u32).range(1..=3600),
-        env = "EIC_CONNECT_MAX_TUNNEL_DURATION",
         global = true
     )]
     pub max_tunnel_duration: Option<u32>,
+}
+
+impl PathArgs {
+    /// `--connect` after every layer.
+    pub fn via(&self) -> ConnectVia {
+        self.via.unwrap_or_default()
+    }
 }
 
 /// The global options as they would be given to another eic-connect
@@ -415,11 +512,11 @@ pub fn global_args(aws: &AwsArgs, path: &PathArgs) -> Vec<String> {
     add("--profile", aws.profile.clone());
     add(
         "--api-timeout",
-        (aws.api_timeout != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout.to_string()),
+        (aws.api_timeout() != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout().to_string()),
     );
     add(
         "--connect",
-        (path.via != ConnectVia::Auto).then(|| path.via.as_str().to_owned()),
+        (path.via() != ConnectVia::Auto).then(|| path.via().as_str().to_owned()),
     );
     add("--eice-id", path.eice_id.clone());
     add(
@@ -430,17 +527,18 @@ pub fn global_args(aws: &AwsArgs, path: &PathArgs) -> Vec<String> {
 }
 
 /// The same settings as environment variables, for a child eic-connect that
-/// takes no arguments from us (scp's and sftp's `-S` program).
+/// takes no arguments from us (scp's and sftp's `-S` program). They are
+/// eic-connect's own variables, so they rank above the config file there too.
 pub fn global_env(aws: &AwsArgs, path: &PathArgs) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if let Some(region) = aws.region.clone().filter(|r| !r.is_empty()) {
-        out.push(("AWS_REGION", region));
+        out.push(("EIC_CONNECT_REGION", region));
     }
     if let Some(profile) = aws.profile.clone().filter(|p| !p.is_empty()) {
-        out.push(("AWS_PROFILE", profile));
+        out.push(("EIC_CONNECT_PROFILE", profile));
     }
-    out.push(("EIC_CONNECT_API_TIMEOUT", aws.api_timeout.to_string()));
-    out.push(("EIC_CONNECT_PATH", path.via.as_str().to_owned()));
+    out.push(("EIC_CONNECT_API_TIMEOUT", aws.api_timeout().to_string()));
+    out.push(("EIC_CONNECT_PATH", path.via().as_str().to_owned()));
     if let Some(id) = &path.eice_id {
         out.push(("EIC_CONNECT_EICE_ID", id.clone()));
     }
@@ -464,18 +562,30 @@ impl ConnectVia {
 pub const DEFAULT_API_TIMEOUT: f64 = 10.0;
 
 /// Which address to connect to.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 #[group(multiple = false)]
 pub struct AddressArgs {
-    /// Connect to the public IPv4 address
+    /// Connect to the public IPv4 address [env: EIC_CONNECT_ADDRESS=public]
     #[arg(long)]
     pub public: bool,
-    /// Connect to the private IPv4 address
+    /// Connect to the private IPv4 address [env: EIC_CONNECT_ADDRESS=private]
     #[arg(long)]
     pub private: bool,
-    /// Connect to the IPv6 address
+    /// Connect to the IPv6 address [env: EIC_CONNECT_ADDRESS=ipv6]
     #[arg(long)]
     pub ipv6: bool,
+}
+
+impl AddressArgs {
+    /// The flag given, else the lower layers' choice, else `Auto`.
+    pub fn choice(&self, default: Option<AddressChoice>) -> AddressChoice {
+        match (self.public, self.private, self.ipv6) {
+            (true, _, _) => AddressChoice::Public,
+            (_, true, _) => AddressChoice::Private,
+            (_, _, true) => AddressChoice::Ipv6,
+            _ => default.unwrap_or_default(),
+        }
+    }
 }
 
 /// The full command definition: our options plus ssh's passthrough options.

@@ -4,10 +4,15 @@ mod agent;
 mod aws;
 mod cli;
 mod commands;
+mod config;
 mod error;
+mod fleet;
+mod generate;
 mod hostkeys;
 mod key;
 mod osuser;
+mod picker;
+mod progress;
 mod sanitize;
 mod serial;
 mod settings;
@@ -19,43 +24,64 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mut cli = match cli::parse(std::env::args_os()) {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         // Help and version exit 0, usage errors 2, as clap decides.
         Err(err) => err.exit(),
     };
     init_logging(cli.verbose);
-    let outcome = match cli.subcommand.take() {
-        None => settings::ConnectSettings::from_cli(cli)
-            .map_err(anyhow::Error::new)
-            .and_then(|settings| block_on(commands::connect::run(settings))),
-        Some(cli::Subcommand::Tunnel(args)) => {
-            block_on(commands::tunnel::run(args, cli.aws, cli.path))
-        }
-        Some(cli::Subcommand::Proxy(args)) => {
-            block_on(commands::proxy::run(args, cli.aws, cli.path))
-        }
-        Some(cli::Subcommand::SshConfig(args)) => {
-            commands::ssh_config::run(&args, &cli.aws, &cli.path)
-        }
-        Some(cli::Subcommand::Scp(args)) => {
-            commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path)
-        }
-        Some(cli::Subcommand::Sftp(args)) => {
-            commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path)
-        }
-        Some(cli::Subcommand::Doctor(args)) => {
-            block_on(commands::doctor::run(args, cli.aws, cli.path))
-        }
-        Some(cli::Subcommand::Serial(args)) => block_on(commands::serial::run(args, cli.aws)),
-        Some(cli::Subcommand::KnownHosts(args)) => commands::known_hosts::run(&args),
-    };
+    let outcome = config::Layers::load()
+        .map_err(anyhow::Error::new)
+        .and_then(|layers| dispatch(cli, &layers));
     match outcome {
         Ok(code) => code,
         Err(err) => {
             let _ = std::io::stderr().write_all(error::render(&err).as_bytes());
             ExitCode::from(error::exit_code(&err))
         }
+    }
+}
+
+/// Runs the command the line names, with the lower layers (environment,
+/// config file, aliases) filling what the command line leaves open.
+fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCode> {
+    use cli::Subcommand as S;
+    if let Some(what) = cli.generate {
+        return generate::run(what);
+    }
+    let Some(subcommand) = cli.subcommand.take() else {
+        let settings = settings::ConnectSettings::from_cli(cli, layers)?;
+        return block_on(commands::connect::run(settings));
+    };
+    // Commands aimed at one instance take an alias's target and settings.
+    let defaults = match &subcommand {
+        S::Tunnel(args) => layers.expand(&args.target).1,
+        S::Serial(args) => layers.expand(&args.target).1,
+        _ => layers.general(),
+    };
+    defaults.fill_aws(&mut cli.aws);
+    defaults.fill_path(&mut cli.path);
+    match subcommand {
+        S::List(args) => block_on(commands::list::run(args, cli.aws, &defaults)),
+        S::Run(args) => block_on(commands::run::run(args, cli.aws, cli.path, &defaults)),
+        S::Tunnel(mut args) => {
+            args.target = layers.expand(&args.target).0;
+            block_on(commands::tunnel::run(args, cli.aws, cli.path))
+        }
+        S::Proxy(args) => block_on(commands::proxy::run(args, cli.aws, cli.path)),
+        S::SshConfig(args) => commands::ssh_config::run(&args, &cli.aws, &cli.path),
+        S::Scp(args) => {
+            commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path)
+        }
+        S::Sftp(args) => {
+            commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path)
+        }
+        S::Doctor(args) => block_on(commands::doctor::run(args, cli.aws, cli.path, layers)),
+        S::Serial(mut args) => {
+            args.target = layers.expand(&args.target).0;
+            block_on(commands::serial::run(args, cli.aws))
+        }
+        S::KnownHosts(args) => commands::known_hosts::run(&args),
     }
 }
 

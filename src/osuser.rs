@@ -161,10 +161,66 @@ pub async fn describe_image(
     clients: &Clients,
     image_id: &str,
 ) -> anyhow::Result<Option<ImageFacts>> {
+    match describe(clients, &[image_id]).await {
+        Ok(found) => Ok(found.into_iter().find(|i| i.image_id == image_id)),
+        Err(Missing) => Ok(None),
+        Err(Failed(e)) => Err(e),
+    }
+}
+
+/// DescribeImages for many AMIs in one call (for `list` and `run`); the
+/// images not visible are simply missing. An error is given as the text to
+/// show in place of a guess.
+pub async fn describe_images(
+    clients: &Clients,
+    image_ids: &[&str],
+) -> Result<Vec<ImageFacts>, String> {
+    if image_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    match describe(clients, image_ids).await {
+        Ok(found) => Ok(found),
+        // One invisible AMI fails the whole call: ask for each separately.
+        Err(Missing) if image_ids.len() > 1 => {
+            let each = image_ids.chunks(1).map(|id| describe(clients, id));
+            let mut found = Vec::new();
+            for result in futures_util::future::join_all(each).await {
+                match result {
+                    Ok(images) => found.extend(images),
+                    Err(Missing) => {}
+                    Err(Failed(e)) => return Err(one_line(e)),
+                }
+            }
+            Ok(found)
+        }
+        Err(Missing) => Ok(Vec::new()),
+        Err(Failed(e)) => Err(one_line(e)),
+    }
+}
+
+/// Why DescribeImages gave no answer.
+enum ImagesError {
+    /// An id is not visible (`InvalidAMIID.*`).
+    Missing,
+    Failed(anyhow::Error),
+}
+use ImagesError::{Failed, Missing};
+
+/// An error as one line of text, to show where a guess would be.
+fn one_line(e: anyhow::Error) -> String {
+    crate::error::render(&e)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("eic-connect: error: ")
+        .to_owned()
+}
+
+async fn describe(clients: &Clients, image_ids: &[&str]) -> Result<Vec<ImageFacts>, ImagesError> {
     let result = clients
         .ec2
         .describe_images()
-        .image_ids(image_id)
+        .set_image_ids(Some(image_ids.iter().map(|s| (*s).to_owned()).collect()))
         .send()
         .await;
     let out = match result {
@@ -175,10 +231,10 @@ pub async fn describe_image(
                 .and_then(|e| aws_smithy_types::error::metadata::ProvideErrorMetadata::code(e))
                 .is_some_and(|c| c.starts_with("InvalidAMIID")) =>
         {
-            return Ok(None);
+            return Err(Missing);
         }
         Err(err) => {
-            return Err(from_sdk(
+            return Err(Failed(from_sdk(
                 err,
                 &Attempt {
                     op: "DescribeImages",
@@ -186,34 +242,29 @@ pub async fn describe_image(
                     instance_id: None,
                     os_user: None,
                 },
-            ));
+            )));
         }
     };
     Ok(out
         .images()
         .iter()
-        .find(|i| i.image_id() == Some(image_id))
-        .map(|i| ImageFacts {
-            image_id: image_id.to_owned(),
-            name: i.name().map(str::to_owned),
-            description: i.description().map(str::to_owned),
-            platform_details: i.platform_details().map(str::to_owned),
-            owner_alias: i.image_owner_alias().map(str::to_owned),
-        }))
+        .filter_map(|i| {
+            Some(ImageFacts {
+                image_id: i.image_id()?.to_owned(),
+                name: i.name().map(str::to_owned),
+                description: i.description().map(str::to_owned),
+                platform_details: i.platform_details().map(str::to_owned),
+                owner_alias: i.image_owner_alias().map(str::to_owned),
+            })
+        })
+        .collect())
 }
 
 /// Chooses the OS user for an instance from its AMI; never fails (a failed
 /// lookup falls back to `ec2-user` and says why).
 pub async fn choose_for_image(clients: &Clients, image_id: Option<&str>) -> Choice {
     let found = match image_id {
-        Some(id) => describe_image(clients, id).await.map_err(|e| {
-            crate::error::render(&e)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("eic-connect: error: ")
-                .to_owned()
-        }),
+        Some(id) => describe_image(clients, id).await.map_err(one_line),
         None => Ok(None),
     };
     Choice::from_lookup(image_id, found)

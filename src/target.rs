@@ -148,7 +148,8 @@ pub fn validate_user(user: &str) -> Result<(), Failure> {
 }
 
 /// Which of an instance's addresses to connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AddressChoice {
     /// Public IPv4 if there is one, else private IPv4 (or what the target named).
     #[default]

@@ -28,6 +28,8 @@ pub struct InstanceInfo {
     pub metadata_endpoint: Option<String>,
     /// Security groups of the instance (for `doctor`).
     pub security_group_ids: Vec<String>,
+    /// Every tag, in AWS's order (values untrusted, like the name).
+    pub tags: Vec<(String, String)>,
 }
 
 impl InstanceInfo {
@@ -111,6 +113,11 @@ impl InstanceInfo {
                 .security_groups()
                 .iter()
                 .filter_map(|g| g.group_id().map(str::to_owned))
+                .collect(),
+            tags: inst
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
                 .collect(),
             id,
         })
@@ -203,25 +210,73 @@ async fn describe_filtered(
     set: Vec<(String, String)>,
     at: Attempt<'_>,
 ) -> anyhow::Result<Vec<InstanceInfo>> {
+    let mut filters: Vec<(String, Vec<String>)> = set
+        .into_iter()
+        .map(|(name, value)| (name, vec![value]))
+        .collect();
+    filters.push((
+        "instance-state-name".into(),
+        LIVE_STATES.iter().map(|s| (*s).to_owned()).collect(),
+    ));
+    describe(clients, filters, MAX_MATCHES, at).await
+}
+
+/// DescribeInstances with `filters` (ANDed; values within one ORed), every
+/// page up to `cap` instances.
+async fn describe(
+    clients: &Clients,
+    filters: Vec<(String, Vec<String>)>,
+    cap: usize,
+    at: Attempt<'_>,
+) -> anyhow::Result<Vec<InstanceInfo>> {
     let mut request = clients.ec2.describe_instances();
-    for (name, value) in set {
-        request = request.filters(Filter::builder().name(name).values(value).build());
+    for (name, values) in filters {
+        request = request.filters(
+            Filter::builder()
+                .name(name)
+                .set_values(Some(values))
+                .build(),
+        );
     }
-    request = request.filters(
-        Filter::builder()
-            .name("instance-state-name")
-            .set_values(Some(LIVE_STATES.iter().map(|s| (*s).to_owned()).collect()))
-            .build(),
-    );
     let mut pages = request.into_paginator().send();
     let mut found = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|err| from_sdk(err, &at))?;
         found.extend(collect(page.reservations()));
-        if found.len() >= MAX_MATCHES {
+        if found.len() >= cap {
             break;
         }
     }
+    Ok(found)
+}
+
+/// Most instances `list` and `run` collect: far beyond a fleet anyone means
+/// to address at once, while bounding memory and time.
+const MAX_LISTED: usize = 20_000;
+
+/// Every instance the filters select (for `list` and `run`); terminated
+/// instances only if a filter asks for states.
+pub async fn list(
+    clients: &Clients,
+    mut filters: Vec<(String, Vec<String>)>,
+) -> anyhow::Result<Vec<InstanceInfo>> {
+    if !filters
+        .iter()
+        .any(|(name, _)| name == "instance-state-name")
+    {
+        filters.push((
+            "instance-state-name".into(),
+            LIVE_STATES.iter().map(|s| (*s).to_owned()).collect(),
+        ));
+    }
+    let at = Attempt {
+        op: "DescribeInstances",
+        scope: &clients.scope,
+        instance_id: None,
+        os_user: None,
+    };
+    let mut found = describe(clients, filters, MAX_LISTED, at).await?;
+    found.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     Ok(found)
 }
 
@@ -282,6 +337,99 @@ pub fn ensure_running(instance: &InstanceInfo) -> anyhow::Result<()> {
             "instance {id} is {other}; only running instances can be connected to"
         ))),
     }
+}
+
+/// How long `--start` waits for an instance to reach a state.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `--start`: returns the instance once it runs, starting it if it is
+/// stopped (or stopping: after it has stopped). With `show`, a progress line
+/// on stderr. The answer is fresh: a restarted instance has new addresses.
+pub async fn ensure_started(
+    clients: &Clients,
+    instance: InstanceInfo,
+    show: bool,
+) -> anyhow::Result<InstanceInfo> {
+    let id = instance.id.clone();
+    let mut progress = if show {
+        crate::progress::Line::stderr()
+    } else {
+        crate::progress::Line::silent()
+    };
+    let started = std::time::Instant::now();
+    let mut current = instance;
+    let mut waited_for = false;
+    loop {
+        match current.state.as_str() {
+            "running" => {
+                if waited_for {
+                    progress.finish(&format!(
+                        "{id} is running (after {} s)",
+                        started.elapsed().as_secs()
+                    ));
+                }
+                return Ok(current);
+            }
+            "stopped" => {
+                start(clients, &id).await?;
+                progress.show(&format!("starting {id}…"));
+            }
+            "pending" | "stopping" => {}
+            _ => {
+                ensure_running(&current)?;
+            }
+        }
+        waited_for = true;
+        let waited = started.elapsed();
+        if waited > START_TIMEOUT {
+            return fail(
+                Failure::new(format!(
+                    "{id} was still {} after {} s",
+                    current.state,
+                    waited.as_secs()
+                ))
+                .hint(format!(
+                    "look at it with: aws ec2 describe-instances --instance-ids {id}"
+                )),
+            );
+        }
+        // Quick at first (a start takes seconds to minutes), then every 5 s.
+        let pause = (waited / 4).clamp(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(5),
+        );
+        tokio::time::sleep(pause).await;
+        let target = Target::InstanceId(id.clone());
+        current = exactly_one(find(clients, &target).await?, &target, &clients.scope)?;
+        progress.show(&format!(
+            "waiting for {id} to run: {} ({} s)",
+            current.state,
+            started.elapsed().as_secs()
+        ));
+    }
+}
+
+/// StartInstances for one instance.
+async fn start(clients: &Clients, id: &str) -> anyhow::Result<()> {
+    clients
+        .ec2
+        .start_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .map_err(|err| {
+            from_sdk(
+                err,
+                &Attempt {
+                    op: "StartInstances",
+                    scope: &clients.scope,
+                    instance_id: Some(id),
+                    os_user: None,
+                },
+            )
+        })?;
+    tracing::debug!(instance = id, "StartInstances accepted");
+    Ok(())
 }
 
 /// Finds the one running instance a target names, or fails saying why.

@@ -186,6 +186,19 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("check --region and --profile: instance ids are per account and region"),
         "InvalidInstanceID.Malformed" => Failure::usage(format!("{id} is not a valid instance id{said}"))
             .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"),
+        "IncorrectInstanceState" => Failure::new(format!("instance {id} cannot be started in its current state{said}"))
+            .hint("a stopping instance must finish stopping first: wait a minute and try again")
+            .hint("a terminated instance cannot be started again"),
+        "InsufficientInstanceCapacity" => {
+            Failure::new(format!("AWS has no capacity to start {id} in its availability zone right now{said}"))
+                .hint("try again in a few minutes, or change the instance type")
+        }
+        "InstanceLimitExceeded" | "VcpuLimitExceeded" => {
+            Failure::new(format!("starting {id} would exceed the account's instance limit ({where_}){said}"))
+                .hint("stop another instance, or request a higher limit (Service Quotas)")
+        }
+        "UnsupportedOperation" => Failure::new(format!("{op} is not supported for {id}{said}"))
+            .hint("spot and instance-store-backed instances cannot be started this way"),
         "InvalidInstanceConnectEndpointId.NotFound" => {
             Failure::new(format!("no such EC2 Instance Connect Endpoint ({where_}){said}"))
                 .hint("check --eice-id, --region and --profile; list endpoints with: aws ec2 describe-instance-connect-endpoints")
@@ -294,6 +307,10 @@ mod tests {
             "InvalidFilter",
             "InvalidInstanceConnectEndpointId.NotFound",
             "InvalidInstanceConnectEndpointId.Malformed",
+            "IncorrectInstanceState",
+            "InsufficientInstanceCapacity",
+            "InstanceLimitExceeded",
+            "UnsupportedOperation",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope)).message;
         for (op, codes) in [

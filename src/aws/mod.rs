@@ -102,6 +102,28 @@ impl Clients {
     }
 }
 
+/// Fewest attempts per call for fleets (`run`): a hundred pushes at once
+/// meet the API's rate limits, and waiting beats failing.
+const FLEET_MIN_ATTEMPTS: u32 = 10;
+
+impl Clients {
+    /// Clients for many calls at once: adaptive retries, whose client-side
+    /// rate limiter slows every request of this client down once AWS
+    /// throttles one, and at least [`FLEET_MIN_ATTEMPTS`] attempts per call.
+    pub fn for_fleet(config: &SdkConfig, settings: &AwsSettings) -> Clients {
+        use aws_smithy_types::retry::RetryConfig;
+        let attempts = config
+            .retry_config()
+            .map_or(3, RetryConfig::max_attempts)
+            .max(FLEET_MIN_ATTEMPTS);
+        let retry = RetryConfig::adaptive()
+            .with_max_attempts(attempts)
+            .with_max_backoff(Duration::from_secs(10));
+        let config = config.to_builder().retry_config(retry).build();
+        Clients::new(&config, settings)
+    }
+}
+
 /// Resolves the region that would be used, for `--dry-run`, without building
 /// clients.
 pub async fn scope_for_dry_run(settings: &AwsSettings) -> anyhow::Result<Scope> {

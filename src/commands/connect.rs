@@ -1,9 +1,10 @@
 //! The main job: target → instance and address → ephemeral key → pushed → ssh.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -11,6 +12,7 @@ use crate::agent::{Agent, RuntimeDir};
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::push::{KEY_LIFETIME, push_key};
 use crate::aws::{self, Clients};
+use crate::cli::ConnectVia;
 use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::{self, ConsoleKeys, Pins, Verdict};
 use crate::key::EphemeralKey;
@@ -233,7 +235,7 @@ async fn resolve_and_push(
         _ => None,
     };
     if !settings.os_user_explicit && remembered.is_none() {
-        let instance = ec2::resolve_running(clients, &settings.target).await?;
+        let instance = ready(settings, clients, pick_one(settings, clients).await?).await?;
         let _ = instance_known.send(instance.clone());
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
         let t1 = Instant::now();
@@ -254,7 +256,7 @@ async fn resolve_and_push(
     }
     let (user, source) = match &remembered {
         Some(user) => (user.as_str(), "the AMI guess remembered for this instance"),
-        None => (settings.os_user.as_str(), settings.os_user_source),
+        None => (settings.os_user.as_str(), settings.os_user_source.as_str()),
     };
     tracing::debug!(os_user = user, chosen_by = source, "OS user given");
     if let Target::InstanceId(id) = &settings.target {
@@ -263,20 +265,88 @@ async fn resolve_and_push(
             push_key(clients, id, user, key.public_openssh())
         );
         // The lookup explains "not found" and "stopped" better than the push.
-        let instance = ec2::exactly_one(found?, &settings.target, &clients.scope)?;
-        ec2::ensure_running(&instance)?;
+        let found = ec2::exactly_one(found?, &settings.target, &clients.scope)?;
+        let was_running = found.state == "running";
+        let instance = ready(settings, clients, found).await?;
         let _ = instance_known.send(instance.clone());
-        pushed?;
+        if was_running {
+            pushed?;
+        } else {
+            // Started just now: the first push went to a stopped instance.
+            push_key(clients, id, user, key.public_openssh()).await?;
+        }
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
         return Ok((instance, user.to_owned()));
     }
-    let instance = ec2::resolve_running(clients, &settings.target).await?;
+    let instance = ready(settings, clients, pick_one(settings, clients).await?).await?;
     let _ = instance_known.send(instance.clone());
     tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
     let t1 = Instant::now();
     push_key(clients, &instance.id, user, key.public_openssh()).await?;
     tracing::debug!(elapsed_ms = t1.elapsed().as_millis() as u64, "pushed key");
     Ok((instance, user.to_owned()))
+}
+
+/// The one instance the target names. Several: on a terminal, the user picks
+/// one; otherwise (scripts, CI) an error lists them, so nothing ever waits
+/// for an answer that cannot come.
+async fn pick_one(settings: &ConnectSettings, clients: &Clients) -> anyhow::Result<InstanceInfo> {
+    let found = ec2::find(clients, &settings.target).await?;
+    if found.len() > 1 && crate::picker::available() {
+        return crate::picker::pick(found, &settings.target, &clients.scope);
+    }
+    ec2::exactly_one(found, &settings.target, &clients.scope)
+}
+
+/// A running instance, or with `--start` one started and waited for (and,
+/// when ssh will go straight to it, until its port answers); otherwise an
+/// error saying what state it is in.
+async fn ready(
+    settings: &ConnectSettings,
+    clients: &Clients,
+    instance: InstanceInfo,
+) -> anyhow::Result<InstanceInfo> {
+    if !settings.start || instance.state == "running" {
+        ec2::ensure_running(&instance)?;
+        return Ok(instance);
+    }
+    let instance = ec2::ensure_started(clients, instance, true).await?;
+    let direct = match choose_address(&instance.addresses, settings.address, &settings.target) {
+        Ok(address) if settings.path.via() == ConnectVia::Direct => Some(address),
+        Ok(address)
+            if settings.path.via() == ConnectVia::Auto
+                && instance.addresses.public_ip.map(IpAddr::V4) == Some(address) =>
+        {
+            Some(address)
+        }
+        _ => None,
+    };
+    if let Some(address) = direct {
+        let port = super::tunnel::ssh_port(&settings.ssh_options).unwrap_or(22);
+        wait_for_port(std::net::SocketAddr::new(address, port)).await;
+    }
+    Ok(instance)
+}
+
+/// After a start, sshd comes up some seconds after the instance is
+/// `running`: waits (up to two minutes) until the port accepts connections,
+/// so the 60-second key is not spent on "connection refused".
+async fn wait_for_port(addr: std::net::SocketAddr) {
+    const PATIENCE: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let mut progress = crate::progress::Line::stderr();
+    while started.elapsed() < PATIENCE {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
+            return;
+        }
+        progress.show(&format!(
+            "waiting for {addr} to accept connections ({} s)",
+            started.elapsed().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The known_hosts file eic-connect owns (entries keyed by instance id).

@@ -24,12 +24,13 @@ use crate::aws::diag::{self, InboundRule, SecurityGroup};
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::{self, AwsSettings, Clients};
 use crate::cli::{AwsArgs, ConnectVia, DoctorArgs, PathArgs};
+use crate::config::Layers;
 use crate::error::Failure;
 use crate::hostkeys::{self, ConsoleKeys};
 use crate::osuser;
 use crate::sanitize::terminal_safe;
-use crate::settings::{DEFAULT_OS_USER_SOURCE, choose_os_user};
-use crate::target::{AddressChoice, parse_destination};
+use crate::settings::{DEFAULT_OS_USER_SOURCE, choose_os_user, default_user, split_destination};
+use crate::target::{AddressChoice, parse_target};
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,17 +122,27 @@ impl Report {
     }
 }
 
-pub async fn run(args: DoctorArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: DoctorArgs,
+    mut aws_args: AwsArgs,
+    mut path: PathArgs,
+    layers: &Layers,
+) -> anyhow::Result<ExitCode> {
+    let (dest_user, host) = split_destination(&args.destination);
+    let (host, defaults) = layers.expand(host);
+    defaults.fill_aws(&mut aws_args);
+    defaults.fill_path(&mut path);
     let settings = AwsSettings::from_args(&aws_args)?;
-    let (dest_user, target) = parse_destination(&args.destination)?;
-    let (user, source) = choose_os_user(dest_user, args.os_user.clone(), None, None)?;
+    let target = parse_target(&host)?;
+    let (user, source) = choose_os_user(
+        dest_user.map(str::to_owned),
+        args.os_user.clone(),
+        None,
+        None,
+        default_user(&defaults),
+    )?;
     let explicit_user = (source != DEFAULT_OS_USER_SOURCE).then_some((user, source));
-    let address_choice = match (args.address.public, args.address.private, args.address.ipv6) {
-        (true, _, _) => AddressChoice::Public,
-        (_, true, _) => AddressChoice::Private,
-        (_, _, true) => AddressChoice::Ipv6,
-        _ => AddressChoice::Auto,
-    };
+    let address_choice = args.address.choice(defaults.address);
     let config = aws::load_config(&settings).await?;
     let clients = Clients::new(&config, &settings);
     let source = match args.source_ip {
@@ -151,7 +162,7 @@ pub async fn run(args: DoctorArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow:
         explicit_user,
         port: args.port,
         address_choice,
-        via: path.via,
+        via: path.via(),
         eice_id: path.eice_id.as_deref(),
     };
     diagnose(&clients, &inputs, &mut report).await;
@@ -170,7 +181,7 @@ pub async fn run(args: DoctorArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow:
 
 struct Inputs<'a> {
     target: &'a crate::target::Target,
-    explicit_user: Option<(String, &'static str)>,
+    explicit_user: Option<(String, String)>,
     port: u16,
     address_choice: AddressChoice,
     via: ConnectVia,

@@ -359,7 +359,7 @@ impl Slot {
         let instance = resolve_and_push(&clients, want.target, want.user, key).await?;
         let pushed_at = now_secs();
         let chosen = choose_address(&instance.addresses, AddressChoice::Auto, want.target)?;
-        let decision = tunnel::decide(want.path.via, false, chosen, &instance, Some(want.port));
+        let decision = tunnel::decide(want.path.via(), false, chosen, &instance, Some(want.port));
         let route = tunnel::plan(
             decision,
             want.path,

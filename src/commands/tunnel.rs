@@ -459,7 +459,7 @@ pub async fn route_for_connect(
 ) -> anyhow::Result<Option<Route>> {
     let explicit = settings.address != crate::target::AddressChoice::Auto;
     let port = ssh_port(&settings.ssh_options);
-    let decision = decide(settings.path.via, explicit, address, instance, port);
+    let decision = decide(settings.path.via(), explicit, address, instance, port);
     plan(decision, &settings.path, config, clients, instance, port).await
 }
 
@@ -514,7 +514,7 @@ pub fn dry_run_route(
     instance_ref: &str,
     out: &mut String,
 ) -> Vec<OsString> {
-    let via = settings.path.via;
+    let via = settings.path.via();
     let explicit = settings.address != crate::target::AddressChoice::Auto;
     let mut options = settings.ssh_options.clone();
     let Some(lookup) = dry_run_lookup(via, &settings.path, explicit) else {
@@ -686,7 +686,7 @@ mod tests {
     #[test]
     fn dry_run_shows_the_lookup_when_it_may_happen() {
         let path = PathArgs {
-            via: ConnectVia::Auto,
+            via: Some(ConnectVia::Auto),
             eice_id: None,
             max_tunnel_duration: None,
         };

@@ -1,0 +1,571 @@
+//! `eic-connect run --filter … -- COMMAND`: one command on every instance a
+//! filter selects, a bounded number at a time, each with its own one-time
+//! key, with output prefixed by instance (or collected with `--json`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::agent::{Agent, RuntimeDir};
+use crate::aws::ec2::{self, InstanceInfo};
+use crate::aws::push::{KEY_LIFETIME, push_key};
+use crate::aws::{self, AwsSettings, Clients};
+use crate::cli::{AwsArgs, PathArgs, RunArgs};
+use crate::config::Defaults;
+use crate::error::{Failure, fail};
+use crate::fleet;
+use crate::key::EphemeralKey;
+use crate::progress;
+use crate::ssh::SshInvocation;
+use crate::target::{AddressChoice, Target, choose_address};
+
+/// Exit status when some instance did not succeed.
+const EXIT_SOME_FAILED: u8 = 1;
+/// Exit status after Ctrl-C or SIGTERM, as a shell reports SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// How one instance fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// The command ran and exited with this status (0 = success).
+    Exited(i32),
+    /// ssh (and the command) died of this signal.
+    Signalled(i32),
+    /// `--timeout` passed; ssh was killed.
+    TimedOut,
+    /// No command ran: the key push, the address or ssh's start failed.
+    NotReached(String),
+}
+
+impl Outcome {
+    fn succeeded(&self) -> bool {
+        *self == Outcome::Exited(0)
+    }
+
+    fn status_word(&self) -> &'static str {
+        match self {
+            Outcome::Exited(0) => "succeeded",
+            Outcome::Exited(_) | Outcome::Signalled(_) => "failed",
+            Outcome::TimedOut => "timed-out",
+            Outcome::NotReached(_) => "not-reached",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Outcome::Exited(0) => "ok".into(),
+            Outcome::Exited(255) => {
+                "exit 255 (ssh could not connect or log in, or the command exited 255)".into()
+            }
+            Outcome::Exited(code) => format!("exit {code}"),
+            Outcome::Signalled(sig) => format!("killed by signal {sig}"),
+            Outcome::TimedOut => "timed out (--timeout)".into(),
+            Outcome::NotReached(why) => format!("not reached: {why}"),
+        }
+    }
+}
+
+/// What is kept for the summary and `--json`.
+struct Report {
+    instance: InstanceInfo,
+    user: String,
+    outcome: Outcome,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    elapsed: Duration,
+}
+
+/// Everything each instance's task shares.
+struct Shared<'a> {
+    args: &'a RunArgs,
+    config: &'a SdkConfig,
+    clients: &'a Clients,
+    path: &'a PathArgs,
+    address: AddressChoice,
+    ssh_options: Vec<OsString>,
+    ssh_program: OsString,
+    known_hosts: std::path::PathBuf,
+    out: Arc<Mutex<Printer>>,
+}
+
+pub async fn run(
+    args: RunArgs,
+    aws_args: AwsArgs,
+    path: PathArgs,
+    defaults: &Defaults,
+) -> anyhow::Result<ExitCode> {
+    let mut filters = fleet::parse_filters(&args.filters)?;
+    let (user, source) = crate::settings::choose_os_user(
+        None,
+        args.os_user.clone(),
+        None,
+        None,
+        crate::settings::default_user(defaults),
+    )?;
+    let user_given = (source != crate::settings::DEFAULT_OS_USER_SOURCE).then_some((user, source));
+    if !filters
+        .iter()
+        .any(|(name, _)| name == "instance-state-name")
+    {
+        let states: &[&str] = if args.start {
+            &["pending", "running", "stopping", "stopped"]
+        } else {
+            &["running"]
+        };
+        filters.push((
+            "instance-state-name".into(),
+            states.iter().map(|s| (*s).to_owned()).collect(),
+        ));
+    }
+    let settings = AwsSettings::from_args(&aws_args)?;
+    let config = aws::load_config(&settings).await?;
+    let clients = Clients::for_fleet(&config, &settings);
+    let instances = ec2::list(&clients, filters.clone()).await?;
+    if instances.is_empty() {
+        return fail(
+            Failure::new(format!(
+                "no instance matches {} ({})",
+                fleet::describe(&filters),
+                clients.scope.describe()
+            ))
+            .hint("see what a filter selects with: eic-connect list FILTER…")
+            .hint("only running instances are selected unless a state= filter or --start says otherwise"),
+        );
+    }
+    let state_dir = crate::settings::state_dir();
+    let users = fleet::os_users(&clients, &instances, user_given, &state_dir).await;
+    let labels = fleet::labels(&instances);
+    let live = std::io::stderr().is_terminal() && !args.json;
+    let printer = Printer::new(&labels, instances.len(), args.json, live);
+    let mut ssh_options: Vec<OsString> = [
+        "-T",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=15",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if let Some(port) = args.port {
+        ssh_options.extend(["-p".into(), port.to_string().into()]);
+    }
+    for option in &args.ssh_option {
+        ssh_options.extend(["-o".into(), option.into()]);
+    }
+    let shared = Shared {
+        args: &args,
+        config: &config,
+        clients: &clients,
+        path: &path,
+        address: args.address.choice(defaults.address),
+        ssh_options,
+        ssh_program: crate::settings::ssh_program(),
+        known_hosts: super::connect::known_hosts_file(&state_dir)?,
+        out: Arc::new(Mutex::new(printer)),
+    };
+
+    let slots = tokio::sync::Semaphore::new(usize::from(args.parallel));
+    let tasks = instances.iter().map(|instance| {
+        let user = users.get(&instance.id).map_or_else(
+            || crate::settings::DEFAULT_OS_USER.to_owned(),
+            |c| c.user.clone(),
+        );
+        let (slots, shared) = (&slots, &shared);
+        async move {
+            let Ok(_permit) = slots.acquire().await else {
+                unreachable!("the semaphore is never closed");
+            };
+            shared.out_lock().started();
+            let report = run_one(shared, instance.clone(), user).await;
+            shared.out_lock().finished(&report);
+            report
+        }
+    });
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let all = futures_util::future::join_all(tasks);
+    // Dropping the unfinished tasks kills their ssh processes and wipes
+    // their keys and runtime directories.
+    let reports = tokio::select! {
+        reports = all => reports,
+        _ = interrupt.recv() => return interrupted(&shared),
+        _ = terminate.recv() => return interrupted(&shared),
+    };
+    let mut printer = shared.out_lock();
+    printer.progress.clear();
+    if args.json {
+        let text = json_report(&reports, &users) + "\n";
+        crate::error::print_stdout(&text)?;
+    } else {
+        printer.summary(&reports);
+    }
+    Ok(if reports.iter().all(|r| r.outcome.succeeded()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SOME_FAILED)
+    })
+}
+
+impl Shared<'_> {
+    fn out_lock(&self) -> std::sync::MutexGuard<'_, Printer> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn interrupted(shared: &Shared<'_>) -> anyhow::Result<ExitCode> {
+    let mut printer = shared.out_lock();
+    printer.progress.clear();
+    let _ = writeln!(
+        std::io::stderr(),
+        "eic-connect: interrupted: {} of {} instances had finished; the rest were stopped",
+        printer.done,
+        printer.total
+    );
+    Ok(ExitCode::from(EXIT_INTERRUPTED))
+}
+
+/// One instance: start it if asked, push a fresh key, run ssh, collect.
+async fn run_one(shared: &Shared<'_>, instance: InstanceInfo, user: String) -> Report {
+    let started = Instant::now();
+    let mut report = Report {
+        instance,
+        user,
+        outcome: Outcome::NotReached(String::new()),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    report.outcome = match connect_and_run(shared, &mut report).await {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::NotReached(one_line(&err)),
+    };
+    report.elapsed = started.elapsed();
+    report
+}
+
+async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Result<Outcome> {
+    let clients = shared.clients;
+    if report.instance.state != "running" {
+        if !shared.args.start {
+            return Ok(Outcome::NotReached(format!(
+                "instance is {} (add --start to start it)",
+                report.instance.state
+            )));
+        }
+        report.instance = ec2::ensure_started(clients, report.instance.clone(), false).await?;
+    }
+    let instance = &report.instance;
+    let target = Target::InstanceId(instance.id.clone());
+    let address = choose_address(&instance.addresses, shared.address, &target)?;
+    let port = super::tunnel::ssh_port(&shared.ssh_options);
+    let decision = super::tunnel::decide(
+        shared.path.via(),
+        shared.address != AddressChoice::Auto,
+        address,
+        instance,
+        port,
+    );
+    let route = super::tunnel::plan(
+        decision,
+        shared.path,
+        shared.config,
+        clients,
+        instance,
+        port,
+    )
+    .await?;
+    let key = EphemeralKey::generate()?;
+    push_key(clients, &instance.id, &report.user, key.public_openssh()).await?;
+    let dir = RuntimeDir::create()?;
+    let agent = Agent::start(key, &dir, KEY_LIFETIME)?;
+    let host = route
+        .as_ref()
+        .map_or_else(|| address.to_string(), |r| r.ssh_host());
+    let options = super::tunnel::ssh_options_for(
+        &shared.ssh_options,
+        route.as_ref(),
+        &clients.scope,
+        &instance.id,
+    )?;
+    let args = SshInvocation {
+        user_options: &options,
+        verbose: 0,
+        os_user: &report.user,
+        instance_id: &instance.id,
+        host: &host,
+        identity_file: agent.identity_file(),
+        agent_socket: agent.socket(),
+        known_hosts: &shared.known_hosts,
+        known_hosts_command: None,
+        command: &shared.args.command,
+    }
+    .args();
+    let mut child = tokio::process::Command::new(&shared.ssh_program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            anyhow::anyhow!("cannot run {}: {err}", shared.ssh_program.to_string_lossy())
+        })?;
+    let id = instance.id.clone();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let relay = async {
+        tokio::join!(
+            relay_lines(stdout, shared, &id, Stream::Out),
+            relay_lines(stderr, shared, &id, Stream::Err)
+        )
+    };
+    let ran = async {
+        let (out, err) = relay.await;
+        (out, err, child.wait().await)
+    };
+    let (out, err, status) = match shared.args.timeout {
+        Some(limit) => match tokio::time::timeout(Duration::from_secs_f64(limit), ran).await {
+            Ok(done) => done,
+            Err(_) => return Ok(Outcome::TimedOut),
+        },
+        None => ran.await,
+    };
+    report.stdout = out;
+    report.stderr = err;
+    drop(agent);
+    drop(dir);
+    let status = status?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(signal)) => Outcome::Signalled(signal),
+        (None, None) => Outcome::NotReached("ssh ended without a status".into()),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Passes a child's output on line by line (text mode) or keeps it (JSON);
+/// returns what was kept.
+async fn relay_lines<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    shared: &Shared<'_>,
+    id: &str,
+    stream: Stream,
+) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(pipe) = pipe else {
+        return kept;
+    };
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if shared.args.json {
+            kept.extend_from_slice(&line);
+        } else {
+            shared.out_lock().line(id, stream, &line);
+        }
+    }
+    kept
+}
+
+/// The first line of an error as eic-connect would print it.
+fn one_line(err: &anyhow::Error) -> String {
+    crate::error::render(err)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("eic-connect: error: ")
+        .to_owned()
+}
+
+/// Serialises output: prefixed lines, the progress line, the summary.
+struct Printer {
+    labels: BTreeMap<String, String>,
+    width: usize,
+    total: usize,
+    running: usize,
+    done: usize,
+    failed: usize,
+    json: bool,
+    progress: progress::Line,
+}
+
+impl Printer {
+    fn new(labels: &BTreeMap<String, String>, total: usize, json: bool, live: bool) -> Printer {
+        use unicode_width::UnicodeWidthStr;
+        let width = labels
+            .values()
+            .map(|l| l.width())
+            .max()
+            .unwrap_or(0)
+            .min(32);
+        let progress = if live {
+            progress::Line::stderr()
+        } else {
+            progress::Line::silent()
+        };
+        Printer {
+            labels: labels.clone(),
+            width,
+            total,
+            running: 0,
+            done: 0,
+            failed: 0,
+            json,
+            progress,
+        }
+    }
+
+    fn label(&self, id: &str) -> String {
+        use unicode_width::UnicodeWidthStr;
+        let label = self.labels.get(id).map_or(id, String::as_str);
+        format!(
+            "{label}{}",
+            " ".repeat(self.width.saturating_sub(label.width()))
+        )
+    }
+
+    fn redraw(&mut self) {
+        let text = format!(
+            "run: {}/{} done, {} running, {} failed",
+            self.done, self.total, self.running, self.failed
+        );
+        self.progress.show(&text);
+    }
+
+    fn started(&mut self) {
+        self.running += 1;
+        self.redraw();
+    }
+
+    fn finished(&mut self, report: &Report) {
+        self.running -= 1;
+        self.done += 1;
+        if !report.outcome.succeeded() {
+            self.failed += 1;
+            if !self.json && !matches!(report.outcome, Outcome::Exited(_)) {
+                // Exit statuses are in the summary; say at once why an
+                // instance was not reached.
+                let text = format!("eic-connect: {}\n", report.outcome.describe());
+                self.line(&report.instance.id, Stream::Err, text.as_bytes());
+            }
+        }
+        self.redraw();
+    }
+
+    /// One line of a child's output, after its instance's label.
+    fn line(&mut self, id: &str, stream: Stream, bytes: &[u8]) {
+        self.progress.clear();
+        let mut text = format!("{} | ", self.label(id)).into_bytes();
+        text.extend_from_slice(bytes);
+        if !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        let _ = match stream {
+            Stream::Out => std::io::stdout().lock().write_all(&text),
+            Stream::Err => std::io::stderr().lock().write_all(&text),
+        };
+        self.redraw();
+    }
+
+    fn summary(&mut self, reports: &[Report]) {
+        let ok = reports.iter().filter(|r| r.outcome.succeeded()).count();
+        let mut text = format!(
+            "eic-connect: run: {ok} of {} instances succeeded",
+            reports.len()
+        );
+        let not_ok: Vec<&Report> = reports.iter().filter(|r| !r.outcome.succeeded()).collect();
+        if !not_ok.is_empty() {
+            text.push(':');
+        }
+        text.push('\n');
+        for r in not_ok {
+            text.push_str(&format!(
+                "  {}  {}  {}\n",
+                self.label(&r.instance.id),
+                r.instance.id,
+                r.outcome.describe()
+            ));
+        }
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+/// `run --json`: each instance as `list --json` shows it, plus how it fared.
+fn json_report(reports: &[Report], users: &BTreeMap<String, crate::osuser::Choice>) -> String {
+    let instances: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            let mut v = fleet::instance_json(&r.instance, users.get(&r.instance.id));
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("os_user".into(), r.user.clone().into());
+                obj.insert("status".into(), r.outcome.status_word().into());
+                let (code, signal, error) = match &r.outcome {
+                    Outcome::Exited(c) => (Some(*c), None, None),
+                    Outcome::Signalled(s) => (None, Some(*s), None),
+                    Outcome::TimedOut => (None, None, Some("timed out".to_owned())),
+                    Outcome::NotReached(why) => (None, None, Some(why.clone())),
+                };
+                obj.insert("exit_code".into(), code.into());
+                obj.insert("signal".into(), signal.into());
+                obj.insert("error".into(), error.into());
+                obj.insert("stdout".into(), String::from_utf8_lossy(&r.stdout).into());
+                obj.insert("stderr".into(), String::from_utf8_lossy(&r.stderr).into());
+                obj.insert("duration_ms".into(), (r.elapsed.as_millis() as u64).into());
+            }
+            v
+        })
+        .collect();
+    let count = |word: &str| {
+        reports
+            .iter()
+            .filter(|r| r.outcome.status_word() == word)
+            .count()
+    };
+    let summary = serde_json::json!({
+        "total": reports.len(),
+        "succeeded": count("succeeded"),
+        "failed": count("failed"),
+        "timed_out": count("timed-out"),
+        "not_reached": count("not-reached"),
+    });
+    fleet::json_text(&serde_json::json!({ "summary": summary, "instances": instances }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_words() {
+        assert!(Outcome::Exited(0).succeeded());
+        assert!(!Outcome::Exited(1).succeeded());
+        assert_eq!(Outcome::Exited(3).status_word(), "failed");
+        assert_eq!(Outcome::Signalled(9).status_word(), "failed");
+        assert_eq!(Outcome::TimedOut.status_word(), "timed-out");
+        assert_eq!(Outcome::NotReached("x".into()).describe(), "not reached: x");
+        assert!(
+            Outcome::Exited(255)
+                .describe()
+                .contains("ssh could not connect")
+        );
+    }
+}

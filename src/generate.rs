@@ -1,0 +1,96 @@
+//! Shell completions and the man page, generated from the same command
+//! definition that parses the command line, so they cannot drift from it.
+
+use std::io::Write;
+
+use crate::cli::Generate;
+
+/// Writes what `--generate` asks for to standard output.
+pub fn run(what: Generate) -> anyhow::Result<std::process::ExitCode> {
+    let mut out = Vec::new();
+    let mut cmd = crate::cli::command();
+    match what {
+        Generate::Bash => clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut cmd,
+            "eic-connect",
+            &mut out,
+        ),
+        Generate::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "eic-connect", &mut out)
+        }
+        Generate::Fish => clap_complete::generate(
+            clap_complete::Shell::Fish,
+            &mut cmd,
+            "eic-connect",
+            &mut out,
+        ),
+        Generate::Man => man_page(cmd, &mut out)?,
+    }
+    crate::error::print_stdout(&String::from_utf8_lossy(&out))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The man page: clap's sections (name, synopsis, options, subcommands),
+/// then what clap does not know: configuration, environment, files, exit
+/// status.
+fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let man = clap_mangen::Man::new(cmd);
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    out.write_all(EXTRA_SECTIONS.as_bytes())?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+const EXTRA_SECTIONS: &str = r#".SH CONFIGURATION
+Defaults are read from
+.I $XDG_CONFIG_HOME/eic-connect/config.toml
+(else
+.IR ~/.config/eic-connect/config.toml ;
+.B EIC_CONNECT_CONFIG
+names another file, or none when empty).
+Keys: region, profile, user, address (auto, public, private, ipv6),
+connect (auto, direct, eice), eice\-id, max\-tunnel\-duration,
+api\-timeout, verify\-host\-key.
+A table [alias.NAME] with target = "..." and any of those keys names an
+instance: eic\-connect NAME.
+.PP
+Precedence, highest first: the command line; the alias; the environment
+(EIC_CONNECT_*); the config file; AWS's own defaults (AWS_REGION,
+AWS_PROFILE, ~/.aws/config).
+.SH ENVIRONMENT
+.TP
+.B EIC_CONNECT_REGION, EIC_CONNECT_PROFILE, EIC_CONNECT_OS_USER, EIC_CONNECT_ADDRESS
+Defaults for \-\-region, \-\-profile, \-\-os\-user and the address choice.
+.TP
+.B EIC_CONNECT_PATH, EIC_CONNECT_EICE_ID, EIC_CONNECT_MAX_TUNNEL_DURATION
+Defaults for \-\-connect, \-\-eice\-id and \-\-max\-tunnel\-duration.
+.TP
+.B EIC_CONNECT_API_TIMEOUT, EIC_CONNECT_VERIFY_HOST_KEY, EIC_CONNECT_ALLOW_UNVERIFIED
+Defaults for \-\-api\-timeout, \-\-verify\-host\-key and \-\-allow\-unverified.
+.TP
+.B EIC_CONNECT_SSH
+The ssh program to run (default: ssh on PATH).
+.TP
+.B AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL, AWS_MAX_ATTEMPTS, HTTPS_PROXY, AWS_CA_BUNDLE
+The standard AWS settings.
+.SH FILES
+.TP
+.I ~/.local/state/eic\-connect/known_hosts
+Host keys, recorded under instance ids ($XDG_STATE_HOME if set).
+.TP
+.I ~/.config/eic\-connect/config.toml
+Defaults and aliases.
+.SH EXIT STATUS
+The remote command's status when ssh ran it (128+N if ssh died of signal
+N); 255 when eic\-connect or ssh could not connect; 2 for usage and
+configuration errors.
+.B run
+exits 0 when the command succeeded on every instance, 1 otherwise, 130
+when interrupted.
+"#;
