@@ -31,20 +31,83 @@ pub fn run(what: Generate) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// The man page: clap's sections (name, synopsis, options, subcommands),
-/// then what clap does not know: configuration, environment, files, exit
-/// status.
-fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let man = clap_mangen::Man::new(cmd);
+/// One man page: clap's sections (name, synopsis, options), every command
+/// with its own options, then what clap does not know: configuration,
+/// environment, files, exit status.
+fn man_page(mut cmd: clap::Command, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
     man.render_title(out)?;
     man.render_name_section(out)?;
     man.render_synopsis_section(out)?;
     man.render_description_section(out)?;
     man.render_options_section(out)?;
-    man.render_subcommands_section(out)?;
+    out.write_all(b".SH COMMANDS\n")?;
+    for sub in cmd
+        .get_subcommands_mut()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let usage = sub.render_usage().to_string();
+        writeln!(
+            out,
+            ".SS {}",
+            roff_text(usage.trim_start_matches("Usage: "))
+        )?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{}", roff_text(&about.to_string()))?;
+        }
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_global_set() && a.get_id() != "help")
+        {
+            let mut names: Vec<String> = Vec::new();
+            if let Some(short) = arg.get_short() {
+                names.push(format!("-{short}"));
+            }
+            if let Some(long) = arg.get_long() {
+                names.push(format!("--{long}"));
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let value = match arg.get_value_names() {
+                Some(v) if arg.get_action().takes_values() => format!(" {}", v.join(" ")),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                ".TP\n\\fB{}\\fR{}",
+                roff_text(&names.join(", ")),
+                roff_text(&value)
+            )?;
+            if let Some(help) = arg.get_help() {
+                writeln!(out, "{}", roff_text(&help.to_string()))?;
+            }
+        }
+        if let Some(after) = sub.get_after_help() {
+            writeln!(out, ".PP\n{}", roff_text(&after.to_string()))?;
+        }
+    }
     out.write_all(EXTRA_SECTIONS.as_bytes())?;
     man.render_version_section(out)?;
     Ok(())
+}
+
+/// Text made safe for roff: backslashes and hyphens escaped, no line
+/// starting with a control character.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 const EXTRA_SECTIONS: &str = r#".SH CONFIGURATION

@@ -823,3 +823,659 @@ fn sdk_sees_delays_and_bad_credentials() {
     assert_eq!(e.code(), Some("InvalidSignatureException"));
     assert_eq!(bed.signature_failures().len(), 1);
 }
+
+// ------------------------------------------------------ slots (fleet beds)
+
+#[test]
+fn bed_slots_are_checked() {
+    for slots in [0u8, 121] {
+        let r = std::panic::catch_unwind(|| {
+            TestBed::start_with(BedOptions {
+                slots,
+                ..Default::default()
+            })
+        });
+        assert!(r.is_err(), "a bed with {slots} slots must be refused");
+    }
+    // The default bed keeps its 15 slots (two sshd processes).
+    let bed = TestBed::start();
+    assert_eq!(bed.slots(), 15);
+    assert!(bed.dir().join("sshd_config.1").exists());
+    assert!(!bed.dir().join("sshd_config.2").exists());
+}
+
+#[test]
+fn bed_with_40_slots_serves_slot_40() {
+    let bed = TestBed::start_with(BedOptions {
+        slots: 40,
+        ..Default::default()
+    });
+    assert_eq!(bed.slots(), 40);
+    let all: Vec<_> = (1..=40)
+        .map(|k| bed.add_instance(InstanceSpec::named(&format!("node-{k}"))))
+        .collect();
+    let last = &all[39];
+    assert_eq!(
+        (
+            last.slot,
+            last.private_ip.as_str(),
+            last.public_ip.as_deref(),
+            last.private_dns_name.as_str()
+        ),
+        (
+            40,
+            "127.0.1.40",
+            Some("127.0.2.40"),
+            "ip-127-0-1-40.ec2.internal"
+        )
+    );
+    // The 41st does not fit (and the bed still works afterwards).
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bed.add_instance(InstanceSpec::named("one-too-many"))
+    }));
+    assert!(r.is_err(), "a 40-slot bed must refuse a 41st instance");
+    assert_eq!(bed.instances().len(), 40);
+
+    // 80 addresses (+ ::1) over 16-address sshd processes, with room for
+    // bursts of logins.
+    let config = std::fs::read_to_string(bed.dir().join("sshd_config.4")).expect("5th config");
+    assert!(config.contains("MaxStartups 500:30:1000"), "{config}");
+    assert!(
+        config.contains("Match LocalAddress 127.0.2.40\n"),
+        "{config}"
+    );
+
+    let user = bed.os_user();
+    let key = bed.generate_key("k40");
+    bed.push_key_directly(&last.id, &user, &key.public_key);
+    for host in ["127.0.2.40", "127.0.1.40"] {
+        let out = ssh(&bed, &key, &user, host);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{host}: {}\n{}",
+            explain(&out),
+            bed.sshd_log()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    }
+    // Slot 39 (another sshd process's neighbour address) is another instance.
+    assert_eq!(
+        ssh(&bed, &key, &user, "127.0.1.39").status.code(),
+        Some(255)
+    );
+}
+
+#[test]
+fn fleet_bed_of_120_slots_takes_100_simultaneous_logins() {
+    let started = std::time::Instant::now();
+    let bed = TestBed::start_with(BedOptions {
+        slots: 120,
+        ..Default::default()
+    });
+    let startup = started.elapsed();
+    eprintln!("120-slot bed started in {startup:?}");
+    assert!(
+        startup < Duration::from_secs(15),
+        "startup took {startup:?}"
+    );
+    assert!(
+        bed.dir().join("sshd_config.15").exists(),
+        "16 sshd processes"
+    );
+    let fleet: Vec<_> = (1..=120)
+        .map(|k| bed.add_instance(InstanceSpec::named(&format!("fleet-{k}"))))
+        .collect();
+    assert_eq!(fleet[119].private_ip, "127.0.1.120");
+    let user = bed.os_user();
+    let key = bed.generate_key("fleet");
+    // Log in to the last 100 at once, alternating private and public.
+    let targets = &fleet[20..];
+    for i in targets {
+        bed.push_key_directly(&i.id, &user, &key.public_key);
+    }
+    // Start ssh logins to all `hosts` at once; the failures.
+    let burst = |hosts: &[String]| -> Vec<String> {
+        let t = std::time::Instant::now();
+        let children: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                // The sftp subsystem (internal-sftp, ends at EOF on stdin)
+                // rather than a remote command: a shell would source the
+                // user's rc files (0.4 s of CPU each for root here), and what
+                // is at stake is sshd admitting many unauthenticated
+                // connections at once (MaxStartups). curve25519 alone for the
+                // same reason.
+                let child = bed
+                    .ssh_command_with(
+                        &key.private_key,
+                        &user,
+                        host,
+                        &["KexAlgorithms=curve25519-sha256"],
+                    )
+                    .args(["-s", "sftp"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn ssh");
+                (host, child)
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (host, child) in children {
+            let out = child.wait_with_output().expect("wait for ssh");
+            if out.status.code() != Some(0) {
+                failed.push(format!("{host}: {}", explain(&out)));
+            }
+        }
+        eprintln!("{} simultaneous logins took {:?}", hosts.len(), t.elapsed());
+        failed
+    };
+    let check = |failed: Vec<String>, n: usize| {
+        assert!(
+            failed.is_empty(),
+            "{} of {n} logins failed:\n{}\nsshd log tail:\n{}",
+            failed.len(),
+            failed.join("\n"),
+            bed.sshd_log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    };
+
+    // 100 instances, alternating private and public addresses: spread over
+    // the sshd processes.
+    let hosts: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(n, i)| {
+            if n % 2 == 0 {
+                i.private_ip.clone()
+            } else {
+                i.public_ip.clone().expect("public ip")
+            }
+        })
+        .collect();
+    check(burst(&hosts), 100);
+    let log = bed.sshd_log();
+    // Each on its own address, each authenticated with the pushed key.
+    for (n, i) in targets.iter().enumerate() {
+        let local = if n % 2 == 0 {
+            &i.private_ip
+        } else {
+            i.public_ip.as_ref().expect("public ip")
+        };
+        assert!(
+            log.contains(&format!(" on {local} port {}", bed.sshd_port())),
+            "no connection on {local}"
+        );
+    }
+    assert_eq!(log.matches("Accepted publickey for").count(), 100);
+
+    // 60 at once on one address, so one sshd process: the default
+    // MaxStartups (10:30:100) would drop many of these.
+    let hosts = vec![fleet[119].public_ip.clone().expect("public ip"); 60];
+    check(burst(&hosts), 60);
+}
+
+// -------------------------------------------- StartInstances / StopInstances
+
+#[test]
+fn start_instances_raw_xml_shape() {
+    let bed = TestBed::start();
+    let old = bed.add_instance(InstanceSpec::named("old-1").state("stopped"));
+    let body = format!(
+        "Action=StartInstances&Version=2016-11-15&InstanceId.1={}",
+        old.id
+    );
+    let (status, xml) = raw_ec2_post(&bed, &body, bed.secret_access_key());
+    assert_eq!(status, 200, "{xml}");
+    let want = format!(
+        "<StartInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>"
+    );
+    assert!(xml.contains(&want), "{xml}");
+    let want = format!(
+        "</requestId><instancesSet><item><instanceId>{}</instanceId><currentState><code>0</code><name>pending</name></currentState><previousState><code>80</code><name>stopped</name></previousState></item></instancesSet></StartInstancesResponse>",
+        old.id
+    );
+    assert!(xml.ends_with(&want), "{xml}");
+
+    let body = format!(
+        "Action=StopInstances&Version=2016-11-15&InstanceId.1={}",
+        old.id
+    );
+    let (status, xml) = raw_ec2_post(&bed, &body, bed.secret_access_key());
+    assert_eq!(status, 200, "{xml}");
+    let want = format!(
+        "<instancesSet><item><instanceId>{}</instanceId><currentState><code>64</code><name>stopping</name></currentState><previousState><code>0</code><name>pending</name></previousState></item></instancesSet></StopInstancesResponse>",
+        old.id
+    );
+    assert!(xml.contains("<StopInstancesResponse xmlns="), "{xml}");
+    assert!(xml.ends_with(&want), "{xml}");
+
+    // No InstanceId at all.
+    let (status, xml) = raw_ec2_post(
+        &bed,
+        "Action=StartInstances&Version=2016-11-15",
+        bed.secret_access_key(),
+    );
+    assert_eq!(status, 400, "{xml}");
+    assert!(xml.contains("<Code>MissingParameter</Code>"), "{xml}");
+    assert!(
+        bed.signature_failures().is_empty(),
+        "{:?}",
+        bed.signature_failures()
+    );
+}
+
+/// (instance id, current state, previous state) of a start/stop answer.
+fn changes(v: &[aws_sdk_ec2::types::InstanceStateChange]) -> Vec<(String, String, String)> {
+    v.iter()
+        .map(|c| {
+            let name = |s: Option<&aws_sdk_ec2::types::InstanceState>| {
+                s.and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            (
+                c.instance_id().unwrap_or_default().to_owned(),
+                name(c.current_state()),
+                name(c.previous_state()),
+            )
+        })
+        .collect()
+}
+
+fn st(id: &str, current: &str, previous: &str) -> (String, String, String) {
+    (id.to_owned(), current.to_owned(), previous.to_owned())
+}
+
+#[test]
+fn sdk_start_and_stop_instances() {
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+
+    let bed = TestBed::start();
+    // Wide enough for a loaded machine to check the pending/stopping states.
+    let delay = Duration::from_millis(2500);
+    bed.set_start_delay(delay);
+    let old = bed.add_instance(InstanceSpec::named("old-1").state("stopped"));
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let gone = bed.add_instance(InstanceSpec::named("gone").state("terminated"));
+    let spare = bed.add_instance(InstanceSpec::named("spare").state("stopped"));
+    let user = bed.os_user();
+    let key = bed.generate_key("k");
+    bed.push_key_directly(&old.id, &user, &key.public_key);
+    let public = old.public_ip.clone().expect("old-1 has a public IP");
+    let ec2 = ec2_client(&bed);
+    let rt = rt();
+    let state_in_describe = |id: &str| -> String {
+        let out = rt
+            .block_on(ec2.describe_instances().instance_ids(id).send())
+            .expect("describe");
+        out.reservations()[0].instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default()
+    };
+
+    // Stopped: no login.
+    assert_eq!(ssh(&bed, &key, &user, &public).status.code(), Some(255));
+
+    // Start: stopped -> pending (codes 0 / 80), still no login.
+    let t0 = std::time::Instant::now();
+    let out = rt
+        .block_on(ec2.start_instances().instance_ids(&old.id).send())
+        .expect("start");
+    let c = &out.starting_instances()[0];
+    assert_eq!(c.current_state().and_then(|s| s.code()), Some(0));
+    assert_eq!(c.previous_state().and_then(|s| s.code()), Some(80));
+    assert_eq!(
+        changes(out.starting_instances()),
+        vec![st(&old.id, "pending", "stopped")]
+    );
+    assert_eq!(bed.state_of(&old.id), "pending");
+    assert_eq!(state_in_describe(&old.id), "pending");
+    let out = ssh(&bed, &key, &user, &public);
+    assert!(t0.elapsed() < delay, "too slow to check the pending state");
+    assert_eq!(out.status.code(), Some(255), "pending: {}", explain(&out));
+    // Starting a pending instance again changes nothing.
+    let out = rt
+        .block_on(ec2.start_instances().instance_ids(&old.id).send())
+        .expect("start pending");
+    assert_eq!(
+        changes(out.starting_instances()),
+        vec![st(&old.id, "pending", "pending")]
+    );
+
+    // After the delay it is running, and sshd serves it even if nobody has
+    // asked the API in the meantime.
+    std::thread::sleep(delay.saturating_sub(t0.elapsed()) + Duration::from_millis(300));
+    let out = ssh(&bed, &key, &user, &public);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "running: {}\n{}",
+        explain(&out),
+        bed.sshd_log()
+    );
+    assert_eq!(state_in_describe(&old.id), "running");
+    assert_eq!(bed.instance(&old.id).expect("old-1").state, "running");
+
+    // Start a running + a stopped one together.
+    let out = rt
+        .block_on(
+            ec2.start_instances()
+                .instance_ids(&old.id)
+                .instance_ids(&spare.id)
+                .send(),
+        )
+        .expect("start two");
+    assert_eq!(
+        changes(out.starting_instances()),
+        vec![
+            st(&old.id, "running", "running"),
+            st(&spare.id, "pending", "stopped")
+        ]
+    );
+
+    // Stop: running -> stopping (no more logins) -> stopped.
+    let t1 = std::time::Instant::now();
+    let out = rt
+        .block_on(ec2.stop_instances().instance_ids(&old.id).send())
+        .expect("stop");
+    assert_eq!(
+        changes(out.stopping_instances()),
+        vec![st(&old.id, "stopping", "running")]
+    );
+    assert_eq!(
+        out.stopping_instances()[0]
+            .current_state()
+            .and_then(|s| s.code()),
+        Some(64)
+    );
+    assert_eq!(ssh(&bed, &key, &user, &public).status.code(), Some(255));
+    // A stopping instance cannot be started.
+    let e = rt
+        .block_on(ec2.start_instances().instance_ids(&old.id).send())
+        .expect_err("start stopping");
+    assert!(t1.elapsed() < delay, "too slow to check the stopping state");
+    assert_eq!(e.code(), Some("IncorrectInstanceState"));
+    assert_eq!(
+        e.message(),
+        Some(
+            format!(
+                "The instance '{}' is not in a state from which it can be started.",
+                old.id
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(400));
+    std::thread::sleep(delay.saturating_sub(t1.elapsed()) + Duration::from_millis(100));
+    assert_eq!(bed.state_of(&old.id), "stopped");
+    assert_eq!(bed.state_of(&spare.id), "running");
+    // Stopping a stopped instance is a no-op.
+    let out = rt
+        .block_on(ec2.stop_instances().instance_ids(&old.id).send())
+        .expect("stop stopped");
+    assert_eq!(
+        changes(out.stopping_instances()),
+        vec![st(&old.id, "stopped", "stopped")]
+    );
+
+    // Terminated: neither; and a request with one bad instance changes none.
+    for start in [true, false] {
+        let r = if start {
+            rt.block_on(ec2.start_instances().instance_ids(&gone.id).send())
+                .map(|_| ())
+                .map_err(|e| e.code().map(str::to_owned))
+        } else {
+            rt.block_on(ec2.stop_instances().instance_ids(&gone.id).send())
+                .map(|_| ())
+                .map_err(|e| e.code().map(str::to_owned))
+        };
+        assert_eq!(r, Err(Some("IncorrectInstanceState".to_owned())));
+    }
+    let e = rt
+        .block_on(
+            ec2.stop_instances()
+                .instance_ids(&web.id)
+                .instance_ids(&gone.id)
+                .send(),
+        )
+        .expect_err("stop running + terminated");
+    assert_eq!(e.code(), Some("IncorrectInstanceState"));
+    assert!(
+        e.message().is_some_and(|m| m.contains("can be stopped")),
+        "{e:?}"
+    );
+    assert_eq!(bed.state_of(&web.id), "running");
+
+    // Unknown, malformed, dry run.
+    let e = rt
+        .block_on(
+            ec2.start_instances()
+                .instance_ids("i-0123456789abcdef0")
+                .send(),
+        )
+        .expect_err("unknown");
+    assert_eq!(e.code(), Some("InvalidInstanceID.NotFound"));
+    let e = rt
+        .block_on(
+            ec2.stop_instances()
+                .instance_ids("i-0123456789abcdef0")
+                .send(),
+        )
+        .expect_err("unknown");
+    assert_eq!(e.code(), Some("InvalidInstanceID.NotFound"));
+    let e = rt
+        .block_on(ec2.start_instances().instance_ids("old-1").send())
+        .expect_err("malformed");
+    assert_eq!(e.code(), Some("InvalidInstanceID.Malformed"));
+    let e = rt
+        .block_on(
+            ec2.stop_instances()
+                .instance_ids(&web.id)
+                .dry_run(true)
+                .send(),
+        )
+        .expect_err("dry run");
+    assert_eq!(e.code(), Some("DryRunOperation"));
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412));
+    assert_eq!(bed.state_of(&web.id), "running");
+
+    // Injected failures and delays apply as to any action.
+    bed.fail_next("StartInstances", "UnauthorizedOperation", 1);
+    let e = rt
+        .block_on(ec2.start_instances().instance_ids(&old.id).send())
+        .expect_err("injected");
+    assert_eq!(e.code(), Some("UnauthorizedOperation"));
+    assert_eq!(bed.state_of(&old.id), "stopped");
+
+    // With no delay the instance is running by the next look.
+    bed.set_start_delay(Duration::ZERO);
+    let out = rt
+        .block_on(ec2.start_instances().instance_ids(&old.id).send())
+        .expect("start, no delay");
+    assert_eq!(
+        changes(out.starting_instances()),
+        vec![st(&old.id, "pending", "stopped")]
+    );
+    assert_eq!(state_in_describe(&old.id), "running");
+    assert_eq!(ssh(&bed, &key, &user, &public).status.code(), Some(0));
+
+    // set_state cancels a transition in progress.
+    bed.set_start_delay(Duration::from_millis(300));
+    rt.block_on(ec2.stop_instances().instance_ids(&web.id).send())
+        .expect("stop web");
+    bed.set_state(&web.id, "running");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bed.state_of(&web.id), "running");
+
+    assert!(
+        bed.signature_failures().is_empty(),
+        "{:?}",
+        bed.signature_failures()
+    );
+    let starts = bed.requests_for("StartInstances");
+    assert_eq!(starts.len(), 9, "{starts:?}");
+    assert_eq!(
+        starts[2].list("InstanceId"),
+        vec![old.id.clone(), spare.id.clone()]
+    );
+}
+
+// ------------------------------------------------------------- throttling
+
+#[test]
+fn rate_limits_throttle_like_aws() {
+    use aws_sdk_ec2instanceconnect::error::ProvideErrorMetadata as _;
+
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let old = bed.add_instance(InstanceSpec::named("old-1").state("stopped"));
+    let key = bed.generate_key("k");
+    let user = bed.os_user();
+    let eic = eic_client(&bed, None);
+    let ec2 = ec2_client(&bed);
+    let rt = rt();
+    let push = || {
+        rt.block_on(
+            eic.send_ssh_public_key()
+                .instance_id(&web.id)
+                .instance_os_user(&user)
+                .ssh_public_key(&key.public_key)
+                .send(),
+        )
+    };
+
+    // EC2 Instance Connect: a burst of 3, then ThrottlingException in JSON.
+    bed.set_rate_limit("SendSSHPublicKey", 0.5, 3);
+    for n in 0..3 {
+        push().unwrap_or_else(|e| panic!("push {n}: {e:?}"));
+    }
+    let e = push().expect_err("4th push is throttled");
+    assert_eq!(e.code(), Some("ThrottlingException"));
+    assert_eq!(e.message(), Some("Rate exceeded"));
+    let raw = e.raw_response().expect("raw response");
+    assert_eq!(raw.status().as_u16(), 400);
+    assert_eq!(
+        raw.headers().get("x-amzn-ErrorType"),
+        Some("ThrottlingException")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(raw.body().bytes().expect("body")).expect("JSON body");
+    assert_eq!(body["__type"], "ThrottlingException");
+    assert!(e.into_service_error().is_throttling_exception());
+    assert_eq!(bed.pushes().len(), 3, "a throttled push does nothing");
+    assert_eq!(bed.throttled("SendSSHPublicKey"), 1);
+
+    // A token comes back after two seconds. A request failing SigV4 is
+    // refused for that, and does not use the token up.
+    std::thread::sleep(Duration::from_millis(2100));
+    let bad = {
+        use aws_sdk_ec2instanceconnect::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_ec2instanceconnect::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(bed.region().to_owned()))
+            .endpoint_url(bed.endpoint())
+            .credentials_provider(Credentials::new(
+                bed.access_key_id(),
+                "wrong",
+                None,
+                None,
+                "t",
+            ))
+            .retry_config(aws_sdk_ec2instanceconnect::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_ec2instanceconnect::Client::from_conf(conf)
+    };
+    let e = rt
+        .block_on(
+            bad.send_ssh_public_key()
+                .instance_id(&web.id)
+                .instance_os_user(&user)
+                .ssh_public_key(&key.public_key)
+                .send(),
+        )
+        .expect_err("bad signature");
+    assert_eq!(e.code(), Some("InvalidSignatureException"));
+    push().expect("refilled token");
+    let e = push().expect_err("bucket empty again");
+    assert_eq!(e.code(), Some("ThrottlingException"));
+    assert_eq!(bed.throttled("SendSSHPublicKey"), 2);
+    assert_eq!(bed.pushes().len(), 4);
+    assert_eq!(bed.signature_failures().len(), 1);
+    let calls = bed.requests_for("SendSSHPublicKey");
+    let codes: Vec<Option<&str>> = calls.iter().map(|c| c.error_code.as_deref()).collect();
+    assert_eq!(
+        codes,
+        vec![
+            None,
+            None,
+            None,
+            Some("ThrottlingException"),
+            Some("InvalidSignatureException"),
+            None,
+            Some("ThrottlingException")
+        ]
+    );
+
+    // EC2: no refill, burst 2, then RequestLimitExceeded (503) in XML.
+    bed.set_rate_limit("DescribeInstances", 0.0, 2);
+    let body = "Action=DescribeInstances&Version=2016-11-15";
+    for _ in 0..2 {
+        let (status, xml) = raw_ec2_post(&bed, body, bed.secret_access_key());
+        assert_eq!(status, 200, "{xml}");
+    }
+    let (status, xml) = raw_ec2_post(&bed, body, bed.secret_access_key());
+    assert_eq!(status, 503, "{xml}");
+    assert!(
+        xml.contains("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>"),
+        "{xml}"
+    );
+    // Signature first, here too.
+    let (status, xml) = raw_ec2_post(&bed, body, "wrong-secret");
+    assert_eq!(status, 403, "{xml}");
+    {
+        use aws_sdk_ec2::error::ProvideErrorMetadata;
+        let e = rt
+            .block_on(ec2.describe_instances().send())
+            .expect_err("SDK sees the throttle");
+        assert_eq!(e.code(), Some("RequestLimitExceeded"));
+        assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(503));
+    }
+    assert_eq!(bed.throttled("DescribeInstances"), 2);
+    assert_eq!(
+        bed.requests_for("DescribeInstances")
+            .iter()
+            .filter(|c| c.error_code.as_deref() == Some("RequestLimitExceeded"))
+            .count(),
+        2
+    );
+    // Other actions are not limited; clearing the limit lifts it.
+    push().expect_err("SendSSHPublicKey is still limited on its own");
+    bed.clear_rate_limit("DescribeInstances");
+    rt.block_on(ec2.describe_instances().send())
+        .expect("limit cleared");
+
+    // A throttled StartInstances starts nothing.
+    bed.set_rate_limit("StartInstances", 0.0, 0);
+    {
+        use aws_sdk_ec2::error::ProvideErrorMetadata;
+        let e = rt
+            .block_on(ec2.start_instances().instance_ids(&old.id).send())
+            .expect_err("throttled start");
+        assert_eq!(e.code(), Some("RequestLimitExceeded"));
+    }
+    assert_eq!(bed.state_of(&old.id), "stopped");
+    assert_eq!(bed.throttled("StartInstances"), 1);
+
+    // clear_records forgets the counts.
+    bed.clear_records();
+    assert_eq!(bed.throttled("SendSSHPublicKey"), 0);
+}

@@ -329,9 +329,13 @@ pub fn ensure_running(instance: &InstanceInfo) -> anyhow::Result<()> {
                 .hint("try again in a few seconds"),
         ),
         "stopped" | "stopping" => fail(
-            Failure::new(format!("instance {id} is {}", instance.state)).hint(format!(
-                "start it: aws ec2 start-instances --instance-ids {id}"
-            )),
+            Failure::new(format!("instance {id} is {}", instance.state))
+                .hint(format!(
+                    "start it: aws ec2 start-instances --instance-ids {id}"
+                ))
+                .hint(
+                    "or add --start: eic-connect then starts it, waits until it runs, and connects",
+                ),
         ),
         other => fail(Failure::new(format!(
             "instance {id} is {other}; only running instances can be connected to"

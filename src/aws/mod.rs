@@ -105,6 +105,8 @@ impl Clients {
 /// Fewest attempts per call for fleets (`run`): a hundred pushes at once
 /// meet the API's rate limits, and waiting beats failing.
 const FLEET_MIN_ATTEMPTS: u32 = 10;
+/// Longest one call may take, retries and rate limiting included, in fleets.
+const FLEET_OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl Clients {
     /// Clients for many calls at once: adaptive retries, whose client-side
@@ -119,7 +121,19 @@ impl Clients {
         let retry = RetryConfig::adaptive()
             .with_max_attempts(attempts)
             .with_max_backoff(Duration::from_secs(10));
-        let config = config.to_builder().retry_config(retry).build();
+        // The client-side rate limiter's waits count towards a call's
+        // time: allow for them (each attempt keeps its own limit).
+        let timeouts = config
+            .timeout_config()
+            .map(|t| t.to_builder())
+            .unwrap_or_default()
+            .operation_timeout(FLEET_OPERATION_TIMEOUT)
+            .build();
+        let config = config
+            .to_builder()
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .build();
         Clients::new(&config, settings)
     }
 }

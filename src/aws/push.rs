@@ -20,21 +20,52 @@ pub async fn push_key(
     os_user: &str,
     public_key: &str,
 ) -> anyhow::Result<()> {
-    let result = clients
-        .eic
-        .send_ssh_public_key()
-        .instance_id(instance_id)
-        .instance_os_user(os_user)
-        .ssh_public_key(public_key)
-        .send()
-        .await;
-    match result {
-        Ok(out) if out.success() => Ok(()),
-        Ok(out) => anyhow::bail!(
-            "EC2 Instance Connect did not accept the key (request {})",
-            out.request_id().unwrap_or("unknown")
-        ),
-        Err(err) => Err(from_sdk(
+    push_key_within(clients, instance_id, os_user, public_key, Duration::ZERO).await
+}
+
+/// [`push_key`], but a push still throttled after the SDK's own retries is
+/// sent again, after a growing, jittered pause, until `patience` has
+/// passed. For fleets: a hundred pushes at once outlast the SDK's retry
+/// budget, and waiting a little beats failing.
+pub async fn push_key_within(
+    clients: &Clients,
+    instance_id: &str,
+    os_user: &str,
+    public_key: &str,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let result = clients
+            .eic
+            .send_ssh_public_key()
+            .instance_id(instance_id)
+            .instance_os_user(os_user)
+            .ssh_public_key(public_key)
+            .send()
+            .await;
+        let err = match result {
+            Ok(out) if out.success() => return Ok(()),
+            Ok(out) => anyhow::bail!(
+                "EC2 Instance Connect did not accept the key (request {})",
+                out.request_id().unwrap_or("unknown")
+            ),
+            Err(err) => err,
+        };
+        let throttled =
+            err.as_service_error().and_then(|e| e.meta().code()) == Some("ThrottlingException");
+        if throttled && started.elapsed() + pause < patience {
+            tracing::debug!(
+                instance = instance_id,
+                pause_ms = pause.as_millis() as u64,
+                "push throttled; waiting"
+            );
+            tokio::time::sleep(jittered(pause)).await;
+            pause = (pause * 2).min(Duration::from_secs(8));
+            continue;
+        }
+        return Err(from_sdk(
             err,
             &Attempt {
                 op: "SendSSHPublicKey",
@@ -42,8 +73,16 @@ pub async fn push_key(
                 instance_id: Some(instance_id),
                 os_user: Some(os_user),
             },
-        )),
+        ));
     }
+}
+
+/// Between half and all of `pause`, so that many waiting pushes spread out.
+fn jittered(pause: Duration) -> Duration {
+    let fraction = f64::from(ssh_key::rand_core::RngCore::next_u32(
+        &mut ssh_key::rand_core::OsRng,
+    )) / f64::from(u32::MAX);
+    pause.mul_f64(0.5 + fraction / 2.0)
 }
 
 /// Retries the service's transient errors besides the SDK's defaults

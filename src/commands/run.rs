@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::agent::{Agent, RuntimeDir};
 use crate::aws::ec2::{self, InstanceInfo};
-use crate::aws::push::{KEY_LIFETIME, push_key};
+use crate::aws::push::{KEY_LIFETIME, push_key_within};
 use crate::aws::{self, AwsSettings, Clients};
 use crate::cli::{AwsArgs, PathArgs, RunArgs};
 use crate::config::Defaults;
@@ -27,6 +27,8 @@ use crate::target::{AddressChoice, Target, choose_address};
 
 /// Exit status when some instance did not succeed.
 const EXIT_SOME_FAILED: u8 = 1;
+/// How long one instance's push may keep meeting throttling.
+const PUSH_PATIENCE: Duration = Duration::from_secs(120);
 /// Exit status after Ctrl-C or SIGTERM, as a shell reports SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -284,7 +286,14 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
     )
     .await?;
     let key = EphemeralKey::generate()?;
-    push_key(clients, &instance.id, &report.user, key.public_openssh()).await?;
+    push_key_within(
+        clients,
+        &instance.id,
+        &report.user,
+        key.public_openssh(),
+        PUSH_PATIENCE,
+    )
+    .await?;
     let dir = RuntimeDir::create()?;
     let agent = Agent::start(key, &dir, KEY_LIFETIME)?;
     let host = route

@@ -1,15 +1,27 @@
-//! The AWS API stand-in: EC2 `DescribeInstances` (Query protocol, XML) and
-//! EC2 Instance Connect `SendSSHPublicKey` / `SendSerialConsoleSSHPublicKey`
-//! (AWS JSON 1.1), with SigV4 verification, error injection, delays and a
-//! record of every call.
+//! The AWS API stand-in: EC2 `DescribeInstances`, `StartInstances` and
+//! `StopInstances` (Query protocol, XML) and EC2 Instance Connect
+//! `SendSSHPublicKey` / `SendSerialConsoleSSHPublicKey` (AWS JSON 1.1), with
+//! SigV4 verification, per-action token-bucket throttling, error injection,
+//! delays and a record of every call.
 //!
 //! All state sits behind one `std::sync::Mutex` that is never held across an
 //! `.await`: handlers are synchronous and return a response plus a delay.
+//!
+//! Order of checks for every call: SigV4, then the rate limit (a throttled
+//! call does nothing), then a malformed body, then injected failures, then
+//! the operation.
+//!
+//! Instance state transitions started by StartInstances / StopInstances
+//! (pending → running, stopping → stopped) complete after the start delay of
+//! real time. They are applied whenever the state is locked ([`Api::lock`]),
+//! so every reader sees them on time, and a timer thread also applies them
+//! when due, so sshd's address map (`addr/<ip>`) follows without any API
+//! call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::http::{Request, Response};
 use super::sigv4;
@@ -18,6 +30,9 @@ use super::timefmt;
 pub const EC2_XMLNS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
 /// How long a pushed key stays valid (EC2 Instance Connect: 60 s).
 pub const KEY_LIFETIME_SECS: i64 = 60;
+/// Default time StartInstances / StopInstances take to reach running /
+/// stopped (see `TestBed::set_start_delay`).
+pub const DEFAULT_START_DELAY: Duration = Duration::from_secs(1);
 const EIC_TARGET_PREFIX: &str = "AWSEC2InstanceConnectService.";
 
 /// Which protocol/service a call came in on.
@@ -123,6 +138,15 @@ pub struct InstanceRec {
     pub platform_details: String,
     pub launch_time: i64,
     pub eni_id: String,
+    /// A state change in progress (set by StartInstances / StopInstances).
+    pub transition: Option<Transition>,
+}
+
+/// `state` becomes `to` at `at` (real time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub to: String,
+    pub at: Instant,
 }
 
 impl InstanceRec {
@@ -152,6 +176,61 @@ impl InstanceRec {
         v.extend(self.public_ip.clone());
         v.extend(self.ipv6.clone());
         v
+    }
+}
+
+/// Write/remove `dir/addr/<ip>` files so sshd serves keys for the instance
+/// exactly on its addresses while it is running.
+pub fn sync_addresses(dir: &Path, rec: &InstanceRec) -> std::io::Result<()> {
+    let reachable = rec.reachable_addresses();
+    let mut all = vec![rec.private_ip.clone()];
+    all.extend(rec.public_ip.clone());
+    all.extend(rec.ipv6.clone());
+    for a in all {
+        let path = dir.join("addr").join(&a);
+        if reachable.contains(&a) {
+            write_atomic(&path, rec.id.as_bytes())?;
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A token bucket for one action (see `TestBed::set_rate_limit`).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(per_second: f64, burst: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            burst,
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+    /// Refill for the time passed, then take a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(f64::from(self.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -187,11 +266,21 @@ pub struct State {
     pub signature_failures: Vec<String>,
     /// NextToken -> (request fingerprint, offset).
     pub tokens: HashMap<String, (String, usize)>,
+    /// How long pending → running and stopping → stopped take.
+    pub start_delay: Duration,
+    /// action -> token bucket.
+    pub rate_limits: HashMap<String, RateLimit>,
+    /// action -> number of calls answered with a throttling error.
+    pub throttled: HashMap<String, usize>,
+    /// Set when the bed shuts down: no more address-file writes.
+    pub closed: bool,
 }
 
 pub struct Api {
     pub config: Config,
     pub state: Mutex<State>,
+    /// Itself, for the transition timer threads.
+    me: Weak<Api>,
 }
 
 /// An error answer: (HTTP status, code, message).
@@ -202,16 +291,52 @@ fn err(status: u16, code: &str, msg: impl Into<String>) -> ApiError {
 }
 
 impl Api {
-    pub fn new(config: Config) -> Api {
-        Api {
+    pub fn new(config: Config) -> Arc<Api> {
+        Arc::new_cyclic(|me| Api {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                start_delay: DEFAULT_START_DELAY,
+                ..State::default()
+            }),
+            me: me.clone(),
+        })
+    }
+
+    /// Lock the state, first completing any due state transitions.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panicking test thread must not wedge every later call.
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_transitions(&mut st);
+        st
+    }
+
+    /// Complete the transitions that are due, keeping `addr/` in sync.
+    fn apply_transitions(&self, st: &mut State) {
+        if st.closed {
+            return;
+        }
+        let now = Instant::now();
+        for rec in &mut st.instances {
+            if let Some(t) = rec.transition.take_if(|t| t.at <= now) {
+                rec.state = t.to;
+                // Errors only when the bed dir is going away.
+                let _ = sync_addresses(&self.config.dir, rec);
+            }
         }
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panicking test thread must not wedge every later call.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Apply transitions at `at` even if nobody looks at the state then, so
+    /// sshd starts/stops serving the instance on time.
+    fn schedule_transitions(&self, at: Instant) {
+        let me = self.me.clone();
+        let _ = std::thread::Builder::new()
+            .name("testbed-transition".into())
+            .spawn(move || {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                if let Some(api) = me.upgrade() {
+                    drop(api.lock());
+                }
+            });
     }
 
     /// Bed-clock "now" in epoch seconds.
@@ -260,19 +385,29 @@ impl Api {
                 .push(format!("{} {action}: {e}", service.signing_name()));
             st.requests[idx].auth_error = Some(e.to_string());
             Err(auth_error(service, &e))
+        } else if st.rate_limits.get_mut(&action).is_some_and(|b| !b.take()) {
+            // 2. Throttled: nothing happens.
+            *st.throttled.entry(action.clone()).or_default() += 1;
+            Err(throttling_error(service))
         } else if let Some(pe) = parse_error {
             Err(pe)
         } else if let Some(code) = st.failures.get_mut(&action).and_then(VecDeque::pop_front) {
-            // 2. Injected failure.
+            // 3. Injected failure.
             let status = match service {
                 Service::Ec2 => ec2_status(&code),
                 Service::InstanceConnect => eic_status(&code),
             };
             Err((status, code.clone(), default_message(&code)))
         } else {
-            // 3. The operation itself.
+            // 4. The operation itself.
             match (service, action.as_str()) {
                 (Service::Ec2, "DescribeInstances") => self.describe_instances(&mut st, &params),
+                (Service::Ec2, "StartInstances") => {
+                    self.start_stop_instances(&mut st, &params, true)
+                }
+                (Service::Ec2, "StopInstances") => {
+                    self.start_stop_instances(&mut st, &params, false)
+                }
                 (Service::Ec2, "") => Err(err(
                     400,
                     "MissingAction",
@@ -360,42 +495,7 @@ impl Api {
             ));
         }
 
-        // Instance ids: malformed first, then existence (all missing ones listed).
-        for id in &ids {
-            if !is_ec2_instance_id(id) {
-                return Err(err(
-                    400,
-                    "InvalidInstanceID.Malformed",
-                    format!("Invalid id: \"{id}\""),
-                ));
-            }
-        }
-        let missing: Vec<&String> = ids
-            .iter()
-            .filter(|id| !st.instances.iter().any(|i| &i.id == *id))
-            .collect();
-        match missing.as_slice() {
-            [] => {}
-            [one] => {
-                return Err(err(
-                    400,
-                    "InvalidInstanceID.NotFound",
-                    format!("The instance ID '{one}' does not exist"),
-                ));
-            }
-            many => {
-                let list = many
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(err(
-                    400,
-                    "InvalidInstanceID.NotFound",
-                    format!("The instance IDs '{list}' do not exist"),
-                ));
-            }
-        }
+        check_instance_ids(st, &ids)?;
         for (name, values) in &filters {
             if !filter_name_known(name) {
                 return Err(err(
@@ -480,6 +580,120 @@ impl Api {
             el(&mut x, "nextToken", &tok);
         }
         x.push_str("</DescribeInstancesResponse>");
+        Ok(Response::new(200, "text/xml;charset=UTF-8", x))
+    }
+
+    /// StartInstances (`start`) or StopInstances: `InstanceId.N`, all
+    /// checked before any is changed, as EC2 does.
+    fn start_stop_instances(
+        &self,
+        st: &mut State,
+        params: &BTreeMap<String, String>,
+        start: bool,
+    ) -> Result<Response, ApiError> {
+        if params.get("DryRun").is_some_and(|v| v == "true") {
+            return Err(err(
+                412,
+                "DryRunOperation",
+                "Request would have succeeded, but DryRun flag is set.",
+            ));
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for (_, id) in indexed(params, "InstanceId") {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(err(
+                400,
+                "MissingParameter",
+                "The request must contain the parameter InstanceId",
+            ));
+        }
+        check_instance_ids(st, &ids)?;
+        let find = |st: &State, id: &str| {
+            st.instances
+                .iter()
+                .position(|i| i.id == id)
+                .expect("checked above")
+        };
+        for id in &ids {
+            let state = st.instances[find(st, id)].state.as_str();
+            let ok = if start {
+                matches!(state, "stopped" | "pending" | "running")
+            } else {
+                matches!(state, "running" | "pending" | "stopping" | "stopped")
+            };
+            if !ok {
+                let verb = if start { "started" } else { "stopped" };
+                return Err(err(
+                    400,
+                    "IncorrectInstanceState",
+                    format!("The instance '{id}' is not in a state from which it can be {verb}."),
+                ));
+            }
+        }
+
+        let now = Instant::now();
+        let due = now + st.start_delay;
+        let launch = self.now(st);
+        let mut changed = false;
+        let mut items = Vec::new();
+        for id in &ids {
+            let i = find(st, id);
+            let rec = &mut st.instances[i];
+            let previous = rec.state.clone();
+            let (current, then) = match (start, previous.as_str()) {
+                (true, "stopped") => ("pending", "running"),
+                (false, "running" | "pending") => ("stopping", "stopped"),
+                _ => {
+                    items.push((id.clone(), previous.clone(), previous));
+                    continue;
+                }
+            };
+            rec.state = current.to_owned();
+            rec.transition = Some(Transition {
+                to: then.to_owned(),
+                at: due,
+            });
+            if start {
+                rec.launch_time = launch;
+            }
+            sync_addresses(&self.config.dir, rec)
+                .map_err(|e| err(500, "InternalError", format!("bed: {e}")))?;
+            changed = true;
+            items.push((id.clone(), current.to_owned(), previous));
+        }
+        if changed {
+            if st.start_delay.is_zero() {
+                self.apply_transitions(st);
+            } else {
+                self.schedule_transitions(due);
+            }
+        }
+
+        let op = if start {
+            "StartInstancesResponse"
+        } else {
+            "StopInstancesResponse"
+        };
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        x.push_str(&format!("<{op} xmlns=\"{EC2_XMLNS}\">"));
+        el(&mut x, "requestId", &uuid_like());
+        x.push_str("<instancesSet>");
+        for (id, current, previous) in &items {
+            x.push_str("<item>");
+            el(&mut x, "instanceId", id);
+            for (tag, state) in [("currentState", current), ("previousState", previous)] {
+                x.push_str(&format!("<{tag}>"));
+                el(&mut x, "code", &state_code(state).unwrap_or(0).to_string());
+                el(&mut x, "name", state);
+                x.push_str(&format!("</{tag}>"));
+            }
+            x.push_str("</item>");
+        }
+        x.push_str(&format!("</instancesSet></{op}>"));
         Ok(Response::new(200, "text/xml;charset=UTF-8", x))
     }
 
@@ -697,6 +911,44 @@ impl Api {
             ));
         }
         Ok(inst.clone())
+    }
+}
+
+/// EC2's instance-id checks: malformed ids first, then existence (all
+/// missing ones listed).
+fn check_instance_ids(st: &State, ids: &[String]) -> Result<(), ApiError> {
+    for id in ids {
+        if !is_ec2_instance_id(id) {
+            return Err(err(
+                400,
+                "InvalidInstanceID.Malformed",
+                format!("Invalid id: \"{id}\""),
+            ));
+        }
+    }
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !st.instances.iter().any(|i| &i.id == *id))
+        .collect();
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => Err(err(
+            400,
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{one}' does not exist"),
+        )),
+        many => {
+            let list = many
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(err(
+                400,
+                "InvalidInstanceID.NotFound",
+                format!("The instance IDs '{list}' do not exist"),
+            ))
+        }
     }
 }
 
@@ -1156,6 +1408,21 @@ fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         ),
     }
+}
+
+/// The answer to a call over its action's rate limit, as each service
+/// throttles: EC2 `RequestLimitExceeded` (503, XML), EC2 Instance Connect
+/// `ThrottlingException` (JSON 1.1, status per [`eic_status`]).
+fn throttling_error(service: Service) -> ApiError {
+    let code = match service {
+        Service::Ec2 => "RequestLimitExceeded",
+        Service::InstanceConnect => "ThrottlingException",
+    };
+    let status = match service {
+        Service::Ec2 => ec2_status(code),
+        Service::InstanceConnect => eic_status(code),
+    };
+    err(status, code, default_message(code))
 }
 
 /// HTTP status EC2 uses for an error code (Query protocol).

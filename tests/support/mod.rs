@@ -16,6 +16,24 @@
 //! so tests can run in parallel (threads or processes). The API is blocking:
 //! the stand-in runs on its own tokio runtime on a background thread.
 //!
+//! A bed holds 15 instances by default; `BedOptions { slots: 100, .. }`
+//! makes room for up to 120 (127.0.1.1-120 / 127.0.2.1-120; sshd is then 16
+//! processes, and accepts bursts of ~100 simultaneous logins).
+//!
+//! Besides DescribeInstances, the EC2 stand-in answers StartInstances and
+//! StopInstances: stopped → pending → running and running/pending →
+//! stopping → stopped, each second step after [`TestBed::set_start_delay`]
+//! (default 1 s) of real time; sshd serves an instance only while running.
+//! [`TestBed::state_of`] reads the current state.
+//!
+//! Throttling: [`TestBed::set_rate_limit`] puts a token bucket on an action;
+//! calls without a token get the service's own throttling error
+//! (`RequestLimitExceeded`, HTTP 503, XML, for EC2; `ThrottlingException`,
+//! JSON 1.1, for EC2 Instance Connect), do nothing, are recorded in
+//! [`TestBed::requests`] with that error code and are counted by
+//! [`TestBed::throttled`]. The order of checks is: SigV4, rate limit,
+//! injected failures ([`TestBed::fail_next`]), the operation.
+//!
 //! Layout of `bed.dir()`:
 //! `home/` `tmp/` `run/` (for the command under test), `akc.sh`,
 //! `sshd_config.N`, `sshd.log`, `ssh_host_ed25519_key`, `addr/<ip>` (instance
@@ -57,6 +75,10 @@ pub struct BedOptions {
     pub session_token: Option<String>,
     /// Listen on [::1] too, if the machine has IPv6 loopback (default true).
     pub ipv6: bool,
+    /// How many instances the bed can hold, 1..=120 (default 15). sshd
+    /// listens on 127.0.1.k and 127.0.2.k for k in 1..=slots, 16 addresses
+    /// per sshd process.
+    pub slots: u8,
 }
 
 impl Default for BedOptions {
@@ -65,6 +87,7 @@ impl Default for BedOptions {
             region: "us-east-1".into(),
             session_token: None,
             ipv6: true,
+            slots: sshd::SLOTS,
         }
     }
 }
@@ -229,6 +252,7 @@ pub struct TestBed {
     user: String,
     host_public_key: String,
     ipv6: bool,
+    slots: u8,
     // Dropped last (fields drop in order, after `Drop::drop`).
     dir: tempfile::TempDir,
 }
@@ -240,6 +264,12 @@ impl TestBed {
     }
 
     pub fn start_with(opts: BedOptions) -> TestBed {
+        assert!(
+            (1..=sshd::MAX_SLOTS).contains(&opts.slots),
+            "BedOptions::slots must be 1..={}, not {}",
+            sshd::MAX_SLOTS,
+            opts.slots
+        );
         let dir = tempfile::Builder::new()
             .prefix("eic-testbed-")
             .tempdir()
@@ -296,7 +326,7 @@ impl TestBed {
             security_group_id: format!("sg-{}", api::random_hex(17)),
             dir: d.to_path_buf(),
         };
-        let api = Arc::new(Api::new(config));
+        let api = Api::new(config);
 
         // API stand-in on its own runtime thread.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the API stand-in");
@@ -327,7 +357,7 @@ impl TestBed {
             })
             .expect("spawn the stand-in thread");
 
-        let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6);
+        let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6, opts.slots);
         let eice = eice::EiceServer::start(api.clone(), d, sshd.port);
 
         TestBed {
@@ -339,6 +369,7 @@ impl TestBed {
             user,
             host_public_key,
             ipv6,
+            slots: opts.slots,
             dir,
         }
     }
@@ -379,6 +410,10 @@ impl TestBed {
     pub fn home(&self) -> PathBuf {
         self.dir().join("home")
     }
+    /// How many instances this bed can hold ([`BedOptions::slots`]).
+    pub fn slots(&self) -> u8 {
+        self.slots
+    }
     /// Whether instances can get the IPv6 address ::1.
     pub fn ipv6_available(&self) -> bool {
         self.ipv6
@@ -399,16 +434,21 @@ impl TestBed {
 
     // -------------------------------------------------------- instances
 
-    /// Create a fake instance in the next free slot (1..=15).
+    /// Create a fake instance in the next free slot (1..=[`TestBed::slots`]).
     pub fn add_instance(&self, spec: InstanceSpec) -> Instance {
         let cfg = &self.api.config;
         let mut st = self.api.lock();
-        let slot = u8::try_from(st.instances.len() + 1).expect("slot");
-        assert!(
-            slot <= sshd::SLOTS,
-            "a test bed holds at most {} instances",
-            sshd::SLOTS
-        );
+        let slot = u8::try_from(st.instances.len() + 1)
+            .ok()
+            .filter(|s| *s <= self.slots);
+        let Some(slot) = slot else {
+            drop(st);
+            panic!(
+                "this test bed holds at most {} instances (set BedOptions::slots, up to {})",
+                self.slots,
+                sshd::MAX_SLOTS
+            );
+        };
         assert!(
             api::state_code(&spec.state).is_some(),
             "unknown instance state {:?}",
@@ -478,6 +518,7 @@ impl TestBed {
             platform_details: spec.platform_details.clone(),
             launch_time: self.api.now(&st) - 3600,
             eni_id: format!("eni-{}", api::random_hex(17)),
+            transition: None,
         };
         self.sync_addresses(&rec);
         st.instances.push(rec.clone());
@@ -505,7 +546,8 @@ impl TestBed {
 
     /// Change an instance's state. Only `running` instances are reachable
     /// over SSH; stopped/terminated ones also lose their public IP in
-    /// DescribeInstances, as on EC2.
+    /// DescribeInstances, as on EC2. Cancels a transition in progress (from
+    /// StartInstances / StopInstances); a `pending` set here stays pending.
     pub fn set_state(&self, id: &str, state: &str) {
         assert!(
             api::state_code(state).is_some(),
@@ -518,25 +560,35 @@ impl TestBed {
             .find(|i| i.id == id)
             .unwrap_or_else(|| panic!("no instance {id}"));
         rec.state = state.to_owned();
+        rec.transition = None;
         let rec = rec.clone();
         self.sync_addresses(&rec);
+    }
+
+    /// An instance's state now (with StartInstances / StopInstances
+    /// transitions that are due applied). Panics on an unknown id.
+    pub fn state_of(&self, id: &str) -> String {
+        self.api
+            .lock()
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.state.clone())
+            .unwrap_or_else(|| panic!("no instance {id}"))
+    }
+
+    /// How long StartInstances' pending → running and StopInstances'
+    /// stopping → stopped take, in real time (default 1 s). Applies to
+    /// later calls; `Duration::ZERO` completes them at once (the response
+    /// still says pending / stopping, as EC2's does).
+    pub fn set_start_delay(&self, d: Duration) {
+        self.api.lock().start_delay = d;
     }
 
     /// Write/remove `addr/<ip>` files so sshd serves keys for the instance
     /// exactly on its addresses while it is running.
     fn sync_addresses(&self, rec: &InstanceRec) {
-        let reachable = rec.reachable_addresses();
-        let mut all = vec![rec.private_ip.clone()];
-        all.extend(rec.public_ip.clone());
-        all.extend(rec.ipv6.clone());
-        for a in all {
-            let path = self.dir().join("addr").join(&a);
-            if reachable.contains(&a) {
-                api::write_atomic(&path, rec.id.as_bytes()).expect("write address map");
-            } else {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+        api::sync_addresses(self.dir(), rec).expect("write address map");
     }
 
     // ------------------------------------------------------ API control
@@ -561,6 +613,38 @@ impl TestBed {
         } else {
             st.delays.insert(action.to_owned(), d);
         }
+    }
+
+    /// Throttle `action` ("DescribeInstances", "SendSSHPublicKey", ...) with
+    /// a token bucket: it starts full with `burst` tokens and refills at
+    /// `per_second` tokens a second (real time), up to `burst`. A call that
+    /// finds no token is answered with the service's throttling error —
+    /// EC2: `RequestLimitExceeded`, HTTP 503, XML; EC2 Instance Connect:
+    /// `ThrottlingException`, JSON 1.1, HTTP 400 — and does nothing else. It
+    /// is recorded in [`TestBed::requests`] with that `error_code` and
+    /// counted by [`TestBed::throttled`]. Calls failing the SigV4 check are
+    /// refused before, and take no token. Setting a limit again refills the
+    /// bucket.
+    pub fn set_rate_limit(&self, action: &str, per_second: f64, burst: u32) {
+        assert!(
+            per_second.is_finite() && per_second >= 0.0,
+            "per_second must be a finite number >= 0, not {per_second}"
+        );
+        self.api
+            .lock()
+            .rate_limits
+            .insert(action.to_owned(), api::RateLimit::new(per_second, burst));
+    }
+
+    /// Remove `action`'s rate limit.
+    pub fn clear_rate_limit(&self, action: &str) {
+        self.api.lock().rate_limits.remove(action);
+    }
+
+    /// How many calls of `action` were answered with a throttling error
+    /// because of [`TestBed::set_rate_limit`] (not [`TestBed::fail_next`]).
+    pub fn throttled(&self, action: &str) -> usize {
+        self.api.lock().throttled.get(action).copied().unwrap_or(0)
     }
 
     /// Force DescribeInstances pages of at most `n` instances, whatever
@@ -644,13 +728,15 @@ impl TestBed {
         self.api.lock().signature_failures.clone()
     }
 
-    /// Forget recorded requests/pushes/signature failures (not instances).
+    /// Forget recorded requests/pushes/signature failures and throttled
+    /// counts (not instances or rate limits).
     pub fn clear_records(&self) {
         let mut st = self.api.lock();
         st.requests.clear();
         st.pushes.clear();
         st.serial_pushes.clear();
         st.signature_failures.clear();
+        st.throttled.clear();
     }
 
     /// sshd's log so far (stderr, LogLevel VERBOSE).
@@ -754,7 +840,24 @@ impl TestBed {
     /// only `key`: no config files, no agent, no host key checks, batch mode.
     /// Append the remote command with `.arg(...)`.
     pub fn ssh_command(&self, key: &Path, user: &str, host: &str) -> Command {
+        self.ssh_command_with(key, user, host, &[])
+    }
+
+    /// [`TestBed::ssh_command`] with extra `-o` options (`"Key=value"`),
+    /// e.g. `KexAlgorithms=curve25519-sha256`, which costs a fraction of the
+    /// CPU of OpenSSH's default sntrup761 hybrid: that matters when
+    /// a test makes ~100 logins at once.
+    pub fn ssh_command_with(
+        &self,
+        key: &Path,
+        user: &str,
+        host: &str,
+        options: &[&str],
+    ) -> Command {
         let mut c = Command::new("ssh");
+        for o in options {
+            c.arg("-o").arg(o);
+        }
         c.arg("-F")
             .arg("/dev/null")
             .arg("-i")
@@ -787,6 +890,8 @@ impl TestBed {
 
 impl Drop for TestBed {
     fn drop(&mut self) {
+        // Pending transition timers must not write into the dir any more.
+        self.api.lock().closed = true;
         if let Some(mut s) = self.sshd.take() {
             s.stop();
         }

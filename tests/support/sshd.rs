@@ -1,16 +1,20 @@
 //! Real OpenSSH sshd standing in for every fake instance of a bed.
 //!
 //! It listens on one port P on 127.0.1.k (private) and 127.0.2.k (public)
-//! for every slot k, plus [::1] when IPv6 loopback works. Which instance a
-//! connection is "for" is decided by the local address it arrived on: a
-//! `Match LocalAddress` block per address hands that address to the
-//! AuthorizedKeysCommand (OpenSSH 9.2 rejects `%C` in that command, and an
-//! unknown token there aborts the connection).
+//! for every slot k in 1..=slots (15 by default, up to [`MAX_SLOTS`]), plus
+//! [::1] when IPv6 loopback works. Which instance a connection is "for" is
+//! decided by the local address it arrived on: a `Match LocalAddress` block
+//! per address hands that address to the AuthorizedKeysCommand (OpenSSH 9.2
+//! rejects `%C` in that command, and an unknown token there aborts the
+//! connection).
 //!
 //! sshd can hold at most 16 listen sockets (`MAX_LISTEN_SOCKS`; more makes
 //! it exit with "Too many listen sockets"), so the addresses are split over
-//! two sshd processes with the same port, host key, AuthorizedKeysCommand and
-//! log file. To a test they are one sshd.
+//! several sshd processes (2 for the default 15 slots, 16 for 120 slots) with
+//! the same port, host key, AuthorizedKeysCommand and log file, started
+//! together. To a test they are one sshd. Each process has `Match` blocks for
+//! its own addresses only, and `MaxStartups 500:30:1000` so that a burst of
+//! logins (fleet tests) is not dropped by the default `10:30:100`.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -19,8 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Instance slots per bed (addresses 127.0.1.1-15 / 127.0.2.1-15).
+/// Default instance slots per bed (addresses 127.0.1.1-15 / 127.0.2.1-15);
+/// see `BedOptions::slots`.
 pub const SLOTS: u8 = 15;
+
+/// Most slots a bed can have (127.0.1.1-120 / 127.0.2.1-120).
+pub const MAX_SLOTS: u8 = 120;
 
 /// OpenSSH's MAX_LISTEN_SOCKS.
 const MAX_LISTEN_SOCKS: usize = 16;
@@ -43,8 +51,8 @@ pub struct Sshd {
 }
 
 /// Every address sshd must listen on.
-fn all_addresses(ipv6: bool) -> Vec<String> {
-    let mut addrs: Vec<String> = (1..=SLOTS)
+fn all_addresses(slots: u8, ipv6: bool) -> Vec<String> {
+    let mut addrs: Vec<String> = (1..=slots)
         .flat_map(|k| [private_ip(k), public_ip(k)])
         .collect();
     if ipv6 {
@@ -82,8 +90,13 @@ pub fn ipv6_loopback_works() -> bool {
 
 impl Sshd {
     /// Start sshd for a bed in `dir` (which must hold `akc.sh` and the host
-    /// key), retrying with a fresh port if the chosen one turns out taken.
-    pub fn start(dir: &Path, user: &str, host_key: &Path, ipv6: bool) -> Sshd {
+    /// key) with `slots` instance slots (1..=[`MAX_SLOTS`]), retrying with a
+    /// fresh port if the chosen one turns out taken.
+    pub fn start(dir: &Path, user: &str, host_key: &Path, ipv6: bool, slots: u8) -> Sshd {
+        assert!(
+            (1..=MAX_SLOTS).contains(&slots),
+            "a bed has 1..={MAX_SLOTS} slots, not {slots}"
+        );
         let sshd = sshd_path();
         assert!(
             sshd.exists(),
@@ -95,7 +108,7 @@ impl Sshd {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
         let version = sshd_version(&sshd);
-        let addrs = all_addresses(ipv6);
+        let addrs = all_addresses(slots, ipv6);
         let mut last_log = String::new();
         for attempt in 0..6 {
             let port = free_port();
@@ -112,7 +125,7 @@ impl Sshd {
                 let config = dir.join(format!("sshd_config.{n}"));
                 std::fs::write(
                     &config,
-                    config_text(dir, user, host_key, port, chunk, &addrs, version),
+                    config_text(dir, user, host_key, port, chunk, version),
                 )
                 .expect("write sshd_config");
                 let log_file = std::fs::OpenOptions::new()
@@ -152,10 +165,17 @@ impl Sshd {
         panic!("sshd did not start; its log:\n{last_log}");
     }
 
-    /// Wait (up to 5 s) until sshd says it listens on every address and a TCP
-    /// connection gets an SSH banner. `Err(log)` on failure.
+    /// Wait until every sshd process says it listens on all its addresses
+    /// and a TCP connection to each process gets an SSH banner (up to 5 s,
+    /// plus 1 s per process: the processes start concurrently, but a loaded
+    /// machine may take a while for 16 of them). `Err(log)` on failure.
     fn wait_ready(&mut self, addrs: &[String]) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5 + self.children.len() as u64);
+        // One address per process, to check its banner.
+        let probes: Vec<&String> = addrs
+            .chunks(MAX_LISTEN_SOCKS)
+            .filter_map(|c| c.first())
+            .collect();
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             if log.contains("Bind to port") || log.contains("Cannot bind") {
@@ -169,7 +189,7 @@ impl Sshd {
             let all = addrs
                 .iter()
                 .all(|a| log.contains(&format!("Server listening on {a} port {}.", self.port)));
-            if all && banner_ok(self.port) {
+            if all && probes.iter().all(|a| banner_ok(a, self.port)) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -224,8 +244,14 @@ impl Drop for Sshd {
     }
 }
 
-fn banner_ok(port: u16) -> bool {
-    let addr: SocketAddr = format!("127.0.2.1:{port}").parse().expect("socket address");
+fn banner_ok(ip: &str, port: u16) -> bool {
+    let addr: SocketAddr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("socket address");
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
@@ -245,15 +271,14 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Config for one sshd process: listens on `listen`, and has Match blocks
-/// for every address of the bed (`all`).
+/// Config for one sshd process: listens on `listen`, with a Match block for
+/// each of those addresses (connections to this process arrive on no other).
 fn config_text(
     dir: &Path,
     user: &str,
     host_key: &Path,
     port: u16,
     listen: &[String],
-    all: &[String],
     version: Option<(u32, u32)>,
 ) -> String {
     let akc = dir.join("akc.sh");
@@ -282,6 +307,9 @@ fn config_text(
          X11Forwarding no\n\
          Subsystem sftp internal-sftp\n",
     );
+    // Fleet tests log in to ~100 instances at once. The default 10:30:100
+    // starts dropping unauthenticated connections at 10 per process.
+    c.push_str("MaxStartups 500:30:1000\n");
     // OpenSSH >= 9.8 penalises sources with repeated failed logins, which
     // would punish a test suite that fails logins on purpose.
     if version.is_some_and(|v| v >= (9, 8)) {
@@ -293,7 +321,7 @@ fn config_text(
         "AuthorizedKeysCommand /bin/sh {} %u -\n",
         akc.display()
     ));
-    for a in all {
+    for a in listen {
         c.push_str(&format!("Match LocalAddress {a}\n"));
         c.push_str(&format!(
             "    AuthorizedKeysCommand /bin/sh {} %u {a}\n",

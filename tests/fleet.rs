@@ -1,0 +1,657 @@
+//! Fleets: `list`, `run` across many instances (with the API throttling),
+//! `--start`, and the interactive picker on a real pseudo-terminal.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::cmd::{assert_signed, run, stderr, stdout};
+use support::{BedOptions, InstanceSpec, TestBed};
+
+/// `eic-connect run` aimed at the bed's sshd as the bed's user.
+fn run_cmd(bed: &TestBed, filters: &[&str]) -> Command {
+    let mut c = bed.command();
+    c.arg("run");
+    for f in filters {
+        c.args(["-f", f]);
+    }
+    c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()]);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+#[test]
+fn list_shows_what_filters_select_as_tsv_and_json() {
+    let bed = TestBed::start();
+    bed.register_image(
+        "ami-0aaaabbbbcccc1111",
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+        "Canonical, Ubuntu, 22.04 LTS",
+        "Linux/UNIX",
+    );
+    let web1 = bed.add_instance(
+        InstanceSpec::named("web-1")
+            .tag("Role", "build")
+            .image_id("ami-0aaaabbbbcccc1111"),
+    );
+    let web2 = bed.add_instance(
+        InstanceSpec::named("web-2")
+            .tag("Role", "build")
+            .state("stopped"),
+    );
+    let _db = bed.add_instance(InstanceSpec::named("db-1").tag("Role", "db"));
+    let _gone = bed.add_instance(
+        InstanceSpec::named("web-3")
+            .tag("Role", "build")
+            .state("terminated"),
+    );
+
+    let mut c = bed.command();
+    c.args(["list", "tag:Role=build"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let lines: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "terminated instances are left out: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        lines[0][..3],
+        ["web-1".to_owned(), web1.id.clone(), "running".into()]
+    );
+    assert_eq!(
+        lines[1][..3],
+        ["web-2".to_owned(), web2.id.clone(), "stopped".into()]
+    );
+    assert_eq!(lines[0][7], "ubuntu", "the OS user guessed from the AMI");
+    assert_eq!(lines[0][5], web1.public_ip.clone().unwrap());
+    assert_eq!(lines[1][5], "-", "a stopped instance has no public address");
+    let calls = bed.requests_for("DescribeInstances");
+    let filters = calls.last().unwrap().filters();
+    assert!(
+        filters.contains(&("tag:Role".into(), vec!["build".into()])),
+        "{filters:?}"
+    );
+    assert!(
+        filters
+            .iter()
+            .any(|(n, v)| n == "instance-state-name" && !v.contains(&"terminated".to_owned()))
+    );
+    assert_eq!(
+        bed.requests_for("DescribeImages").len(),
+        1,
+        "one DescribeImages for all AMIs"
+    );
+
+    // A Name glob and a state, as JSON with stable field names.
+    let mut c = bed.command();
+    c.args(["list", "--json", "web-*", "state=running"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let v = json(&out);
+    let all = v.as_array().unwrap();
+    assert_eq!(all.len(), 1);
+    let one = &all[0];
+    assert_eq!(one["id"], web1.id.as_str());
+    assert_eq!(one["name"], "web-1");
+    assert_eq!(one["state"], "running");
+    assert_eq!(one["type"], "t3.micro");
+    assert_eq!(one["availability_zone"], "us-east-1a");
+    assert_eq!(one["private_ip"], web1.private_ip.as_str());
+    assert_eq!(one["os_user"], "ubuntu");
+    assert_eq!(one["tags"]["Role"], "build");
+    assert_signed(&bed);
+}
+
+#[test]
+fn list_never_lets_tag_values_reach_the_terminal_raw() {
+    let bed = TestBed::start();
+    let hostile = "evil\x1b]0;pwned\x07\x1b[2J\u{202e}txt\u{9b}1m";
+    bed.add_instance(InstanceSpec::named(hostile).tag("Owner", "\x1b[31mred"));
+    for args in [&["list"][..], &["list", "--json"]] {
+        let mut c = bed.command();
+        c.args(args);
+        let out = run(c);
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'),
+            "{args:?} printed raw control characters: {text:?}"
+        );
+        if args.len() == 2 {
+            // JSON still carries the exact values for programs.
+            let v = json(&out);
+            assert_eq!(v[0]["name"], hostile);
+            assert_eq!(v[0]["tags"]["Owner"], "\x1b[31mred");
+        }
+    }
+}
+
+#[test]
+fn list_refuses_bad_filters_before_calling_aws() {
+    let bed = TestBed::start();
+    for bad in ["state=", "na me=x", "web\x1b[2J"] {
+        let mut c = bed.command();
+        c.args(["list", bad]);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("eic-connect: error: "),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains('\x1b'));
+    }
+    assert!(bed.requests().is_empty(), "nothing reached AWS");
+}
+
+#[test]
+fn run_runs_on_every_match_with_prefixed_output_and_a_summary() {
+    let bed = TestBed::start();
+    let build: Vec<_> = (1..=3)
+        .map(|n| bed.add_instance(InstanceSpec::named(&format!("build-{n}")).tag("Role", "build")))
+        .collect();
+    bed.add_instance(InstanceSpec::named("db-1").tag("Role", "db"));
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--", "echo", "$SSH_CONNECTION"]);
+    // Several words are quoted: the remote shell prints the literal text.
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    for b in &build {
+        let name = b.name.as_deref().unwrap();
+        assert!(
+            text.contains(&format!("{name} | $SSH_CONNECTION\n")),
+            "{text}"
+        );
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    // One argument is a shell line: each instance reports where it was reached.
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--", "echo $SSH_CONNECTION"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    for line in stdout(&out).lines() {
+        let (label, rest) = line.split_once(" | ").unwrap();
+        let server = rest.split_whitespace().nth(2).unwrap();
+        let inst = build
+            .iter()
+            .find(|b| b.name.as_deref() == Some(label.trim()))
+            .unwrap();
+        assert_eq!(Some(server), inst.public_ip.as_deref(), "{line}");
+    }
+    assert!(
+        stderr(&out).contains("3 of 3 instances succeeded"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Each instance got its own key, pushed for it alone.
+    let pushes = bed.pushes();
+    let keys: BTreeSet<&str> = pushes.iter().map(|p| p.public_key.as_str()).collect();
+    assert_eq!(pushes.len(), 6);
+    assert_eq!(keys.len(), 6, "a fresh key per connection");
+    assert!(
+        pushes
+            .iter()
+            .all(|p| build.iter().any(|b| b.id == p.instance_id))
+    );
+    assert_signed(&bed);
+    // Nothing is left in the runtime directory.
+    let left: Vec<_> = std::fs::read_dir(bed.dir().join("run")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn run_exit_status_and_json_say_which_instances_failed() {
+    let bed = TestBed::start();
+    let a = bed.add_instance(InstanceSpec::named("a").tag("Role", "build"));
+    let b = bed.add_instance(InstanceSpec::named("b").tag("Role", "build"));
+    let b_ip = b.public_ip.clone().unwrap();
+    let script = format!(
+        "set -- $SSH_CONNECTION; echo out-$3; echo err-$3 >&2; test \"$3\" != {b_ip} || exit 3"
+    );
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--", &script]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("1 of 2 instances succeeded"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&b.id) && l.contains("exit 3")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("b | err-{b_ip}")), "{err}");
+
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--json", "--", &script]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["summary"]["total"], 2);
+    assert_eq!(v["summary"]["succeeded"], 1);
+    assert_eq!(v["summary"]["failed"], 1);
+    let by_id = |id: &str| {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let ra = by_id(&a.id);
+    assert_eq!(ra["status"], "succeeded");
+    assert_eq!(ra["exit_code"], 0);
+    assert_eq!(
+        ra["stdout"],
+        format!("out-{}\n", a.public_ip.clone().unwrap())
+    );
+    let rb = by_id(&b.id);
+    assert_eq!(rb["status"], "failed");
+    assert_eq!(rb["exit_code"], 3);
+    assert_eq!(rb["stderr"], format!("err-{b_ip}\n"));
+    assert_eq!(rb["os_user"], bed.os_user());
+}
+
+#[test]
+fn run_reports_instances_it_could_not_reach() {
+    let bed = TestBed::start();
+    let ok = bed.add_instance(InstanceSpec::named("ok").tag("Role", "build"));
+    let denied = bed.add_instance(InstanceSpec::named("denied").tag("Role", "build"));
+    let stopped = bed.add_instance(
+        InstanceSpec::named("stopped")
+            .tag("Role", "build")
+            .state("stopped"),
+    );
+    // AuthException is not retried; the first push to arrive gets it.
+    bed.fail_next("SendSSHPublicKey", "AuthException", 1);
+    let mut c = run_cmd(&bed, &["tag:Role=build", "state=running,stopped"]);
+    c.args(["--parallel", "1", "--", "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("1 of 3 instances succeeded"), "{err}");
+    // Instances are taken in name order: "denied" gets the AuthException.
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&denied.id) && l.contains("not allowed to push a key")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&stopped.id) && l.contains("--start")),
+        "{err}"
+    );
+    assert!(bed.pushes().iter().any(|p| p.instance_id == ok.id));
+}
+
+#[test]
+fn run_without_a_match_fails_and_without_a_filter_is_refused() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let mut c = run_cmd(&bed, &["tag:Role=nothing"]);
+    c.args(["--", "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("no instance matches tag:Role=nothing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(bed.pushes().is_empty());
+
+    let mut c = bed.command();
+    c.args(["run", "--", "true"]);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a run needs a filter: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_reaches_a_hundred_instances_through_api_throttling() {
+    let bed = TestBed::start_with(BedOptions {
+        slots: 100,
+        ..BedOptions::default()
+    });
+    for n in 0..100 {
+        bed.add_instance(InstanceSpec::named(&format!("node-{n:03}")).tag("Fleet", "big"));
+    }
+    // Far below what 100 parallel pushes would ask for.
+    bed.set_rate_limit("SendSSHPublicKey", 25.0, 10);
+    let mut c = run_cmd(&bed, &["tag:Fleet=big"]);
+    c.args(["--parallel", "50", "--json", "--", "echo ok"]);
+    let started = Instant::now();
+    let out = run(c);
+    let took = started.elapsed();
+    let v = json(&out);
+    let failed: Vec<String> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] != "succeeded")
+        .map(|i| {
+            format!(
+                "{} {} {} {}",
+                i["name"], i["status"], i["error"], i["stderr"]
+            )
+        })
+        .collect();
+    assert_eq!(out.status.code(), Some(0), "{}: {failed:#?}", v["summary"]);
+    assert_eq!(v["summary"]["succeeded"], 100, "{}", v["summary"]);
+    assert!(
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["stdout"] == "ok\n")
+    );
+    assert!(
+        bed.throttled("SendSSHPublicKey") > 0,
+        "the test must meet throttling"
+    );
+    let mut pushed: Vec<String> = bed.pushes().into_iter().map(|p| p.instance_id).collect();
+    pushed.sort();
+    pushed.dedup();
+    assert_eq!(pushed.len(), 100);
+    assert_signed(&bed);
+    eprintln!(
+        "100 instances, parallel 50, 25 pushes/s: {:.1} s, {} throttled answers",
+        took.as_secs_f64(),
+        bed.throttled("SendSSHPublicKey")
+    );
+}
+
+#[test]
+fn start_starts_a_stopped_instance_then_connects() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").state("stopped"));
+    bed.set_start_delay(Duration::from_millis(1500));
+
+    // Without --start: the state, and how to start it.
+    let mut c = support::cmd::eic(&bed);
+    c.args(["web-1", "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(&out).contains("is stopped"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--start"), "{}", stderr(&out));
+    assert!(bed.requests_for("StartInstances").is_empty());
+
+    for target in ["web-1", web.id.as_str()] {
+        bed.set_state(&web.id, "stopped");
+        let mut c = support::cmd::eic(&bed);
+        c.args(["--start", target, "echo up $SSH_CONNECTION"]);
+        let out = run(c);
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        assert!(stdout(&out).starts_with("up "), "{}", stdout(&out));
+        assert!(stderr(&out).contains("is running"), "{}", stderr(&out));
+        assert_eq!(bed.state_of(&web.id), "running");
+        // The key was pushed after the instance ran, within its window.
+        let last = bed.pushes().last().cloned().unwrap();
+        assert_eq!(last.instance_id, web.id);
+    }
+    assert_eq!(bed.requests_for("StartInstances").len(), 2);
+
+    // A start AWS refuses is explained.
+    bed.set_state(&web.id, "stopped");
+    bed.fail_next("StartInstances", "InsufficientInstanceCapacity", 1);
+    let mut c = support::cmd::eic(&bed);
+    c.args(["--start", &web.id, "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(&out).contains("no capacity"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+    assert_signed(&bed);
+}
+
+#[test]
+fn run_start_starts_stopped_matches() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("a").tag("Role", "build"));
+    let b = bed.add_instance(
+        InstanceSpec::named("b")
+            .tag("Role", "build")
+            .state("stopped"),
+    );
+    bed.set_start_delay(Duration::from_millis(500));
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--start", "--", "true"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 of 2 instances succeeded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(bed.state_of(&b.id), "running");
+}
+
+#[test]
+fn several_matches_without_a_terminal_list_them_and_never_prompt() {
+    let bed = TestBed::start();
+    let a = bed.add_instance(InstanceSpec::named("web-a"));
+    let b = bed.add_instance(InstanceSpec::named("web-b"));
+    let mut c = support::cmd::eic(&bed);
+    c.args(["web-*", "true"]);
+    let started = Instant::now();
+    let out = run(c);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr(&out);
+    assert!(err.contains("matches 2 instances"), "{err}");
+    assert!(err.contains(&a.id) && err.contains(&b.id), "{err}");
+    assert!(bed.pushes().is_empty());
+}
+
+/// A child process on a fresh pseudo-terminal (its controlling terminal),
+/// so `isatty` is true for its stdin and stderr as for a person's shell.
+struct Pty {
+    master: std::fs::File,
+    child: std::process::Child,
+}
+
+impl Pty {
+    fn spawn(mut cmd: Command) -> Pty {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize {
+            ws_row: 30,
+            ws_col: 140,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills two fds we then own.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: each fd is owned by exactly one File.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap())
+            .env("TERM", "xterm");
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on the pty");
+        drop(slave);
+        Pty { master, child }
+    }
+
+    /// Reads until `needle` shows up (or panics after `within`); returns all
+    /// output so far.
+    fn expect(&mut self, seen: &mut String, needle: &str, within: Duration) {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + within;
+        while !strip_ansi(seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} on the terminal; saw {seen:?}"
+            );
+            let mut pfd = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid fd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(500) as i32) };
+            if n <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    assert!(
+                        strip_ansi(seen).contains(needle),
+                        "terminal closed before {needle:?}; saw {seen:?}"
+                    );
+                    return;
+                }
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(bytes).unwrap();
+    }
+
+    fn wait(&mut self, seen: &mut String) -> Option<i32> {
+        // Drain what is left so the child never blocks on a full terminal.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.expect(seen, "\u{0}never", Duration::from_millis(200))
+                }));
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not finish; saw {seen:?}"
+            );
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.expect(seen, "\u{0}never", Duration::from_millis(100))
+            }));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() || n == '~' {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn several_matches_on_a_terminal_offer_a_picker() {
+    let bed = TestBed::start();
+    let _a = bed.add_instance(InstanceSpec::named("web-alpha"));
+    let b = bed.add_instance(InstanceSpec::named("web-bravo"));
+    let mut c = bed.command();
+    c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()]);
+    c.args(["web-*", "echo reached $SSH_CONNECTION"]);
+    let mut pty = Pty::spawn(c);
+    let mut seen = String::new();
+    pty.expect(&mut seen, "matches 2 instances", Duration::from_secs(20));
+    pty.expect(&mut seen, "web-alpha", Duration::from_secs(5));
+    // Type to narrow the list to one, then take it.
+    pty.send(b"bravo");
+    std::thread::sleep(Duration::from_millis(300));
+    pty.send(b"\r");
+    pty.expect(&mut seen, "reached", Duration::from_secs(20));
+    let code = pty.wait(&mut seen);
+    assert_eq!(code, Some(0), "{seen}");
+    let text = strip_ansi(&seen);
+    let line = text.lines().find(|l| l.contains("reached")).unwrap();
+    assert!(line.contains(b.public_ip.as_deref().unwrap()), "{line}");
+    assert_eq!(bed.pushes().len(), 1);
+    assert_eq!(bed.pushes()[0].instance_id, b.id);
+
+    // Esc gives up: the same listing a script would get, nothing pushed.
+    bed.clear_records();
+    let mut c = bed.command();
+    c.args([
+        "-p",
+        &bed.sshd_port().to_string(),
+        "-l",
+        &bed.os_user(),
+        "web-*",
+        "true",
+    ]);
+    let mut pty = Pty::spawn(c);
+    let mut seen = String::new();
+    pty.expect(&mut seen, "matches 2 instances", Duration::from_secs(20));
+    pty.send(b"\x1b");
+    let code = pty.wait(&mut seen);
+    assert_eq!(code, Some(255), "{seen}");
+    assert!(
+        strip_ansi(&seen).contains("name one by its instance id"),
+        "{seen}"
+    );
+    assert!(bed.pushes().is_empty());
+}
