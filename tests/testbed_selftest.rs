@@ -1033,10 +1033,9 @@ fn start_instances_raw_xml_shape() {
     );
     let (status, xml) = raw_ec2_post(&bed, &body, bed.secret_access_key());
     assert_eq!(status, 200, "{xml}");
-    let want = format!(
-        "<StartInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>"
-    );
-    assert!(xml.contains(&want), "{xml}");
+    let want =
+        "<StartInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>";
+    assert!(xml.contains(want), "{xml}");
     let want = format!(
         "</requestId><instancesSet><item><instanceId>{}</instanceId><currentState><code>0</code><name>pending</name></currentState><previousState><code>80</code><name>stopped</name></previousState></item></instancesSet></StartInstancesResponse>",
         old.id
@@ -1351,6 +1350,7 @@ fn rate_limits_throttle_like_aws() {
                 .ssh_public_key(&key.public_key)
                 .send(),
         )
+        .map_err(Box::new)
     };
 
     // EC2 Instance Connect: a burst of 3, then ThrottlingException in JSON.
