@@ -54,10 +54,12 @@ fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCo
         return block_on(commands::connect::run(settings));
     };
     // Commands aimed at one instance take an alias's target and settings.
-    let defaults = match &subcommand {
-        S::Tunnel(args) => layers.expand(&args.target).1,
-        S::Serial(args) => layers.expand(&args.target).1,
-        _ => layers.general(),
+    let (alias_target, defaults) = match &subcommand {
+        S::Tunnel(cli::TunnelArgs { target, .. }) | S::Serial(cli::SerialArgs { target, .. }) => {
+            let (target, defaults) = layers.expand(target);
+            (Some(target), defaults)
+        }
+        _ => (None, layers.general()),
     };
     defaults.fill_aws(&mut cli.aws);
     defaults.fill_path(&mut cli.path);
@@ -65,7 +67,7 @@ fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCo
         S::List(args) => block_on(commands::list::run(args, cli.aws, &defaults)),
         S::Run(args) => block_on(commands::run::run(args, cli.aws, cli.path, &defaults)),
         S::Tunnel(mut args) => {
-            args.target = layers.expand(&args.target).0;
+            args.target = alias_target.unwrap_or(args.target);
             block_on(commands::tunnel::run(args, cli.aws, cli.path))
         }
         S::Proxy(args) => block_on(commands::proxy::run(args, cli.aws, cli.path)),
@@ -78,7 +80,7 @@ fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCo
         }
         S::Doctor(args) => block_on(commands::doctor::run(args, cli.aws, cli.path, layers)),
         S::Serial(mut args) => {
-            args.target = layers.expand(&args.target).0;
+            args.target = alias_target.unwrap_or(args.target);
             block_on(commands::serial::run(args, cli.aws))
         }
         S::KnownHosts(args) => commands::known_hosts::run(&args),

@@ -396,6 +396,15 @@ fn start_starts_a_stopped_instance_then_connects() {
     assert!(stderr(&out).contains("is stopped"), "{}", stderr(&out));
     assert!(stderr(&out).contains("--start"), "{}", stderr(&out));
     assert!(bed.requests_for("StartInstances").is_empty());
+    let mut c = support::cmd::eic(&bed);
+    c.args(["--dry-run", "--start", "web-1", "true"]);
+    let out = run(c);
+    assert!(
+        stdout(&out).contains("StartInstances InstanceId.1=<instance id>"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(bed.requests().iter().all(|r| r.action != "StartInstances"));
 
     for target in ["web-1", web.id.as_str()] {
         bed.set_state(&web.id, "stopped");

@@ -384,6 +384,11 @@ async fn dry_run(settings: &ConnectSettings) -> anyhow::Result<ExitCode> {
     };
     out.push_str(&lookup);
     out.push('\n');
+    if settings.start {
+        out.push_str(&format!(
+            "StartInstances InstanceId.1={instance_ref}  # only if it is stopped (--start); then DescribeInstances until it runs\n"
+        ));
+    }
     let guessed;
     let user: &str = if settings.os_user_explicit {
         user
