@@ -526,11 +526,34 @@ impl Pty {
         Pty { master, child }
     }
 
-    /// Reads until `needle` shows up (or panics after `within`); returns all
-    /// output so far.
-    fn expect(&mut self, seen: &mut String, needle: &str, within: Duration) {
+    /// Reads what arrives within `timeout` into `seen`; false once the
+    /// terminal is closed (every copy of the slave side is gone).
+    fn read_some(&mut self, seen: &mut String, timeout: Duration) -> bool {
         use std::io::Read;
         use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if n <= 0 {
+            return true;
+        }
+        let mut buf = [0u8; 4096];
+        match self.master.read(&mut buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                true
+            }
+        }
+    }
+
+    /// Reads until `needle` shows up (ANSI sequences aside), or panics after
+    /// `within`.
+    fn expect(&mut self, seen: &mut String, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !strip_ansi(seen).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -538,27 +561,11 @@ impl Pty {
                 !left.is_zero(),
                 "no {needle:?} on the terminal; saw {seen:?}"
             );
-            let mut pfd = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one valid fd.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(500) as i32) };
-            if n <= 0 {
-                continue;
-            }
-            let mut buf = [0u8; 4096];
-            match self.master.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    assert!(
-                        strip_ansi(seen).contains(needle),
-                        "terminal closed before {needle:?}; saw {seen:?}"
-                    );
-                    return;
-                }
-                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
+            let open = self.read_some(seen, left.min(Duration::from_millis(500)));
+            assert!(
+                open || strip_ansi(seen).contains(needle),
+                "terminal closed before {needle:?}; saw {seen:?}"
+            );
         }
     }
 
@@ -567,24 +574,22 @@ impl Pty {
         self.master.write_all(bytes).unwrap();
     }
 
+    /// Waits for the child, reading its output to the end.
     fn wait(&mut self, seen: &mut String) -> Option<i32> {
-        // Drain what is left so the child never blocks on a full terminal.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.expect(seen, "\u{0}never", Duration::from_millis(200))
-                }));
-                return status.code();
-            }
+        while self.read_some(seen, Duration::from_millis(100)) {
             assert!(
                 Instant::now() < deadline,
-                "the child did not finish; saw {seen:?}"
+                "the terminal stayed open; saw {seen:?}"
             );
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.expect(seen, "\u{0}never", Duration::from_millis(100))
-            }));
+            if self.child.try_wait().unwrap().is_some() {
+                // Whatever is still buffered, then stop.
+                while self.read_some(seen, Duration::from_millis(50)) && Instant::now() < deadline {
+                }
+                break;
+            }
         }
+        self.child.wait().unwrap().code()
     }
 }
 
@@ -663,4 +668,39 @@ fn several_matches_on_a_terminal_offer_a_picker() {
         "{seen}"
     );
     assert!(bed.pushes().is_empty());
+}
+
+#[test]
+fn run_shows_a_progress_line_on_a_terminal() {
+    let bed = TestBed::start();
+    for n in 1..=2 {
+        bed.add_instance(InstanceSpec::named(&format!("b-{n}")).tag("Role", "build"));
+    }
+    let mut c = bed.command();
+    c.args([
+        "run",
+        "-f",
+        "tag:Role=build",
+        "-p",
+        &bed.sshd_port().to_string(),
+    ])
+    .args(["-l", &bed.os_user(), "--", "echo hi"]);
+    let mut pty = Pty::spawn(c);
+    let mut seen = String::new();
+    pty.expect(
+        &mut seen,
+        "2 of 2 instances succeeded",
+        Duration::from_secs(30),
+    );
+    assert_eq!(pty.wait(&mut seen), Some(0), "{seen}");
+    assert!(
+        seen.contains("\r\u{1b}[2Keic-connect: run: 1/2 done"),
+        "a status line redrawn in place: {seen:?}"
+    );
+    assert!(seen.contains("2/2 done"), "{seen:?}");
+    let text = strip_ansi(&seen);
+    assert!(
+        text.contains("b-1 | hi") && text.contains("b-2 | hi"),
+        "{text:?}"
+    );
 }
