@@ -28,7 +28,7 @@ fn main() {
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let port = bed.sshd_port().to_string();
     let user = bed.os_user();
-    let no_op = which("true");
+    let no_op = support::cmd::which("true");
 
     let eic = |args: &[&str], fake_ssh: bool| {
         let mut c = bed.command();
@@ -217,12 +217,4 @@ fn round_trips(bed: &TestBed, runs: usize) -> Stats {
         samples.push(t.elapsed());
     }
     stats(samples)
-}
-
-fn which(program: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .expect("sh");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

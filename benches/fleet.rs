@@ -42,7 +42,7 @@ fn main() {
         .collect();
     let port = bed.sshd_port().to_string();
     let user = bed.os_user();
-    let no_op = which("true");
+    let no_op = support::cmd::which("true");
     let run = |parallel: usize, fake_ssh: bool| {
         let mut c = bed.command();
         if fake_ssh {
@@ -148,12 +148,4 @@ fn plain_ssh_fleet(
         }
     });
     started.elapsed()
-}
-
-fn which(program: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .expect("sh");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -286,6 +286,18 @@ pub struct Api {
 /// An error answer: (HTTP status, code, message).
 type ApiError = (u16, String, String);
 
+/// `DryRun=true`: EC2's answer when the call would have succeeded.
+fn refuse_dry_run(params: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if params.get("DryRun").is_some_and(|v| v == "true") {
+        return Err(err(
+            412,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        ));
+    }
+    Ok(())
+}
+
 fn err(status: u16, code: &str, msg: impl Into<String>) -> ApiError {
     (status, code.to_owned(), msg.into())
 }
@@ -460,13 +472,7 @@ impl Api {
         st: &mut State,
         params: &BTreeMap<String, String>,
     ) -> Result<Response, ApiError> {
-        if params.get("DryRun").is_some_and(|v| v == "true") {
-            return Err(err(
-                412,
-                "DryRunOperation",
-                "Request would have succeeded, but DryRun flag is set.",
-            ));
-        }
+        refuse_dry_run(params)?;
         let ids: Vec<String> = indexed(params, "InstanceId")
             .into_iter()
             .map(|(_, v)| v)
@@ -591,13 +597,7 @@ impl Api {
         params: &BTreeMap<String, String>,
         start: bool,
     ) -> Result<Response, ApiError> {
-        if params.get("DryRun").is_some_and(|v| v == "true") {
-            return Err(err(
-                412,
-                "DryRunOperation",
-                "Request would have succeeded, but DryRun flag is set.",
-            ));
-        }
+        refuse_dry_run(params)?;
         let mut ids: Vec<String> = Vec::new();
         for (_, id) in indexed(params, "InstanceId") {
             if !ids.contains(&id) {

@@ -34,3 +34,12 @@ pub fn assert_signed(bed: &TestBed) {
         bed.signature_failures()
     );
 }
+
+/// A program's path on `PATH` (empty if there is none).
+pub fn which(program: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
