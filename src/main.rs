@@ -61,8 +61,13 @@ fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCo
         }
         _ => (None, layers.general()),
     };
-    defaults.fill_aws(&mut cli.aws);
-    defaults.fill_path(&mut cli.path);
+    // ssh-config, scp and sftp only pass the command line's settings on
+    // to the eic-connect processes they set up, which read the lower
+    // layers themselves (so a printed ssh config does not freeze today's).
+    if !matches!(subcommand, S::SshConfig(_) | S::Scp(_) | S::Sftp(_)) {
+        defaults.fill_aws(&mut cli.aws);
+        defaults.fill_path(&mut cli.path);
+    }
     match subcommand {
         S::List(args) => block_on(commands::list::run(args, cli.aws, &defaults)),
         S::Run(args) => block_on(commands::run::run(args, cli.aws, cli.path, &defaults)),

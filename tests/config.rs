@@ -205,3 +205,27 @@ fn completions_and_man_page_come_from_the_command_definition() {
     c.args(["--generate", "bash", "web-1"]);
     assert_eq!(run(c).status.code(), Some(2));
 }
+
+#[test]
+fn ssh_config_does_not_freeze_the_config_files_settings() {
+    let bed = TestBed::start();
+    write_config(&bed, "region = \"eu-west-3\"\nconnect = \"eice\"\n");
+    let mut c = bed.command();
+    c.arg("ssh-config");
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let block = stdout(&out);
+    // The proxy reads the config file itself, each time it runs.
+    assert!(
+        !block.contains("eu-west-3") && !block.contains("--connect"),
+        "{block}"
+    );
+    let mut c = bed.command();
+    c.args(["--region", "ap-south-1", "ssh-config"]);
+    let out = run(c);
+    assert!(
+        stdout(&out).contains("--region ap-south-1"),
+        "{}",
+        stdout(&out)
+    );
+}
