@@ -105,6 +105,8 @@ const SSH_HEADING: &str = "SSH options (passed to ssh)";
     after_help = "TARGET is an instance id (i-0abc…), a Name tag value, a public or private DNS name, or an IP address.\n\
                   A single COMMAND argument is run by the remote shell, as with ssh; several are quoted so that\n\
                   each reaches the instance unchanged.\n\n\
+                  Settings not on the command line come from an alias, then EIC_CONNECT_* variables, then\n\
+                  $XDG_CONFIG_HOME/eic-connect/config.toml, then AWS's own defaults.\n\n\
                   Exit status: the remote command's; 255 if eic-connect or ssh could not connect; 2 for usage errors.",
     disable_version_flag = true,
     args_conflicts_with_subcommands = true,
