@@ -29,17 +29,24 @@ pub fn pick(
         found.len(),
         scope.describe()
     );
+    let term = dialoguer::console::Term::stderr();
+    // Ctrl-C in the picker makes it raise SIGINT, which by default would end
+    // eic-connect with the terminal's cursor still hidden: catch the signal
+    // (for the rest of the run; ssh gets its own handling later) and treat
+    // it like Esc.
+    let _caught = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     let chosen = dialoguer::FuzzySelect::new()
         .with_prompt(prompt)
         .items(&items)
         .default(0)
         .highlight_matches(false)
-        .interact_on_opt(&dialoguer::console::Term::stderr());
+        .interact_on_opt(&term);
+    let _ = term.show_cursor();
     match chosen {
         Ok(Some(index)) if index < found.len() => Ok(found.swap_remove(index)),
         Ok(_) => ec2::exactly_one(found, target, scope),
         Err(err) => {
-            tracing::debug!(%err, "the picker failed; listing the matches instead");
+            tracing::debug!(%err, "the picker ended without a choice");
             ec2::exactly_one(found, target, scope)
         }
     }
