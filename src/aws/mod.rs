@@ -105,24 +105,29 @@ impl Clients {
 /// Fewest attempts per call for fleets (`run`): a hundred pushes at once
 /// meet the API's rate limits, and waiting beats failing.
 const FLEET_MIN_ATTEMPTS: u32 = 10;
-/// Longest one call may take, retries and rate limiting included, in fleets.
+/// Longest one call may take, retries included, in fleets.
 const FLEET_OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl Clients {
-    /// Clients for many calls at once: adaptive retries, whose client-side
-    /// rate limiter slows every request of this client down once AWS
-    /// throttles one, and at least [`FLEET_MIN_ATTEMPTS`] attempts per call.
+    /// Clients for many calls at once: at least [`FLEET_MIN_ATTEMPTS`]
+    /// attempts per call, with short, fully jittered backoffs (100 ms
+    /// doubling up to 2 s). Throttled calls then spread over the API's
+    /// refill instead of queueing behind long waits: against a stand-in
+    /// allowing 25 pushes a second, 100 instances took 17-20 s this way and
+    /// 26-31 s with the SDK's adaptive mode, whose client-side rate limiter
+    /// backs off far below the allowed rate.
     pub fn for_fleet(config: &SdkConfig, settings: &AwsSettings) -> Clients {
         use aws_smithy_types::retry::RetryConfig;
         let attempts = config
             .retry_config()
             .map_or(3, RetryConfig::max_attempts)
             .max(FLEET_MIN_ATTEMPTS);
-        let retry = RetryConfig::adaptive()
+        let retry = RetryConfig::standard()
             .with_max_attempts(attempts)
-            .with_max_backoff(Duration::from_secs(10));
-        // The client-side rate limiter's waits count towards a call's
-        // time: allow for them (each attempt keeps its own limit).
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(2));
+        // Retries count towards a call's time: allow for them (each attempt
+        // keeps its own limit).
         let timeouts = config
             .timeout_config()
             .map(|t| t.to_builder())

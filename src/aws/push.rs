@@ -35,7 +35,7 @@ pub async fn push_key_within(
     patience: Duration,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(500);
+    let mut pause = Duration::from_millis(250);
     loop {
         let result = clients
             .eic
@@ -62,7 +62,7 @@ pub async fn push_key_within(
                 "push throttled; waiting"
             );
             tokio::time::sleep(jittered(pause)).await;
-            pause = (pause * 2).min(Duration::from_secs(8));
+            pause = (pause * 2).min(Duration::from_secs(4));
             continue;
         }
         return Err(from_sdk(
