@@ -736,3 +736,19 @@ fn run_shows_a_progress_line_on_a_terminal() {
         "{text:?}"
     );
 }
+
+#[test]
+fn run_lets_the_users_ssh_options_win_over_its_defaults() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("a").tag("Role", "build"));
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    // run's own default is LogLevel=ERROR; the user's value comes first.
+    c.args(["-o", "LogLevel=VERBOSE", "--", "true"]);
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a | Authenticated to"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -145,24 +145,28 @@ pub async fn run(
     let labels = fleet::labels(&instances);
     let live = std::io::stderr().is_terminal() && !args.json;
     let printer = Printer::new(&labels, instances.len(), args.json, live);
-    let mut ssh_options: Vec<OsString> = [
-        "-T",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=15",
-        "-o",
-        "LogLevel=ERROR",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    // The user's options first: for each ssh_config option ssh takes the
+    // first value it is given, so theirs win over these defaults.
+    let mut ssh_options: Vec<OsString> = Vec::new();
     if let Some(port) = args.port {
         ssh_options.extend(["-p".into(), port.to_string().into()]);
     }
     for option in &args.ssh_option {
         ssh_options.extend(["-o".into(), option.into()]);
     }
+    ssh_options.extend(
+        [
+            "-T",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=15",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(Into::into),
+    );
     let shared = Shared {
         args: &args,
         config: &config,
