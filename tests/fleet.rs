@@ -752,3 +752,47 @@ fn run_lets_the_users_ssh_options_win_over_its_defaults() {
         stderr(&out)
     );
 }
+
+#[test]
+fn run_reaches_private_instances_through_one_endpoint_lookup() {
+    let bed = TestBed::start();
+    let dbs: Vec<_> = (1..=4)
+        .map(|n| {
+            bed.add_instance(
+                InstanceSpec::named(&format!("db-{n}"))
+                    .tag("Role", "db")
+                    .public_ip(false),
+            )
+        })
+        .collect();
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    // No -p: endpoints reach port 22, which the stand-in maps to the sshd.
+    let mut c = bed.command();
+    c.args(["run", "-f", "tag:Role=db", "-l", &bed.os_user()])
+        .args(["--parallel", "4", "--", "echo $SSH_CONNECTION"])
+        .stdin(Stdio::null());
+    let out = run(c);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    for line in stdout(&out).lines() {
+        let (label, rest) = line.split_once(" | ").unwrap();
+        let server = rest.split_whitespace().nth(2).unwrap();
+        let db = dbs
+            .iter()
+            .find(|d| d.name.as_deref() == Some(label.trim()))
+            .unwrap();
+        assert_eq!(server, db.private_ip, "{line}");
+    }
+    assert_eq!(stdout(&out).lines().count(), 4);
+    let tunnels = bed.wait_for_tunnels_closed(4, Duration::from_secs(10));
+    let mut reached: Vec<&str> = tunnels.iter().map(|t| t.private_ip.as_str()).collect();
+    reached.sort_unstable();
+    let mut want: Vec<&str> = dbs.iter().map(|d| d.private_ip.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(reached, want);
+    assert_eq!(
+        bed.requests_for("DescribeInstanceConnectEndpoints").len(),
+        1,
+        "instances in one subnet share one endpoint lookup"
+    );
+    assert_signed(&bed);
+}

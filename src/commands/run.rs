@@ -93,6 +93,7 @@ struct Shared<'a> {
     ssh_options: Vec<OsString>,
     ssh_program: OsString,
     known_hosts: std::path::PathBuf,
+    endpoints: super::tunnel::EndpointCache,
     out: Arc<Mutex<Printer>>,
 }
 
@@ -176,6 +177,7 @@ pub async fn run(
         ssh_options,
         ssh_program: crate::settings::ssh_program(),
         known_hosts: super::connect::known_hosts_file(&state_dir)?,
+        endpoints: super::tunnel::EndpointCache::default(),
         out: Arc::new(Mutex::new(printer)),
     };
 
@@ -280,13 +282,14 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         instance,
         port,
     );
-    let route = super::tunnel::plan(
+    let route = super::tunnel::plan_with(
         decision,
         shared.path,
         shared.config,
         clients,
         instance,
         port,
+        Some(&shared.endpoints),
     )
     .await?;
     let key = EphemeralKey::generate()?;

@@ -322,6 +322,43 @@ impl Route {
     }
 }
 
+/// Endpoint lookups shared by many connections (`run`): one
+/// DescribeInstanceConnectEndpoints per VPC and subnet, however many
+/// instances there are and however many ask at once.
+#[derive(Default)]
+pub struct EndpointCache {
+    cells: std::sync::Mutex<
+        std::collections::HashMap<
+            (String, Option<String>),
+            std::sync::Arc<tokio::sync::OnceCell<Option<Endpoint>>>,
+        >,
+    >,
+}
+
+impl EndpointCache {
+    async fn find(
+        &self,
+        clients: &Clients,
+        eice_id: Option<&str>,
+        instance: &InstanceInfo,
+    ) -> anyhow::Result<Option<Endpoint>> {
+        let Some(vpc) = instance.vpc_id.clone() else {
+            return eice::find(clients, eice_id, instance).await;
+        };
+        let cell = {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            cells
+                .entry((vpc, instance.subnet_id.clone()))
+                .or_default()
+                .clone()
+        };
+        // A failed lookup is not kept: the next instance asks again.
+        cell.get_or_try_init(|| eice::find(clients, eice_id, instance))
+            .await
+            .cloned()
+    }
+}
+
 /// Finds the endpoint for a connection `decide` wants tunnelled. `Ok(None)`
 /// means connect directly (auto, and no endpoint in the VPC).
 pub async fn plan(
@@ -332,6 +369,19 @@ pub async fn plan(
     instance: &InstanceInfo,
     ssh_port: Option<u16>,
 ) -> anyhow::Result<Option<Route>> {
+    plan_with(decision, path, config, clients, instance, ssh_port, None).await
+}
+
+/// [`plan`], with endpoint lookups shared through `cache` if given.
+pub async fn plan_with(
+    decision: Decision,
+    path: &PathArgs,
+    config: &SdkConfig,
+    clients: &Clients,
+    instance: &InstanceInfo,
+    ssh_port: Option<u16>,
+    cache: Option<&EndpointCache>,
+) -> anyhow::Result<Option<Route>> {
     if decision == Decision::Direct {
         return Ok(None);
     }
@@ -340,7 +390,10 @@ pub async fn plan(
         check_remote_port(remote_port)?;
     }
     let started = Instant::now();
-    let found = eice::find(clients, path.eice_id.as_deref(), instance).await;
+    let found = match cache {
+        Some(cache) => cache.find(clients, path.eice_id.as_deref(), instance).await,
+        None => eice::find(clients, path.eice_id.as_deref(), instance).await,
+    };
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "looked up endpoints"
