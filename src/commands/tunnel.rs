@@ -327,13 +327,12 @@ impl Route {
 /// instances there are and however many ask at once.
 #[derive(Default)]
 pub struct EndpointCache {
-    cells: std::sync::Mutex<
-        std::collections::HashMap<
-            (String, Option<String>),
-            std::sync::Arc<tokio::sync::OnceCell<Option<Endpoint>>>,
-        >,
-    >,
+    cells: std::sync::Mutex<std::collections::HashMap<VpcAndSubnet, EndpointCell>>,
 }
+
+type VpcAndSubnet = (String, Option<String>);
+/// One lookup's answer, filled once by whichever connection asks first.
+type EndpointCell = std::sync::Arc<tokio::sync::OnceCell<Option<Endpoint>>>;
 
 impl EndpointCache {
     async fn find(
