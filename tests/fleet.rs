@@ -796,3 +796,89 @@ fn run_reaches_private_instances_through_one_endpoint_lookup() {
     );
     assert_signed(&bed);
 }
+
+/// The sshd log's `port N` of every session that started a command.
+fn started_sessions(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("Starting session:"))
+        .filter_map(|l| l.split(" port ").nth(1)?.split_whitespace().next())
+        .map(|port| format!("port {port}"))
+        .collect()
+}
+
+/// Whether sshd logged the end of the connection from `port` (`port N`).
+fn connection_ended(log: &str, port: &str) -> bool {
+    log.lines().any(|l| {
+        let words: Vec<&str> = l.split([' ', ':']).collect();
+        let mentions = words
+            .windows(2)
+            .any(|w| w[0] == "port" && Some(w[1]) == port.strip_prefix("port "));
+        mentions
+            && [
+                "Connection closed",
+                "Connection reset",
+                "Read error",
+                "Disconnected",
+            ]
+            .iter()
+            .any(|end| l.contains(end))
+    })
+}
+
+#[test]
+fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
+    let bed = TestBed::start();
+    for n in 1..=3 {
+        bed.add_instance(InstanceSpec::named(&format!("s-{n}")).tag("Role", "slow"));
+    }
+    let mut c = run_cmd(&bed, &["tag:Role=slow"]);
+    c.args(["--", "echo started; sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // Wait until every instance runs the command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started_sessions(&bed.sshd_log()).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", bed.sshd_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime = bed.dir().join("run");
+    assert_eq!(
+        std::fs::read_dir(&runtime).unwrap().count(),
+        3,
+        "one runtime dir per connection"
+    );
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "run did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&runtime).unwrap().count(),
+        0,
+        "keys and sockets are gone"
+    );
+    // Every ssh was stopped: sshd saw each of those connections end (long
+    // before the remote `sleep 60` would have).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = bed.sshd_log();
+        let sessions = started_sessions(&log);
+        if sessions.iter().all(|port| connection_ended(&log, port)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
