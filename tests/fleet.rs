@@ -646,60 +646,35 @@ fn several_matches_on_a_terminal_offer_a_picker() {
     assert_eq!(bed.pushes().len(), 1);
     assert_eq!(bed.pushes()[0].instance_id, b.id);
 
-    // Esc gives up: the same listing a script would get, nothing pushed.
+    // Esc gives up, and so does Ctrl-C: the same listing a script would
+    // get, nothing pushed.
     bed.clear_records();
-    let mut c = bed.command();
-    c.args([
-        "-p",
-        &bed.sshd_port().to_string(),
-        "-l",
-        &bed.os_user(),
-        "web-*",
-        "true",
-    ]);
-    let mut pty = Pty::spawn(c);
-    let mut seen = String::new();
-    pty.expect(&mut seen, "matches 2 instances", Duration::from_secs(20));
-    pty.send(b"\x1b");
-    let code = pty.wait(&mut seen);
-    assert_eq!(code, Some(255), "{seen}");
-    assert!(
-        strip_ansi(&seen).contains("name one by its instance id"),
-        "{seen}"
-    );
-    assert!(bed.pushes().is_empty());
-
-    // So does Ctrl-C, and the cursor the picker hid is shown again.
-    let mut c = bed.command();
-    c.args([
-        "-p",
-        &bed.sshd_port().to_string(),
-        "-l",
-        &bed.os_user(),
-        "web-*",
-        "true",
-    ]);
-    let mut pty = Pty::spawn(c);
-    let mut seen = String::new();
-    pty.expect(&mut seen, "matches 2 instances", Duration::from_secs(20));
-    pty.expect(&mut seen, "web-alpha", Duration::from_secs(5));
-    // The picker reads keys in raw mode, where Ctrl-C is a key.
-    std::thread::sleep(Duration::from_millis(300));
-    pty.send(b"\x03");
-    let code = pty.wait(&mut seen);
-    assert_eq!(code, Some(255), "{seen:?}");
-    assert!(
-        strip_ansi(&seen).contains("name one by its instance id"),
-        "{seen:?}"
-    );
-    let hidden = seen
-        .rfind("\x1b[?25l")
-        .expect("the picker hides the cursor");
-    assert!(
-        seen[hidden..].contains("\x1b[?25h"),
-        "cursor left hidden: {seen:?}"
-    );
-    assert!(bed.pushes().is_empty());
+    for key in [&b"\x1b"[..], b"\x03"] {
+        let mut c = bed.command();
+        c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
+            .args(["web-*", "true"]);
+        let mut pty = Pty::spawn(c);
+        let mut seen = String::new();
+        pty.expect(&mut seen, "web-alpha", Duration::from_secs(20));
+        // The picker reads keys in raw mode, where Ctrl-C is a key.
+        std::thread::sleep(Duration::from_millis(300));
+        pty.send(key);
+        let code = pty.wait(&mut seen);
+        assert_eq!(code, Some(255), "{key:?}: {seen:?}");
+        assert!(
+            strip_ansi(&seen).contains("name one by its instance id"),
+            "{key:?}: {seen:?}"
+        );
+        // The cursor the picker hid is shown again.
+        let hidden = seen
+            .rfind("\x1b[?25l")
+            .expect("the picker hides the cursor");
+        assert!(
+            seen[hidden..].contains("\x1b[?25h"),
+            "cursor left hidden: {seen:?}"
+        );
+        assert!(bed.pushes().is_empty());
+    }
 }
 
 #[test]

@@ -367,6 +367,7 @@ impl Slot {
             &clients,
             &instance,
             Some(want.port),
+            None,
         )
         .await?;
         let hop = match route {

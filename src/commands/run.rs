@@ -282,7 +282,7 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         instance,
         port,
     );
-    let route = super::tunnel::plan_with(
+    let route = super::tunnel::plan(
         decision,
         shared.path,
         shared.config,

@@ -358,21 +358,10 @@ impl EndpointCache {
     }
 }
 
-/// Finds the endpoint for a connection `decide` wants tunnelled. `Ok(None)`
-/// means connect directly (auto, and no endpoint in the VPC).
+/// Finds the endpoint for a connection `decide` wants tunnelled, with
+/// lookups shared through `cache` if given. `Ok(None)` means connect
+/// directly (auto, and no endpoint in the VPC).
 pub async fn plan(
-    decision: Decision,
-    path: &PathArgs,
-    config: &SdkConfig,
-    clients: &Clients,
-    instance: &InstanceInfo,
-    ssh_port: Option<u16>,
-) -> anyhow::Result<Option<Route>> {
-    plan_with(decision, path, config, clients, instance, ssh_port, None).await
-}
-
-/// [`plan`], with endpoint lookups shared through `cache` if given.
-pub async fn plan_with(
     decision: Decision,
     path: &PathArgs,
     config: &SdkConfig,
@@ -512,7 +501,16 @@ pub async fn route_for_connect(
     let explicit = settings.address != crate::target::AddressChoice::Auto;
     let port = ssh_port(&settings.ssh_options);
     let decision = decide(settings.path.via(), explicit, address, instance, port);
-    plan(decision, &settings.path, config, clients, instance, port).await
+    plan(
+        decision,
+        &settings.path,
+        config,
+        clients,
+        instance,
+        port,
+        None,
+    )
+    .await
 }
 
 /// [`route_for_connect`] as soon as `found` names the instance (`Ok(None)`
