@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
@@ -94,7 +94,7 @@ struct Shared<'a> {
     ssh_program: OsString,
     known_hosts: std::path::PathBuf,
     endpoints: super::tunnel::EndpointCache,
-    out: Arc<Mutex<Printer>>,
+    out: Mutex<Printer>,
 }
 
 pub async fn run(
@@ -178,7 +178,7 @@ pub async fn run(
         ssh_program: crate::settings::ssh_program(),
         known_hosts: super::connect::known_hosts_file(&state_dir)?,
         endpoints: super::tunnel::EndpointCache::default(),
-        out: Arc::new(Mutex::new(printer)),
+        out: Mutex::new(printer),
     };
 
     let slots = tokio::sync::Semaphore::new(usize::from(args.parallel));
@@ -189,17 +189,18 @@ pub async fn run(
         );
         let (slots, shared) = (&slots, &shared);
         async move {
-            let Ok(_permit) = slots.acquire().await else {
-                unreachable!("the semaphore is never closed");
-            };
+            // The semaphore is never closed, so this always holds a permit.
+            let _permit = slots.acquire().await.ok();
             shared.out_lock().started();
             let report = run_one(shared, instance.clone(), user).await;
             shared.out_lock().finished(&report);
             report
         }
     });
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let all = futures_util::future::join_all(tasks);
     // Dropping the unfinished tasks kills their ssh processes and wipes
     // their keys and runtime directories.
@@ -207,6 +208,7 @@ pub async fn run(
         reports = all => reports,
         _ = interrupt.recv() => return interrupted(&shared),
         _ = terminate.recv() => return interrupted(&shared),
+        _ = hangup.recv() => return interrupted(&shared),
     };
     let mut printer = shared.out_lock();
     printer.progress.clear();
