@@ -30,9 +30,14 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     init_logging(cli.verbose);
-    let outcome = config::Layers::load()
-        .map_err(anyhow::Error::new)
-        .and_then(|layers| dispatch(cli, &layers));
+    // Generated files depend on the command definition alone, never on a
+    // config file (which might be broken).
+    let outcome = match cli.generate {
+        Some(what) => generate::run(what),
+        None => config::Layers::load()
+            .map_err(anyhow::Error::new)
+            .and_then(|layers| dispatch(cli, &layers)),
+    };
     match outcome {
         Ok(code) => code,
         Err(err) => {
@@ -46,9 +51,6 @@ fn main() -> ExitCode {
 /// config file, aliases) filling what the command line leaves open.
 fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCode> {
     use cli::Subcommand as S;
-    if let Some(what) = cli.generate {
-        return generate::run(what);
-    }
     let Some(subcommand) = cli.subcommand.take() else {
         let settings = settings::ConnectSettings::from_cli(cli, layers)?;
         return block_on(commands::connect::run(settings));

@@ -200,6 +200,10 @@ fn completions_and_man_page_come_from_the_command_definition() {
     assert!(man.contains(".SS eic\\-connect run"), "{man}");
     assert!(man.contains("\\fB\\-f, \\-\\-filter\\fR FILTER"), "{man}");
 
+    // It needs no config file, even a broken one.
+    write_config(&bed, "this is not toml");
+    assert!(generate("man").contains(".SH COMMANDS"));
+
     // --generate stands alone.
     let mut c = bed.command();
     c.args(["--generate", "bash", "web-1"]);
