@@ -40,11 +40,11 @@ fn main() {
         "Only OS user `{}` can log in. Pushed keys live 60 s.",
         bed.os_user()
     );
-    println!(
-        "Example:  eic-connect -p {} {}@web-1",
-        bed.sshd_port(),
-        bed.os_user()
-    );
+    let (port, user) = (bed.sshd_port(), bed.os_user());
+    println!("Examples: eic-connect -p {port} {user}@web-1");
+    println!("          eic-connect -p {port} --start {user}@old-1 uptime");
+    println!("          eic-connect list");
+    println!("          eic-connect run -f state=running -p {port} -l {user} -- hostname");
     println!("\nBed dir: {}  (sshd log: sshd.log)", bed.dir().display());
     println!("Ctrl-C to stop.");
 
