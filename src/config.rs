@@ -103,7 +103,7 @@ impl Defaults {
     /// The `EIC_CONNECT_*` variables (empty ones are unset), read through
     /// `get` so tests need not touch the process environment.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Defaults, Failure> {
-        let mut table = toml::Table::new();
+        let mut defaults = Defaults::default();
         for (key, var) in ENV_VARS {
             let Some(raw) = get(var).filter(|v| !v.trim().is_empty()) else {
                 continue;
@@ -113,24 +113,25 @@ impl Defaults {
                 "max-tunnel-duration" => raw
                     .parse::<i64>()
                     .map(toml::Value::Integer)
-                    .map_err(|_| bad_env(var, raw, "a whole number of seconds"))?,
+                    .map_err(|_| bad_env(var, raw, "not a whole number of seconds"))?,
                 "api-timeout" => raw
                     .parse::<f64>()
                     .map(toml::Value::Float)
-                    .map_err(|_| bad_env(var, raw, "a number of seconds"))?,
+                    .map_err(|_| bad_env(var, raw, "not a number of seconds"))?,
                 "verify-host-key" => toml::Value::Boolean(!matches!(
                     raw.to_ascii_lowercase().as_str(),
                     "0" | "false" | "no" | "off"
                 )),
                 _ => toml::Value::String(raw.to_owned()),
             };
-            table.insert((*key).to_owned(), value);
+            let mut one = toml::Table::new();
+            one.insert((*key).to_owned(), value);
+            let part = Defaults::from_table(one).map_err(|why| {
+                let why = why.split_once(": ").map_or(why.as_str(), |(_, w)| w);
+                bad_env(var, raw, why)
+            })?;
+            defaults = part.or(defaults);
         }
-        let mut defaults = Defaults::from_table(table).map_err(|why| {
-            Failure::usage(format!(
-                "an EIC_CONNECT_* variable has an unusable value: {why}"
-            ))
-        })?;
         if defaults.user.is_some() {
             defaults.user_source = Some("EIC_CONNECT_OS_USER".into());
         }
@@ -212,9 +213,9 @@ fn fill<T: Clone>(slot: &mut Option<T>, default: &Option<T>) {
     }
 }
 
-fn bad_env(var: &str, value: &str, want: &str) -> Failure {
+fn bad_env(var: &str, value: &str, why: &str) -> Failure {
     Failure::usage(format!(
-        "{var}={:?} is not {want}",
+        "{var}={:?} is not usable: {why}",
         terminal_safe(value).as_ref()
     ))
 }
@@ -500,6 +501,9 @@ mod tests {
         ] {
             let err = Defaults::from_env(env(&[(var, value)])).unwrap_err();
             assert_eq!(err.exit, 2, "{var}");
+            let named =
+                err.message.contains(var) || err.hints.iter().any(|h| h.contains("EIC_CONNECT_"));
+            assert!(named, "{var}: {}", err.message);
         }
         let d = Defaults::from_env(env(&[
             ("EIC_CONNECT_VERIFY_HOST_KEY", "0"),
