@@ -146,6 +146,24 @@ impl Defaults {
     fn from_table(table: toml::Table) -> Result<Defaults, String> {
         let mut out = Defaults::default();
         for (key, value) in table {
+            let want = match key.as_str() {
+                "max-tunnel-duration" => "a whole number",
+                "api-timeout" => "a number",
+                "verify-host-key" => "true or false",
+                _ => "a string in quotes",
+            };
+            let fits = match (key.as_str(), &value) {
+                ("max-tunnel-duration", toml::Value::Integer(_))
+                | ("api-timeout", toml::Value::Integer(_) | toml::Value::Float(_))
+                | ("verify-host-key", toml::Value::Boolean(_)) => true,
+                ("max-tunnel-duration" | "api-timeout" | "verify-host-key", _) => false,
+                (_, other) => matches!(other, toml::Value::String(_)),
+            };
+            // A known key with a value of the wrong kind (unknown keys are
+            // left to serde, which lists the known ones).
+            if !fits && ENV_VARS.iter().any(|(k, _)| *k == key) {
+                return Err(format!("{key} must be {want}"));
+            }
             let mut one = toml::Table::new();
             one.insert(key.clone(), value);
             let part: Defaults = one.try_into().map_err(|e: toml::de::Error| {
@@ -262,8 +280,19 @@ impl Layers {
             Failure::usage(format!("invalid config file {shown}: {what}"))
                 .hint("see the Configuration section of the README for the keys")
         };
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e: toml::de::Error| invalid(terminal_safe(&e.to_string()).into_owned()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| {
+            let place = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            invalid(format!(
+                "{}{}",
+                place.unwrap_or_default(),
+                terminal_safe(e.message().trim())
+            ))
+        })?;
         let mut aliases = BTreeMap::new();
         match table.remove("alias") {
             None => {}
