@@ -510,6 +510,8 @@ mod tests {
             ("[alias.x]\ntarget = \"web\"\nbogus = 1", "bogus"),
             ("alias = 3", "must be a table"),
             ("this is not toml", "invalid config file"),
+            ("profile = \"a\"\nregion = [", "line 2, column 11"),
+            ("verify-host-key = \"yes\"", "must be true or false"),
         ] {
             let err = Layers::parse(text, Path::new("/cfg/config.toml")).unwrap_err();
             assert_eq!(err.exit, 2, "{text}");
