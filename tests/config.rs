@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::cmd::{assert_signed, eic, run, stderr, stdout};
+use support::cmd::{assert_signed, eic, run, server_address, stderr, stdout};
 use support::{InstanceSpec, TestBed};
 
 fn write_config(bed: &TestBed, text: &str) -> std::path::PathBuf {
@@ -85,11 +85,7 @@ fn an_alias_names_an_instance_with_its_own_settings() {
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     // address = "private" from the file applies under the alias.
-    let server = stdout(&out)
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned();
+    let server = server_address(&out);
     assert_eq!(server, web.private_ip);
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 1);
@@ -102,11 +98,7 @@ fn an_alias_names_an_instance_with_its_own_settings() {
     c.args(["--public", "box", "echo $SSH_CONNECTION"]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    let server = stdout(&out)
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned();
+    let server = server_address(&out);
     assert_eq!(Some(server), web.public_ip);
 }
 

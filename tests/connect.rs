@@ -2,21 +2,12 @@
 
 mod support;
 
-use support::cmd::{assert_signed as assert_clean, eic, run, stderr, stdout};
+use support::cmd::{assert_signed as assert_clean, eic, run, server_address, stderr, stdout};
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{InstanceSpec, TestBed};
-
-/// `echo $SSH_CONNECTION` on the instance: the server address ssh reached.
-fn server_address(o: &Output) -> String {
-    stdout(o)
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned()
-}
 
 #[test]
 fn connects_by_instance_id_and_returns_output_and_exit_status() {

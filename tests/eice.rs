@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::cmd::{run, stderr, stdout};
+use support::cmd::{run, server_address, stderr, stdout};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -34,15 +34,6 @@ fn assert_clean(bed: &TestBed) {
         "refused tunnels: {:?}",
         bed.unexpected_tunnel_rejections()
     );
-}
-
-/// The server address of `echo $SSH_CONNECTION`.
-fn server_address(o: &Output) -> String {
-    stdout(o)
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {

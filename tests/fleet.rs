@@ -22,6 +22,32 @@ fn run_cmd(bed: &TestBed, filters: &[&str]) -> Command {
     c
 }
 
+/// `run … -- 'echo $SSH_CONNECTION'`: each output line's instance (by its
+/// label) and the server address its ssh reached.
+fn reached<'a>(
+    o: &Output,
+    instances: &'a [support::Instance],
+) -> Vec<(&'a support::Instance, String)> {
+    stdout(o)
+        .lines()
+        .map(|line| {
+            let (label, rest) = line
+                .split_once(" | ")
+                .unwrap_or_else(|| panic!("no label: {line:?}"));
+            let server = rest
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned();
+            let inst = instances
+                .iter()
+                .find(|i| i.name.as_deref() == Some(label.trim()))
+                .unwrap_or_else(|| panic!("no instance labelled {label:?}"));
+            (inst, server)
+        })
+        .collect()
+}
+
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
@@ -186,14 +212,8 @@ fn run_runs_on_every_match_with_prefixed_output_and_a_summary() {
     c.args(["--", "echo $SSH_CONNECTION"]);
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    for line in stdout(&out).lines() {
-        let (label, rest) = line.split_once(" | ").unwrap();
-        let server = rest.split_whitespace().nth(2).unwrap();
-        let inst = build
-            .iter()
-            .find(|b| b.name.as_deref() == Some(label.trim()))
-            .unwrap();
-        assert_eq!(Some(server), inst.public_ip.as_deref(), "{line}");
+    for (inst, server) in reached(&out, &build) {
+        assert_eq!(Some(server), inst.public_ip, "{}", stdout(&out));
     }
     assert!(
         stderr(&out).contains("3 of 3 instances succeeded"),
@@ -748,14 +768,8 @@ fn run_reaches_private_instances_through_one_endpoint_lookup() {
         .stdin(Stdio::null());
     let out = run(c);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    for line in stdout(&out).lines() {
-        let (label, rest) = line.split_once(" | ").unwrap();
-        let server = rest.split_whitespace().nth(2).unwrap();
-        let db = dbs
-            .iter()
-            .find(|d| d.name.as_deref() == Some(label.trim()))
-            .unwrap();
-        assert_eq!(server, db.private_ip, "{line}");
+    for (db, server) in reached(&out, &dbs) {
+        assert_eq!(server, db.private_ip, "{}", stdout(&out));
     }
     assert_eq!(stdout(&out).lines().count(), 4);
     let tunnels = bed.wait_for_tunnels_closed(4, Duration::from_secs(10));

@@ -21,6 +21,15 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `echo $SSH_CONNECTION` on the instance: the server address ssh reached.
+pub fn server_address(o: &Output) -> String {
+    stdout(o)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
