@@ -10,7 +10,6 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,8 +24,10 @@ const SSH_AGENT_IDENTITIES_ANSWER: u8 = 12;
 const SSH_AGENTC_SIGN_REQUEST: u8 = 13;
 const SSH_AGENT_SIGN_RESPONSE: u8 = 14;
 const SSH_AGENT_SUCCESS: u8 = 6;
-const SSH_AGENTC_ADD_ID_CONSTRAINED: u8 = 25;
-const SSH_AGENT_CONSTRAIN_LIFETIME: u8 = 1;
+const SSH_AGENTC_EXTENSION: u8 = 27;
+/// OpenSSH (8.9+) binds each agent connection to the session using it; the
+/// last field says whether the connection is a *forwarded* one.
+const SESSION_BIND: &[u8] = b"session-bind@openssh.com";
 /// Agent messages we handle are small; anything larger is not ssh talking.
 const MAX_MESSAGE: usize = 256 * 1024;
 
@@ -38,12 +39,9 @@ pub struct RuntimeDir {
 
 impl RuntimeDir {
     /// Creates `eic-connect.<pid>.<random>` (mode 0700) under
-    /// `$XDG_RUNTIME_DIR`, else the temporary directory.
+    /// `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else `/tmp` (see `dirs`).
     pub fn create() -> anyhow::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        let base = crate::dirs::runtime_base(&crate::dirs::ProcessEnv);
         sweep_stale(&base);
         let mut suffix = [0u8; 6];
         ssh_key::rand_core::RngCore::fill_bytes(&mut ssh_key::rand_core::OsRng, &mut suffix);
@@ -98,54 +96,91 @@ fn sweep_stale(base: &Path) {
 /// The running agent. Dropping it stops serving and wipes the key.
 pub struct Agent {
     socket: PathBuf,
-    identity_file: PathBuf,
     key: Arc<Mutex<Option<EphemeralKey>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The key as one connection to the agent may use it.
+#[derive(Clone)]
+struct Served {
+    key: Arc<Mutex<Option<EphemeralKey>>>,
+    /// Where a forwarded connection is relayed: the user's own agent.
+    forward_to: Option<PathBuf>,
+}
+
 impl Agent {
-    /// Starts serving `key` on a socket in `dir`, and writes its public half
-    /// to `dir/id.pub` for ssh's `IdentityFile`. After `lifetime` the key is
-    /// forgotten: it cannot log in anywhere by then.
-    pub fn start(key: EphemeralKey, dir: &RuntimeDir, lifetime: Duration) -> anyhow::Result<Agent> {
-        let socket = dir.path().join("agent.sock");
-        let identity_file = dir.path().join("id.pub");
-        std::fs::write(&identity_file, format!("{}\n", key.public_openssh()))
-            .with_context(|| format!("could not write {}", identity_file.display()))?;
+    /// Starts serving `key` on a socket at `socket`, and writes its public
+    /// half to `identity_file` for ssh's `IdentityFile`. At `expires` (the
+    /// push plus its 60 seconds) the key is wiped: it cannot log in anywhere
+    /// by then.
+    ///
+    /// A connection that ssh binds as *forwarded* (`ssh -A`, `ForwardAgent
+    /// yes`) never reaches the key: it is relayed to `forward_to`, the
+    /// user's own agent, or refused when there is none.
+    pub fn start(
+        key: EphemeralKey,
+        socket: PathBuf,
+        identity_file: Option<PathBuf>,
+        expires: std::time::Instant,
+        forward_to: Option<PathBuf>,
+    ) -> anyhow::Result<Agent> {
+        if let Some(file) = &identity_file {
+            std::fs::write(file, format!("{}\n", key.public_openssh()))
+                .with_context(|| format!("could not write {}", file.display()))?;
+        }
         let listener = UnixListener::bind(&socket)
             .with_context(|| format!("could not listen on {}", socket.display()))?;
         let key = Arc::new(Mutex::new(Some(key)));
-
-        let serving = {
-            let key = Arc::clone(&key);
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(stream, Arc::clone(&key)));
-                }
-            })
+        let served = Served {
+            key: Arc::clone(&key),
+            forward_to,
         };
+        let serving = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, served.clone()));
+            }
+        });
         let expiry = {
             let key = Arc::clone(&key);
             tokio::spawn(async move {
-                tokio::time::sleep(lifetime).await;
+                tokio::time::sleep_until(tokio::time::Instant::from_std(expires)).await;
                 forget(&key);
                 tracing::debug!("ephemeral key expired and was wiped from memory");
             })
         };
         Ok(Agent {
             socket,
-            identity_file,
             key,
             tasks: vec![serving, expiry],
         })
+    }
+
+    /// [`Agent::start`] in a runtime directory: `agent.sock` and `id.pub`.
+    pub fn start_in(
+        key: EphemeralKey,
+        dir: &RuntimeDir,
+        expires: std::time::Instant,
+        forward_to: Option<PathBuf>,
+    ) -> anyhow::Result<Agent> {
+        Agent::start(
+            key,
+            dir.path().join("agent.sock"),
+            Some(dir.path().join("id.pub")),
+            expires,
+            forward_to,
+        )
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
-    pub fn identity_file(&self) -> &Path {
-        &self.identity_file
+    /// Whether the key is still held (not yet expired or dropped).
+    pub fn holds_key(&self) -> bool {
+        self.key
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
     }
 }
 
@@ -164,22 +199,31 @@ fn forget(key: &Mutex<Option<EphemeralKey>>) {
     guard.take();
 }
 
-async fn serve(mut stream: UnixStream, key: Arc<Mutex<Option<EphemeralKey>>>) {
-    loop {
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).await.is_err() {
-            return;
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        if len == 0 || len > MAX_MESSAGE {
-            return;
-        }
-        let mut msg = vec![0u8; len];
-        if stream.read_exact(&mut msg).await.is_err() {
-            return;
+/// Reads one agent message (without its length prefix); `None` at the end
+/// of the connection or for a length no ssh client sends.
+async fn read_message(stream: &mut UnixStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_MESSAGE {
+        return None;
+    }
+    let mut msg = vec![0u8; len];
+    stream.read_exact(&mut msg).await.ok()?;
+    Some(msg)
+}
+
+async fn serve(mut stream: UnixStream, served: Served) {
+    while let Some(msg) = read_message(&mut stream).await {
+        if session_bind_forwarding(&msg) == Some(true) {
+            tracing::debug!("agent: a forwarded connection; the ephemeral key is not offered");
+            return forwarded(stream, &msg, served.forward_to.as_deref()).await;
         }
         let reply = {
-            let guard = key.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let guard = served
+                .key
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             respond(&msg, guard.as_ref())
         };
         let mut framed = Vec::with_capacity(reply.len() + 4);
@@ -190,11 +234,60 @@ async fn serve(mut stream: UnixStream, key: Arc<Mutex<Option<EphemeralKey>>>) {
     }
 }
 
+/// A forwarded connection: relayed to the user's own agent (the bind message
+/// first, so it binds there too), or, with none, answered with no keys.
+async fn forwarded(mut stream: UnixStream, bind: &[u8], forward_to: Option<&Path>) {
+    if let Some(path) = forward_to
+        && let Ok(mut theirs) = UnixStream::connect(path).await
+    {
+        let mut framed = Vec::with_capacity(bind.len() + 4);
+        put_string(&mut framed, bind);
+        if theirs.write_all(&framed).await.is_ok() {
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut theirs).await;
+        }
+        return;
+    }
+    let mut first = true;
+    loop {
+        let reply: &[u8] = if first {
+            &[SSH_AGENT_SUCCESS]
+        } else {
+            match read_message(&mut stream).await {
+                Some(msg) if msg.first() == Some(&SSH_AGENTC_REQUEST_IDENTITIES) => {
+                    &[SSH_AGENT_IDENTITIES_ANSWER, 0, 0, 0, 0]
+                }
+                Some(_) => &[SSH_AGENT_FAILURE],
+                None => return,
+            }
+        };
+        first = false;
+        let mut framed = Vec::with_capacity(reply.len() + 4);
+        put_string(&mut framed, reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// For a `session-bind@openssh.com` extension message, whether it binds a
+/// forwarded connection; `None` for any other message.
+fn session_bind_forwarding(msg: &[u8]) -> Option<bool> {
+    let (&kind, mut rest) = msg.split_first()?;
+    if kind != SSH_AGENTC_EXTENSION || take_string(&mut rest)? != SESSION_BIND {
+        return None;
+    }
+    // host key, session identifier, signature, then the flag.
+    for _ in 0..3 {
+        take_string(&mut rest)?;
+    }
+    Some(rest.first().is_some_and(|&b| b != 0))
+}
+
 /// Answers one agent request (without its length prefix).
 fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
     let failure = vec![SSH_AGENT_FAILURE];
-    match msg.first().copied() {
-        Some(SSH_AGENTC_REQUEST_IDENTITIES) => {
+    match msg.split_first() {
+        Some((&SSH_AGENTC_REQUEST_IDENTITIES, _)) => {
             let mut out = vec![SSH_AGENT_IDENTITIES_ANSWER];
             match key.and_then(|k| k.public_blob().ok()) {
                 Some(blob) => {
@@ -206,8 +299,7 @@ fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
             }
             out
         }
-        Some(SSH_AGENTC_SIGN_REQUEST) => {
-            let mut rest = &msg[1..];
+        Some((&SSH_AGENTC_SIGN_REQUEST, mut rest)) => {
             let (Some(blob), Some(data)) = (take_string(&mut rest), take_string(&mut rest)) else {
                 return failure;
             };
@@ -225,92 +317,28 @@ fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
                 Err(_) => failure,
             }
         }
-        // Adding or removing keys, locking, extensions (session-bind):
-        // this agent does none of them.
-        _ => failure,
-    }
-}
-
-/// A connection to an ssh-agent (the user's, via `SSH_AUTH_SOCK`).
-pub struct AgentClient {
-    stream: UnixStream,
-}
-
-impl AgentClient {
-    /// Connects to the agent named by `SSH_AUTH_SOCK`, if there is one.
-    pub async fn from_env() -> Option<AgentClient> {
-        let path = std::env::var_os("SSH_AUTH_SOCK").filter(|p| !p.is_empty())?;
-        let stream = UnixStream::connect(&path).await.ok()?;
-        Some(AgentClient { stream })
-    }
-
-    async fn request(&mut self, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let mut framed = zeroize::Zeroizing::new(Vec::with_capacity(msg.len() + 4));
-        put_string(&mut framed, msg);
-        self.stream.write_all(&framed).await?;
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        anyhow::ensure!(
-            len > 0 && len <= MAX_MESSAGE,
-            "bad reply length {len} from ssh-agent"
-        );
-        let mut reply = vec![0u8; len];
-        self.stream.read_exact(&mut reply).await?;
-        Ok(reply)
-    }
-
-    /// Adds `key` with a lifetime constraint: the agent itself deletes it
-    /// after `lifetime`, whatever happens to this process.
-    pub async fn add(&mut self, key: &EphemeralKey, lifetime: Duration) -> anyhow::Result<()> {
-        let mut msg = zeroize::Zeroizing::new(vec![SSH_AGENTC_ADD_ID_CONSTRAINED]);
-        msg.extend_from_slice(&key.agent_key_fields()?);
-        put_string(&mut msg, b"eic-connect ephemeral key");
-        msg.push(SSH_AGENT_CONSTRAIN_LIFETIME);
-        msg.extend_from_slice(&(lifetime.as_secs().max(1) as u32).to_be_bytes());
-        let reply = self.request(&msg).await?;
-        anyhow::ensure!(
-            reply.first() == Some(&SSH_AGENT_SUCCESS),
-            "the ssh-agent refused the key"
-        );
-        Ok(())
-    }
-
-    /// Whether the agent currently holds the key with this public blob.
-    pub async fn has(&mut self, blob: &[u8]) -> anyhow::Result<bool> {
-        let reply = self.request(&[SSH_AGENTC_REQUEST_IDENTITIES]).await?;
-        anyhow::ensure!(
-            reply.first() == Some(&SSH_AGENT_IDENTITIES_ANSWER),
-            "unexpected ssh-agent reply"
-        );
-        let mut rest = &reply[1..];
-        let count = rest
-            .get(..4)
-            .map_or(0, |n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
-        rest = rest.get(4..).unwrap_or_default();
-        for _ in 0..count {
-            let (Some(key), Some(_comment)) = (take_string(&mut rest), take_string(&mut rest))
-            else {
-                break;
-            };
-            if key == blob {
-                return Ok(true);
-            }
+        // The session binding of ssh's own (not forwarded) connection.
+        Some((&SSH_AGENTC_EXTENSION, _)) if session_bind_forwarding(msg) == Some(false) => {
+            vec![SSH_AGENT_SUCCESS]
         }
-        Ok(false)
+        // Adding or removing keys, locking, other extensions: this agent
+        // does none of them.
+        _ => failure,
     }
 }
 
 fn take_string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    let s = buf.get(4..4 + len)?;
-    *buf = &buf[4 + len..];
+    let end = len.checked_add(4)?;
+    let s = buf.get(4..end)?;
+    *buf = buf.get(end..)?;
     Some(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sign_request(blob: &[u8], data: &[u8]) -> Vec<u8> {
         let mut msg = vec![SSH_AGENTC_SIGN_REQUEST];
@@ -386,8 +414,9 @@ mod tests {
         let dir = RuntimeDir::create().unwrap();
         let key = EphemeralKey::generate().unwrap();
         let blob = key.public_blob().unwrap();
-        let agent = Agent::start(key, &dir, Duration::from_secs(60)).unwrap();
-        let pub_line = std::fs::read_to_string(agent.identity_file()).unwrap();
+        let expires = std::time::Instant::now() + Duration::from_secs(60);
+        let agent = Agent::start_in(key, &dir, expires, None).unwrap();
+        let pub_line = std::fs::read_to_string(dir.path().join("id.pub")).unwrap();
         assert!(pub_line.starts_with("ssh-ed25519 "));
 
         let mut stream = UnixStream::connect(agent.socket()).await.unwrap();
@@ -408,63 +437,71 @@ mod tests {
         );
     }
 
-    /// Our agent client against the real OpenSSH ssh-agent: the key goes in
-    /// with a lifetime and can be found again.
-    #[tokio::test]
-    async fn adds_a_constrained_key_to_a_real_ssh_agent() {
+    #[tokio::test(start_paused = true)]
+    async fn key_is_forgotten_when_the_push_expires_not_60s_after_the_agent_starts() {
         let dir = RuntimeDir::create().unwrap();
-        let socket = dir.path().join("real-agent.sock");
-        struct KillOnDrop(std::process::Child);
-        impl Drop for KillOnDrop {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+        // Pushed 50 s before the agent started: 10 s of the 60 are left.
+        let pushed = std::time::Instant::now() - Duration::from_secs(50);
+        let agent = Agent::start_in(
+            EphemeralKey::generate().unwrap(),
+            &dir,
+            pushed + Duration::from_secs(60),
+            None,
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(agent.holds_key(), "still within the push's 60 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!agent.holds_key(), "wiped once the push's 60 s are over");
+    }
+
+    fn session_bind(forwarding: bool) -> Vec<u8> {
+        let mut msg = vec![SSH_AGENTC_EXTENSION];
+        put_string(&mut msg, SESSION_BIND);
+        for field in [&b"hostkey"[..], b"session-id", b"signature"] {
+            put_string(&mut msg, field);
         }
-        let _agent = KillOnDrop(
-            std::process::Command::new("ssh-agent")
-                .arg("-D")
-                .arg("-a")
-                .arg(&socket)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("ssh-agent (openssh-client) must be installed"),
-        );
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut client = AgentClient {
-            stream: UnixStream::connect(&socket).await.unwrap(),
-        };
-        let key = EphemeralKey::generate().unwrap();
-        let blob = key.public_blob().unwrap();
-        assert!(!client.has(&blob).await.unwrap());
-        client.add(&key, Duration::from_secs(60)).await.unwrap();
-        assert!(client.has(&blob).await.unwrap());
-        // ssh-add -l shows it with the lifetime-bearing comment.
-        let listed = std::process::Command::new("ssh-add")
-            .arg("-l")
-            .env("SSH_AUTH_SOCK", &socket)
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&listed.stdout).contains(&key.fingerprint()));
+        msg.push(u8::from(forwarding));
+        msg
+    }
+
+    async fn ask(stream: &mut UnixStream, msg: &[u8]) -> Vec<u8> {
+        let mut framed = Vec::new();
+        put_string(&mut framed, msg);
+        stream.write_all(&framed).await.unwrap();
+        read_message(stream).await.unwrap()
     }
 
     #[tokio::test]
-    async fn key_is_forgotten_after_its_lifetime() {
+    async fn a_forwarded_connection_never_sees_the_key() {
         let dir = RuntimeDir::create().unwrap();
-        let agent = Agent::start(
-            EphemeralKey::generate().unwrap(),
-            &dir,
-            Duration::from_millis(20),
-        )
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(agent.key.lock().unwrap().is_none());
+        let key = EphemeralKey::generate().unwrap();
+        let blob = key.public_blob().unwrap();
+        let expires = std::time::Instant::now() + Duration::from_secs(60);
+        let agent = Agent::start_in(key, &dir, expires, None).unwrap();
+        // ssh's own connection: bound, not forwarded, the key is there.
+        let mut own = UnixStream::connect(agent.socket()).await.unwrap();
+        assert_eq!(
+            ask(&mut own, &session_bind(false)).await,
+            [SSH_AGENT_SUCCESS]
+        );
+        let listed = ask(&mut own, &[SSH_AGENTC_REQUEST_IDENTITIES]).await;
+        assert_eq!(&listed[1..5], &1u32.to_be_bytes());
+        // A forwarded one: no identities, no signatures.
+        let mut fwd = UnixStream::connect(agent.socket()).await.unwrap();
+        assert_eq!(
+            ask(&mut fwd, &session_bind(true)).await,
+            [SSH_AGENT_SUCCESS]
+        );
+        assert_eq!(
+            ask(&mut fwd, &[SSH_AGENTC_REQUEST_IDENTITIES]).await,
+            [SSH_AGENT_IDENTITIES_ANSWER, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            ask(&mut fwd, &sign_request(&blob, b"x")).await,
+            [SSH_AGENT_FAILURE]
+        );
+        assert_eq!(session_bind_forwarding(&[SSH_AGENTC_EXTENSION]), None);
+        assert_eq!(session_bind_forwarding(&session_bind(true)[..20]), None);
     }
 }

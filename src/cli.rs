@@ -9,6 +9,7 @@ use std::ffi::OsString;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
+use crate::eice::ConnectVia;
 use crate::target::AddressChoice;
 
 /// ssh's short options that take no value (OpenSSH 9), passed through.
@@ -277,6 +278,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub start: bool,
 
+    /// Trust only the host keys each instance printed on its console
+    /// [env: EIC_CONNECT_VERIFY_HOST_KEY]
+    #[arg(long, overrides_with = "no_verify_host_key")]
+    pub verify_host_key: bool,
+
+    /// Do not verify host keys from the console, whatever the config says
+    #[arg(long, overrides_with = "verify_host_key")]
+    pub no_verify_host_key: bool,
+
     /// Print one JSON document with each instance's output and status
     #[arg(long)]
     pub json: bool,
@@ -289,10 +299,24 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// The longest `run --timeout`, in seconds (a week).
+const MAX_RUN_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    seconds_within(text, MAX_RUN_TIMEOUT)
+}
+
+fn parse_api_timeout(text: &str) -> Result<f64, String> {
+    seconds_within(text, crate::aws::MAX_API_TIMEOUT)
+}
+
+/// A number of seconds above 0 and at most `max`.
+fn seconds_within(text: &str, max: f64) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= max => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 and at most {max}"
+        )),
     }
 }
 
@@ -356,6 +380,12 @@ pub struct KnownHostsArgs {
     /// A pinned key, `TYPE:BASE64`
     #[arg(long, value_name = "TYPE:BASE64")]
     pub key: Vec<String>,
+    /// First use: the known_hosts file keys are recorded in, by instance id
+    #[arg(long, value_name = "FILE", requires = "slot", conflicts_with_all = ["pin", "key"])]
+    pub record: Option<std::path::PathBuf>,
+    /// With --record: the proxy's slot (`DIR/USER@HOST`), whose state names the instance
+    #[arg(long, value_name = "PATH", requires = "record")]
+    pub slot: Option<std::path::PathBuf>,
     /// ssh's %I %H %t %K (any may be empty)
     #[arg(value_name = "WORD", num_args = 0.., allow_hyphen_values = true)]
     pub words: Vec<String>,
@@ -388,7 +418,7 @@ pub struct SshConfigArgs {
     #[arg(long, value_name = "PREFIX", default_value = "eic-")]
     pub prefix: String,
     /// Default OS user for these hosts
-    #[arg(long, value_name = "USER", default_value = crate::settings::DEFAULT_OS_USER)]
+    #[arg(long, value_name = "USER", default_value = crate::osuser::DEFAULT_OS_USER)]
     pub os_user: String,
 }
 
@@ -438,15 +468,8 @@ pub struct AwsArgs {
     pub profile: Option<String>,
 
     /// Seconds to wait for one attempt of one AWS API call [default: 10] [env: EIC_CONNECT_API_TIMEOUT]
-    #[arg(long, value_name = "SECONDS", global = true)]
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = parse_api_timeout)]
     pub api_timeout: Option<f64>,
-}
-
-impl AwsArgs {
-    /// `--api-timeout` after every layer, in seconds.
-    pub fn api_timeout(&self) -> f64 {
-        self.api_timeout.unwrap_or(DEFAULT_API_TIMEOUT)
-    }
 }
 
 /// What `--generate` prints.
@@ -457,19 +480,6 @@ pub enum Generate {
     Fish,
     /// The man page (roff)
     Man,
-}
-
-/// How to reach the instance's port 22.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectVia {
-    /// Straight to a public address; through an endpoint when the instance has none
-    #[default]
-    Auto,
-    /// Straight to the chosen address
-    Direct,
-    /// Through an EC2 Instance Connect Endpoint to the private address
-    Eice,
 }
 
 /// The network path, shared by every command that connects.
@@ -492,76 +502,6 @@ pub struct PathArgs {
     )]
     pub max_tunnel_duration: Option<u32>,
 }
-
-impl PathArgs {
-    /// `--connect` after every layer.
-    pub fn via(&self) -> ConnectVia {
-        self.via.unwrap_or_default()
-    }
-}
-
-/// The global options as they would be given to another eic-connect
-/// process (a ProxyCommand line), leaving out defaults.
-pub fn global_args(aws: &AwsArgs, path: &PathArgs) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut add = |flag: &str, value: Option<String>| {
-        if let Some(value) = value.filter(|v| !v.is_empty()) {
-            out.push(flag.to_owned());
-            out.push(value);
-        }
-    };
-    add("--region", aws.region.clone());
-    add("--profile", aws.profile.clone());
-    add(
-        "--api-timeout",
-        (aws.api_timeout() != DEFAULT_API_TIMEOUT).then(|| aws.api_timeout().to_string()),
-    );
-    add(
-        "--connect",
-        (path.via() != ConnectVia::Auto).then(|| path.via().as_str().to_owned()),
-    );
-    add("--eice-id", path.eice_id.clone());
-    add(
-        "--max-tunnel-duration",
-        path.max_tunnel_duration.map(|n| n.to_string()),
-    );
-    out
-}
-
-/// The same settings as environment variables, for a child eic-connect that
-/// takes no arguments from us (scp's and sftp's `-S` program). They are
-/// eic-connect's own variables, so they rank above the config file there too.
-pub fn global_env(aws: &AwsArgs, path: &PathArgs) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(region) = aws.region.clone().filter(|r| !r.is_empty()) {
-        out.push(("EIC_CONNECT_REGION", region));
-    }
-    if let Some(profile) = aws.profile.clone().filter(|p| !p.is_empty()) {
-        out.push(("EIC_CONNECT_PROFILE", profile));
-    }
-    out.push(("EIC_CONNECT_API_TIMEOUT", aws.api_timeout().to_string()));
-    out.push(("EIC_CONNECT_PATH", path.via().as_str().to_owned()));
-    if let Some(id) = &path.eice_id {
-        out.push(("EIC_CONNECT_EICE_ID", id.clone()));
-    }
-    if let Some(n) = path.max_tunnel_duration {
-        out.push(("EIC_CONNECT_MAX_TUNNEL_DURATION", n.to_string()));
-    }
-    out
-}
-
-impl ConnectVia {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectVia::Auto => "auto",
-            ConnectVia::Direct => "direct",
-            ConnectVia::Eice => "eice",
-        }
-    }
-}
-
-/// `--api-timeout`'s default, in seconds.
-pub const DEFAULT_API_TIMEOUT: f64 = 10.0;
 
 /// Which address to connect to.
 #[derive(Debug, Clone, Default, Args)]

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 pub const EXIT_FAILURE: u8 = 255;
 /// Exit status for a command line that cannot be used (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status after Ctrl-C, SIGTERM or SIGHUP, as a shell reports SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// A failure the user can act on: a message, optional extra lines (such as a
 /// list of matching instances) and hints saying what to do next.
@@ -21,6 +23,17 @@ pub struct Failure {
     pub details: Vec<String>,
     pub hints: Vec<String>,
     pub exit: u8,
+    /// What went wrong, for code that reacts to it (never the message text).
+    pub kind: FailureKind,
+}
+
+/// The failures some caller reacts to; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    #[default]
+    Other,
+    /// IAM denied the call.
+    NotAuthorized,
 }
 
 impl Failure {
@@ -30,7 +43,13 @@ impl Failure {
             details: Vec::new(),
             hints: Vec::new(),
             exit: EXIT_FAILURE,
+            kind: FailureKind::Other,
         }
+    }
+
+    pub fn kind(mut self, kind: FailureKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// A command line that cannot be used: exit status 2.
@@ -38,6 +57,14 @@ impl Failure {
         Failure {
             exit: EXIT_USAGE,
             ..Failure::new(message)
+        }
+    }
+
+    /// Ctrl-C, SIGTERM or SIGHUP before ssh started: exit status 130.
+    pub fn interrupted() -> Self {
+        Failure {
+            exit: EXIT_INTERRUPTED,
+            ..Failure::new("interrupted; nothing was left behind")
         }
     }
 
@@ -63,6 +90,13 @@ impl std::error::Error for Failure {}
 /// Shorthand for returning a `Failure` from a function yielding `anyhow::Result`.
 pub fn fail<T>(failure: Failure) -> anyhow::Result<T> {
     Err(anyhow::Error::new(failure))
+}
+
+/// Whether any failure in `err`'s chain is of `kind`.
+pub fn is_kind(err: &anyhow::Error, kind: FailureKind) -> bool {
+    err.chain()
+        .filter_map(|c| c.downcast_ref::<Failure>())
+        .any(|f| f.kind == kind)
 }
 
 /// Renders an error as eic-connect prints it: one `error:` line holding the

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::aws::Clients;
 use crate::aws::ec2::InstanceInfo;
 use crate::error::Failure;
-use crate::osuser::{self, Choice};
+use crate::osuser::{self, Choice, UserSource};
 use crate::sanitize::terminal_safe;
 use crate::target::is_instance_id;
 
@@ -100,7 +100,7 @@ pub fn describe(filters: &Filters) -> String {
 pub async fn os_users(
     clients: &Clients,
     instances: &[InstanceInfo],
-    given: Option<(String, String)>,
+    given: Option<(String, UserSource)>,
     state_dir: &std::path::Path,
 ) -> BTreeMap<String, Choice> {
     let mut out = BTreeMap::new();
@@ -108,7 +108,7 @@ pub async fn os_users(
         for instance in instances {
             let choice = Choice {
                 user: user.clone(),
-                rule: source.clone(),
+                source: source.clone(),
             };
             out.insert(instance.id.clone(), choice);
         }
@@ -118,8 +118,8 @@ pub async fn os_users(
     for instance in instances {
         match osuser::remembered(state_dir, &instance.id) {
             Some(user) => {
-                let rule = "the AMI guess remembered for this instance".to_owned();
-                out.insert(instance.id.clone(), Choice { user, rule });
+                let source = UserSource::Remembered;
+                out.insert(instance.id.clone(), Choice { user, source });
             }
             None => need.push(instance),
         }
@@ -204,7 +204,7 @@ pub fn instance_json(instance: &InstanceInfo, user: Option<&Choice>) -> serde_js
         "subnet_id": instance.subnet_id,
         "image_id": instance.image_id,
         "os_user": user.map(|c| &c.user),
-        "os_user_source": user.map(|c| &c.rule),
+        "os_user_source": user.map(|c| c.source.to_string()),
         "tags": tags,
     })
 }

@@ -20,7 +20,6 @@
 //!
 //! Everything here is pure except the two small file helpers at the end.
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use ssh_key::{HashAlg, PublicKey};
@@ -177,8 +176,12 @@ impl Pins {
 
     /// The helper's arguments (after the program name), with ssh's tokens
     /// for the reason, the known_hosts name and the offered key at the end.
-    pub fn helper_args(&self, report: &str) -> Vec<String> {
-        let mut args = vec!["__known-hosts".to_owned(), "--report".into(), report.into()];
+    pub fn helper_args(&self, report: &Path) -> Vec<String> {
+        let mut args = vec![
+            "__known-hosts".to_owned(),
+            "--report".into(),
+            report.to_string_lossy().into_owned(),
+        ];
         for fp in &self.fingerprints {
             args.extend(["--pin".to_owned(), fp.clone()]);
         }
@@ -191,31 +194,6 @@ impl Pins {
         args.extend(["--", "%I", "%H", "%t", "%K"].map(String::from));
         args
     }
-}
-
-/// The `KnownHostsCommand` value that runs `exe __known-hosts` with `pins`.
-/// ssh splits the value into words itself (double quotes group) and expands
-/// `%x` and `${VAR}` in every word after the first, so paths holding
-/// characters that would be mangled are refused rather than escaped.
-pub fn known_hosts_command(exe: &Path, report: &Path, pins: &Pins) -> Result<OsString, String> {
-    let word = |p: &Path| -> Result<String, String> {
-        let s = p
-            .to_str()
-            .ok_or_else(|| format!("{} is not valid UTF-8", p.display()))?;
-        if s.chars()
-            .any(|c| c.is_control() || matches!(c, '%' | '$' | '"' | '\\' | '\''))
-        {
-            return Err(format!(
-                "{s} contains a character ssh's KnownHostsCommand cannot carry"
-            ));
-        }
-        Ok(format!("\"{s}\""))
-    };
-    let mut words = vec![word(exe)?];
-    for arg in pins.helper_args(&word(report)?) {
-        words.push(arg);
-    }
-    Ok(words.join(" ").into())
 }
 
 /// What the helper found when ssh showed it the server's key.
@@ -304,6 +282,92 @@ pub fn answer(
     (lines, Some(verdict))
 }
 
+/// First use keyed by instance id (the ssh-config block, where ssh knows
+/// only the name typed): what to print for ssh, and the line to append to
+/// eic-connect's known_hosts file when the instance has no key recorded.
+/// `host` is ssh's `%H`; `existing` the file's text.
+pub fn first_use_answer(
+    existing: &str,
+    alias: &str,
+    reason: &str,
+    host: &str,
+    key_type: &str,
+    key_base64: &str,
+) -> (Vec<String>, Option<String>) {
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return (Vec::new(), None);
+    }
+    let recorded: Vec<HostKey> = existing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_ascii_whitespace();
+            let (hosts, alg, blob) = (words.next()?, words.next()?, words.next()?);
+            hosts
+                .split(',')
+                .any(|h| h == alias)
+                .then(|| HostKey::parse(alg, blob))
+                .flatten()
+        })
+        .collect();
+    if !recorded.is_empty() {
+        let lines = recorded
+            .iter()
+            .map(|k| format!("{host} {}", k.openssh()))
+            .collect();
+        return (lines, None);
+    }
+    if reason != "HOSTNAME" {
+        return (Vec::new(), None);
+    }
+    let blob_type = match key_type {
+        "rsa-sha2-256" | "rsa-sha2-512" => "ssh-rsa",
+        other => other,
+    };
+    match HostKey::parse(blob_type, key_base64) {
+        Some(offered) => (
+            vec![format!("{host} {}", offered.openssh())],
+            Some(format!("{alias} {}\n", offered.openssh())),
+        ),
+        None => (Vec::new(), None),
+    }
+}
+
+/// Appends `line` to the known_hosts file at `path` unless `alias` gained
+/// a key meanwhile, under the same lock as [`record`].
+pub fn append_first_use(path: &Path, alias: &str, line: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path.with_extension("lock"))?;
+    lock.lock()?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut existing = String::new();
+    file.read_to_string(&mut existing)?;
+    let taken = existing.lines().any(|l| {
+        l.split_ascii_whitespace()
+            .next()
+            .is_some_and(|hosts| hosts.split(',').any(|h| h == alias))
+    });
+    if taken {
+        return Ok(());
+    }
+    let mut text = String::new();
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    file.write_all(text.as_bytes())
+}
+
 /// Reads the helper's report: the verdicts in the order ssh asked.
 pub fn read_report(path: &Path) -> Vec<Verdict> {
     std::fs::read_to_string(path)
@@ -316,10 +380,12 @@ pub fn read_report(path: &Path) -> Vec<Verdict> {
 /// `existing` known_hosts text with `keys` recorded for `alias`: plain
 /// entries for the alias whose key is not among `keys` are removed (hashed
 /// entries cannot be matched without the salt and are left alone), the rest
-/// of the file is kept as it was.
-pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> String {
+/// of the file is kept as it was. `None` when nothing is stale, so the keys
+/// only need appending ([`missing_lines`]).
+pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> Option<String> {
     let mut out = String::with_capacity(existing.len() + keys.len() * 120);
     let mut present: Vec<&HostKey> = Vec::new();
+    let mut stale = false;
     for line in existing.lines() {
         let mut words = line.split_ascii_whitespace();
         let (hosts, alg, blob) = (words.next(), words.next(), words.next());
@@ -330,7 +396,10 @@ pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> String
                 .find(|k| Some(k.algorithm.as_str()) == alg && Some(k.base64.as_str()) == blob)
             {
                 Some(k) if !present.contains(&k) => present.push(k),
-                _ => continue,
+                _ => {
+                    stale = true;
+                    continue;
+                }
             }
         }
         out.push_str(line);
@@ -339,35 +408,75 @@ pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> String
     for key in keys.iter().filter(|k| !present.contains(k)) {
         out.push_str(&format!("{alias} {}\n", key.openssh()));
     }
+    stale.then_some(out)
+}
+
+/// The known_hosts lines `keys` add for `alias` to `existing`: those not
+/// already there.
+pub fn missing_lines(existing: &str, alias: &str, keys: &[HostKey]) -> String {
+    let mut out = String::new();
+    for key in keys {
+        let present = existing.lines().any(|line| {
+            let mut words = line.split_ascii_whitespace();
+            let (hosts, alg, blob) = (words.next(), words.next(), words.next());
+            hosts.is_some_and(|h| h.split(',').any(|p| p == alias))
+                && alg == Some(key.algorithm.as_str())
+                && blob == Some(key.base64.as_str())
+        });
+        if !present && !out.contains(&key.base64) {
+            out.push_str(&format!("{alias} {}\n", key.openssh()));
+        }
+    }
     out
 }
 
-/// Records `keys` for `alias` in the known_hosts file at `path`, atomically
-/// (temporary file and rename), mode 0600.
+/// Records `keys` for `alias` in the known_hosts file at `path` (mode 0600),
+/// under a lock. ssh itself appends to the same file (first use), so keys
+/// are appended in one write; only when the file holds a stale key for the
+/// alias (the console says otherwise) is it rewritten, by rename.
 pub fn record(path: &Path, alias: &str, keys: &[HostKey]) -> std::io::Result<()> {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let updated = known_hosts_with(&existing, alias, keys);
-    if updated == existing {
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)?;
+    lock.lock()?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut existing = String::new();
+    file.read_to_string(&mut existing)?;
+    if let Some(updated) = known_hosts_with(&existing, alias, keys) {
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        out.write_all(updated.as_bytes())?;
+        out.sync_all()?;
+        drop(out);
+        return std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        });
+    }
+    let lines = missing_lines(&existing, alias, keys);
+    if lines.is_empty() {
         return Ok(());
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(updated.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let mut text = String::new();
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&lines);
+    file.write_all(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -567,31 +676,6 @@ mod tests {
     }
 
     #[test]
-    fn known_hosts_command_quotes_and_refuses_unsafe_paths() {
-        let pins = Pins {
-            keys: Vec::new(),
-            fingerprints: vec![ED25519_FP.into()],
-        };
-        let cmd = known_hosts_command(
-            Path::new("/opt/eic connect/bin/eic-connect"),
-            Path::new("/run/user/1000/eic-connect.1.ab/hostkeys"),
-            &pins,
-        )
-        .unwrap();
-        assert_eq!(
-            cmd,
-            format!(
-                "\"/opt/eic connect/bin/eic-connect\" __known-hosts --report \"/run/user/1000/eic-connect.1.ab/hostkeys\" \
-                 --pin {ED25519_FP} -- %I %H %t %K"
-            )
-            .as_str()
-        );
-        for bad in ["/tmp/100%/x", "/tmp/${HOME}/x", "/tmp/a\"b"] {
-            assert!(known_hosts_command(Path::new(bad), Path::new("/r"), &pins).is_err());
-        }
-    }
-
-    #[test]
     fn recording_replaces_stale_entries_for_the_alias_only() {
         let keys = match parse_console(&format!(
             "-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n{ECDSA}\n-----END SSH HOST KEY KEYS-----"
@@ -601,14 +685,69 @@ mod tests {
         };
         let existing =
             format!("i-0abc {RSA}\ni-0other {RSA}\n|1|c2FsdA==|aGFzaA== {RSA}\ni-0abc {ED25519}\n");
-        let updated = known_hosts_with(&existing, "i-0abc", &keys);
+        let updated = known_hosts_with(&existing, "i-0abc", &keys).unwrap();
         assert_eq!(
             updated,
             format!(
                 "i-0other {RSA}\n|1|c2FsdA==|aGFzaA== {RSA}\ni-0abc {ED25519}\ni-0abc {ECDSA}\n"
             )
         );
-        assert_eq!(known_hosts_with(&updated, "i-0abc", &keys), updated);
+        assert_eq!(known_hosts_with(&updated, "i-0abc", &keys), None);
+    }
+
+    #[test]
+    fn recording_appends_what_is_missing() {
+        let keys = match parse_console(&format!(
+            "-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n{ECDSA}\n-----END SSH HOST KEY KEYS-----"
+        )) {
+            ConsoleKeys::Keys(k) => k,
+            other => panic!("{other:?}"),
+        };
+        let existing = format!("i-0other {RSA}\n|1|c2FsdA==|aGFzaA== {RSA}\ni-0abc {ED25519}\n");
+        assert_eq!(
+            missing_lines(&existing, "i-0abc", &keys),
+            format!("i-0abc {ECDSA}\n")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, &existing).unwrap();
+        record(&path, "i-0abc", &keys).unwrap();
+        record(&path, "i-0abc", &keys).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{existing}i-0abc {ECDSA}\n")
+        );
+    }
+
+    /// Many recorders and ssh-like appenders at once: every line survives.
+    #[test]
+    fn concurrent_recording_loses_no_line() {
+        use std::io::Write;
+        let keys = match parse_console(&format!(
+            "-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n-----END SSH HOST KEY KEYS-----"
+        )) {
+            ConsoleKeys::Keys(k) => k,
+            other => panic!("{other:?}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::thread::scope(|scope| {
+            for n in 0..50 {
+                let (path, keys) = (&path, &keys);
+                scope.spawn(move || {
+                    record(path, &format!("i-{n:08x}"), keys).unwrap();
+                    // What ssh does on first use: an O_APPEND write, no lock.
+                    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                    f.write_all(format!("ssh-{n} {RSA}\n").as_bytes()).unwrap();
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        for n in 0..50 {
+            assert!(text.contains(&format!("i-{n:08x} ")), "recorded {n}");
+            assert!(text.contains(&format!("ssh-{n} ")), "appended {n}");
+        }
+        assert_eq!(text.lines().count(), 100);
     }
 
     mod fuzz {

@@ -6,11 +6,13 @@ use std::fmt;
 use anyhow::Context;
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, PrivateKey};
-use zeroize::Zeroizing;
 
 /// An ed25519 key pair that lives only in this process's memory.
 pub struct EphemeralKey {
     private: PrivateKey,
+    /// The same secret, ready to sign: built once, wiped on drop (as is the
+    /// expanded secret each signature computes).
+    signing: ed25519_dalek::SigningKey,
     public_line: String,
 }
 
@@ -22,16 +24,6 @@ impl EphemeralKey {
         Self::from_private(private)
     }
 
-    /// Reads back a key eic-connect wrote (proxy mode without an agent).
-    pub fn from_openssh(text: &str) -> anyhow::Result<Self> {
-        let private = PrivateKey::from_openssh(text).context("not an OpenSSH private key")?;
-        anyhow::ensure!(
-            private.algorithm() == Algorithm::Ed25519,
-            "not an ed25519 key"
-        );
-        Self::from_private(private)
-    }
-
     fn from_private(private: PrivateKey) -> anyhow::Result<Self> {
         // A bare `ssh-ed25519 <base64>` (no comment) is what the service
         // expects; it is exactly 80 characters, the API's minimum.
@@ -40,8 +32,17 @@ impl EphemeralKey {
         let public_line = public
             .to_openssh()
             .context("could not encode the public key")?;
+        let signing = ed25519_dalek::SigningKey::from(
+            private
+                .key_data()
+                .ed25519()
+                .context("the ephemeral key is not ed25519")?
+                .private
+                .clone(),
+        );
         Ok(EphemeralKey {
             private,
+            signing,
             public_line,
         })
     }
@@ -61,34 +62,11 @@ impl EphemeralKey {
     /// (`string algorithm, string signature`).
     pub fn sign(&self, data: &[u8]) -> anyhow::Result<Vec<u8>> {
         use signature::Signer;
-        let sig: ssh_key::Signature = self.private.try_sign(data)?;
-        let mut out = Vec::with_capacity(83);
-        put_string(&mut out, sig.algorithm().as_str().as_bytes());
-        put_string(&mut out, sig.as_bytes());
-        Ok(out)
-    }
-
-    /// The key pair in the agent protocol's form for ed25519
-    /// (`string "ssh-ed25519", string public, string seed‖public`), for
-    /// adding it to an ssh-agent. Wiped when dropped.
-    pub fn agent_key_fields(&self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-        let keypair = self
-            .private
-            .key_data()
-            .ed25519()
-            .context("the ephemeral key is not ed25519")?;
-        let secret = Zeroizing::new(keypair.to_bytes());
-        let mut out = Zeroizing::new(Vec::with_capacity(128));
+        let sig = self.signing.try_sign(data)?;
+        let mut out = Vec::with_capacity(4 + 11 + 4 + 64);
         put_string(&mut out, b"ssh-ed25519");
-        put_string(&mut out, keypair.public.as_ref());
-        put_string(&mut out, secret.as_ref());
+        put_string(&mut out, &sig.to_bytes());
         Ok(out)
-    }
-
-    /// The private key in OpenSSH's file format, for the one fallback that
-    /// needs a file (no ssh-agent in proxy mode). Wiped when dropped.
-    pub fn private_openssh(&self) -> anyhow::Result<Zeroizing<String>> {
-        Ok(self.private.to_openssh(ssh_key::LineEnding::LF)?)
     }
 
     /// `SHA256:…` fingerprint, safe to log.
@@ -136,6 +114,15 @@ mod tests {
         let debug = format!("{a:?}");
         assert!(debug.contains("(redacted)"));
         assert!(!debug.contains("PRIVATE"));
+    }
+
+    /// The signing key wipes itself (and, with the same feature, so does
+    /// the expanded secret each signature computes): without ed25519-dalek's
+    /// `zeroize` feature this does not compile.
+    #[test]
+    fn the_signing_key_wipes_itself() {
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<ed25519_dalek::SigningKey>();
     }
 
     #[test]

@@ -4,7 +4,9 @@ mod agent;
 mod aws;
 mod cli;
 mod commands;
-mod config;
+mod dirs;
+mod doctor;
+mod eice;
 mod error;
 mod fleet;
 mod generate;
@@ -13,12 +15,13 @@ mod key;
 mod osuser;
 mod picker;
 mod progress;
+mod resolve;
 mod sanitize;
 mod serial;
+mod session;
 mod settings;
 mod ssh;
 mod target;
-mod tunnel;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,9 +37,10 @@ fn main() -> ExitCode {
     // config file (which might be broken).
     let outcome = match cli.generate {
         Some(what) => generate::run(what),
-        None => config::Layers::load()
+        None => settings::Layers::load()
+            .and_then(|layers| settings::resolve(cli, &layers))
             .map_err(anyhow::Error::new)
-            .and_then(|layers| dispatch(cli, &layers)),
+            .and_then(dispatch),
     };
     match outcome {
         Ok(code) => code,
@@ -47,50 +51,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the command the line names, with the lower layers (environment,
-/// config file, aliases) filling what the command line leaves open.
-fn dispatch(mut cli: cli::Cli, layers: &config::Layers) -> anyhow::Result<ExitCode> {
-    use cli::Subcommand as S;
-    let Some(subcommand) = cli.subcommand.take() else {
-        let settings = settings::ConnectSettings::from_cli(cli, layers)?;
-        return block_on(commands::connect::run(settings));
-    };
-    // Commands aimed at one instance take an alias's target and settings.
-    let (alias_target, defaults) = match &subcommand {
-        S::Tunnel(cli::TunnelArgs { target, .. }) | S::Serial(cli::SerialArgs { target, .. }) => {
-            let (target, defaults) = layers.expand(target);
-            (Some(target), defaults)
-        }
-        _ => (None, layers.general()),
-    };
-    // ssh-config, scp and sftp only pass the command line's settings on
-    // to the eic-connect processes they set up, which read the lower
-    // layers themselves (so a printed ssh config does not freeze today's).
-    if !matches!(subcommand, S::SshConfig(_) | S::Scp(_) | S::Sftp(_)) {
-        defaults.fill_aws(&mut cli.aws);
-        defaults.fill_path(&mut cli.path);
-    }
-    match subcommand {
-        S::List(args) => block_on(commands::list::run(args, cli.aws, &defaults)),
-        S::Run(args) => block_on(commands::run::run(args, cli.aws, cli.path, &defaults)),
-        S::Tunnel(mut args) => {
-            args.target = alias_target.unwrap_or(args.target);
-            block_on(commands::tunnel::run(args, cli.aws, cli.path))
-        }
-        S::Proxy(args) => block_on(commands::proxy::run(args, cli.aws, cli.path)),
-        S::SshConfig(args) => commands::ssh_config::run(&args, &cli.aws, &cli.path),
-        S::Scp(args) => {
-            commands::copy::run(commands::copy::Tool::Scp, args.args, &cli.aws, &cli.path)
-        }
-        S::Sftp(args) => {
-            commands::copy::run(commands::copy::Tool::Sftp, args.args, &cli.aws, &cli.path)
-        }
-        S::Doctor(args) => block_on(commands::doctor::run(args, cli.aws, cli.path, layers)),
-        S::Serial(mut args) => {
-            args.target = alias_target.unwrap_or(args.target);
-            block_on(commands::serial::run(args, cli.aws))
-        }
-        S::KnownHosts(args) => commands::known_hosts::run(&args),
+/// Runs the command, its settings resolved.
+fn dispatch(command: settings::Command) -> anyhow::Result<ExitCode> {
+    use settings::Command as C;
+    match command {
+        C::Connect(settings) => block_on(commands::connect::run(*settings)),
+        C::List(settings) => block_on(commands::list::run(settings)),
+        C::Run(settings) => block_on(commands::run::run(*settings)),
+        C::Tunnel(settings) => block_on(commands::tunnel::run(settings)),
+        C::Proxy(settings) => block_on(commands::proxy::run(settings)),
+        C::SshConfig(settings) => commands::ssh_config::run(&settings),
+        C::Copy(settings) => commands::copy::run(settings),
+        C::Doctor(settings) => block_on(commands::doctor::run(*settings)),
+        C::Serial(settings) => block_on(commands::serial::run(settings)),
+        C::KnownHosts(args) => commands::known_hosts::run(&args),
     }
 }
 

@@ -4,7 +4,44 @@
 
 use crate::aws::Clients;
 use crate::aws::errors::{Attempt, from_sdk};
-use crate::settings::DEFAULT_OS_USER;
+
+/// The OS user when nothing says otherwise.
+pub const DEFAULT_OS_USER: &str = "ec2-user";
+
+/// What chose the OS user (shown with `-v`, and in `list --json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSource {
+    /// The command line: `USER@`, `-l`, `--os-user` or `-o User=`.
+    CommandLine(&'static str),
+    /// An alias, `EIC_CONNECT_OS_USER` or the config file (named).
+    Layer(String),
+    /// The guess from this instance's AMI on an earlier connection.
+    Remembered,
+    /// Guessed from the AMI now (the rule that matched).
+    Guessed(String),
+    /// `ec2-user`: nothing said otherwise (why, if known).
+    Default(Option<String>),
+}
+
+impl UserSource {
+    /// Whether the user was named (so nothing is guessed or looked up).
+    pub fn is_given(&self) -> bool {
+        matches!(self, UserSource::CommandLine(_) | UserSource::Layer(_))
+    }
+}
+
+impl std::fmt::Display for UserSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserSource::CommandLine(flag) => f.write_str(flag),
+            UserSource::Layer(layer) => f.write_str(layer),
+            UserSource::Remembered => f.write_str("the AMI guess remembered for this instance"),
+            UserSource::Guessed(rule) => write!(f, "guessed from {rule}"),
+            UserSource::Default(None) => f.write_str("the default"),
+            UserSource::Default(Some(why)) => write!(f, "the default ({why})"),
+        }
+    }
+}
 
 /// What DescribeImages says about an AMI (text from the cloud: untrusted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,8 +62,28 @@ pub struct Guess {
     pub user: &'static str,
     /// The distribution recognised, e.g. `Ubuntu`.
     pub family: &'static str,
-    /// Where it was recognised, e.g. `the AMI name`.
-    pub evidence: &'static str,
+    /// Where it was recognised.
+    pub evidence: Evidence,
+}
+
+/// Which part of the image named the distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    Platform,
+    Name,
+    Description,
+    Owner,
+}
+
+impl Evidence {
+    fn describe(self) -> &'static str {
+        match self {
+            Evidence::Platform => "the AMI's platform",
+            Evidence::Name => "the AMI name",
+            Evidence::Description => "the AMI description",
+            Evidence::Owner => "the AMI owner (amazon)",
+        }
+    }
 }
 
 /// Keywords in the AMI's name or description, most specific first: Bitnami
@@ -68,14 +125,14 @@ pub fn guess(image: &ImageFacts) -> Option<Guess> {
                 return Some(Guess {
                     user,
                     family,
-                    evidence: "the AMI's platform",
+                    evidence: Evidence::Platform,
                 });
             }
         }
     }
     for (text, evidence) in [
-        (image.name.as_deref(), "the AMI name"),
-        (image.description.as_deref(), "the AMI description"),
+        (image.name.as_deref(), Evidence::Name),
+        (image.description.as_deref(), Evidence::Description),
     ] {
         let Some(text) = text else { continue };
         let lower = text.to_ascii_lowercase();
@@ -93,7 +150,7 @@ pub fn guess(image: &ImageFacts) -> Option<Guess> {
     (image.owner_alias.as_deref() == Some("amazon") && platform == "Linux/UNIX").then_some(Guess {
         user: "ec2-user",
         family: "Amazon Linux",
-        evidence: "the AMI owner (amazon)",
+        evidence: Evidence::Owner,
     })
 }
 
@@ -101,7 +158,7 @@ pub fn guess(image: &ImageFacts) -> Option<Guess> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
     pub user: String,
-    pub rule: String,
+    pub source: UserSource,
 }
 
 impl Choice {
@@ -113,7 +170,7 @@ impl Choice {
         let safe = |s: &str| crate::sanitize::terminal_safe(s).into_owned();
         let fallback = |why: String| Choice {
             user: DEFAULT_OS_USER.to_owned(),
-            rule: format!("the default ({why})"),
+            source: UserSource::Default(Some(why)),
         };
         let Some(image_id) = image_id else {
             return fallback("the instance has no AMI id".into());
@@ -126,18 +183,19 @@ impl Choice {
             Ok(Some(image)) => match guess(&image) {
                 Some(g) => {
                     let shown = match g.evidence {
-                        "the AMI name" => image.name.as_deref().map(safe),
-                        "the AMI description" => image.description.as_deref().map(safe),
-                        "the AMI's platform" => image.platform_details.as_deref().map(safe),
-                        _ => None,
+                        Evidence::Name => image.name.as_deref().map(safe),
+                        Evidence::Description => image.description.as_deref().map(safe),
+                        Evidence::Platform => image.platform_details.as_deref().map(safe),
+                        Evidence::Owner => None,
                     };
                     let quoted = shown.map(|s| format!(" {s:?}")).unwrap_or_default();
                     Choice {
                         user: g.user.to_owned(),
-                        rule: format!(
-                            "guessed from {}{quoted} ({image_id}): {}",
-                            g.evidence, g.family
-                        ),
+                        source: UserSource::Guessed(format!(
+                            "{}{quoted} ({image_id}): {}",
+                            g.evidence.describe(),
+                            g.family
+                        )),
                     }
                 }
                 None if image
@@ -377,7 +435,7 @@ mod tests {
         );
         // The description is used when the name says nothing.
         let g = guess(&image("golden-1", "Debian 12 based", "Linux/UNIX")).unwrap();
-        assert_eq!((g.user, g.evidence), ("admin", "the AMI description"));
+        assert_eq!((g.user, g.evidence), ("admin", Evidence::Description));
         // Amazon-owned images that name nothing are Amazon Linux.
         let mut amazon = image("x86_64-minimal", "", "Linux/UNIX");
         amazon.owner_alias = Some("amazon".into());
@@ -394,33 +452,48 @@ mod tests {
         let c = Choice::from_lookup(Some("ami-0123456789abcdef0"), found);
         assert_eq!(c.user, "ubuntu");
         assert!(
-            c.rule
+            c.source
+                .to_string()
                 .starts_with("guessed from the AMI name \"ubuntu/images"),
             "{}",
-            c.rule
+            c.source.to_string()
         );
         assert!(
-            c.rule.ends_with("(ami-0123456789abcdef0): Ubuntu"),
+            c.source
+                .to_string()
+                .ends_with("(ami-0123456789abcdef0): Ubuntu"),
             "{}",
-            c.rule
+            c.source.to_string()
         );
 
         let c = Choice::from_lookup(Some("ami-1"), Ok(None));
         assert_eq!(c.user, "ec2-user");
-        assert!(c.rule.contains("not visible"), "{}", c.rule);
+        assert!(
+            c.source.to_string().contains("not visible"),
+            "{}",
+            c.source.to_string()
+        );
         let c = Choice::from_lookup(Some("ami-1"), Err("not authorized".into()));
-        assert!(c.rule.contains("could not describe ami-1: not authorized"));
+        assert!(
+            c.source
+                .to_string()
+                .contains("could not describe ami-1: not authorized")
+        );
         let c = Choice::from_lookup(None, Ok(None));
-        assert!(c.rule.starts_with("the default"));
+        assert!(c.source.to_string().starts_with("the default"));
         let c = Choice::from_lookup(Some("ami-1"), Ok(Some(image("x", "", "Windows"))));
-        assert!(c.rule.contains("Windows"));
+        assert!(c.source.to_string().contains("Windows"));
     }
 
     #[test]
     fn hostile_image_names_are_shown_safely() {
         let found = Ok(Some(image("ubuntu\x1b[2J", "", "Linux/UNIX")));
         let c = Choice::from_lookup(Some("ami-1"), found);
-        assert!(!c.rule.contains('\x1b'), "{}", c.rule);
+        assert!(
+            !c.source.to_string().contains('\x1b'),
+            "{}",
+            c.source.to_string()
+        );
     }
 }
 

@@ -1,79 +1,12 @@
-//! Building ssh's command line (pure) and running it.
+//! ssh's command-line grammar (pure) and running ssh.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
 use std::process::ExitStatus;
 
 use anyhow::Context;
 
 use crate::error::Failure;
-
-/// What ssh needs from eic-connect for one connection.
-#[derive(Debug, Clone)]
-pub struct SshInvocation<'a> {
-    /// The user's own ssh options, in order. They come first, so where they
-    /// set the same ssh_config option as eic-connect, theirs wins.
-    pub user_options: &'a [OsString],
-    pub verbose: u8,
-    pub os_user: &'a str,
-    pub instance_id: &'a str,
-    /// Where to connect: an IP address (or a placeholder in `--dry-run`).
-    pub host: &'a str,
-    /// The public half of the ephemeral key, naming which agent key to use.
-    pub identity_file: &'a Path,
-    pub agent_socket: &'a Path,
-    pub known_hosts: &'a Path,
-    /// Pinned host keys: a `KnownHostsCommand` that answers with exactly the
-    /// keys to trust (see `hostkeys`). When set, ssh checks strictly against
-    /// it alone and `known_hosts` is not consulted.
-    pub known_hosts_command: Option<&'a OsStr>,
-    pub command: &'a [OsString],
-}
-
-impl SshInvocation<'_> {
-    /// ssh's arguments (without the program name).
-    pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = self.user_options.to_vec();
-        for _ in 0..self.verbose {
-            args.push("-v".into());
-        }
-        let opt = |key: &str, value: &OsStr| -> [OsString; 2] {
-            let mut kv = OsString::from(key);
-            kv.push("=");
-            kv.push(value);
-            ["-o".into(), kv]
-        };
-        args.extend(opt("IdentitiesOnly", "yes".as_ref()));
-        args.extend(opt("IdentityFile", self.identity_file.as_os_str()));
-        args.extend(opt("IdentityAgent", self.agent_socket.as_os_str()));
-        // Known-hosts entries follow the instance, not an address that AWS
-        // hands to another instance tomorrow.
-        args.extend(opt("HostKeyAlias", self.instance_id.as_ref()));
-        match self.known_hosts_command {
-            None => {
-                args.extend(opt("UserKnownHostsFile", self.known_hosts.as_os_str()));
-                args.extend(opt("StrictHostKeyChecking", "accept-new".as_ref()));
-            }
-            Some(command) => {
-                args.extend(opt("UserKnownHostsFile", "/dev/null".as_ref()));
-                args.extend(opt("GlobalKnownHostsFile", "/dev/null".as_ref()));
-                args.extend(opt("KnownHostsCommand", command));
-                args.extend(opt("StrictHostKeyChecking", "yes".as_ref()));
-            }
-        }
-        args.extend([
-            "-l".into(),
-            self.os_user.into(),
-            "--".into(),
-            self.host.into(),
-        ]);
-        if let Some(command) = remote_command(self.command) {
-            args.push(command);
-        }
-        args
-    }
-}
 
 /// The remote command as ssh sends it. One argument is a command line for the
 /// remote shell, as with ssh (`'cd /srv && make'`). Several are quoted for a
@@ -87,6 +20,30 @@ pub fn remote_command(command: &[OsString]) -> Option<OsString> {
             Some(OsString::from_vec(quoted.join(&b' ')))
         }
     }
+}
+
+/// ssh's port as the user's options set it (`-p N` or `-o Port=N`; ssh
+/// takes the first).
+pub fn port(options: &[OsString]) -> Option<u16> {
+    let mut i = 0;
+    while i < options.len() {
+        let opt = options[i].as_bytes();
+        if (opt == b"-p" || opt == b"-o") && i + 1 < options.len() {
+            let value = options[i + 1].to_string_lossy();
+            if opt == b"-p" {
+                return value.trim().parse().ok();
+            }
+            if let Some((k, v)) = value.split_once(['=', ' ', '\t'])
+                && k.trim().eq_ignore_ascii_case("port")
+            {
+                return v.trim_start_matches(['=', ' ']).trim().parse().ok();
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
 }
 
 /// Quotes `arg` for a POSIX shell, leaving plainly safe words as they are.
@@ -172,56 +129,13 @@ mod tests {
         v.iter().map(Into::into).collect()
     }
 
-    fn invocation<'a>(user_options: &'a [OsString], command: &'a [OsString]) -> SshInvocation<'a> {
-        SshInvocation {
-            user_options,
-            verbose: 1,
-            os_user: "ec2-user",
-            instance_id: "i-0123456789abcdef0",
-            host: "3.1.2.3",
-            identity_file: Path::new("/run/x/id.pub"),
-            agent_socket: Path::new("/run/x/agent.sock"),
-            known_hosts: Path::new("/home/u/.local/state/eic-connect/known_hosts"),
-            known_hosts_command: None,
-            command,
-        }
-    }
-
     #[test]
-    fn builds_the_full_command_line() {
-        let user = os(&["-p", "2222", "-o", "StrictHostKeyChecking=yes"]);
-        let cmd = os(&["uptime"]);
-        let args = invocation(&user, &cmd).args();
-        assert_eq!(
-            display_command("ssh".as_ref(), &args),
-            "ssh -p 2222 -o StrictHostKeyChecking=yes -v -o IdentitiesOnly=yes -o IdentityFile=/run/x/id.pub \
-             -o IdentityAgent=/run/x/agent.sock -o HostKeyAlias=i-0123456789abcdef0 \
-             -o UserKnownHostsFile=/home/u/.local/state/eic-connect/known_hosts -o StrictHostKeyChecking=accept-new \
-             -l ec2-user -- 3.1.2.3 uptime"
-        );
-    }
-
-    #[test]
-    fn the_host_always_follows_double_dash() {
-        let args = invocation(&[], &[]).args();
-        let dd = args.iter().position(|a| a == "--").unwrap();
-        assert_eq!(args[dd + 1], "3.1.2.3");
-        assert_eq!(args.len(), dd + 2);
-    }
-
-    #[test]
-    fn pinned_host_keys_are_checked_strictly_against_the_command_alone() {
-        let mut inv = invocation(&[], &[]);
-        inv.known_hosts_command = Some("/bin/eic-connect __known-hosts".as_ref());
-        let shown = display_command("ssh".as_ref(), &inv.args());
-        assert!(
-            shown.contains(
-                "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
-                 -o 'KnownHostsCommand=/bin/eic-connect __known-hosts' -o StrictHostKeyChecking=yes"
-            ),
-            "{shown}"
-        );
-        assert!(!shown.contains("accept-new"));
+    fn finds_the_ssh_port() {
+        assert_eq!(port(&os(&[])), None);
+        assert_eq!(port(&os(&["-A", "-p", "2222"])), Some(2222));
+        assert_eq!(port(&os(&["-o", "Port=2200", "-p", "22"])), Some(2200));
+        assert_eq!(port(&os(&["-o", "port 2201"])), Some(2201));
+        assert_eq!(port(&os(&["-o", "User=x"])), None);
     }
 
     #[test]

@@ -871,3 +871,37 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Once the picker has run, Ctrl-C still stops eic-connect at once (exit
+/// 130), here during `--start`'s wait, and nothing is pushed.
+#[test]
+fn ctrl_c_after_the_picker_stops_at_once() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-alpha"));
+    bed.add_instance(InstanceSpec::named("web-bravo").state("stopped"));
+    bed.set_start_delay(Duration::from_secs(120));
+    let mut c = bed.command();
+    c.args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
+        .args(["--start", "web-*", "true"]);
+    let mut pty = Pty::spawn(c);
+    let mut seen = String::new();
+    pty.expect(&mut seen, "web-bravo", Duration::from_secs(20));
+    pty.send(b"bravo");
+    pty.expect(&mut seen, "bravo", Duration::from_secs(5));
+    pty.send(b"\r");
+    pty.expect(&mut seen, "starting", Duration::from_secs(20));
+    let pid = pty.child.id() as i32;
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let code = pty.wait(&mut seen);
+    assert_eq!(code, Some(130), "{seen:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "Ctrl-C was not heard: {seen:?}"
+    );
+    assert!(strip_ansi(&seen).contains("interrupted"), "{seen:?}");
+    assert!(bed.pushes().is_empty());
+}

@@ -232,7 +232,8 @@ pub async fn push_serial_key(
     clients: &Clients,
     instance_id: &str,
     public_key: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::time::Instant> {
+    let sent = std::time::Instant::now();
     let result = clients
         .eic
         .send_serial_console_ssh_public_key()
@@ -242,7 +243,7 @@ pub async fn push_serial_key(
         .send()
         .await;
     match result {
-        Ok(out) if out.success() => Ok(()),
+        Ok(out) if out.success() => Ok(sent),
         Ok(out) => anyhow::bail!(
             "the serial console did not accept the key (request {})",
             out.request_id().unwrap_or("unknown")

@@ -215,6 +215,7 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             Failure::new(format!("not authorized to call {op} ({where_})"))
                 .hint(format!("your IAM identity needs {action}"))
                 .hint("check which identity is in use: aws sts get-caller-identity")
+                .kind(crate::error::FailureKind::NotAuthorized)
         }
         "RequestLimitExceeded" | "Throttling" | "EC2ThrottledException" | "TooManyRequestsException" => {
             Failure::new(format!("{op} is being throttled by AWS{said}"))

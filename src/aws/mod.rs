@@ -3,7 +3,6 @@
 
 pub mod diag;
 pub mod ec2;
-pub mod eice;
 pub mod errors;
 pub mod push;
 
@@ -13,6 +12,11 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::error::{Failure, fail};
+
+/// `--api-timeout`'s default, in seconds.
+pub const DEFAULT_API_TIMEOUT: f64 = 10.0;
+/// The longest `--api-timeout`, in seconds.
+pub const MAX_API_TIMEOUT: f64 = 3600.0;
 
 /// AWS settings from the command line (and their environment variables).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,9 @@ use super::errors::{Attempt, from_sdk};
 /// How long the instance accepts a pushed key for new logins.
 pub const KEY_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Pushes `public_key` for `os_user` on `instance_id`. The availability zone
+/// Pushes `public_key` for `os_user` on `instance_id`, and returns when the
+/// accepted request was sent: the key can log in for [`KEY_LIFETIME`] from
+/// then, at most. The availability zone
 /// is optional in the API and deliberately not sent: needing it would force a
 /// DescribeInstances round trip first.
 pub async fn push_key(
@@ -19,7 +21,7 @@ pub async fn push_key(
     instance_id: &str,
     os_user: &str,
     public_key: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::time::Instant> {
     push_key_within(clients, instance_id, os_user, public_key, Duration::ZERO).await
 }
 
@@ -33,10 +35,12 @@ pub async fn push_key_within(
     os_user: &str,
     public_key: &str,
     patience: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::time::Instant> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(250);
     loop {
+        // The instance's 60 seconds start no earlier than this request.
+        let sent = std::time::Instant::now();
         let result = clients
             .eic
             .send_ssh_public_key()
@@ -46,7 +50,7 @@ pub async fn push_key_within(
             .send()
             .await;
         let err = match result {
-            Ok(out) if out.success() => return Ok(()),
+            Ok(out) if out.success() => return Ok(sent),
             Ok(out) => anyhow::bail!(
                 "EC2 Instance Connect did not accept the key (request {})",
                 out.request_id().unwrap_or("unknown")

@@ -1,5 +1,11 @@
-//! `eic-connect __known-hosts`: run by ssh as its `KnownHostsCommand` when
-//! host keys are pinned (`--verify-host-key`, `serial`). Prints the pinned
+//! `eic-connect __known-hosts`: run by ssh as its `KnownHostsCommand`.
+//!
+//! With `--record FILE --slot SLOT` (the ssh-config block): first use, keyed
+//! by the instance id the proxy found for the name ssh was given, so a name
+//! that moves to another instance is a new host. Prints the keys recorded
+//! for the instance, or records and prints the offered one.
+//!
+//! Otherwise, host keys are pinned (`--verify-host-key`, `serial`). Prints the pinned
 //! keys as known_hosts lines, and the offered key if its fingerprint is
 //! pinned; appends what it saw to the report file so that eic-connect can
 //! explain a refusal. Never talks to AWS; always exits 0 (ssh treats no
@@ -9,9 +15,37 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::KnownHostsArgs;
-use crate::hostkeys::{HostKey, Pins, answer, is_sha256_fingerprint};
+use crate::hostkeys::{
+    HostKey, Pins, answer, append_first_use, first_use_answer, is_sha256_fingerprint,
+};
 
 pub fn run(args: &KnownHostsArgs) -> anyhow::Result<ExitCode> {
+    let word = |i: usize| args.words.get(i).map(String::as_str).unwrap_or_default();
+    if let (Some(file), Some(slot)) = (&args.record, &args.slot) {
+        // The instance the proxy reached; its state file is written before
+        // the proxy relays a byte, so before ssh sees a host key.
+        let mut state = slot.clone().into_os_string();
+        state.push(".state");
+        let alias = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+            .filter(|id| crate::target::is_instance_id(id));
+        let Some(alias) = alias else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let existing = std::fs::read_to_string(file).unwrap_or_default();
+        let (lines, append) =
+            first_use_answer(&existing, &alias, word(0), word(1), word(2), word(3));
+        if let Some(line) = append {
+            append_first_use(file, &alias, &line)?;
+        }
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let pins = Pins {
         keys: args
             .key
@@ -26,7 +60,6 @@ pub fn run(args: &KnownHostsArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect(),
     };
-    let word = |i: usize| args.words.get(i).map(String::as_str).unwrap_or_default();
     let (lines, verdict) = answer(&pins, word(0), word(1), word(2), word(3));
     if let (Some(verdict), Some(report)) = (verdict, &args.report) {
         use std::os::unix::fs::OpenOptionsExt;
@@ -43,20 +76,4 @@ pub fn run(args: &KnownHostsArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `KnownHostsCommand` that makes ssh accept exactly `pins`, reporting
-/// to `report`.
-pub fn pinning_command(
-    report: &std::path::Path,
-    pins: &Pins,
-) -> anyhow::Result<std::ffi::OsString> {
-    use anyhow::Context;
-    let exe = std::env::current_exe().context("cannot find eic-connect's own path")?;
-    crate::hostkeys::known_hosts_command(&exe, report, pins).map_err(|why| {
-        anyhow::Error::new(
-            crate::error::Failure::new(format!("cannot pin host keys: {why}"))
-                .hint("install eic-connect under a plain path (no quotes, %, $ or backslashes)"),
-        )
-    })
 }

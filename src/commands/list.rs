@@ -7,34 +7,23 @@ use std::process::ExitCode;
 use unicode_width::UnicodeWidthStr;
 
 use crate::aws::ec2::{self, InstanceInfo};
-use crate::aws::{self, AwsSettings, Clients};
-use crate::cli::{AwsArgs, ListArgs};
-use crate::config::Defaults;
+use crate::aws::{self, Clients};
 use crate::fleet;
 use crate::osuser::Choice;
 use crate::sanitize::terminal_safe;
+use crate::settings::List;
 
 /// Widest a name is shown in the table; longer ones end in `…`.
 const NAME_WIDTH: usize = 40;
 
-pub async fn run(
-    args: ListArgs,
-    aws_args: AwsArgs,
-    defaults: &Defaults,
-) -> anyhow::Result<ExitCode> {
-    let filters = fleet::parse_filters(&args.filters)?;
-    let settings = AwsSettings::from_args(&aws_args)?;
-    let config = aws::load_config(&settings).await?;
-    let clients = Clients::new(&config, &settings);
+pub async fn run(settings: List) -> anyhow::Result<ExitCode> {
+    let filters = fleet::parse_filters(&settings.filters)?;
+    let config = aws::load_config(&settings.aws).await?;
+    let clients = Clients::new(&config, &settings.aws);
     let instances = ec2::list(&clients, filters).await?;
-    let users = fleet::os_users(
-        &clients,
-        &instances,
-        crate::settings::default_user(defaults),
-        &crate::settings::state_dir(),
-    )
-    .await;
-    let text = if args.json {
+    let given = settings.user.map(|u| (u.name, u.source));
+    let users = fleet::os_users(&clients, &instances, given, &settings.state_dir).await;
+    let text = if settings.json {
         let all: Vec<serde_json::Value> = instances
             .iter()
             .map(|i| fleet::instance_json(i, users.get(&i.id)))

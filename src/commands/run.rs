@@ -12,17 +12,16 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::agent::{Agent, RuntimeDir};
 use crate::aws::ec2::{self, InstanceInfo};
-use crate::aws::push::{KEY_LIFETIME, push_key_within};
-use crate::aws::{self, AwsSettings, Clients};
-use crate::cli::{AwsArgs, PathArgs, RunArgs};
-use crate::config::Defaults;
+use crate::aws::push::push_key_within;
+use crate::aws::{self, Clients};
+use crate::eice::route::{self, EndpointCache};
 use crate::error::{Failure, fail};
 use crate::fleet;
 use crate::key::EphemeralKey;
 use crate::progress;
-use crate::ssh::SshInvocation;
+use crate::session::{self, Session, Spec};
+use crate::settings::Run;
 use crate::target::{AddressChoice, Target, choose_address};
 
 /// Exit status when some instance did not succeed.
@@ -85,38 +84,22 @@ struct Report {
 
 /// Everything each instance's task shares.
 struct Shared<'a> {
-    args: &'a RunArgs,
+    settings: &'a Run,
     config: &'a SdkConfig,
     clients: &'a Clients,
-    path: &'a PathArgs,
-    address: AddressChoice,
     ssh_options: Vec<OsString>,
-    ssh_program: OsString,
-    known_hosts: std::path::PathBuf,
-    endpoints: super::tunnel::EndpointCache,
+    endpoints: EndpointCache,
     out: Mutex<Printer>,
 }
 
-pub async fn run(
-    args: RunArgs,
-    aws_args: AwsArgs,
-    path: PathArgs,
-    defaults: &Defaults,
-) -> anyhow::Result<ExitCode> {
-    let mut filters = fleet::parse_filters(&args.filters)?;
-    let (user, source) = crate::settings::choose_os_user(
-        None,
-        args.os_user.clone(),
-        None,
-        None,
-        crate::settings::default_user(defaults),
-    )?;
-    let user_given = (source != crate::settings::DEFAULT_OS_USER_SOURCE).then_some((user, source));
+pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
+    let mut filters = fleet::parse_filters(&settings.filters)?;
+    let user_given = settings.user.clone().map(|u| (u.name, u.source));
     if !filters
         .iter()
         .any(|(name, _)| name == "instance-state-name")
     {
-        let states: &[&str] = if args.start {
+        let states: &[&str] = if settings.reach.start {
             &["pending", "running", "stopping", "stopped"]
         } else {
             &["running"]
@@ -126,9 +109,8 @@ pub async fn run(
             states.iter().map(|s| (*s).to_owned()).collect(),
         ));
     }
-    let settings = AwsSettings::from_args(&aws_args)?;
-    let config = aws::load_config(&settings).await?;
-    let clients = Clients::for_fleet(&config, &settings);
+    let config = aws::load_config(&settings.reach.aws).await?;
+    let clients = Clients::for_fleet(&config, &settings.reach.aws);
     let instances = ec2::list(&clients, filters.clone()).await?;
     if instances.is_empty() {
         return fail(
@@ -141,20 +123,13 @@ pub async fn run(
             .hint("only running instances are selected unless a state= filter or --start says otherwise"),
         );
     }
-    let state_dir = crate::settings::state_dir();
-    let users = fleet::os_users(&clients, &instances, user_given, &state_dir).await;
+    let users = fleet::os_users(&clients, &instances, user_given, &settings.reach.state_dir).await;
     let labels = fleet::labels(&instances);
-    let live = std::io::stderr().is_terminal() && !args.json;
-    let printer = Printer::new(&labels, instances.len(), args.json, live);
+    let live = std::io::stderr().is_terminal() && !settings.json;
+    let printer = Printer::new(&labels, instances.len(), settings.json, live);
     // The user's options first: for each ssh_config option ssh takes the
     // first value it is given, so theirs win over these defaults.
-    let mut ssh_options: Vec<OsString> = Vec::new();
-    if let Some(port) = args.port {
-        ssh_options.extend(["-p".into(), port.to_string().into()]);
-    }
-    for option in &args.ssh_option {
-        ssh_options.extend(["-o".into(), option.into()]);
-    }
+    let mut ssh_options = settings.ssh_options.clone();
     ssh_options.extend(
         [
             "-T",
@@ -169,22 +144,18 @@ pub async fn run(
         .map(Into::into),
     );
     let shared = Shared {
-        args: &args,
+        settings: &settings,
         config: &config,
         clients: &clients,
-        path: &path,
-        address: args.address.choice(defaults.address),
         ssh_options,
-        ssh_program: crate::settings::ssh_program(),
-        known_hosts: super::connect::known_hosts_file(&state_dir)?,
-        endpoints: super::tunnel::EndpointCache::default(),
+        endpoints: EndpointCache::default(),
         out: Mutex::new(printer),
     };
 
-    let slots = tokio::sync::Semaphore::new(usize::from(args.parallel));
+    let slots = tokio::sync::Semaphore::new(usize::from(settings.parallel));
     let tasks = instances.iter().map(|instance| {
         let user = users.get(&instance.id).map_or_else(
-            || crate::settings::DEFAULT_OS_USER.to_owned(),
+            || crate::osuser::DEFAULT_OS_USER.to_owned(),
             |c| c.user.clone(),
         );
         let (slots, shared) = (&slots, &shared);
@@ -212,7 +183,7 @@ pub async fn run(
     };
     let mut printer = shared.out_lock();
     printer.progress.clear();
-    if args.json {
+    if settings.json {
         let text = json_report(&reports, &users) + "\n";
         crate::error::print_stdout(&text)?;
     } else {
@@ -264,8 +235,9 @@ async fn run_one(shared: &Shared<'_>, instance: InstanceInfo, user: String) -> R
 
 async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Result<Outcome> {
     let clients = shared.clients;
+    let reach = &shared.settings.reach;
     if report.instance.state != "running" {
-        if !shared.args.start {
+        if !reach.start {
             return Ok(Outcome::NotReached(format!(
                 "instance is {} (add --start to start it)",
                 report.instance.state
@@ -275,18 +247,18 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
     }
     let instance = &report.instance;
     let target = Target::InstanceId(instance.id.clone());
-    let address = choose_address(&instance.addresses, shared.address, &target)?;
-    let port = super::tunnel::ssh_port(&shared.ssh_options);
-    let decision = super::tunnel::decide(
-        shared.path.via(),
-        shared.address != AddressChoice::Auto,
+    let address = choose_address(&instance.addresses, reach.address, &target)?;
+    let port = crate::ssh::port(&shared.ssh_options);
+    let decision = route::decide(
+        reach.path.via,
+        reach.address != AddressChoice::Auto,
         address,
         instance,
         port,
     );
-    let route = super::tunnel::plan(
+    let route = route::plan(
         decision,
-        shared.path,
+        &reach.path,
         shared.config,
         clients,
         instance,
@@ -294,8 +266,9 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         Some(&shared.endpoints),
     )
     .await?;
+    let host_keys = session::host_keys(reach, clients, &instance.id, None).await?;
     let key = EphemeralKey::generate()?;
-    push_key_within(
+    let pushed = push_key_within(
         clients,
         &instance.id,
         &report.user,
@@ -303,40 +276,34 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         PUSH_PATIENCE,
     )
     .await?;
-    let dir = RuntimeDir::create()?;
-    let agent = Agent::start(key, &dir, KEY_LIFETIME)?;
     let host = route
         .as_ref()
         .map_or_else(|| address.to_string(), |r| r.ssh_host());
-    let options = super::tunnel::ssh_options_for(
-        &shared.ssh_options,
-        route.as_ref(),
-        &clients.scope,
-        &instance.id,
-    )?;
-    let args = SshInvocation {
-        user_options: &options,
+    let spec = Spec {
+        user_options: &shared.ssh_options,
+        path_options: route::ssh_options_for(
+            route.as_ref(),
+            &clients.scope,
+            &reach.aws,
+            &instance.id,
+        )?,
         verbose: 0,
         os_user: &report.user,
-        instance_id: &instance.id,
+        host_key_alias: &instance.id,
         host: &host,
-        identity_file: agent.identity_file(),
-        agent_socket: agent.socket(),
-        known_hosts: &shared.known_hosts,
-        known_hosts_command: None,
-        command: &shared.args.command,
-    }
-    .args();
-    let mut child = tokio::process::Command::new(&shared.ssh_program)
-        .args(&args)
+        host_keys,
+        command: &shared.settings.command,
+    };
+    let session = Session::prepare(key, pushed, &spec)?;
+    let ssh_program = &reach.ssh_program;
+    let mut child = tokio::process::Command::new(ssh_program)
+        .args(session.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|err| {
-            anyhow::anyhow!("cannot run {}: {err}", shared.ssh_program.to_string_lossy())
-        })?;
+        .map_err(|err| anyhow::anyhow!("cannot run {}: {err}", ssh_program.to_string_lossy()))?;
     let id = instance.id.clone();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let relay = async {
@@ -349,8 +316,8 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         let (out, err) = relay.await;
         (out, err, child.wait().await)
     };
-    let (out, err, status) = match shared.args.timeout {
-        Some(limit) => match tokio::time::timeout(Duration::from_secs_f64(limit), ran).await {
+    let (out, err, status) = match shared.settings.timeout {
+        Some(limit) => match tokio::time::timeout(limit, ran).await {
             Ok(done) => done,
             Err(_) => return Ok(Outcome::TimedOut),
         },
@@ -358,8 +325,7 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
     };
     report.stdout = out;
     report.stderr = err;
-    drop(agent);
-    drop(dir);
+    drop(session);
     let status = status?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
@@ -395,7 +361,7 @@ async fn relay_lines<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if shared.args.json {
+        if shared.settings.json {
             kept.extend_from_slice(&line);
         } else {
             shared.out_lock().line(id, stream, &line);

@@ -11,31 +11,27 @@
 //! `--host-key-fingerprint`), so there is never an unpinned connection.
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::process::ExitCode;
 
-use crate::agent::{Agent, RuntimeDir};
-use crate::aws::push::KEY_LIFETIME;
-use crate::aws::{self, AwsSettings, Clients, diag, ec2};
-use crate::cli::{AwsArgs, SerialArgs};
+use crate::aws::{self, Clients, diag, ec2};
 use crate::error::{Failure, child_exit_code, fail};
-use crate::hostkeys::{self, Pins, Verdict};
+use crate::hostkeys::{Pins, Verdict};
 use crate::key::EphemeralKey;
-use crate::ssh::{self, SshInvocation};
-use crate::target::{Target, parse_target};
+use crate::session::{HostKeys, Session, Spec};
+use crate::settings::Serial;
+use crate::ssh;
+use crate::target::Target;
 
-pub async fn run(args: SerialArgs, aws_args: AwsArgs) -> anyhow::Result<ExitCode> {
-    let settings = AwsSettings::from_args(&aws_args)?;
-    let target = parse_target(&args.target)?;
-    let config = aws::load_config(&settings).await?;
-    let clients = Clients::new(&config, &settings);
+pub async fn run(settings: Serial) -> anyhow::Result<ExitCode> {
+    let config = aws::load_config(&settings.aws).await?;
+    let clients = Clients::new(&config, &settings.aws);
     let host_override = std::env::var("EIC_CONNECT_SERIAL_HOST")
         .ok()
         .filter(|h| !h.is_empty());
     let endpoint = crate::serial::endpoint(
         &clients.scope.region,
         host_override.as_deref(),
-        args.host_key_fingerprint.as_deref(),
+        settings.host_key_fingerprint.as_deref(),
     )?;
     if endpoint.overridden {
         eprintln!(
@@ -47,52 +43,41 @@ pub async fn run(args: SerialArgs, aws_args: AwsArgs) -> anyhow::Result<ExitCode
 
     // An instance id needs no lookup: the push itself says "not found" or
     // "not running". Other targets must be named first.
-    let instance_id = match &target {
+    let instance_id = match &settings.target {
         Target::InstanceId(id) => id.clone(),
         other => ec2::resolve_running(&clients, other).await?.id,
     };
     let key = EphemeralKey::generate()?;
-    diag::push_serial_key(&clients, &instance_id, key.public_openssh()).await?;
+    let pushed = diag::push_serial_key(&clients, &instance_id, key.public_openssh()).await?;
     tracing::debug!(instance = %instance_id, host = %endpoint.host, "pushed serial console key");
 
-    let dir = RuntimeDir::create()?;
-    let agent = Agent::start(key, &dir, KEY_LIFETIME)?;
-    let report = dir.path().join("host-key-report");
-    let pins = Pins {
-        keys: Vec::new(),
-        fingerprints: vec![endpoint.fingerprint.clone()],
-    };
-    let command = super::known_hosts::pinning_command(&report, &pins)?;
     let mut options: Vec<OsString> = Vec::new();
     if let Some(port) = endpoint.port {
         options.extend(["-p".into(), port.to_string().into()]);
     }
     let user = format!("{instance_id}.port0");
-    let ssh_program = std::env::var_os("EIC_CONNECT_SSH")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "ssh".into());
-    let ssh_args = SshInvocation {
+    let spec = Spec {
         user_options: &options,
-        verbose: args.verbose,
+        path_options: Vec::new(),
+        verbose: settings.verbose,
         os_user: &user,
         // The known_hosts name for the pinned key: the endpoint, never the instance.
-        instance_id: &endpoint.host,
+        host_key_alias: &endpoint.host,
         host: &endpoint.host,
-        identity_file: agent.identity_file(),
-        agent_socket: agent.socket(),
-        known_hosts: Path::new("/dev/null"),
-        known_hosts_command: Some(&command),
+        host_keys: HostKeys::Pinned(Pins {
+            keys: Vec::new(),
+            fingerprints: vec![endpoint.fingerprint.clone()],
+        }),
         command: &[],
-    }
-    .args();
-    tracing::debug!(command = %ssh::display_command(&ssh_program, &ssh_args), "starting ssh");
+    };
+    let session = Session::prepare(key, pushed, &spec)?;
+    tracing::debug!(command = %ssh::display_command(&settings.ssh_program, session.args()), "starting ssh");
     eprintln!(
         "eic-connect: serial console of {instance_id} (one session at a time; press Enter if the screen stays blank, Enter ~ . to leave)"
     );
-    let status = ssh::run(&ssh_program, &ssh_args).await?;
-    let verdicts = hostkeys::read_report(&report);
-    drop(agent);
-    drop(dir);
+    let status = ssh::run(&settings.ssh_program, session.args()).await?;
+    let verdicts = session.verdicts();
+    drop(session);
     if status.code() == Some(255)
         && let Some(failure) = refusal(&endpoint, &clients.scope.region, &verdicts)
     {

@@ -2,117 +2,253 @@
 //! `ssh i-0abc…`, `scp`, `sftp`, `rsync -e ssh`, git and editors' remote-SSH
 //! reach instances through `eic-connect proxy`.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{AwsArgs, PathArgs, SshConfigArgs, global_args};
-use crate::commands::proxy::default_key_dir;
-use crate::error::{Failure, fail};
+use crate::session::ssh_word;
+use crate::settings::SshConfig;
 use crate::ssh::shell_quote;
-use crate::target::validate_user;
 
-pub fn run(args: &SshConfigArgs, aws: &AwsArgs, path: &PathArgs) -> anyhow::Result<ExitCode> {
-    validate_user(&args.os_user)?;
-    let prefix_ok = !args.prefix.is_empty()
-        && args
-            .prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !prefix_ok {
-        return fail(Failure::usage(format!(
-            "--prefix {:?}: use letters, digits, '-', '_' or '.'",
-            args.prefix
-        )));
-    }
+pub fn run(settings: &SshConfig) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find eic-connect's own path")?;
     // The block names eic-connect's known_hosts file; its directory must
     // exist for ssh to record host keys there.
-    let known_hosts = crate::commands::connect::known_hosts_file(&crate::settings::state_dir())?;
-    let block = render(
-        &exe,
-        &default_key_dir(),
-        &known_hosts,
-        args,
-        &global_args(aws, path),
-    );
+    let known_hosts = crate::dirs::known_hosts_file(&crate::dirs::ProcessEnv)?;
+    let keyed_by_id = ssh_has_known_hosts_command(&crate::settings::ssh_program());
+    let block = render(&exe, &known_hosts, settings, keyed_by_id)?;
     crate::error::print_stdout(&block)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The config block. Paths are absolute, so it works whatever the
 /// environment of the program running ssh.
+///
+/// ssh runs the ProxyCommand with `sh -c` after replacing `%h`, `%p` and
+/// `%r` with the host, port and user as typed: every word, those three
+/// included, is single-quoted so that nothing in them reaches the shell
+/// (and names holding a single quote do not match the block at all).
+///
+/// With `keyed_by_id` (OpenSSH 8.5+), host keys are checked and recorded
+/// by `eic-connect __known-hosts` under the instance id the proxy found, as
+/// eic-connect records them itself; older ssh records them under the name.
 pub fn render(
     exe: &Path,
-    key_dir: &Path,
     known_hosts: &Path,
-    args: &SshConfigArgs,
-    globals: &[String],
-) -> String {
-    let quote = |s: &str| String::from_utf8_lossy(&shell_quote(s.as_bytes())).into_owned();
+    settings: &SshConfig,
+    keyed_by_id: bool,
+) -> anyhow::Result<String> {
+    let quote = |s: &str| -> String {
+        let quoted = String::from_utf8_lossy(&shell_quote(s.as_bytes())).into_owned();
+        quoted.replace('%', "%%")
+    };
+    let key_dir = &settings.key_dir;
     let mut proxy: Vec<String> = vec![quote(&exe.to_string_lossy()), "proxy".into()];
-    proxy.extend(globals.iter().map(|g| quote(g)));
+    proxy.extend(settings.globals.args().iter().map(|g| quote(g)));
     proxy.extend([
         "--prefix".into(),
-        quote(&args.prefix),
+        quote(&settings.prefix),
         "--key-dir".into(),
         quote(&key_dir.to_string_lossy()),
-        "%h %p %r".into(),
+        "--".into(),
+        "'%h' '%p' '%r'".into(),
     ]);
-    let config_path = |p: &Path| {
-        let s = p.to_string_lossy();
-        if s.contains(char::is_whitespace) {
-            format!("\"{s}\"")
-        } else {
-            s.into_owned()
-        }
+    // The proxy's slot and the agent socket it serves there; ssh expands
+    // %r and %h itself.
+    let agent = in_dir(key_dir, "/%r@%h.sock")?;
+    let slot = in_dir(key_dir, "/%r@%h")?;
+    let known_hosts_word = ssh_word(OsStr::new(known_hosts), true)?;
+    let host_keys = if keyed_by_id {
+        // ssh splits the command into words and expands tokens in all but
+        // the first.
+        format!(
+            "UserKnownHostsFile /dev/null\n    \
+             GlobalKnownHostsFile /dev/null\n    \
+             KnownHostsCommand {exe} __known-hosts --record {file} --slot {slot} -- %I %H %t %K\n    \
+             StrictHostKeyChecking yes\n",
+            exe = ssh_word(exe.as_os_str(), false)?.to_string_lossy(),
+            file = known_hosts_word.to_string_lossy(),
+        )
+    } else {
+        format!(
+            "# (this ssh is older than OpenSSH 8.5: host keys are kept under the name)\n    \
+             UserKnownHostsFile {}\n    \
+             StrictHostKeyChecking accept-new\n",
+            known_hosts_word.to_string_lossy()
+        )
     };
-    format!(
+    Ok(format!(
         "# eic-connect: reach EC2 instances by id (ssh i-0abc…) or by Name tag\n\
          # with the prefix (ssh {prefix}web-1). Keys are pushed per connection by\n\
-         # EC2 Instance Connect and live at most 60 seconds.\n\
-         Host i-* {prefix}*\n    \
+         # EC2 Instance Connect, live at most 60 seconds and are never written\n\
+         # to disk: eic-connect serves them from its own agent socket.\n\
+         Host i-* {prefix}* \"!*'*\"\n    \
              User {user}\n    \
              ProxyCommand {proxy}\n    \
-             IdentityFile {identity}\n    \
-             UserKnownHostsFile {known_hosts}\n    \
-             StrictHostKeyChecking accept-new\n",
-        prefix = args.prefix,
-        user = args.os_user,
+             IdentityAgent {agent}\n    \
+             {host_keys}",
+        prefix = settings.prefix,
+        user = settings.os_user,
         proxy = proxy.join(" "),
-        identity = config_path(&key_dir.join("%h-%r")),
-        known_hosts = config_path(known_hosts),
-    )
+    ))
+}
+
+/// `dir` as one ssh word, with `tail` (holding tokens for ssh) appended
+/// inside any quotes.
+fn in_dir(dir: &Path, tail: &str) -> anyhow::Result<String> {
+    let mut word = ssh_word(dir.as_os_str(), true)?
+        .to_string_lossy()
+        .into_owned();
+    match word.strip_suffix('"') {
+        Some(open) => Ok(format!("{open}{tail}\"")),
+        None => {
+            word.push_str(tail);
+            Ok(word)
+        }
+    }
+}
+
+/// Whether the ssh that will read the block knows `KnownHostsCommand`
+/// (OpenSSH 8.5+); when `ssh -V` cannot tell, it is assumed.
+fn ssh_has_known_hosts_command(ssh: &OsStr) -> bool {
+    let Ok(out) = std::process::Command::new(ssh).arg("-V").output() else {
+        return true;
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    openssh_at_least(&text, (8, 5)).unwrap_or(true)
+}
+
+/// `OpenSSH_9.2p1 …` → whether it is at least `(major, minor)`.
+fn openssh_at_least(version: &str, want: (u32, u32)) -> Option<bool> {
+    let rest = version.trim_start().strip_prefix("OpenSSH_")?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= want)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::CommandLineGlobals;
 
     #[test]
     fn renders_a_block_with_quoted_paths() {
-        let args = SshConfigArgs {
+        let settings = SshConfig {
             prefix: "eic-".into(),
             os_user: "ubuntu".into(),
+            key_dir: "/run/user/1000/eic-connect-proxy".into(),
+            globals: CommandLineGlobals {
+                region: Some("eu-west-1".into()),
+                ..CommandLineGlobals::default()
+            },
         };
-        let block = render(
-            Path::new("/opt/my tools/eic-connect"),
-            Path::new("/run/user/1000/eic-connect-proxy"),
-            Path::new("/home/u/.local/state/eic-connect/known_hosts"),
-            &args,
-            &["--region".into(), "eu-west-1".into()],
-        );
+        let exe = Path::new("/opt/my tools/eic-connect");
+        let known_hosts = Path::new("/home/u/.local/state/eic-connect/known_hosts");
+        let block = render(exe, known_hosts, &settings, true).unwrap();
         assert_eq!(
-            block.lines().skip(3).collect::<Vec<_>>(),
+            block.lines().skip(4).collect::<Vec<_>>(),
             [
-                "Host i-* eic-*",
+                "Host i-* eic-* \"!*'*\"",
                 "    User ubuntu",
-                "    ProxyCommand '/opt/my tools/eic-connect' proxy --region eu-west-1 --prefix eic- --key-dir /run/user/1000/eic-connect-proxy %h %p %r",
-                "    IdentityFile /run/user/1000/eic-connect-proxy/%h-%r",
-                "    UserKnownHostsFile /home/u/.local/state/eic-connect/known_hosts",
-                "    StrictHostKeyChecking accept-new",
+                "    ProxyCommand '/opt/my tools/eic-connect' proxy --region eu-west-1 --prefix eic- --key-dir /run/user/1000/eic-connect-proxy -- '%h' '%p' '%r'",
+                "    IdentityAgent /run/user/1000/eic-connect-proxy/%r@%h.sock",
+                "    UserKnownHostsFile /dev/null",
+                "    GlobalKnownHostsFile /dev/null",
+                "    KnownHostsCommand \"/opt/my tools/eic-connect\" __known-hosts --record /home/u/.local/state/eic-connect/known_hosts --slot /run/user/1000/eic-connect-proxy/%r@%h -- %I %H %t %K",
+                "    StrictHostKeyChecking yes",
             ]
         );
+        let old = render(exe, known_hosts, &settings, false).unwrap();
+        assert!(old.contains("    UserKnownHostsFile /home/u/.local/state/eic-connect/known_hosts\n    StrictHostKeyChecking accept-new\n"), "{old}");
+        assert!(!old.contains("KnownHostsCommand"));
+    }
+
+    #[test]
+    fn reads_openssh_versions() {
+        assert_eq!(openssh_at_least("OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0", (8, 5)), Some(true));
+        assert_eq!(openssh_at_least("OpenSSH_8.5p1", (8, 5)), Some(true));
+        assert_eq!(openssh_at_least("OpenSSH_8.2p1 Ubuntu", (8, 5)), Some(false));
+        assert_eq!(openssh_at_least("OpenSSH_10.0", (8, 5)), Some(true));
+        assert_eq!(openssh_at_least("Sun_SSH_1.1", (8, 5)), None);
+    }
+
+    /// What ssh does with the ProxyCommand: replace the tokens with what was
+    /// typed, then `sh -c`. Whatever the host and user hold, the proxy gets
+    /// them as single words and no shell syntax in them runs.
+    #[test]
+    fn hostile_hosts_and_users_never_reach_the_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SshConfig {
+            prefix: "eic-".into(),
+            os_user: "ec2-user".into(),
+            key_dir: dir.path().join("k e%y"),
+            globals: CommandLineGlobals::default(),
+        };
+        let args_file = dir.path().join("args");
+        // A stand-in for eic-connect that records its arguments.
+        let exe = dir.path().join("fake proxy");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n",
+                args_file.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let block = render(&exe, Path::new("/k"), &settings, true).unwrap();
+        let line = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ProxyCommand "))
+            .unwrap();
+        let pwned = dir.path().join("pwned");
+        let p = pwned.display();
+        for (host, user) in [
+            (format!("eic-$(touch {p})"), "ec2-user".to_owned()),
+            (
+                format!("eic-`touch {p}`;touch {p}"),
+                format!("a$(touch {p})"),
+            ),
+            (format!("eic-x|touch {p}&"), format!("u;touch {p}")),
+            ("eic-%h".to_owned(), "%r".to_owned()),
+        ] {
+            // ssh's expansion: %% → %, %h, %p, %r → the values.
+            let mut expanded = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    expanded.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('%') => expanded.push('%'),
+                    Some('h') => expanded.push_str(&host),
+                    Some('p') => expanded.push_str("22"),
+                    Some('r') => expanded.push_str(&user),
+                    other => panic!("unexpected token {other:?}"),
+                }
+            }
+            let status = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("exec {expanded}"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            assert!(!pwned.exists(), "{host:?} / {user:?} ran a command");
+            let args = std::fs::read_to_string(&args_file).unwrap();
+            let args: Vec<&str> = args.lines().collect();
+            assert_eq!(
+                &args[args.len() - 3..],
+                [host.as_str(), "22", user.as_str()]
+            );
+            assert!(
+                args.contains(&settings.key_dir.to_str().unwrap()),
+                "{args:?}"
+            );
+        }
     }
 }

@@ -5,35 +5,31 @@
 //! Also how `connect` decides between a direct connection and a tunnel, and
 //! the ProxyCommand it hands ssh for the latter.
 
-use std::ffi::{OsStr, OsString};
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::ffi::OsStrExt;
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_config::SdkConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::aws::ec2::{self, InstanceInfo};
-use crate::aws::eice::{self, Endpoint, TunnelTarget};
-use crate::aws::{self, AwsSettings, Clients, Scope};
-use crate::cli::{AwsArgs, ConnectVia, PathArgs, TunnelArgs};
+use crate::aws::{self, Clients, ec2};
+use crate::eice::endpoint::{self as eice, TunnelTarget};
+use crate::eice::relay::{Connector, Tunneller, relay};
+use crate::eice::route::{check_remote_port, scope_of, target_for};
 use crate::error::{Failure, fail};
-use crate::target::parse_target;
-use crate::tunnel::{Connector, Ending, StdinReader, Tunneller, relay};
+use crate::settings::Tunnel;
 
 /// Tunnels one endpoint carries at once; further connections wait.
 pub const MAX_CONCURRENT: usize = 20;
 
-pub async fn run(args: TunnelArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow::Result<ExitCode> {
-    check_remote_port(args.remote_port)?;
-    let settings = AwsSettings::from_args(&aws_args)?;
-    let config = aws::load_config(&settings).await?;
-    let target = match (&args.eice_dns_name, args.private_ip) {
+pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
+    check_remote_port(settings.remote_port)?;
+    let path = &settings.path;
+    let config = aws::load_config(&settings.aws).await?;
+    let target = match &settings.known {
         // eic-connect's own ProxyCommand: everything is known, no lookup.
-        (Some(dns_name), Some(private_ip)) => {
+        Some((dns_name, private_ip)) => {
             let Some(endpoint_id) = path.eice_id.clone() else {
                 return fail(Failure::usage("--eice-dns-name needs --eice-id"));
             };
@@ -47,15 +43,14 @@ pub async fn run(args: TunnelArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow:
             TunnelTarget {
                 endpoint_id,
                 host: dns_name.clone(),
-                remote_port: args.remote_port,
-                private_ip,
+                remote_port: settings.remote_port,
+                private_ip: *private_ip,
                 max_duration: path.max_tunnel_duration,
             }
         }
-        _ => {
-            let target = parse_target(&args.target)?;
-            let clients = Clients::new(&config, &settings);
-            let instance = ec2::resolve_running(&clients, &target).await?;
+        None => {
+            let clients = Clients::new(&config, &settings.aws);
+            let instance = ec2::resolve_running(&clients, &settings.target).await?;
             let endpoint = eice::find(&clients, path.eice_id.as_deref(), &instance)
                 .await?
                 .ok_or_else(|| eice::no_endpoint(&instance, &clients.scope))?;
@@ -63,110 +58,24 @@ pub async fn run(args: TunnelArgs, aws_args: AwsArgs, path: PathArgs) -> anyhow:
                 &instance,
                 &endpoint,
                 eice::use_fips(&config),
-                args.remote_port,
+                settings.remote_port,
                 path.max_tunnel_duration,
             )?
         }
     };
     let tunneller = Tunneller {
-        scope: scope_of(&config, &settings),
+        scope: scope_of(&config, &settings.aws),
         config,
         target,
-        connector: Connector::from_env(settings.attempt_timeout)?,
+        connector: Connector::from_env(settings.aws.attempt_timeout)?,
     };
-    match args.local_port {
+    match settings.local_port {
         Some(port) => listen(tunneller, port).await,
-        None => stdio(tunneller, path.max_tunnel_duration).await,
+        None => crate::eice::relay::stdio(tunneller, path.max_tunnel_duration).await,
     }
 }
 
 /// Endpoints reach ports 22 and 3389 only: anything else is a usage error.
-pub fn check_remote_port(port: u16) -> Result<(), Failure> {
-    if eice::ALLOWED_PORTS.contains(&port) {
-        Ok(())
-    } else {
-        Err(Failure::usage(format!(
-            "EC2 Instance Connect Endpoints only reach ports 22 and 3389, not {port}"
-        ))
-        .hint(
-            "use --remote-port 22 (SSH) or 3389 (RDP); for other ports, forward them over ssh (-L)",
-        ))
-    }
-}
-
-/// The tunnel to `instance`'s private IPv4 through `endpoint`.
-pub fn target_for(
-    instance: &InstanceInfo,
-    endpoint: &Endpoint,
-    fips: bool,
-    remote_port: u16,
-    max_duration: Option<u32>,
-) -> anyhow::Result<TunnelTarget> {
-    let Some(private_ip) = instance.addresses.private_ip else {
-        return fail(Failure::new(format!(
-            "instance {} has no private IPv4 address for the endpoint to reach",
-            instance.id
-        )));
-    };
-    Ok(TunnelTarget {
-        endpoint_id: endpoint.id.clone(),
-        host: endpoint.host(fips)?,
-        remote_port,
-        private_ip: IpAddr::V4(private_ip),
-        max_duration,
-    })
-}
-
-pub(crate) fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
-    Scope {
-        region: config.region().map(|r| r.to_string()).unwrap_or_default(),
-        profile: settings
-            .profile
-            .clone()
-            .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty())),
-    }
-}
-
-/// One tunnel on standard input and output.
-pub(crate) async fn stdio(
-    tunneller: Tunneller,
-    max_duration: Option<u32>,
-) -> anyhow::Result<ExitCode> {
-    let ws = tunneller.open().await?;
-    let opened = Instant::now();
-    let ending = relay(ws, StdinReader::spawn(), crate::tunnel::stdout()?).await;
-    let elapsed = opened.elapsed();
-    let reached_max = max_duration
-        .is_some_and(|max| elapsed + Duration::from_millis(500) >= Duration::from_secs(max.into()));
-    let max_note = |max: Option<u32>| {
-        format!(
-            "the tunnel reached its maximum duration of {} s (--max-tunnel-duration) and the endpoint closed it",
-            max.unwrap_or_default()
-        )
-    };
-    match ending {
-        Ok(Ending::LocalClosed) => Ok(ExitCode::SUCCESS),
-        Ok(Ending::RemoteClosed { reason }) => {
-            let reason = crate::sanitize::terminal_safe(&reason).into_owned();
-            if reached_max {
-                let said = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({reason})")
-                };
-                eprintln!("eic-connect: {}{said}", max_note(max_duration));
-            } else if !reason.is_empty() {
-                eprintln!("eic-connect: the endpoint closed the tunnel: {reason}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(err) if reached_max => Err(err.context(max_note(max_duration))),
-        Err(err) => Err(err),
-    }
-}
-
-/// Tunnels every connection to 127.0.0.1:`port` (0: any free port), at most
-/// [`MAX_CONCURRENT`] at once; further connections wait for a free slot.
 async fn listen(tunneller: Tunneller, port: u16) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -244,516 +153,5 @@ async fn serve(
             let err = err.context(format!("connection {serial} from {peer}"));
             eprint!("{}", crate::error::render(&err));
         }
-    }
-}
-
-// ------------------------------------------------------------------ connect
-
-/// How `connect` reaches the instance, as far as the settings tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Direct,
-    /// Through an endpoint; none is an error.
-    Tunnel,
-    /// Through an endpoint if the VPC has one, else directly.
-    TunnelIfAvailable,
-}
-
-/// `--connect auto` tunnels only to the instance's private IPv4 when that is
-/// the address chosen, no address was asked for explicitly
-/// (`--public/--private/--ipv6`), and ssh's port is one an endpoint reaches.
-pub fn decide(
-    via: ConnectVia,
-    explicit_address: bool,
-    chosen: IpAddr,
-    instance: &InstanceInfo,
-    ssh_port: Option<u16>,
-) -> Decision {
-    match via {
-        ConnectVia::Direct => Decision::Direct,
-        ConnectVia::Eice => Decision::Tunnel,
-        ConnectVia::Auto => {
-            let private = instance.addresses.private_ip.map(IpAddr::V4) == Some(chosen);
-            let port_ok = ssh_port.is_none_or(|p| eice::ALLOWED_PORTS.contains(&p));
-            if private && !explicit_address && port_ok {
-                Decision::TunnelIfAvailable
-            } else {
-                Decision::Direct
-            }
-        }
-    }
-}
-
-/// ssh's port as the user's options set it (`-p N` or `-o Port=N`; ssh
-/// takes the first).
-pub fn ssh_port(options: &[OsString]) -> Option<u16> {
-    let mut i = 0;
-    while i < options.len() {
-        let opt = options[i].as_bytes();
-        if (opt == b"-p" || opt == b"-o") && i + 1 < options.len() {
-            let value = options[i + 1].to_string_lossy();
-            if opt == b"-p" {
-                return value.trim().parse().ok();
-            }
-            if let Some((k, v)) = value.split_once(['=', ' ', '\t'])
-                && k.trim().eq_ignore_ascii_case("port")
-            {
-                return v.trim_start_matches(['=', ' ']).trim().parse().ok();
-            }
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    None
-}
-
-/// A tunnel that `connect` has set up for ssh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub endpoint: Endpoint,
-    pub target: TunnelTarget,
-}
-
-impl Route {
-    /// The host ssh is given (it never connects there itself).
-    pub fn ssh_host(&self) -> String {
-        self.target.private_ip.to_string()
-    }
-}
-
-/// Endpoint lookups shared by many connections (`run`): one
-/// DescribeInstanceConnectEndpoints per VPC and subnet, however many
-/// instances there are and however many ask at once.
-#[derive(Default)]
-pub struct EndpointCache {
-    cells: std::sync::Mutex<std::collections::HashMap<VpcAndSubnet, EndpointCell>>,
-}
-
-type VpcAndSubnet = (String, Option<String>);
-/// One lookup's answer, filled once by whichever connection asks first.
-type EndpointCell = std::sync::Arc<tokio::sync::OnceCell<Option<Endpoint>>>;
-
-impl EndpointCache {
-    async fn find(
-        &self,
-        clients: &Clients,
-        eice_id: Option<&str>,
-        instance: &InstanceInfo,
-    ) -> anyhow::Result<Option<Endpoint>> {
-        let Some(vpc) = instance.vpc_id.clone() else {
-            return eice::find(clients, eice_id, instance).await;
-        };
-        let cell = {
-            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-            cells
-                .entry((vpc, instance.subnet_id.clone()))
-                .or_default()
-                .clone()
-        };
-        // A failed lookup is not kept: the next instance asks again.
-        cell.get_or_try_init(|| eice::find(clients, eice_id, instance))
-            .await
-            .cloned()
-    }
-}
-
-/// Finds the endpoint for a connection `decide` wants tunnelled, with
-/// lookups shared through `cache` if given. `Ok(None)` means connect
-/// directly (auto, and no endpoint in the VPC).
-pub async fn plan(
-    decision: Decision,
-    path: &PathArgs,
-    config: &SdkConfig,
-    clients: &Clients,
-    instance: &InstanceInfo,
-    ssh_port: Option<u16>,
-    cache: Option<&EndpointCache>,
-) -> anyhow::Result<Option<Route>> {
-    if decision == Decision::Direct {
-        return Ok(None);
-    }
-    let remote_port = ssh_port.unwrap_or(22);
-    if decision == Decision::Tunnel {
-        check_remote_port(remote_port)?;
-    }
-    let started = Instant::now();
-    let found = match cache {
-        Some(cache) => cache.find(clients, path.eice_id.as_deref(), instance).await,
-        None => eice::find(clients, path.eice_id.as_deref(), instance).await,
-    };
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "looked up endpoints"
-    );
-    let endpoint = match (found, decision) {
-        (Ok(Some(endpoint)), _) => endpoint,
-        (Ok(None), Decision::TunnelIfAvailable) => {
-            tracing::debug!("no endpoint in the instance's VPC: connecting directly");
-            return Ok(None);
-        }
-        (Ok(None), _) => return fail(eice::no_endpoint(instance, &clients.scope)),
-        (Err(err), Decision::TunnelIfAvailable)
-            if path.eice_id.is_none() && is_not_authorized(&err) =>
-        {
-            tracing::debug!(error = %err, "cannot look up endpoints: connecting directly");
-            return Ok(None);
-        }
-        (Err(err), _) => return Err(err),
-    };
-    let target = target_for(
-        instance,
-        &endpoint,
-        eice::use_fips(config),
-        remote_port,
-        path.max_tunnel_duration,
-    )?;
-    tracing::debug!(endpoint = %endpoint.id, host = %target.host, "tunnelling through the endpoint");
-    Ok(Some(Route { endpoint, target }))
-}
-
-fn is_not_authorized(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|c| c.downcast_ref::<Failure>())
-        .any(|f| f.message.starts_with("not authorized"))
-}
-
-/// The `-o ProxyCommand=…` option that makes ssh reach the instance through
-/// `eic-connect tunnel` (with every lookup already done). ssh runs it with
-/// `sh -c` after expanding `%` tokens, so every word is shell-quoted and
-/// every literal `%` doubled; `%p` is ssh's port.
-pub fn proxy_command(
-    program: &OsStr,
-    scope: &Scope,
-    target: &TunnelTarget,
-    instance_id: &str,
-) -> OsString {
-    proxy_command_words(
-        program,
-        scope,
-        &target.endpoint_id,
-        &target.host,
-        &target.private_ip.to_string(),
-        target.max_duration,
-        instance_id,
-    )
-}
-
-fn proxy_command_words(
-    program: &OsStr,
-    scope: &Scope,
-    endpoint_id: &str,
-    host: &str,
-    private_ip: &str,
-    max_duration: Option<u32>,
-    instance_id: &str,
-) -> OsString {
-    let mut words: Vec<OsString> = vec![program.to_owned(), "tunnel".into()];
-    let mut push = |w: &str| words.push(w.into());
-    push("--region");
-    push(&scope.region);
-    if let Some(profile) = &scope.profile {
-        push("--profile");
-        push(profile);
-    }
-    push("--eice-id");
-    push(endpoint_id);
-    push("--eice-dns-name");
-    push(host);
-    push("--private-ip");
-    push(private_ip);
-    if let Some(max) = max_duration {
-        push("--max-tunnel-duration");
-        push(&max.to_string());
-    }
-    push("--remote-port");
-    let mut line: Vec<u8> = Vec::new();
-    for word in &words {
-        let quoted = crate::ssh::shell_quote(word.as_bytes());
-        for &b in &quoted {
-            if b == b'%' {
-                line.push(b'%');
-            }
-            line.push(b);
-        }
-        line.push(b' ');
-    }
-    line.extend_from_slice(b"%p -- ");
-    for &b in &crate::ssh::shell_quote(instance_id.as_bytes()) {
-        if b == b'%' {
-            line.push(b'%');
-        }
-        line.push(b);
-    }
-    let mut option = OsString::from("ProxyCommand=");
-    option.push(OsStr::from_bytes(&line));
-    option
-}
-
-/// For `connect`: the route to take once the instance and address are known.
-pub async fn route_for_connect(
-    settings: &crate::settings::ConnectSettings,
-    config: &SdkConfig,
-    clients: &Clients,
-    instance: &InstanceInfo,
-    address: IpAddr,
-) -> anyhow::Result<Option<Route>> {
-    let explicit = settings.address != crate::target::AddressChoice::Auto;
-    let port = ssh_port(&settings.ssh_options);
-    let decision = decide(settings.path.via(), explicit, address, instance, port);
-    plan(
-        decision,
-        &settings.path,
-        config,
-        clients,
-        instance,
-        port,
-        None,
-    )
-    .await
-}
-
-/// [`route_for_connect`] as soon as `found` names the instance (`Ok(None)`
-/// if it never does: the lookup's own error is reported then).
-pub async fn route_once_found(
-    settings: &crate::settings::ConnectSettings,
-    config: &SdkConfig,
-    clients: &Clients,
-    found: tokio::sync::oneshot::Receiver<InstanceInfo>,
-) -> anyhow::Result<Option<Route>> {
-    let Ok(instance) = found.await else {
-        return Ok(None);
-    };
-    let Ok(address) =
-        crate::target::choose_address(&instance.addresses, settings.address, &settings.target)
-    else {
-        return Ok(None);
-    };
-    route_for_connect(settings, config, clients, &instance, address).await
-}
-
-/// The user's ssh options, plus the ProxyCommand when tunnelling.
-pub fn ssh_options_for(
-    options: &[OsString],
-    route: Option<&Route>,
-    scope: &Scope,
-    instance_id: &str,
-) -> anyhow::Result<Vec<OsString>> {
-    let mut out = options.to_vec();
-    if let Some(route) = route {
-        let exe = std::env::current_exe().map_err(|err| {
-            anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
-        })?;
-        out.push("-o".into());
-        out.push(proxy_command(
-            exe.as_os_str(),
-            scope,
-            &route.target,
-            instance_id,
-        ));
-    }
-    Ok(out)
-}
-
-/// `--dry-run`: appends the endpoint lookup to `out` if this connection may
-/// tunnel, and returns the ssh options (with the ProxyCommand for
-/// `--connect eice`; as a comment line in `out` for `auto`).
-pub fn dry_run_route(
-    settings: &crate::settings::ConnectSettings,
-    scope: &Scope,
-    instance_ref: &str,
-    out: &mut String,
-) -> Vec<OsString> {
-    let via = settings.path.via();
-    let explicit = settings.address != crate::target::AddressChoice::Auto;
-    let mut options = settings.ssh_options.clone();
-    let Some(lookup) = dry_run_lookup(via, &settings.path, explicit) else {
-        return options;
-    };
-    out.push_str(&lookup);
-    out.push('\n');
-    let program = std::env::current_exe().unwrap_or_else(|_| "eic-connect".into());
-    let proxy = proxy_command_words(
-        program.as_os_str(),
-        scope,
-        settings.path.eice_id.as_deref().unwrap_or("<endpoint id>"),
-        "<endpoint DNS name>",
-        "<instance private IPv4>",
-        settings.path.max_tunnel_duration,
-        instance_ref,
-    );
-    if via == ConnectVia::Eice {
-        options.push("-o".into());
-        options.push(proxy);
-    } else {
-        out.push_str("# and if so, ssh also gets: -o ");
-        out.push_str(&String::from_utf8_lossy(proxy.as_bytes()));
-        out.push('\n');
-    }
-    options
-}
-
-/// `--dry-run` lines for the endpoint lookup, if this connection might
-/// tunnel: (the API call, whether it is conditional).
-pub fn dry_run_lookup(via: ConnectVia, path: &PathArgs, explicit_address: bool) -> Option<String> {
-    let conditional = match via {
-        ConnectVia::Direct => return None,
-        ConnectVia::Auto if explicit_address => return None,
-        ConnectVia::Auto => true,
-        ConnectVia::Eice => false,
-    };
-    let filters: Vec<String> = eice::filters(path.eice_id.as_deref(), Some("<instance VpcId>"))
-        .into_iter()
-        .map(|(name, values)| format!("{name}={}", values.join(",")))
-        .collect();
-    let ids = match &path.eice_id {
-        Some(id) => format!(
-            " InstanceConnectEndpointId.1={}",
-            crate::sanitize::terminal_safe(id)
-        ),
-        None => String::new(),
-    };
-    let call = format!(
-        "DescribeInstanceConnectEndpoints{ids} Filter {}",
-        filters.join(" ")
-    );
-    Some(if conditional {
-        format!("# if the instance's chosen address is its private IPv4:\n{call}")
-    } else {
-        call
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::target::Addresses;
-
-    fn instance(public: bool) -> InstanceInfo {
-        InstanceInfo {
-            id: "i-0123456789abcdef0".into(),
-            state: "running".into(),
-            addresses: Addresses {
-                public_ip: public.then(|| "3.1.2.3".parse().unwrap()),
-                private_ip: Some("10.0.1.5".parse().unwrap()),
-                ..Default::default()
-            },
-            vpc_id: Some("vpc-1".into()),
-            subnet_id: Some("subnet-1".into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn auto_tunnels_only_to_a_private_address_it_chose() {
-        let private: IpAddr = "10.0.1.5".parse().unwrap();
-        let public: IpAddr = "3.1.2.3".parse().unwrap();
-        let i = instance(false);
-        assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, None),
-            Decision::TunnelIfAvailable
-        );
-        assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, Some(22)),
-            Decision::TunnelIfAvailable
-        );
-        assert_eq!(
-            decide(ConnectVia::Auto, true, private, &i, None),
-            Decision::Direct,
-            "--private"
-        );
-        assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, Some(2222)),
-            Decision::Direct
-        );
-        let i = instance(true);
-        assert_eq!(
-            decide(ConnectVia::Auto, false, public, &i, None),
-            Decision::Direct
-        );
-        assert_eq!(
-            decide(ConnectVia::Eice, false, public, &i, None),
-            Decision::Tunnel
-        );
-        assert_eq!(
-            decide(ConnectVia::Direct, false, private, &i, None),
-            Decision::Direct
-        );
-        let v6: IpAddr = "2600::1".parse().unwrap();
-        assert_eq!(
-            decide(ConnectVia::Auto, false, v6, &i, None),
-            Decision::Direct
-        );
-    }
-
-    #[test]
-    fn finds_the_ssh_port() {
-        let os = |v: &[&str]| -> Vec<OsString> { v.iter().map(Into::into).collect() };
-        assert_eq!(ssh_port(&os(&[])), None);
-        assert_eq!(ssh_port(&os(&["-A", "-p", "2222"])), Some(2222));
-        assert_eq!(ssh_port(&os(&["-o", "Port=2200", "-p", "22"])), Some(2200));
-        assert_eq!(ssh_port(&os(&["-o", "port 2201"])), Some(2201));
-        assert_eq!(ssh_port(&os(&["-o", "User=x"])), None);
-    }
-
-    #[test]
-    fn remote_ports_are_limited() {
-        assert!(check_remote_port(22).is_ok());
-        assert!(check_remote_port(3389).is_ok());
-        let err = check_remote_port(8080).unwrap_err();
-        assert_eq!(err.exit, 2);
-    }
-
-    #[test]
-    fn proxy_command_quotes_every_word_and_escapes_percent() {
-        let scope = Scope {
-            region: "eu-west-1".into(),
-            profile: Some("my profile%1".into()),
-        };
-        let target = TunnelTarget {
-            endpoint_id: "eice-0123456789abcdef0".into(),
-            host: "eice-0123456789abcdef0.ec2-instance-connect-endpoint.eu-west-1.amazonaws.com"
-                .into(),
-            remote_port: 22,
-            private_ip: "10.0.1.5".parse().unwrap(),
-            max_duration: Some(600),
-        };
-        let option = proxy_command(
-            OsStr::new("/opt/eic connect/bin/eic-connect"),
-            &scope,
-            &target,
-            "i-0123456789abcdef0",
-        );
-        assert_eq!(
-            option.to_str().unwrap(),
-            "ProxyCommand='/opt/eic connect/bin/eic-connect' tunnel --region eu-west-1 \
-             --profile 'my profile%%1' --eice-id eice-0123456789abcdef0 \
-             --eice-dns-name eice-0123456789abcdef0.ec2-instance-connect-endpoint.eu-west-1.amazonaws.com \
-             --private-ip 10.0.1.5 --max-tunnel-duration 600 --remote-port %p -- i-0123456789abcdef0"
-        );
-    }
-
-    #[test]
-    fn dry_run_shows_the_lookup_when_it_may_happen() {
-        let path = PathArgs {
-            via: Some(ConnectVia::Auto),
-            eice_id: None,
-            max_tunnel_duration: None,
-        };
-        assert_eq!(dry_run_lookup(ConnectVia::Direct, &path, false), None);
-        assert_eq!(dry_run_lookup(ConnectVia::Auto, &path, true), None);
-        let auto = dry_run_lookup(ConnectVia::Auto, &path, false).unwrap();
-        assert!(auto.starts_with("# if"), "{auto}");
-        assert!(auto.ends_with(
-            "DescribeInstanceConnectEndpoints Filter state=create-complete,update-in-progress,update-failed,update-complete vpc-id=<instance VpcId>"
-        ), "{auto}");
-        let path = PathArgs {
-            eice_id: Some("eice-0123456789abcdef0".into()),
-            ..path
-        };
-        let eice = dry_run_lookup(ConnectVia::Eice, &path, false).unwrap();
-        assert!(eice.starts_with(
-            "DescribeInstanceConnectEndpoints InstanceConnectEndpointId.1=eice-0123456789abcdef0 Filter state="
-        ), "{eice}");
     }
 }

@@ -25,10 +25,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::endpoint::{self as eice, TunnelTarget};
 use crate::aws::Scope;
-use crate::aws::eice::{self, TunnelTarget};
 use crate::error::{Failure, fail};
 use crate::sanitize::terminal_safe;
+use std::process::ExitCode;
 
 /// Largest payload per binary frame the service accepts.
 pub const MAX_FRAME: usize = 65_000;
@@ -741,6 +742,41 @@ impl AsyncRead for StdinReader {
         out.put_slice(&this.chunk[this.pos..this.pos + n]);
         this.pos += n;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// One tunnel on standard input and output.
+pub async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
+    let ws = tunneller.open().await?;
+    let opened = Instant::now();
+    let ending = relay(ws, StdinReader::spawn(), stdout()?).await;
+    let elapsed = opened.elapsed();
+    let reached_max = max_duration
+        .is_some_and(|max| elapsed + Duration::from_millis(500) >= Duration::from_secs(max.into()));
+    let max_note = |max: Option<u32>| {
+        format!(
+            "the tunnel reached its maximum duration of {} s (--max-tunnel-duration) and the endpoint closed it",
+            max.unwrap_or_default()
+        )
+    };
+    match ending {
+        Ok(Ending::LocalClosed) => Ok(ExitCode::SUCCESS),
+        Ok(Ending::RemoteClosed { reason }) => {
+            let reason = crate::sanitize::terminal_safe(&reason).into_owned();
+            if reached_max {
+                let said = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({reason})")
+                };
+                eprintln!("eic-connect: {}{said}", max_note(max_duration));
+            } else if !reason.is_empty() {
+                eprintln!("eic-connect: the endpoint closed the tunnel: {reason}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) if reached_max => Err(err.context(max_note(max_duration))),
+        Err(err) => Err(err),
     }
 }
 

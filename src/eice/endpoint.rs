@@ -2,7 +2,7 @@
 //! that serves an instance, and presigning the URL of a tunnel through it.
 //!
 //! The tunnel itself has no SDK operation: it is a WebSocket whose URL
-//! carries a SigV4 query signature (see `crate::tunnel` for the connection).
+//! carries a SigV4 query signature (see `super::relay` for the connection).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -18,9 +18,9 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 
-use super::Clients;
-use super::ec2::InstanceInfo;
-use super::errors::{Attempt, from_sdk};
+use crate::aws::Clients;
+use crate::aws::ec2::InstanceInfo;
+use crate::aws::errors::{Attempt, from_sdk};
 use crate::error::{Failure, fail};
 use crate::sanitize::terminal_safe;
 
@@ -239,7 +239,7 @@ pub async fn find(
 }
 
 /// The failure for "no endpoint serves this instance".
-pub fn no_endpoint(instance: &InstanceInfo, scope: &super::Scope) -> Failure {
+pub fn no_endpoint(instance: &InstanceInfo, scope: &crate::aws::Scope) -> Failure {
     let vpc = instance.vpc_id.as_deref().unwrap_or("its VPC");
     let subnet = instance.subnet_id.as_deref().unwrap_or("SUBNET_ID");
     Failure::new(format!(
@@ -271,7 +271,10 @@ pub struct TunnelTarget {
 }
 
 /// The AWS credentials to sign with, from the SDK's provider chain.
-pub async fn credentials(config: &SdkConfig, scope: &super::Scope) -> anyhow::Result<Credentials> {
+pub async fn credentials(
+    config: &SdkConfig,
+    scope: &crate::aws::Scope,
+) -> anyhow::Result<Credentials> {
     let Some(provider) = config.credentials_provider() else {
         return fail(no_credentials(
             scope,
@@ -293,7 +296,7 @@ pub async fn credentials(config: &SdkConfig, scope: &super::Scope) -> anyhow::Re
     })
 }
 
-fn no_credentials(scope: &super::Scope, cause: &str) -> Failure {
+fn no_credentials(scope: &crate::aws::Scope, cause: &str) -> Failure {
     Failure::new(format!("no usable AWS credentials ({}): {cause}", scope.describe()))
         .hint("configure credentials: `aws configure`, `aws sso login --profile NAME`, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
         .hint("choose a profile with --profile NAME or AWS_PROFILE")

@@ -1,4 +1,4 @@
-//! Defaults below the command line: the `EIC_CONNECT_*` environment, then
+//! The layers below the command line: the `EIC_CONNECT_*` environment, then
 //! the config file, then named aliases.
 //!
 //! Precedence, highest first: command line > alias (for its own target) >
@@ -22,11 +22,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::cli::{AwsArgs, ConnectVia, PathArgs};
+use crate::eice::ConnectVia;
 use crate::error::Failure;
 use crate::sanitize::terminal_safe;
 use crate::target::{AddressChoice, parse_target, validate_user};
@@ -209,26 +209,6 @@ impl Defaults {
         }
         Ok(())
     }
-
-    /// Fills the AWS options the command line left open.
-    pub fn fill_aws(&self, args: &mut AwsArgs) {
-        fill(&mut args.region, &self.region);
-        fill(&mut args.profile, &self.profile);
-        fill(&mut args.api_timeout, &self.api_timeout);
-    }
-
-    /// Fills the network-path options the command line left open.
-    pub fn fill_path(&self, args: &mut PathArgs) {
-        fill(&mut args.via, &self.connect);
-        fill(&mut args.eice_id, &self.eice_id);
-        fill(&mut args.max_tunnel_duration, &self.max_tunnel_duration);
-    }
-}
-
-fn fill<T: Clone>(slot: &mut Option<T>, default: &Option<T>) {
-    if slot.is_none() {
-        slot.clone_from(default);
-    }
 }
 
 fn bad_env(var: &str, value: &str, why: &str) -> Failure {
@@ -244,9 +224,8 @@ impl Layers {
     /// `~/.config/eic-connect/config.toml`). A missing file is no file; an
     /// unreadable or invalid one is an error naming it.
     pub fn load() -> Result<Layers, Failure> {
-        let get = |name: &str| std::env::var(name).ok();
-        let env = Defaults::from_env(get)?;
-        let Some(path) = config_path(get) else {
+        let env = Defaults::from_env(|name| std::env::var(name).ok())?;
+        let Some(path) = crate::dirs::config_file(&crate::dirs::ProcessEnv) else {
             return Ok(Layers {
                 env,
                 ..Layers::default()
@@ -364,19 +343,6 @@ fn parse_alias(name: &str, value: toml::Value) -> Result<Alias, String> {
     Ok(Alias { target, settings })
 }
 
-/// Where the config file is, if anywhere.
-fn config_path(get: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    if let Some(explicit) = get("EIC_CONNECT_CONFIG") {
-        // Set but empty: no config file at all.
-        return (!explicit.is_empty()).then(|| PathBuf::from(explicit));
-    }
-    let base = get("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| get("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("eic-connect").join("config.toml"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,40 +413,6 @@ mod tests {
     }
 
     #[test]
-    fn command_line_beats_env_and_file() {
-        let l = layers(FILE, &[("EIC_CONNECT_REGION", "ap-south-1")]);
-        let mut aws = AwsArgs {
-            region: Some("sa-east-1".into()),
-            profile: None,
-            api_timeout: None,
-        };
-        l.general().fill_aws(&mut aws);
-        assert_eq!(aws.region.as_deref(), Some("sa-east-1"));
-        assert_eq!(aws.profile.as_deref(), Some("file-profile"));
-        assert_eq!(aws.api_timeout, Some(4.5));
-        let mut path = PathArgs {
-            via: Some(ConnectVia::Eice),
-            eice_id: None,
-            max_tunnel_duration: None,
-        };
-        l.general().fill_path(&mut path);
-        assert_eq!(path.via, Some(ConnectVia::Eice));
-    }
-
-    #[test]
-    fn nothing_anywhere_leaves_aws_defaults() {
-        let l = layers("", &[]);
-        let mut aws = AwsArgs {
-            region: None,
-            profile: None,
-            api_timeout: None,
-        };
-        l.general().fill_aws(&mut aws);
-        assert_eq!(aws.region, None, "the SDK's own chain decides");
-        assert_eq!(aws.profile, None);
-    }
-
-    #[test]
     fn aliases_expand_and_sit_above_env() {
         let l = layers(FILE, &[("EIC_CONNECT_REGION", "ap-south-1")]);
         let (target, d) = l.expand("db");
@@ -543,28 +475,5 @@ mod tests {
         .unwrap();
         assert_eq!(d.verify_host_key, Some(false));
         assert_eq!(d.api_timeout, Some(2.0));
-    }
-
-    #[test]
-    fn config_path_choices() {
-        let p = |pairs: &[(&str, &str)]| config_path(env(pairs));
-        assert_eq!(
-            p(&[("HOME", "/home/u")]),
-            Some(PathBuf::from("/home/u/.config/eic-connect/config.toml"))
-        );
-        assert_eq!(
-            p(&[("HOME", "/home/u"), ("XDG_CONFIG_HOME", "/x")]),
-            Some(PathBuf::from("/x/eic-connect/config.toml"))
-        );
-        // A relative XDG_CONFIG_HOME is ignored, as the spec says.
-        assert_eq!(
-            p(&[("HOME", "/h"), ("XDG_CONFIG_HOME", "rel")]),
-            Some(PathBuf::from("/h/.config/eic-connect/config.toml"))
-        );
-        assert_eq!(
-            p(&[("EIC_CONNECT_CONFIG", "/etc/e.toml"), ("HOME", "/h")]),
-            Some(PathBuf::from("/etc/e.toml"))
-        );
-        assert_eq!(p(&[("EIC_CONNECT_CONFIG", ""), ("HOME", "/h")]), None);
     }
 }

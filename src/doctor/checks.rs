@@ -1,0 +1,887 @@
+//! The individual checks. Each looks at one thing and says pass, warn, fail
+//! or skip, with the fix when something is wrong.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::aws::Clients;
+use crate::aws::diag::{self, Endpoint, SecurityGroup};
+use crate::aws::ec2::InstanceInfo;
+use crate::eice::ConnectVia;
+use crate::error::Failure;
+use crate::hostkeys::{self, ConsoleKeys};
+use crate::osuser;
+use crate::sanitize::terminal_safe;
+use crate::target::{AddressChoice, Addresses};
+
+use super::rules::{self, Openings};
+use super::{Request, Route, Source};
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+    /// Not run: an earlier finding makes it meaningless.
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    pub fn from_failure(name: &'static str, status: Status, failure: &Failure) -> Check {
+        let fix = (!failure.hints.is_empty()).then(|| failure.hints.join("; "));
+        Check {
+            name,
+            status,
+            detail: failure.message.clone(),
+            fix,
+        }
+    }
+}
+
+/// The user-facing failure inside an error, or the error's text made safe
+/// for a terminal.
+pub fn failure_of(err: &anyhow::Error) -> Failure {
+    match err.chain().find_map(|c| c.downcast_ref::<Failure>()) {
+        Some(f) => Failure {
+            message: f.message.clone(),
+            details: f.details.clone(),
+            hints: f.hints.clone(),
+            exit: f.exit,
+            kind: f.kind,
+        },
+        None => Failure::new(terminal_safe(&format!("{err:#}")).into_owned()),
+    }
+}
+
+/// The instance could not be found (or not told apart from others).
+pub fn instance_missing(err: &anyhow::Error) -> Check {
+    let failure = failure_of(err);
+    let mut check = Check::from_failure("instance", Status::Fail, &failure);
+    if !failure.details.is_empty() {
+        check.detail = format!("{} ({})", check.detail, failure.details.join("; "));
+    }
+    check
+}
+
+pub fn instance_check(instance: &InstanceInfo) -> Check {
+    let id = &instance.id;
+    let kind = instance.instance_type.as_deref().unwrap_or("unknown type");
+    match instance.state.as_str() {
+        "running" => Check::new(
+            "instance",
+            Status::Pass,
+            format!("{id} is running ({kind})"),
+        ),
+        "pending" => Check::new(
+            "instance",
+            Status::Fail,
+            format!("{id} is still starting (pending)"),
+        )
+        .fix("wait a minute and try again"),
+        "stopped" | "stopping" => Check::new(
+            "instance",
+            Status::Fail,
+            format!("{id} is {}", instance.state),
+        )
+        .fix(format!(
+            "start it: aws ec2 start-instances --instance-ids {id}"
+        )),
+        other => Check::new(
+            "instance",
+            Status::Fail,
+            format!("{id} is {other}; only running instances can be connected to"),
+        ),
+    }
+}
+
+/// Which of the instance's addresses a direct connection would use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectKind {
+    Public,
+    Private,
+    Ipv6,
+    /// No public address under `--connect direct`: the private one, which
+    /// only works from inside the VPC or networks joined to it.
+    PrivateFallback,
+}
+
+impl DirectKind {
+    fn describe(self) -> &'static str {
+        match self {
+            DirectKind::Public => "public",
+            DirectKind::Private | DirectKind::PrivateFallback => "private",
+            DirectKind::Ipv6 => "IPv6",
+        }
+    }
+}
+
+/// The address of the kind asked for, if the instance has one.
+fn preferred_address(addrs: &Addresses, choice: AddressChoice) -> Option<(IpAddr, DirectKind)> {
+    match choice {
+        AddressChoice::Public | AddressChoice::Auto => addrs
+            .public_ip
+            .map(|ip| (IpAddr::V4(ip), DirectKind::Public)),
+        AddressChoice::Private => addrs
+            .private_ip
+            .map(|ip| (IpAddr::V4(ip), DirectKind::Private)),
+        AddressChoice::Ipv6 => addrs
+            .ipv6
+            .first()
+            .map(|ip| (IpAddr::V6(*ip), DirectKind::Ipv6)),
+    }
+}
+
+/// The address a direct connection would use: the preferred one, else
+/// (when no kind was asked for) the private one.
+fn direct_address(addrs: &Addresses, choice: AddressChoice) -> Option<(IpAddr, DirectKind)> {
+    preferred_address(addrs, choice).or_else(|| match choice {
+        AddressChoice::Auto => addrs
+            .private_ip
+            .map(|ip| (IpAddr::V4(ip), DirectKind::PrivateFallback)),
+        _ => None,
+    })
+}
+
+/// The endpoint to go through: the one in the instance's subnet, else the
+/// first listed.
+fn choose_endpoint<'a>(found: &'a [Endpoint], subnet_id: Option<&str>) -> Option<&'a Endpoint> {
+    found
+        .iter()
+        .find(|e| e.subnet_id.is_some() && e.subnet_id.as_deref() == subnet_id)
+        .or_else(|| found.first())
+}
+
+/// How the connection would travel, and the `path` check saying so.
+pub async fn path_check(
+    clients: &Clients,
+    request: &Request,
+    instance: &InstanceInfo,
+) -> (Option<Route>, Check) {
+    let addrs = &instance.addresses;
+    let id = &instance.id;
+    if instance.state != "running" {
+        return (
+            None,
+            Check::new(
+                "path",
+                Status::Skip,
+                format!("{id} is {}: check again once it runs", instance.state),
+            ),
+        );
+    }
+    let preferred = preferred_address(addrs, request.address_choice);
+    let use_endpoint = match request.via {
+        ConnectVia::Eice => true,
+        ConnectVia::Direct => false,
+        ConnectVia::Auto => preferred.is_none(),
+    };
+    if !use_endpoint {
+        return match direct_address(addrs, request.address_choice) {
+            Some((ip, DirectKind::PrivateFallback)) => (
+                Some(Route::Direct(ip)),
+                Check::new(
+                    "path",
+                    Status::Warn,
+                    format!("no public address: direct to its private address {ip}, reachable only from inside the VPC, a peered network or a VPN"),
+                )
+                .fix("from elsewhere, use an EC2 Instance Connect Endpoint (--connect eice) or give the instance a public IP"),
+            ),
+            Some((ip, kind)) => (
+                Some(Route::Direct(ip)),
+                Check::new(
+                    "path",
+                    Status::Pass,
+                    format!("direct to its {} address {ip}", kind.describe()),
+                ),
+            ),
+            None => (
+                None,
+                Check::new("path", Status::Fail, format!("{id} has no address of the kind asked for"))
+                    .fix("choose another with --public, --private or --ipv6"),
+            ),
+        };
+    }
+    let Some(vpc) = instance.vpc_id.as_deref() else {
+        return (
+            None,
+            Check::new(
+                "path",
+                Status::Fail,
+                format!("{id} has no public IP and is in no VPC"),
+            )
+            .fix("give it a public IP address"),
+        );
+    };
+    // The endpoint is the only way in, rather than one asked for.
+    let no_public = preferred.is_none() && request.via == ConnectVia::Auto;
+    let no_public_note = if no_public {
+        "no public IPv4 address, and "
+    } else {
+        ""
+    };
+    match diag::endpoints(clients, vpc, request.eice_id.as_deref()).await {
+        Ok(Some(found)) => match choose_endpoint(&found, instance.subnet_id.as_deref()) {
+            Some(chosen) => {
+                let detail = format!(
+                    "through EC2 Instance Connect Endpoint {} ({}) to its private address",
+                    chosen.id, chosen.state
+                );
+                (
+                    Some(Route::Endpoint(chosen.clone())),
+                    Check::new("path", Status::Pass, detail),
+                )
+            }
+            None => (
+                None,
+                Check::new(
+                    "path",
+                    Status::Fail,
+                    format!("{no_public_note}no usable EC2 Instance Connect Endpoint in {vpc}"),
+                )
+                .fix(format!(
+                    "create one: aws ec2 create-instance-connect-endpoint --subnet-id {}{}",
+                    instance.subnet_id.as_deref().unwrap_or("<subnet id>"),
+                    if no_public {
+                        " (or give the instance a public IP)"
+                    } else {
+                        ""
+                    }
+                )),
+            ),
+        },
+        Ok(None) => (
+            None,
+            Check::new(
+                "path",
+                if no_public {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                },
+                format!(
+                    "{no_public_note}the EC2 API here does not list EC2 Instance Connect Endpoints"
+                ),
+            ),
+        ),
+        Err(err) => (
+            None,
+            Check::from_failure("path", Status::Warn, &failure_of(&err)),
+        ),
+    }
+}
+
+/// The block to suggest opening for the caller: its own address when given
+/// or public, else a placeholder (an assumed private address is not what
+/// the instance sees).
+fn cidr_to_allow(source: Option<&Source>) -> String {
+    match source {
+        Some(s) if s.given || rules::is_public(s.ip) => rules::host_cidr(s.ip).to_string(),
+        _ => "<your public address>/32".to_owned(),
+    }
+}
+
+fn describe_openings(o: &Openings) -> String {
+    let mut parts: Vec<String> = o.cidrs.clone();
+    parts.extend(o.groups.iter().map(|g| format!("group {g}")));
+    parts.extend(o.prefix_lists.iter().map(|p| format!("prefix list {p}")));
+    parts.join(", ")
+}
+
+/// The security-group verdict for the route (pure).
+pub fn security_group_check(
+    groups: &[SecurityGroup],
+    port: u16,
+    route: Option<&Route>,
+    source: Option<&Source>,
+    console_prefix_list: Option<&str>,
+) -> Check {
+    const NAME: &str = "security-group";
+    let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+    let shown_ids = if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    };
+    let first_group = ids.first().copied().unwrap_or("<security group id>");
+    let open = Openings::of(groups, port);
+    let console_open = console_prefix_list.is_some_and(|pl| open.admits_prefix_list(pl));
+    let console_note = if console_open {
+        " (also open to the EC2 console's prefix list: browser-based EC2 Instance Connect can reach it)"
+    } else {
+        ""
+    };
+    let endpoint_group = match route {
+        Some(Route::Endpoint(e)) => e.security_group_ids.first(),
+        _ => None,
+    };
+    if open.is_empty() {
+        let fix = match endpoint_group {
+            Some(g) => format!(
+                "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --source-group {g}"
+            ),
+            None => format!(
+                "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --cidr {}",
+                cidr_to_allow(source)
+            ),
+        };
+        return Check::new(
+            NAME,
+            Status::Fail,
+            format!("port {port} is not open to any source in {shown_ids}"),
+        )
+        .fix(fix);
+    }
+    let any_address = open.open_to_any_address();
+    match route {
+        Some(Route::Endpoint(e)) => {
+            if let Some(g) = open.group_among(&e.security_group_ids) {
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!(
+                        "port {port} is open to the endpoint's security group {g}{console_note}"
+                    ),
+                );
+            }
+            if any_address {
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!("port {port} is open to any address{console_note}"),
+                );
+            }
+            let fix = match endpoint_group {
+                Some(g) => format!(
+                    "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --source-group {g}"
+                ),
+                None => format!("allow port {port} from the endpoint's subnet in {first_group}"),
+            };
+            let status = if open.cidrs.is_empty() {
+                Status::Fail
+            } else {
+                Status::Warn
+            };
+            Check::new(
+                NAME,
+                status,
+                format!(
+                    "port {port} is not open to the endpoint's security group; open to {}{console_note}",
+                    describe_openings(&open)
+                ),
+            )
+            .fix(fix)
+        }
+        Some(Route::Direct(_)) | None => {
+            if let Some(source) = source {
+                if let Some(c) = open.cidr_admitting(source.ip) {
+                    return Check::new(
+                        NAME,
+                        Status::Pass,
+                        format!("port {port} is open to {} via {c}{console_note}", source.ip),
+                    );
+                }
+            } else if any_address {
+                return Check::new(
+                    NAME,
+                    Status::Pass,
+                    format!("port {port} is open to any address{console_note}"),
+                );
+            }
+            let only_console = open.cidrs.is_empty() && open.groups.is_empty() && console_open;
+            let detail = if only_console {
+                format!(
+                    "port {port} is open only to the EC2 console's prefix list, not to your address"
+                )
+            } else {
+                format!(
+                    "port {port} is open to {}, which does not include {}",
+                    describe_openings(&open),
+                    source.map_or("your address".to_owned(), |s| s.ip.to_string())
+                )
+            };
+            let fix = format!(
+                "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --cidr {}",
+                cidr_to_allow(source)
+            );
+            // An assumed private address says little about what the instance sees.
+            let status = match source {
+                Some(s) if !s.given && !rules::is_public(s.ip) && !only_console => Status::Warn,
+                _ => Status::Fail,
+            };
+            Check::new(NAME, status, detail).fix(fix)
+        }
+    }
+}
+
+pub async fn port_check(ip: IpAddr, port: u16) -> Check {
+    let started = Instant::now();
+    let addr = std::net::SocketAddr::new(ip, port);
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Check::new(
+            "port",
+            Status::Pass,
+            format!("{addr} accepts TCP connections ({} ms)", started.elapsed().as_millis()),
+        ),
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => Check::new(
+            "port",
+            Status::Fail,
+            format!("{addr} refused the connection: nothing listens on port {port}"),
+        )
+        .fix("check that sshd runs on the instance and listens on that port (-p PORT if it is not 22)"),
+        Ok(Err(err)) => Check::new("port", Status::Fail, format!("cannot connect to {addr}: {err}"))
+            .fix("check routes, network ACLs and firewalls between you and the instance"),
+        Err(_) => Check::new("port", Status::Fail, format!("{addr} did not answer within 3 s"))
+            .fix("packets are dropped on the way: check the security group, the subnet's network ACL, the route table (internet gateway) and local firewalls"),
+    }
+}
+
+pub fn metadata_check(instance: &InstanceInfo) -> Check {
+    let id = &instance.id;
+    match instance.metadata_endpoint.as_deref() {
+        Some("disabled") => Check::new(
+            "metadata",
+            Status::Fail,
+            "instance metadata is disabled, so the instance cannot fetch pushed keys",
+        )
+        .fix(format!(
+            "aws ec2 modify-instance-metadata-options --instance-id {id} --http-endpoint enabled"
+        )),
+        Some(state) => Check::new(
+            "metadata",
+            Status::Pass,
+            format!("instance metadata is {state}"),
+        ),
+        None => Check::new(
+            "metadata",
+            Status::Warn,
+            "EC2 did not report the metadata options",
+        ),
+    }
+}
+
+/// The OS user a connection would use, and the `os-user` check.
+pub async fn os_user_check(
+    clients: &Clients,
+    request: &Request,
+    instance: &InstanceInfo,
+) -> (String, Check) {
+    let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
+    let guessed = matches!(choice.source, osuser::UserSource::Guessed(_));
+    if let Some((user, source)) = &request.explicit_user {
+        let check = if guessed && choice.user != *user {
+            Check::new(
+                "os-user",
+                Status::Warn,
+                format!(
+                    "{user} (from {source}), but the AMI suggests {}: {}",
+                    choice.user, choice.source
+                ),
+            )
+            .fix(format!("if login fails, try -l {}", choice.user))
+        } else {
+            Check::new("os-user", Status::Pass, format!("{user} (from {source})"))
+        };
+        return (user.clone(), check);
+    }
+    let status = if guessed { Status::Pass } else { Status::Warn };
+    let mut check = Check::new(
+        "os-user",
+        status,
+        format!("{}: {}", choice.user, choice.source),
+    );
+    if status == Status::Warn {
+        check = check.fix("name the user with -l USER if ec2-user is not right for this AMI");
+    }
+    (choice.user, check)
+}
+
+pub async fn push_check(
+    clients: &Clients,
+    instance: &InstanceInfo,
+    user: &str,
+    running: bool,
+) -> Check {
+    if !running {
+        return Check::new("push", Status::Skip, "the instance is not running");
+    }
+    let key = match crate::key::EphemeralKey::generate() {
+        Ok(key) => key,
+        Err(err) => return Check::new("push", Status::Fail, format!("cannot make a key: {err}")),
+    };
+    match crate::aws::push::push_key(clients, &instance.id, user, key.public_openssh()).await {
+        Ok(_) => Check::new(
+            "push",
+            Status::Pass,
+            format!(
+                "SendSSHPublicKey accepted a throwaway key for {user} (valid 60 s, never used)"
+            ),
+        ),
+        Err(err) => Check::from_failure("push", Status::Fail, &failure_of(&err)),
+    }
+}
+
+const HOST_KEYS: &str = "host-keys";
+
+pub async fn host_keys_check(clients: &Clients, instance: &InstanceInfo) -> Check {
+    match diag::console_output(clients, &instance.id).await {
+        Ok(text) => console_host_keys(&text),
+        Err(err) => Check::from_failure(HOST_KEYS, Status::Warn, &failure_of(&err)),
+    }
+}
+
+/// What the console output says about host keys (pure).
+fn console_host_keys(console: &str) -> Check {
+    match hostkeys::parse_console(console) {
+        ConsoleKeys::Keys(keys) => {
+            let list: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{} {}", k.kind(), k.fingerprint))
+                .collect();
+            Check::new(
+                HOST_KEYS,
+                Status::Pass,
+                format!(
+                    "the console lists {} host key(s): {}",
+                    keys.len(),
+                    list.join(", ")
+                ),
+            )
+        }
+        ConsoleKeys::Empty => no_console_keys("an empty host-key block"),
+        ConsoleKeys::NotFound => no_console_keys("no host keys"),
+    }
+}
+
+fn no_console_keys(shown: &str) -> Check {
+    Check::new(
+        HOST_KEYS,
+        Status::Warn,
+        format!(
+            "the console output shows {shown}: --verify-host-key cannot pin this instance's keys"
+        ),
+    )
+    .fix("connect with --verify-host-key --allow-unverified, or without --verify-host-key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::diag::InboundRule;
+
+    fn sg(rules: Vec<InboundRule>) -> Vec<SecurityGroup> {
+        vec![SecurityGroup {
+            id: "sg-1".into(),
+            name: "web".into(),
+            inbound: rules,
+        }]
+    }
+
+    fn tcp(from: i32, to: i32, cidrs: &[&str], groups: &[&str], pls: &[&str]) -> InboundRule {
+        InboundRule {
+            protocol: "tcp".into(),
+            from_port: Some(from),
+            to_port: Some(to),
+            cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            group_ids: groups.iter().map(|s| s.to_string()).collect(),
+            prefix_list_ids: pls.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn src(ip: &str, given: bool) -> Source {
+        Source {
+            ip: ip.parse().unwrap(),
+            given,
+        }
+    }
+
+    fn direct() -> Route {
+        Route::Direct("3.1.2.3".parse().unwrap())
+    }
+
+    fn endpoint(id: &str, subnet: Option<&str>, groups: &[&str]) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            subnet_id: subnet.map(str::to_owned),
+            state: "create-complete".into(),
+            security_group_ids: groups.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn port_open_to_the_world_or_to_the_caller() {
+        let world = sg(vec![tcp(22, 22, &["0.0.0.0/0"], &[], &[])]);
+        let c = security_group_check(
+            &world,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
+        assert_eq!(c.status, Status::Pass, "{c:?}");
+        let office = sg(vec![tcp(22, 22, &["203.0.113.0/24"], &[], &[])]);
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("203.0.113.9", true)),
+            None,
+        );
+        assert_eq!(c.status, Status::Pass);
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.fix.unwrap().contains("--cidr 198.51.100.7/32"));
+        // An assumed private address is not proof either way.
+        let c = security_group_check(
+            &office,
+            22,
+            Some(&direct()),
+            Some(&src("192.168.1.5", false)),
+            None,
+        );
+        assert_eq!(c.status, Status::Warn);
+        // A range covering the port counts; another port does not.
+        let range = sg(vec![tcp(0, 1024, &["0.0.0.0/0"], &[], &[])]);
+        assert_eq!(
+            security_group_check(&range, 22, None, None, None).status,
+            Status::Pass
+        );
+        assert_eq!(
+            security_group_check(&range, 2222, None, None, None).status,
+            Status::Fail
+        );
+    }
+
+    #[test]
+    fn port_closed_everywhere_fails_with_the_command_to_open_it() {
+        let web_only = sg(vec![
+            tcp(80, 80, &["0.0.0.0/0"], &[], &[]),
+            tcp(443, 443, &["0.0.0.0/0"], &[], &[]),
+        ]);
+        let c = security_group_check(
+            &web_only,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            None,
+        );
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.detail.contains("not open to any source in sg-1"),
+            "{}",
+            c.detail
+        );
+        assert_eq!(
+            c.fix.unwrap(),
+            "aws ec2 authorize-security-group-ingress --group-id sg-1 --protocol tcp --port 22 --cidr 198.51.100.7/32"
+        );
+        let all = sg(vec![InboundRule {
+            protocol: "-1".into(),
+            cidrs: vec!["0.0.0.0/0".into()],
+            ..Default::default()
+        }]);
+        assert_eq!(
+            security_group_check(&all, 22, None, None, None).status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn the_suggested_cidr_is_the_callers_own_only_when_known() {
+        let closed = sg(vec![]);
+        let fix = |source: Option<&Source>| {
+            security_group_check(&closed, 22, Some(&direct()), source, None)
+                .fix
+                .unwrap()
+        };
+        assert!(fix(Some(&src("2001:db8::7", true))).ends_with("--cidr 2001:db8::7/128"));
+        assert!(fix(Some(&src("198.51.100.7", false))).ends_with("--cidr 198.51.100.7/32"));
+        assert!(fix(Some(&src("10.0.0.5", false))).ends_with("--cidr <your public address>/32"));
+        assert!(fix(None).ends_with("--cidr <your public address>/32"));
+        let none = security_group_check(&[], 22, None, None, None);
+        assert_eq!(none.status, Status::Fail);
+        assert!(none.detail.ends_with("in none"), "{}", none.detail);
+        assert!(none.fix.unwrap().contains("--group-id <security group id>"));
+    }
+
+    #[test]
+    fn endpoint_route_needs_the_endpoints_group() {
+        let endpoint = Route::Endpoint(endpoint("eice-1", None, &["sg-eice"]));
+        let ok = sg(vec![tcp(22, 22, &[], &["sg-eice"], &[])]);
+        assert_eq!(
+            security_group_check(&ok, 22, Some(&endpoint), None, None).status,
+            Status::Pass
+        );
+        let other = sg(vec![tcp(22, 22, &[], &["sg-bastion"], &[])]);
+        let c = security_group_check(&other, 22, Some(&endpoint), None, None);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.fix.unwrap().ends_with("--source-group sg-eice"));
+        // Open to some addresses: perhaps the endpoint's subnet.
+        let cidr = sg(vec![tcp(22, 22, &["10.0.0.0/16"], &[], &[])]);
+        let c = security_group_check(&cidr, 22, Some(&endpoint), None, None);
+        assert_eq!(c.status, Status::Warn);
+        let closed = security_group_check(&sg(vec![]), 22, Some(&endpoint), None, None);
+        assert!(closed.fix.unwrap().ends_with("--source-group sg-eice"));
+    }
+
+    #[test]
+    fn console_prefix_list_alone_is_not_enough_for_the_cli() {
+        let console = sg(vec![tcp(22, 22, &[], &[], &["pl-console"])]);
+        let c = security_group_check(
+            &console,
+            22,
+            Some(&direct()),
+            Some(&src("192.168.1.5", false)),
+            Some("pl-console"),
+        );
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.detail.contains("only to the EC2 console's prefix list"),
+            "{}",
+            c.detail
+        );
+        let both = sg(vec![tcp(22, 22, &["0.0.0.0/0"], &[], &["pl-console"])]);
+        let c = security_group_check(
+            &both,
+            22,
+            Some(&direct()),
+            Some(&src("198.51.100.7", true)),
+            Some("pl-console"),
+        );
+        assert_eq!(c.status, Status::Pass);
+        assert!(c.detail.contains("EC2 console's prefix list"));
+    }
+
+    #[test]
+    fn direct_addresses_by_choice() {
+        let both = Addresses {
+            public_ip: Some("3.1.2.3".parse().unwrap()),
+            private_ip: Some("10.0.0.5".parse().unwrap()),
+            ipv6: vec!["2600:1f18::1".parse().unwrap()],
+            ..Default::default()
+        };
+        let private_only = Addresses {
+            private_ip: Some("10.0.0.5".parse().unwrap()),
+            ..Default::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            direct_address(&both, AddressChoice::Auto),
+            Some((ip("3.1.2.3"), DirectKind::Public))
+        );
+        assert_eq!(
+            direct_address(&both, AddressChoice::Private),
+            Some((ip("10.0.0.5"), DirectKind::Private))
+        );
+        assert_eq!(
+            direct_address(&both, AddressChoice::Ipv6),
+            Some((ip("2600:1f18::1"), DirectKind::Ipv6))
+        );
+        assert_eq!(
+            direct_address(&private_only, AddressChoice::Auto),
+            Some((ip("10.0.0.5"), DirectKind::PrivateFallback))
+        );
+        assert_eq!(preferred_address(&private_only, AddressChoice::Auto), None);
+        assert_eq!(direct_address(&private_only, AddressChoice::Public), None);
+        assert_eq!(direct_address(&private_only, AddressChoice::Ipv6), None);
+    }
+
+    #[test]
+    fn the_endpoint_in_the_instances_subnet_wins() {
+        let found = [
+            endpoint("eice-a", Some("subnet-a"), &[]),
+            endpoint("eice-b", Some("subnet-b"), &[]),
+        ];
+        let id = |e: Option<&Endpoint>| e.map(|e| e.id.clone());
+        assert_eq!(
+            id(choose_endpoint(&found, Some("subnet-b"))),
+            Some("eice-b".into())
+        );
+        assert_eq!(
+            id(choose_endpoint(&found, Some("subnet-c"))),
+            Some("eice-a".into())
+        );
+        assert_eq!(id(choose_endpoint(&found, None)), Some("eice-a".into()));
+        // An endpoint without a subnet does not match an instance without one.
+        let loose = [
+            endpoint("eice-a", Some("subnet-a"), &[]),
+            endpoint("eice-x", None, &[]),
+        ];
+        assert_eq!(id(choose_endpoint(&loose, None)), Some("eice-a".into()));
+        assert_eq!(choose_endpoint(&[], Some("subnet-a")), None);
+    }
+
+    #[test]
+    fn instance_states() {
+        let inst = |state: &str| InstanceInfo {
+            id: "i-1".into(),
+            state: state.into(),
+            instance_type: Some("t3.micro".into()),
+            ..Default::default()
+        };
+        let running = instance_check(&inst("running"));
+        assert_eq!(running.status, Status::Pass);
+        assert_eq!(running.detail, "i-1 is running (t3.micro)");
+        let stopped = instance_check(&inst("stopped"));
+        assert_eq!(stopped.status, Status::Fail);
+        assert!(
+            stopped
+                .fix
+                .unwrap()
+                .contains("start-instances --instance-ids i-1")
+        );
+        assert_eq!(instance_check(&inst("terminated")).status, Status::Fail);
+        assert_eq!(metadata_check(&inst("running")).status, Status::Warn);
+    }
+
+    #[test]
+    fn console_without_host_keys_warns() {
+        let c = console_host_keys("nothing here");
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail
+                .starts_with("the console output shows no host keys:")
+        );
+        assert!(c.fix.is_some());
+    }
+}

@@ -1,0 +1,250 @@
+//! The preflight behind `eic-connect doctor TARGET`: explains why a
+//! connection would fail. Each check gives one line (pass, warn, fail or
+//! skip) and, when something is wrong, the fix.
+//!
+//! The checks: the instance exists and runs; it has an address on the chosen
+//! path (a public IP, or an EC2 Instance Connect Endpoint in its VPC); its
+//! security groups open the SSH port to the caller (or to the endpoint's
+//! security group); the port answers; instance metadata is enabled (the
+//! pushed key is delivered through it); the OS user; a real push of a
+//! throwaway key (the service's IAM and state checks); and whether the
+//! console shows host keys for `--verify-host-key`.
+//!
+//! Nothing in AWS tells a client its own public address. `--source-ip` says
+//! it; otherwise the local address used to reach the EC2 API is assumed and
+//! the report says so.
+//!
+//! This module gathers what the checks need and runs them in order;
+//! [`checks`] holds the checks, [`rules`] the security-group logic and
+//! [`report`] the text and JSON output.
+
+mod checks;
+pub mod report;
+mod rules;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::aws::diag;
+use crate::aws::ec2;
+use crate::aws::{self, AwsSettings, Clients};
+use crate::eice::ConnectVia;
+use crate::target::{AddressChoice, Target};
+
+use checks::{Check, Status};
+pub use report::Report;
+
+/// How the connection would travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to this address.
+    Direct(IpAddr),
+    /// Through this endpoint to the private address.
+    Endpoint(diag::Endpoint),
+}
+
+/// The caller's address as the instance would see it, and how we know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub ip: IpAddr,
+    /// True when given with `--source-ip`; false when assumed.
+    pub given: bool,
+}
+
+/// What to diagnose, with every layer (command line, environment, config
+/// file, alias) already applied.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The destination as typed, for the report's heading.
+    pub destination: String,
+    pub target: Target,
+    /// The OS user and what named it, when something did; else the AMI
+    /// decides.
+    pub explicit_user: Option<(String, String)>,
+    pub port: u16,
+    pub address_choice: AddressChoice,
+    pub via: ConnectVia,
+    pub eice_id: Option<String>,
+    /// `--source-ip`: the caller's address as the instance sees it.
+    pub source_ip: Option<IpAddr>,
+}
+
+/// Runs every check for the request and returns what was found.
+pub async fn run(settings: &AwsSettings, request: &Request) -> anyhow::Result<Report> {
+    let config = aws::load_config(settings).await?;
+    let clients = Clients::new(&config, settings);
+    let source = match request.source_ip {
+        Some(ip) => Some(Source { ip, given: true }),
+        None => local_address_towards_ec2(&clients.scope.region)
+            .await
+            .map(|ip| Source { ip, given: false }),
+    };
+    let mut report = Report {
+        target: request.destination.clone(),
+        region: clients.scope.region.clone(),
+        source,
+        ..Report::default()
+    };
+    diagnose(&clients, request, &mut report).await;
+    Ok(report)
+}
+
+/// The checks after `instance`, in the order they run.
+const AFTER_INSTANCE: [&str; 7] = [
+    "path",
+    "security-group",
+    "port",
+    "metadata",
+    "os-user",
+    "push",
+    "host-keys",
+];
+
+async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
+    // 1. The instance.
+    let found = ec2::find(clients, &request.target)
+        .await
+        .and_then(|found| ec2::exactly_one(found, &request.target, &clients.scope));
+    let instance = match found {
+        Ok(instance) => instance,
+        Err(err) => {
+            report.checks.push(checks::instance_missing(&err));
+            for name in AFTER_INSTANCE {
+                report
+                    .checks
+                    .push(Check::new(name, Status::Skip, "no instance to check"));
+            }
+            return;
+        }
+    };
+    report.instance_id = Some(instance.id.clone());
+    report.name = instance.name.clone();
+    let running = instance.state == "running";
+    report.checks.push(checks::instance_check(&instance));
+
+    // 2. The path, and 3. the security groups (fetched together).
+    let (route, path_check) = checks::path_check(clients, request, &instance).await;
+    report.route = route.clone();
+    report.checks.push(path_check);
+    let (groups, console_pl) = tokio::join!(
+        diag::security_groups(clients, &instance.security_group_ids),
+        diag::console_prefix_list(clients)
+    );
+    report.checks.push(match groups {
+        Ok(groups) => checks::security_group_check(
+            &groups,
+            request.port,
+            route.as_ref(),
+            report.source.as_ref(),
+            console_pl.ok().flatten().as_deref(),
+        ),
+        Err(err) => Check::from_failure("security-group", Status::Warn, &checks::failure_of(&err)),
+    });
+
+    // 4. Does the port answer (direct path only)?
+    report.checks.push(match (&route, running) {
+        (Some(Route::Direct(ip)), true) => checks::port_check(*ip, request.port).await,
+        (Some(Route::Endpoint(_)), _) => Check::new(
+            "port",
+            Status::Skip,
+            "through an endpoint: eic-connect tunnel would test it",
+        ),
+        _ => Check::new("port", Status::Skip, "no address to try"),
+    });
+
+    // 5. Instance metadata.
+    report.checks.push(checks::metadata_check(&instance));
+
+    // 6. The OS user.
+    let (user, user_check) = checks::os_user_check(clients, request, &instance).await;
+    report.os_user = Some(user.clone());
+    report.checks.push(user_check);
+
+    // 7. A real push, and 8. the console's host keys.
+    let (push, keys) = tokio::join!(
+        checks::push_check(clients, &instance, &user, running),
+        checks::host_keys_check(clients, &instance)
+    );
+    report.checks.push(push);
+    report.checks.push(keys);
+}
+
+/// Where the EC2 API is: the host and port of `AWS_ENDPOINT_URL_EC2` (or
+/// `AWS_ENDPOINT_URL`) when set, else the region's public endpoint.
+fn ec2_endpoint(endpoint_url: Option<&str>, region: &str) -> (String, u16) {
+    match endpoint_url {
+        Some(url) => {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let authority = rest.split('/').next().unwrap_or_default();
+            match authority.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                    h.trim_matches(['[', ']']).to_owned(),
+                    p.parse().unwrap_or(443),
+                ),
+                _ => (authority.to_owned(), 443),
+            }
+        }
+        None if region.starts_with("cn-") => (format!("ec2.{region}.amazonaws.com.cn"), 443),
+        None => (format!("ec2.{region}.amazonaws.com"), 443),
+    }
+}
+
+/// The local address the kernel would use to reach the EC2 API endpoint
+/// (a UDP "connect" sends nothing).
+async fn local_address_towards_ec2(region: &str) -> Option<IpAddr> {
+    let url = std::env::var("AWS_ENDPOINT_URL_EC2")
+        .ok()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .filter(|u| !u.is_empty());
+    let (host, port) = ec2_endpoint(url.as_deref(), region);
+    let remote = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .next()?;
+    let bind: std::net::SocketAddr = if remote.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ec2_endpoint_from_the_environment_or_the_region() {
+        let at = |url: Option<&str>, region: &str| ec2_endpoint(url, region);
+        assert_eq!(
+            at(None, "us-east-1"),
+            ("ec2.us-east-1.amazonaws.com".into(), 443)
+        );
+        assert_eq!(
+            at(None, "cn-north-1"),
+            ("ec2.cn-north-1.amazonaws.com.cn".into(), 443)
+        );
+        assert_eq!(
+            at(Some("http://127.0.0.1:4566"), "us-east-1"),
+            ("127.0.0.1".into(), 4566)
+        );
+        assert_eq!(
+            at(Some("https://ec2.example.com/path"), "us-east-1"),
+            ("ec2.example.com".into(), 443)
+        );
+        assert_eq!(
+            at(Some("http://[::1]:4566/"), "us-east-1"),
+            ("::1".into(), 4566)
+        );
+        assert_eq!(
+            at(Some("localhost:bad"), "us-east-1"),
+            ("localhost".into(), 443)
+        );
+    }
+}

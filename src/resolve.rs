@@ -1,0 +1,177 @@
+//! From a target to an instance with a key pushed for its OS user: the
+//! lookup, the choice among several, `--start`, the OS user (given,
+//! remembered or guessed from the AMI) and the push — one way for connect
+//! and the ssh-config proxy.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::aws::Clients;
+use crate::aws::ec2::{self, InstanceInfo};
+use crate::aws::push::push_key;
+use crate::eice::ConnectVia;
+use crate::key::EphemeralKey;
+use crate::osuser::{self, UserSource};
+use crate::settings::{OsUser, Reach};
+use crate::target::{Target, choose_address};
+
+/// What to find and for whom.
+pub struct Want<'a> {
+    pub reach: &'a Reach,
+    pub target: &'a Target,
+    pub user: &'a OsUser,
+    /// ssh's port, for waiting until a started instance answers.
+    pub ssh_port: Option<u16>,
+    /// Whether several matches may be offered in a picker (a terminal).
+    pub picker: bool,
+}
+
+/// The instance, the user the key was pushed for, and when it was pushed.
+pub struct Resolved {
+    pub instance: InstanceInfo,
+    pub user: String,
+    pub pushed: Instant,
+}
+
+/// Finds the instance and pushes the key for the OS user, which it returns.
+/// With a user given and an instance id, both calls go out at once (the push
+/// needs nothing from the lookup); otherwise the lookup must name the
+/// instance first, and without a user, DescribeImages must name its AMI.
+pub async fn resolve_and_push(
+    want: &Want<'_>,
+    clients: &Clients,
+    key: &EphemeralKey,
+    instance_known: tokio::sync::oneshot::Sender<InstanceInfo>,
+) -> anyhow::Result<Resolved> {
+    let t0 = Instant::now();
+    let given = want.user.source.is_given();
+    let remembered = match want.target {
+        Target::InstanceId(id) if !given => osuser::remembered(&want.reach.state_dir, id),
+        _ => None,
+    };
+    if !given && remembered.is_none() {
+        let instance = ready(want, clients, pick_one(want, clients).await?).await?;
+        let _ = instance_known.send(instance.clone());
+        tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
+        let t1 = Instant::now();
+        let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
+        tracing::debug!(
+            os_user = %choice.user,
+            chosen_by = %choice.source,
+            elapsed_ms = t1.elapsed().as_millis() as u64,
+            "chose OS user"
+        );
+        let t2 = Instant::now();
+        let pushed = push_key(clients, &instance.id, &choice.user, key.public_openssh()).await?;
+        tracing::debug!(elapsed_ms = t2.elapsed().as_millis() as u64, "pushed key");
+        if matches!(choice.source, UserSource::Guessed(_)) {
+            osuser::remember(&want.reach.state_dir, &instance.id, &choice.user);
+        }
+        return Ok(Resolved {
+            instance,
+            user: choice.user,
+            pushed,
+        });
+    }
+    let (user, source) = match &remembered {
+        Some(user) => (user.as_str(), UserSource::Remembered),
+        None => (want.user.name.as_str(), want.user.source.clone()),
+    };
+    tracing::debug!(os_user = user, chosen_by = %source, "OS user given");
+    if let Target::InstanceId(id) = want.target {
+        let (found, pushed) = tokio::join!(
+            ec2::find(clients, want.target),
+            push_key(clients, id, user, key.public_openssh())
+        );
+        // The lookup explains "not found" and "stopped" better than the push.
+        let found = ec2::exactly_one(found?, want.target, &clients.scope)?;
+        let was_running = found.state == "running";
+        let instance = ready(want, clients, found).await?;
+        let _ = instance_known.send(instance.clone());
+        let pushed = if was_running {
+            pushed?
+        } else {
+            // Started just now: the first push went to a stopped instance.
+            push_key(clients, id, user, key.public_openssh()).await?
+        };
+        tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
+        return Ok(Resolved {
+            instance,
+            user: user.to_owned(),
+            pushed,
+        });
+    }
+    let instance = ready(want, clients, pick_one(want, clients).await?).await?;
+    let _ = instance_known.send(instance.clone());
+    tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
+    let t1 = Instant::now();
+    let pushed = push_key(clients, &instance.id, user, key.public_openssh()).await?;
+    tracing::debug!(elapsed_ms = t1.elapsed().as_millis() as u64, "pushed key");
+    Ok(Resolved {
+        instance,
+        user: user.to_owned(),
+        pushed,
+    })
+}
+
+/// The one instance the target names. Several: on a terminal, the user picks
+/// one; otherwise (scripts, CI) an error lists them, so nothing ever waits
+/// for an answer that cannot come.
+async fn pick_one(want: &Want<'_>, clients: &Clients) -> anyhow::Result<InstanceInfo> {
+    let found = ec2::find(clients, want.target).await?;
+    if found.len() > 1 && want.picker && crate::picker::available() {
+        return crate::picker::pick(found, want.target, &clients.scope);
+    }
+    ec2::exactly_one(found, want.target, &clients.scope)
+}
+
+/// A running instance, or with `--start` one started and waited for (and,
+/// when ssh will go straight to it, until its port answers); otherwise an
+/// error saying what state it is in.
+async fn ready(
+    want: &Want<'_>,
+    clients: &Clients,
+    instance: InstanceInfo,
+) -> anyhow::Result<InstanceInfo> {
+    if !want.reach.start || instance.state == "running" {
+        ec2::ensure_running(&instance)?;
+        return Ok(instance);
+    }
+    let instance = ec2::ensure_started(clients, instance, true).await?;
+    let direct = match choose_address(&instance.addresses, want.reach.address, want.target) {
+        Ok(address) if want.reach.path.via == ConnectVia::Direct => Some(address),
+        Ok(address)
+            if want.reach.path.via == ConnectVia::Auto
+                && instance.addresses.public_ip.map(IpAddr::V4) == Some(address) =>
+        {
+            Some(address)
+        }
+        _ => None,
+    };
+    if let Some(address) = direct {
+        let port = want.ssh_port.unwrap_or(22);
+        wait_for_port(std::net::SocketAddr::new(address, port)).await;
+    }
+    Ok(instance)
+}
+
+/// After a start, sshd comes up some seconds after the instance is
+/// `running`: waits (up to two minutes) until the port accepts connections,
+/// so the 60-second key is not spent on "connection refused".
+async fn wait_for_port(addr: std::net::SocketAddr) {
+    const PATIENCE: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let mut progress = crate::progress::Line::stderr();
+    while started.elapsed() < PATIENCE {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
+            return;
+        }
+        progress.show(&format!(
+            "waiting for {addr} to accept connections ({} s)",
+            started.elapsed().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
