@@ -54,7 +54,14 @@ pub async fn resolve_and_push(
         let _ = instance_known.send(instance.clone());
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
         let t1 = Instant::now();
-        let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
+        // A name found the instance: its AMI guess may be remembered too.
+        let choice = match osuser::remembered(&want.reach.state_dir, &instance.id) {
+            Some(user) => osuser::Choice {
+                user,
+                source: UserSource::Remembered,
+            },
+            None => osuser::choose_for_image(clients, instance.image_id.as_deref()).await,
+        };
         tracing::debug!(
             os_user = %choice.user,
             chosen_by = %choice.source,

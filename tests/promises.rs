@@ -90,8 +90,13 @@ fn forwarding_gives_the_instance_the_users_agent_not_the_ephemeral_key() {
     }
     // Without -A nothing is forwarded, whatever the agent.
     let mut c = eic(&bed);
-    c.env("SSH_AUTH_SOCK", &agent.socket)
-        .args([&web.id, "--", "sh", "-c", "echo \"[$SSH_AUTH_SOCK]\""]);
+    c.env("SSH_AUTH_SOCK", &agent.socket).args([
+        &web.id,
+        "--",
+        "sh",
+        "-c",
+        "echo \"[$SSH_AUTH_SOCK]\"",
+    ]);
     let out = run(c);
     assert_eq!(stdout(&out), "[]\n", "{}", stderr(&out));
     assert_signed(&bed);
@@ -192,7 +197,11 @@ fn the_ssh_config_proxy_never_writes_a_private_key() {
             .stdin(Stdio::null());
         let out = c.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(stdout(&out), "probed\n", "a key file existed during the session");
+        assert_eq!(
+            stdout(&out),
+            "probed\n",
+            "a key file existed during the session"
+        );
         assert_no_private_key_file(&bed, "after the session");
     }
     // The user's agent was never given the ephemeral key.
@@ -276,8 +285,10 @@ fn the_ssh_config_block_records_host_keys_by_instance_id() {
     let known =
         std::fs::read_to_string(bed.home().join(".local/state/eic-connect/known_hosts")).unwrap();
     assert!(
-        known.lines().all(|l| l.starts_with(&format!("[{}]", web.id))
-            || l.starts_with(&format!("{} ", web.id))),
+        known
+            .lines()
+            .all(|l| l.starts_with(&format!("[{}]", web.id))
+                || l.starts_with(&format!("{} ", web.id))),
         "{known}"
     );
     assert!(!known.contains("eic-web-1"), "{known}");
@@ -321,9 +332,33 @@ fn out_of_range_numbers_are_usage_errors_before_any_work() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1").tag("Role", "build"));
     for args in [
-        &["run", "-f", "tag:Role=build", "--timeout", "1e20", "--", "true"][..],
-        &["run", "-f", "tag:Role=build", "--timeout", "inf", "--", "true"],
-        &["run", "-f", "tag:Role=build", "--timeout", "-1", "--", "true"],
+        &[
+            "run",
+            "-f",
+            "tag:Role=build",
+            "--timeout",
+            "1e20",
+            "--",
+            "true",
+        ][..],
+        &[
+            "run",
+            "-f",
+            "tag:Role=build",
+            "--timeout",
+            "inf",
+            "--",
+            "true",
+        ],
+        &[
+            "run",
+            "-f",
+            "tag:Role=build",
+            "--timeout",
+            "-1",
+            "--",
+            "true",
+        ],
         &["--api-timeout", "1e20", "web-1", "true"],
         &["--api-timeout", "NaN", "web-1", "true"],
         &["run", "-f", "x", "--parallel", "0", "--", "true"],
@@ -376,9 +411,23 @@ fn run_verifies_host_keys_when_asked() {
         &support::diag::cloud_init_console(&[&other.public_key]),
     );
     let mut c = bed.command();
-    c.args(["run", "-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
-        .args(["--verify-host-key", "-f", "tag:Role=build", "--json", "--", "echo", "ran"])
-        .stdin(Stdio::null());
+    c.args([
+        "run",
+        "-p",
+        &bed.sshd_port().to_string(),
+        "-l",
+        &bed.os_user(),
+    ])
+    .args([
+        "--verify-host-key",
+        "-f",
+        "tag:Role=build",
+        "--json",
+        "--",
+        "echo",
+        "ran",
+    ])
+    .stdin(Stdio::null());
     let out = run(c);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -395,4 +444,63 @@ fn run_verifies_host_keys_when_asked() {
     assert_eq!(by_name("good")["stdout"], "ran\n", "{text}");
     assert_ne!(by_name("bad")["status"], "succeeded", "{text}");
     assert_eq!(bed.requests_for("GetConsoleOutput").len(), 2);
+}
+
+/// `tunnel` carries bytes and speaks no ssh: with `verify-host-key` it shows
+/// the keys the console printed for the ssh run through it, and refuses
+/// when the console shows none.
+#[test]
+fn the_tunnel_shows_console_host_keys_when_verification_is_on() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    bed.set_console_output(&db.id, &bed.host_key_console());
+    let tunnel = |bed: &TestBed| {
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_VERIFY_HOST_KEY", "1")
+            .args(["tunnel", "db-1"])
+            .stdin(Stdio::null());
+        run(c)
+    };
+    let out = tunnel(&bed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&bed.host_key_fingerprint()),
+        "{}",
+        stderr(&out)
+    );
+    bed.set_console_output(&db.id, "no keys here\n");
+    bed.clear_records();
+    let out = tunnel(&bed);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot verify the host key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(bed.tunnels().is_empty(), "no tunnel was opened");
+}
+
+/// The OS user guessed from an instance's AMI is remembered for the
+/// instance, whichever way it is named next: no second DescribeImages.
+#[test]
+fn the_remembered_os_user_serves_names_as_well_as_ids() {
+    let bed = TestBed::start();
+    bed.register_image(
+        "ami-0a000000000000004",
+        "ubuntu/images/hvm-ssd/ubuntu-jammy",
+        "",
+        "Linux/UNIX",
+    );
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0a000000000000004"));
+    for target in [web.id.as_str(), "web-1", web.id.as_str()] {
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_SSH", "true")
+            .arg(target)
+            .stdin(Stdio::null());
+        let out = run(c);
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+    }
+    assert_eq!(bed.requests_for("DescribeImages").len(), 1);
+    assert!(bed.pushes().iter().all(|p| p.os_user == "ubuntu"));
 }

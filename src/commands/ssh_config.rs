@@ -168,9 +168,15 @@ mod tests {
 
     #[test]
     fn reads_openssh_versions() {
-        assert_eq!(openssh_at_least("OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0", (8, 5)), Some(true));
+        assert_eq!(
+            openssh_at_least("OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0", (8, 5)),
+            Some(true)
+        );
         assert_eq!(openssh_at_least("OpenSSH_8.5p1", (8, 5)), Some(true));
-        assert_eq!(openssh_at_least("OpenSSH_8.2p1 Ubuntu", (8, 5)), Some(false));
+        assert_eq!(
+            openssh_at_least("OpenSSH_8.2p1 Ubuntu", (8, 5)),
+            Some(false)
+        );
         assert_eq!(openssh_at_least("OpenSSH_10.0", (8, 5)), Some(true));
         assert_eq!(openssh_at_least("Sun_SSH_1.1", (8, 5)), None);
     }

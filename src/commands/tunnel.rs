@@ -51,6 +51,9 @@ pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
         None => {
             let clients = Clients::new(&config, &settings.aws);
             let instance = ec2::resolve_running(&clients, &settings.target).await?;
+            if settings.show_console_keys {
+                show_console_keys(&clients, &instance.id).await?;
+            }
             let endpoint = eice::find(&clients, path.eice_id.as_deref(), &instance)
                 .await?
                 .ok_or_else(|| eice::no_endpoint(&instance, &clients.scope))?;

@@ -26,7 +26,6 @@ use crate::error::Failure;
 use crate::osuser::{DEFAULT_OS_USER, UserSource};
 use crate::target::{AddressChoice, Target, parse_destination, parse_target, validate_user};
 
-
 /// What the command line asked for, resolved.
 #[derive(Debug)]
 pub enum Command {
@@ -121,6 +120,9 @@ pub struct Tunnel {
     pub local_port: Option<u16>,
     /// eic-connect's own ProxyCommand: the endpoint and address, no lookup.
     pub known: Option<(String, IpAddr)>,
+    /// `verify-host-key`: the tunnel carries bytes and checks no host key,
+    /// so it shows the keys the console printed, for the ssh that uses it.
+    pub show_console_keys: bool,
 }
 
 /// `eic-connect proxy HOST PORT USER`.
@@ -314,6 +316,8 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 (Some(dns), Some(ip)) => Some((dns, ip)),
                 _ => None,
             };
+            let show_console_keys = known.is_none()
+                && host_key_policy(false, false, false, &defaults) != HostKeyPolicy::FirstUse;
             Command::Tunnel(Tunnel {
                 aws: aws_settings(&cli.aws, &defaults)?,
                 target: parse_target(&target)?,
@@ -321,6 +325,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 remote_port: args.remote_port,
                 local_port: args.local_port,
                 known,
+                show_console_keys,
             })
         }
         S::Proxy(args) => {
