@@ -73,13 +73,17 @@ fn start_agent(bed: &TestBed) -> UserAgent {
         .stderr(Stdio::null())
         .spawn()
         .expect("ssh-agent");
-    for _ in 0..200 {
-        if socket.exists() {
-            break;
-        }
+    let agent = UserAgent { child, socket };
+    // Only a hang takes this long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !agent.socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent never made its socket"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    UserAgent { child, socket }
+    agent
 }
 
 fn setup() -> (TestBed, Instance, PathBuf) {
@@ -143,16 +147,14 @@ fn proxy_mode_without_an_agent_keeps_the_key_file_only_while_needed() {
         "ssh read it from the runtime dir"
     );
     // ssh does not wait for its ProxyCommand to finish cleaning up.
-    for _ in 0..100 {
-        if !key_file.exists() {
-            break;
-        }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while key_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the private key file is removed when the connection ends"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(
-        !key_file.exists(),
-        "the private key file is removed when the connection ends"
-    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&key_dir).unwrap().permissions(),
     );
