@@ -7,7 +7,7 @@ use crate::aws::Clients;
 use crate::aws::ec2::InstanceInfo;
 use crate::error::Failure;
 use crate::osuser::{self, Choice, UserSource};
-use crate::sanitize::terminal_safe;
+use crate::sanitize::{needs_escape, terminal_safe};
 use crate::target::is_instance_id;
 
 /// EC2 filters: name → values (values of one filter match any; filters all
@@ -161,18 +161,20 @@ pub fn labels(instances: &[InstanceInfo]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// JSON text that is also safe to print on a terminal: besides what JSON
-/// escapes anyway, DEL, C1 controls and bidirectional overrides become
-/// `\uXXXX` escapes. A JSON parser reads back the exact values.
+/// JSON text that is also safe to print on a terminal: every character the
+/// terminal sanitiser escapes ([`needs_escape`]: controls, separators, bidi
+/// and invisible format characters) becomes a `\uXXXX` escape (a surrogate
+/// pair beyond U+FFFF). A JSON parser reads back the exact values.
 pub fn json_text(value: &serde_json::Value) -> String {
     let raw = value.to_string();
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
-        if c == '\u{7f}'
-            || ('\u{80}'..='\u{9f}').contains(&c)
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-        {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+        if needs_escape(c) {
+            // Outside strings, compact JSON holds only ASCII punctuation,
+            // digits and letters: anything escaped here is inside a string.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         } else {
             out.push(c);
         }
@@ -297,14 +299,40 @@ mod tests {
 
     #[test]
     fn json_is_terminal_safe_and_exact() {
-        let hostile = "a\x1b[2J\u{9b}1m\u{202e}b\x7f\n";
-        let v = serde_json::json!({ "name": hostile });
+        let hostile = "a\x1b[2J\u{9b}1m\u{202e}b\x7f\n\u{61c}\u{2028}\u{2029}\u{200b}\u{feff}\u{2066}\u{180e}\u{e0041}";
+        let v = serde_json::json!({ "name": hostile, hostile: [hostile] });
         let text = json_text(&v);
+        assert!(!text.chars().any(needs_escape), "{text:?}");
         assert!(
-            !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
-            "{text:?}"
+            text.contains("\\u061c") && text.contains("\\udb40\\udc41"),
+            "{text}"
         );
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(back["name"], hostile);
+        assert_eq!(back, v);
+    }
+
+    /// The JSON escaping covers every character the terminal sanitiser
+    /// escapes, and leaves printable text alone.
+    #[test]
+    fn json_escapes_what_the_terminal_sanitiser_escapes() {
+        let escaped = (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|c| needs_escape(*c));
+        for c in escaped.chain("aé€ウ👍\u{a0}".chars()) {
+            let text = json_text(&serde_json::Value::String(c.to_string()));
+            assert!(
+                !text.chars().any(needs_escape),
+                "U+{:04X}: {text:?}",
+                c as u32
+            );
+            assert_eq!(
+                text.contains(c),
+                !needs_escape(c),
+                "U+{:04X}: {text:?}",
+                c as u32
+            );
+            let back: String = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, c.to_string());
+        }
     }
 }

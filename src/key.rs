@@ -97,13 +97,55 @@ pub fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
 mod tests {
     use super::*;
 
+    /// Standard base64 with padding, as OpenSSH writes key material.
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn base64_matches_openssh() {
+        let key = EphemeralKey::generate().unwrap();
+        let blob = key.public_blob().unwrap();
+        assert_eq!(
+            format!("ssh-ed25519 {}", base64(&blob)),
+            key.public_openssh()
+        );
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"a"), "YQ==");
+    }
+
     #[test]
     fn public_key_is_a_bare_80_char_ed25519_line() {
         let key = EphemeralKey::generate().unwrap();
         let line = key.public_openssh();
-        assert!(line.starts_with("ssh-ed25519 AAAA"), "{line}");
-        assert_eq!(line.len(), 80);
-        assert!(!line.contains(' ') || line.matches(' ').count() == 1);
+        assert_eq!(line.len(), 80, "{line}");
+        // Exactly the algorithm and the key: one space, no comment.
+        assert_eq!(line.matches(' ').count(), 1, "{line:?}");
+        let (algorithm, data) = line.split_once(' ').unwrap();
+        assert_eq!(algorithm, "ssh-ed25519");
+        assert!(
+            data.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
+            "{line:?}"
+        );
+        let parsed = ssh_key::PublicKey::from_openssh(line).unwrap();
+        assert_eq!(parsed.comment(), "");
+        assert_eq!(parsed.to_bytes().unwrap(), key.public_blob().unwrap());
     }
 
     #[test]
@@ -112,8 +154,28 @@ mod tests {
         let b = EphemeralKey::generate().unwrap();
         assert_ne!(a.public_openssh(), b.public_openssh());
         let debug = format!("{a:?}");
-        assert!(debug.contains("(redacted)"));
-        assert!(!debug.contains("PRIVATE"));
+        assert!(debug.contains("(redacted)"), "{debug}");
+        assert!(debug.contains(a.public_openssh()), "{debug}");
+
+        // No part of the private key in OpenSSH's file format...
+        let file = a.private.to_openssh(ssh_key::LineEnding::LF).unwrap();
+        let body: Vec<&str> = file.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!body.is_empty());
+        for line in body {
+            assert!(!debug.contains(line), "{debug}");
+        }
+        // ...nor the secret key bytes, in base64, hex or as a byte list.
+        let pair = a.private.key_data().ed25519().unwrap();
+        let seed = pair.private.to_bytes();
+        let seed_and_public = pair.to_bytes();
+        for secret in [&seed[..], &seed_and_public[..]] {
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let list = format!("{secret:?}");
+            for shown in [base64(secret), hex.clone(), hex.to_uppercase()] {
+                assert!(!debug.contains(&shown), "{debug}");
+            }
+            assert!(!debug.contains(&list[1..list.len() - 1]), "{debug}");
+        }
     }
 
     /// The signing key wipes itself (and, with the same feature, so does

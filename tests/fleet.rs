@@ -482,9 +482,7 @@ fn several_matches_without_a_terminal_list_them_and_never_prompt() {
     let b = bed.add_instance(InstanceSpec::named("web-b"));
     let mut c = support::cmd::eic(&bed);
     c.args(["web-*", "true"]);
-    let started = Instant::now();
     let out = run(c);
-    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
     assert!(err.contains("matches 2 instances"), "{err}");
@@ -589,6 +587,32 @@ impl Pty {
         }
     }
 
+    /// Waits until the program on the terminal reads keys one at a time
+    /// (the terminal is out of canonical mode): the picker switches to that
+    /// only once it has drawn its list and waits for a key, and switches
+    /// back after each key. A key sent before would meet the terminal's
+    /// line discipline instead (Ctrl-C would become a signal). Panics after
+    /// `within`.
+    fn wait_for_key_reading(&self, seen: &str, within: Duration) {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + within;
+        loop {
+            // SAFETY: tcgetattr on a valid fd into a termios we own. On the
+            // master side it reports the terminal's (the slave's) settings.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            let rc = unsafe { libc::tcgetattr(self.master.as_raw_fd(), &mut t) };
+            assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+            if t.c_lflag & libc::ICANON == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the picker never waited for a key; saw {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         use std::io::Write;
         self.master.write_all(bytes).unwrap();
@@ -596,7 +620,7 @@ impl Pty {
 
     /// Waits for the child, reading its output to the end.
     fn wait(&mut self, seen: &mut String) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.read_some(seen, Duration::from_millis(100)) {
             assert!(
                 Instant::now() < deadline,
@@ -651,13 +675,17 @@ fn several_matches_on_a_terminal_offer_a_picker() {
     c.args(["web-*", "echo reached $SSH_CONNECTION"]);
     let mut pty = Pty::spawn(c);
     let mut seen = String::new();
-    pty.expect(&mut seen, "matches 2 instances", Duration::from_secs(20));
-    pty.expect(&mut seen, "web-alpha", Duration::from_secs(5));
-    // Type to narrow the list to one, then take it.
+    let within = Duration::from_secs(60);
+    pty.expect(&mut seen, "matches 2 instances", within);
+    pty.expect(&mut seen, "web-alpha", within);
+    pty.wait_for_key_reading(&seen, within);
+    // Type to narrow the list to one; once the picker shows the search
+    // term and waits for the next key, take it.
     pty.send(b"bravo");
-    std::thread::sleep(Duration::from_millis(300));
+    pty.expect(&mut seen, "Esc to cancel bravo|", within);
+    pty.wait_for_key_reading(&seen, within);
     pty.send(b"\r");
-    pty.expect(&mut seen, "reached", Duration::from_secs(20));
+    pty.expect(&mut seen, "reached", within);
     let code = pty.wait(&mut seen);
     assert_eq!(code, Some(0), "{seen}");
     let text = strip_ansi(&seen);
@@ -675,9 +703,9 @@ fn several_matches_on_a_terminal_offer_a_picker() {
             .args(["web-*", "true"]);
         let mut pty = Pty::spawn(c);
         let mut seen = String::new();
-        pty.expect(&mut seen, "web-alpha", Duration::from_secs(20));
+        pty.expect(&mut seen, "web-alpha", within);
         // The picker reads keys in raw mode, where Ctrl-C is a key.
-        std::thread::sleep(Duration::from_millis(300));
+        pty.wait_for_key_reading(&seen, within);
         pty.send(key);
         let code = pty.wait(&mut seen);
         assert_eq!(code, Some(255), "{key:?}: {seen:?}");
@@ -814,6 +842,16 @@ fn connection_ended(log: &str, port: &str) -> bool {
     })
 }
 
+/// A remote command that prints "started", then runs for ten minutes unless
+/// its connection goes away (its next write then ends it), so nothing is
+/// left running on the instance after a test.
+const LONG_COMMAND: &str =
+    "echo started; n=0; while [ $n -lt 600 ] && printf .; do n=$((n+1)); sleep 1; done";
+
+/// How long a stopped run may take to end (only a hang takes longer; the
+/// remote command takes far longer).
+const STOP_WITHIN: Duration = Duration::from_secs(120);
+
 #[test]
 fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
     let bed = TestBed::start();
@@ -821,12 +859,12 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         bed.add_instance(InstanceSpec::named(&format!("s-{n}")).tag("Role", "slow"));
     }
     let mut c = run_cmd(&bed, &["tag:Role=slow"]);
-    c.args(["--", "echo started; sleep 60"])
+    c.args(["--", LONG_COMMAND])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     // Wait until every instance runs the command.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while started_sessions(&bed.sshd_log()).len() < 3 {
         assert!(Instant::now() < deadline, "{}", bed.sshd_log());
         std::thread::sleep(Duration::from_millis(50));
@@ -844,10 +882,7 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "run did not stop"
-        );
+        assert!(started.elapsed() < STOP_WITHIN, "run did not stop");
         std::thread::sleep(Duration::from_millis(20));
     };
     let out = child.wait_with_output().unwrap();
@@ -859,8 +894,8 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         "keys and sockets are gone"
     );
     // Every ssh was stopped: sshd saw each of those connections end (long
-    // before the remote `sleep 60` would have).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // before the remote command would have).
+    let deadline = Instant::now() + STOP_WITHIN;
     loop {
         let log = bed.sshd_log();
         let sessions = started_sessions(&log);

@@ -73,13 +73,17 @@ fn start_agent(bed: &TestBed) -> UserAgent {
         .stderr(Stdio::null())
         .spawn()
         .expect("ssh-agent");
-    for _ in 0..200 {
-        if socket.exists() {
-            break;
-        }
+    let agent = UserAgent { child, socket };
+    // Only a hang takes this long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !agent.socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent never made its socket"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    UserAgent { child, socket }
+    agent
 }
 
 fn setup() -> (TestBed, Instance, PathBuf) {

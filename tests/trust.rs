@@ -422,7 +422,7 @@ fn serial_connects_with_the_pinned_fingerprint() {
     assert!(
         bed.wait_for_sshd_log(
             &format!("Invalid user {user}"),
-            std::time::Duration::from_secs(5)
+            std::time::Duration::from_secs(60)
         ),
         "{err}\n{}",
         bed.sshd_log()

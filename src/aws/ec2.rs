@@ -10,7 +10,7 @@ use super::errors::{Attempt, from_sdk};
 use super::{Clients, Scope};
 use crate::error::{Failure, fail};
 use crate::sanitize::terminal_safe;
-use crate::target::{Addresses, Target};
+use crate::target::{Addresses, Target, is_instance_id};
 
 /// What eic-connect needs to know about an instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,8 +60,17 @@ impl InstanceInfo {
         )
     }
 
-    fn from_sdk(inst: &Instance) -> Option<InstanceInfo> {
-        let id = inst.instance_id()?.to_owned();
+    /// The instance as the API described it; `None` if it has no id at all.
+    /// An id that is not an EC2 instance id is refused: it would end up in
+    /// known_hosts lines, file names and commands.
+    fn from_sdk(inst: &Instance) -> Result<Option<InstanceInfo>, Failure> {
+        let Some(id) = inst.instance_id() else {
+            return Ok(None);
+        };
+        if !is_instance_id(id) {
+            return Err(unusable_id(id));
+        }
+        let id = id.to_owned();
         let parse_v4 = |s: Option<&str>| s.and_then(|s| s.parse().ok());
         let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
         let mut ipv6: Vec<_> = inst
@@ -78,7 +87,7 @@ impl InstanceInfo {
                 }
             }
         }
-        Some(InstanceInfo {
+        Ok(Some(InstanceInfo {
             name: inst
                 .tags()
                 .iter()
@@ -120,8 +129,19 @@ impl InstanceInfo {
                 .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
                 .collect(),
             id,
-        })
+        }))
     }
+}
+
+/// An instance whose id is not `i-` and 8 or 17 lowercase hex digits:
+/// nothing about it can be trusted, so nothing is done with it.
+fn unusable_id(id: &str) -> Failure {
+    Failure::new(format!(
+        "DescribeInstances answered with an instance id eic-connect does not understand: \"{}\"",
+        terminal_safe(id)
+    ))
+    .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits; the answer may not come from EC2")
+    .hint("if AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_EC2 is set, check that it points at EC2")
 }
 
 /// Instances in these states can be looked up by name or address; terminated
@@ -173,7 +193,7 @@ pub async fn find(clients: &Clients, target: &Target) -> anyhow::Result<Vec<Inst
             .send()
             .await;
         return match result {
-            Ok(out) => Ok(collect(out.reservations())),
+            Ok(out) => Ok(collect(out.reservations())?),
             Err(err)
                 if err.as_service_error().and_then(|e| e.meta().code())
                     == Some("InvalidInstanceID.NotFound") =>
@@ -242,7 +262,7 @@ async fn describe(
     let mut found = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|err| from_sdk(err, &at))?;
-        found.extend(collect(page.reservations()));
+        found.extend(collect(page.reservations())?);
         if found.len() >= cap {
             break;
         }
@@ -280,12 +300,12 @@ pub async fn list(
     Ok(found)
 }
 
-fn collect(reservations: &[aws_sdk_ec2::types::Reservation]) -> Vec<InstanceInfo> {
-    reservations
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(InstanceInfo::from_sdk)
-        .collect()
+fn collect(reservations: &[aws_sdk_ec2::types::Reservation]) -> Result<Vec<InstanceInfo>, Failure> {
+    let mut found = Vec::new();
+    for inst in reservations.iter().flat_map(|r| r.instances()) {
+        found.extend(InstanceInfo::from_sdk(inst)?);
+    }
+    Ok(found)
 }
 
 /// Zero matches and several matches are both errors; never silently the first.
@@ -490,6 +510,52 @@ mod tests {
             ]
         );
         assert!(filter_sets(&Target::InstanceId("i-01234567".into())).is_empty());
+    }
+
+    #[test]
+    fn api_instances_need_a_valid_id() {
+        let with_id = |id: &str| Instance::builder().instance_id(id).build();
+        for good in ["i-0123abcd", "i-0123456789abcdef0"] {
+            let info = InstanceInfo::from_sdk(&with_id(good)).unwrap().unwrap();
+            assert_eq!(info.id, good);
+        }
+        assert_eq!(
+            InstanceInfo::from_sdk(&Instance::builder().build()).unwrap(),
+            None
+        );
+        for bad in [
+            "i-0123456789abcdef0\n@cert-authority * ssh-ed25519 AAAA",
+            "i-0123456789ABCDEF0",
+            "i-0123abc",
+            "i-0123456789abcdef",
+            "i-0123456789abcdef0 ",
+            "../i-0123abcd",
+            "web-1",
+            "",
+        ] {
+            let failure = InstanceInfo::from_sdk(&with_id(bad)).unwrap_err();
+            assert_eq!(failure.exit, crate::error::EXIT_FAILURE, "{bad:?}");
+            assert!(
+                failure.message.contains("does not understand"),
+                "{}",
+                failure.message
+            );
+            assert!(!failure.message.contains('\n'), "{}", failure.message);
+            assert!(
+                failure.message.contains(&*terminal_safe(bad)),
+                "{}",
+                failure.message
+            );
+            assert!(!failure.hints.is_empty());
+        }
+        let reservation = aws_sdk_ec2::types::Reservation::builder()
+            .instances(with_id("i-0123abcd"))
+            .instances(with_id("i-0123abcd\r"))
+            .build();
+        assert!(
+            collect(&[reservation]).is_err(),
+            "one bad id spoils the answer"
+        );
     }
 
     #[test]

@@ -124,6 +124,140 @@ fn no_credentials(at: &Attempt<'_>, cause: &str) -> Failure {
         .hint("choose a profile with --profile NAME or AWS_PROFILE")
 }
 
+/// What an AWS error code means to eic-connect; [`explain`] words each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meaning {
+    // EC2 Instance Connect (SendSSHPublicKey and friends).
+    PushNotAllowed,
+    PushInstanceNotFound,
+    PushInstanceNotRunning,
+    PushInstanceUnavailable,
+    PushRejected,
+    PushThrottled,
+    PushServiceError,
+    SerialUnsupportedType,
+    SerialAccessDisabled,
+    SerialSessionLimit,
+    SerialSessionUnavailable,
+    SerialSessionUnsupported,
+    // EC2 (DescribeInstances and friends).
+    InstanceNotFound,
+    InstanceIdMalformed,
+    CannotStartInState,
+    NoCapacity,
+    InstanceLimit,
+    UnsupportedOperation,
+    EndpointNotFound,
+    EndpointIdMalformed,
+    // Any API.
+    NotAuthorized,
+    Throttled,
+    InternalError,
+    CredentialsRefused,
+    SignatureRefused,
+    Expired,
+    NotOptedIn,
+    AccountBlocked,
+    RequestRejected,
+}
+
+/// Every AWS error code eic-connect knows, and what it means. [`explain`]
+/// looks codes up here (any other gets a generic message), and the tests
+/// check every entry.
+const KNOWN_CODES: &[(&str, Meaning)] = &[
+    ("AuthException", Meaning::PushNotAllowed),
+    (
+        "EC2InstanceNotFoundException",
+        Meaning::PushInstanceNotFound,
+    ),
+    (
+        "EC2InstanceStateInvalidException",
+        Meaning::PushInstanceNotRunning,
+    ),
+    (
+        "EC2InstanceUnavailableException",
+        Meaning::PushInstanceUnavailable,
+    ),
+    ("InvalidArgsException", Meaning::PushRejected),
+    ("ThrottlingException", Meaning::PushThrottled),
+    ("ServiceException", Meaning::PushServiceError),
+    (
+        "EC2InstanceTypeInvalidException",
+        Meaning::SerialUnsupportedType,
+    ),
+    (
+        "SerialConsoleAccessDisabledException",
+        Meaning::SerialAccessDisabled,
+    ),
+    (
+        "SerialConsoleSessionLimitExceededException",
+        Meaning::SerialSessionLimit,
+    ),
+    (
+        "SerialConsoleSessionUnavailableException",
+        Meaning::SerialSessionUnavailable,
+    ),
+    (
+        "SerialConsoleSessionUnsupportedException",
+        Meaning::SerialSessionUnsupported,
+    ),
+    ("InvalidInstanceID.NotFound", Meaning::InstanceNotFound),
+    ("InvalidInstanceID.Malformed", Meaning::InstanceIdMalformed),
+    ("IncorrectInstanceState", Meaning::CannotStartInState),
+    ("InsufficientInstanceCapacity", Meaning::NoCapacity),
+    ("InstanceLimitExceeded", Meaning::InstanceLimit),
+    ("VcpuLimitExceeded", Meaning::InstanceLimit),
+    ("UnsupportedOperation", Meaning::UnsupportedOperation),
+    (
+        "InvalidInstanceConnectEndpointId.NotFound",
+        Meaning::EndpointNotFound,
+    ),
+    (
+        "InvalidInstanceConnectEndpointId.Malformed",
+        Meaning::EndpointIdMalformed,
+    ),
+    ("UnauthorizedOperation", Meaning::NotAuthorized),
+    ("AccessDenied", Meaning::NotAuthorized),
+    ("AccessDeniedException", Meaning::NotAuthorized),
+    ("RequestLimitExceeded", Meaning::Throttled),
+    ("Throttling", Meaning::Throttled),
+    ("EC2ThrottledException", Meaning::Throttled),
+    ("TooManyRequestsException", Meaning::Throttled),
+    ("InternalError", Meaning::InternalError),
+    ("InternalFailure", Meaning::InternalError),
+    ("ServiceUnavailable", Meaning::InternalError),
+    ("Unavailable", Meaning::InternalError),
+    ("AuthFailure", Meaning::CredentialsRefused),
+    ("InvalidClientTokenId", Meaning::CredentialsRefused),
+    ("UnrecognizedClientException", Meaning::CredentialsRefused),
+    ("IncompleteSignature", Meaning::CredentialsRefused),
+    ("SignatureDoesNotMatch", Meaning::SignatureRefused),
+    ("InvalidSignatureException", Meaning::SignatureRefused),
+    ("ExpiredToken", Meaning::Expired),
+    ("ExpiredTokenException", Meaning::Expired),
+    ("RequestExpired", Meaning::Expired),
+    ("OptInRequired", Meaning::NotOptedIn),
+    ("Blocked", Meaning::AccountBlocked),
+    ("PendingVerification", Meaning::AccountBlocked),
+    ("InvalidParameterValue", Meaning::RequestRejected),
+    ("InvalidParameterCombination", Meaning::RequestRejected),
+    ("InvalidParameter", Meaning::RequestRejected),
+    ("InvalidFilter", Meaning::RequestRejected),
+    ("MissingParameter", Meaning::RequestRejected),
+    ("UnknownParameter", Meaning::RequestRejected),
+    ("InvalidAction", Meaning::RequestRejected),
+    ("InvalidNextToken", Meaning::RequestRejected),
+    ("ValidationError", Meaning::RequestRejected),
+    ("ValidationException", Meaning::RequestRejected),
+];
+
+fn meaning_of(code: &str) -> Option<Meaning> {
+    KNOWN_CODES
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map(|&(_, meaning)| meaning)
+}
+
 /// Message and hints for an AWS error code.
 pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
     let msg = terminal_safe(message);
@@ -136,78 +270,86 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
     let id = at.instance();
     let user = at.user();
     let op = at.op;
-    match code {
+    let Some(meaning) = meaning_of(code) else {
+        let code = terminal_safe(code);
+        return Failure::new(format!("{op} failed with AWS error {code}{said}")).hint(format!(
+            "look up \"{code}\" in the AWS documentation for {op}"
+        ));
+    };
+    match meaning {
         // ---- EC2 Instance Connect (SendSSHPublicKey and friends) ----
-        "AuthException" => Failure::new(format!("not allowed to push a key to {id} as OS user {user}{said}"))
+        Meaning::PushNotAllowed => Failure::new(format!("not allowed to push a key to {id} as OS user {user}{said}"))
             .hint(format!(
                 "your IAM identity needs ec2-instance-connect:{op} on arn:aws:ec2:{}:<account>:instance/{id}",
                 at.scope.region
             ))
             .hint(format!("if the policy has an ec2:osuser condition, it must allow \"{user}\" (choose another with --os-user)"))
             .hint("check which identity is in use: aws sts get-caller-identity"),
-        "EC2InstanceNotFoundException" => {
+        Meaning::PushInstanceNotFound => {
             Failure::new(format!("EC2 Instance Connect cannot find instance {id} ({where_}){said}"))
                 .hint("check --region and --profile: the instance must be in that account and region")
         }
-        "EC2InstanceStateInvalidException" => Failure::new(format!("instance {id} is not running{said}"))
+        Meaning::PushInstanceNotRunning => Failure::new(format!("instance {id} is not running{said}"))
             .hint(format!("start it: aws ec2 start-instances --instance-ids {id}")),
-        "EC2InstanceUnavailableException" => Failure::new(format!("instance {id} is temporarily unavailable{said}"))
+        Meaning::PushInstanceUnavailable => Failure::new(format!("instance {id} is temporarily unavailable{said}"))
             .hint("try again in a few seconds; if it just started, give it a minute to boot"),
-        "InvalidArgsException" => Failure::new(format!("EC2 Instance Connect rejected the request{said}"))
+        Meaning::PushRejected => Failure::new(format!("EC2 Instance Connect rejected the request{said}"))
             .hint(format!("check the OS user name \"{user}\" (1-32 characters) and the instance id {id}")),
-        "ThrottlingException" => Failure::new(format!("too many key pushes: {op} is being throttled{said}"))
+        Meaning::PushThrottled => Failure::new(format!("too many key pushes: {op} is being throttled{said}"))
             .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
             .hint("in loops (scp, rsync, Ansible) reuse one connection with ssh ControlMaster instead of pushing per call"),
-        "ServiceException" => Failure::new(format!("EC2 Instance Connect had an internal error{said}"))
+        Meaning::PushServiceError => Failure::new(format!("EC2 Instance Connect had an internal error{said}"))
             .hint("this is on the AWS side and usually passes: try again shortly"),
-        "EC2InstanceTypeInvalidException" => {
+        Meaning::SerialUnsupportedType => {
             Failure::new(format!("instance {id} does not support the serial console{said}"))
                 .hint("the serial console needs a Nitro-based instance type")
         }
-        "SerialConsoleAccessDisabledException" => {
+        Meaning::SerialAccessDisabled => {
             Failure::new(format!("serial console access is disabled for this account ({where_})"))
                 .hint("enable it: aws ec2 enable-serial-console-access")
         }
-        "SerialConsoleSessionLimitExceededException" => {
+        Meaning::SerialSessionLimit => {
             Failure::new(format!("instance {id} already has a serial console session"))
                 .hint("only one session is allowed: wait about 30 seconds after the last one ended")
         }
-        "SerialConsoleSessionUnavailableException" => {
+        Meaning::SerialSessionUnavailable => {
             Failure::new(format!("the serial console of {id} is unavailable right now{said}"))
                 .hint("try again shortly; if it persists, reboot the instance")
         }
-        "SerialConsoleSessionUnsupportedException" => {
+        Meaning::SerialSessionUnsupported => {
             Failure::new(format!("instance {id} does not support serial console sessions{said}"))
                 .hint("reboot the instance, or use a Nitro-based instance type")
         }
 
         // ---- EC2 (DescribeInstances and friends) ----
-        "InvalidInstanceID.NotFound" => Failure::new(format!("no instance {id} ({where_})"))
+        Meaning::InstanceNotFound => Failure::new(format!("no instance {id} ({where_})"))
             .hint("check --region and --profile: instance ids are per account and region"),
-        "InvalidInstanceID.Malformed" => Failure::usage(format!("{id} is not a valid instance id{said}"))
+        Meaning::InstanceIdMalformed => Failure::usage(format!("{id} is not a valid instance id{said}"))
             .hint("instance ids are 'i-' followed by 8 or 17 lowercase hex digits"),
-        "IncorrectInstanceState" => Failure::new(format!("instance {id} cannot be started in its current state{said}"))
+        Meaning::CannotStartInState => Failure::new(format!("instance {id} cannot be started in its current state{said}"))
             .hint("a stopping instance must finish stopping first: wait a minute and try again")
             .hint("a terminated instance cannot be started again"),
-        "InsufficientInstanceCapacity" => {
+        Meaning::NoCapacity => {
             Failure::new(format!("AWS has no capacity to start {id} in its availability zone right now{said}"))
                 .hint("try again in a few minutes, or change the instance type")
         }
-        "InstanceLimitExceeded" | "VcpuLimitExceeded" => {
+        Meaning::InstanceLimit => {
             Failure::new(format!("starting {id} would exceed the account's instance limit ({where_}){said}"))
                 .hint("stop another instance, or request a higher limit (Service Quotas)")
         }
-        "UnsupportedOperation" => Failure::new(format!("{op} is not supported for {id}{said}"))
+        Meaning::UnsupportedOperation => Failure::new(format!("{op} is not supported for {id}{said}"))
             .hint("spot and instance-store-backed instances cannot be started this way"),
-        "InvalidInstanceConnectEndpointId.NotFound" => {
+        Meaning::EndpointNotFound => {
             Failure::new(format!("no such EC2 Instance Connect Endpoint ({where_}){said}"))
                 .hint("check --eice-id, --region and --profile; list endpoints with: aws ec2 describe-instance-connect-endpoints")
         }
-        "InvalidInstanceConnectEndpointId.Malformed" => {
+        Meaning::EndpointIdMalformed => {
             Failure::usage(format!("not a valid EC2 Instance Connect Endpoint id{said}"))
                 .hint("endpoint ids look like eice-0123456789abcdef0")
         }
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+
+        // ---- Any API ----
+        Meaning::NotAuthorized => {
             let action = match op {
                 "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => format!("ec2-instance-connect:{op}"),
                 _ => format!("ec2:{op}"),
@@ -217,41 +359,37 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
                 .hint("check which identity is in use: aws sts get-caller-identity")
                 .kind(crate::error::FailureKind::NotAuthorized)
         }
-        "RequestLimitExceeded" | "Throttling" | "EC2ThrottledException" | "TooManyRequestsException" => {
+        Meaning::Throttled => {
             Failure::new(format!("{op} is being throttled by AWS{said}"))
                 .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
         }
-        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
+        Meaning::InternalError => {
             Failure::new(format!("the EC2 API had an internal error during {op}{said}"))
                 .hint("this is on the AWS side and usually passes: try again shortly")
         }
-        "AuthFailure" | "InvalidClientTokenId" | "UnrecognizedClientException" | "IncompleteSignature" => {
+        Meaning::CredentialsRefused => {
             Failure::new(format!("AWS did not accept the credentials ({where_}){said}"))
                 .hint("check the access key and profile in use: aws sts get-caller-identity")
                 .hint("`aws configure` or `aws sso login --profile NAME` sets up working credentials")
         }
-        "SignatureDoesNotMatch" | "InvalidSignatureException" => {
+        Meaning::SignatureRefused => {
             Failure::new(format!("AWS rejected the request signature ({where_}){said}"))
                 .hint("check that the secret access key belongs to the access key id")
                 .hint("check that this machine's clock is correct")
         }
-        "ExpiredToken" | "ExpiredTokenException" | "RequestExpired" => {
+        Meaning::Expired => {
             Failure::new(format!("the AWS credentials or request have expired ({where_}){said}"))
                 .hint("refresh them: `aws sso login --profile NAME`, or fetch new session credentials")
                 .hint("check that this machine's clock is correct")
         }
-        "OptInRequired" => Failure::new(format!("the account is not subscribed to EC2 in {}{said}", at.scope.region))
+        Meaning::NotOptedIn => Failure::new(format!("the account is not subscribed to EC2 in {}{said}", at.scope.region))
             .hint("opt in to the region in the AWS console, or choose another with --region"),
-        "Blocked" | "PendingVerification" => {
+        Meaning::AccountBlocked => {
             Failure::new(format!("the account cannot use EC2 in {} yet{said}", at.scope.region))
                 .hint("contact AWS Support about the account's status")
         }
-        "InvalidParameterValue" | "InvalidParameterCombination" | "InvalidParameter" | "InvalidFilter"
-        | "MissingParameter" | "UnknownParameter" | "InvalidAction" | "InvalidNextToken"
-        | "ValidationError" | "ValidationException" => Failure::new(format!("AWS rejected the {op} request ({code}){said}"))
+        Meaning::RequestRejected => Failure::new(format!("AWS rejected the {op} request ({code}){said}"))
             .hint("if the target you gave is valid, this is a bug in eic-connect: please report it"),
-        other => Failure::new(format!("{op} failed with AWS error {}{said}", terminal_safe(other)))
-            .hint(format!("look up \"{}\" in the AWS documentation for {op}", terminal_safe(other))),
     }
 }
 
@@ -268,65 +406,75 @@ mod tests {
         }
     }
 
-    /// Every code the tool can meet has its own message and at least one hint.
+    /// Every known code gets a message of its own and hints saying what to
+    /// do next, whichever operation met it.
     #[test]
     fn every_known_code_has_a_specific_message_and_hint() {
         let scope = Scope {
             region: "eu-west-1".into(),
             profile: Some("dev".into()),
         };
-        let push_codes = [
-            "AuthException",
-            "EC2InstanceNotFoundException",
-            "EC2InstanceStateInvalidException",
-            "EC2InstanceUnavailableException",
-            "InvalidArgsException",
-            "ThrottlingException",
-            "ServiceException",
-            "EC2InstanceTypeInvalidException",
-            "SerialConsoleAccessDisabledException",
-            "SerialConsoleSessionLimitExceededException",
-            "SerialConsoleSessionUnavailableException",
-            "SerialConsoleSessionUnsupportedException",
+        let ops = [
+            "SendSSHPublicKey",
+            "SendSerialConsoleSSHPublicKey",
+            "DescribeInstances",
+            "StartInstances",
         ];
-        let ec2_codes = [
-            "InvalidInstanceID.NotFound",
-            "InvalidInstanceID.Malformed",
-            "UnauthorizedOperation",
-            "RequestLimitExceeded",
-            "InternalError",
-            "Unavailable",
-            "AuthFailure",
-            "InvalidClientTokenId",
-            "UnrecognizedClientException",
-            "SignatureDoesNotMatch",
-            "ExpiredToken",
-            "RequestExpired",
-            "OptInRequired",
-            "Blocked",
-            "InvalidParameterValue",
-            "InvalidFilter",
-            "InvalidInstanceConnectEndpointId.NotFound",
-            "InvalidInstanceConnectEndpointId.Malformed",
-            "IncorrectInstanceState",
-            "InsufficientInstanceCapacity",
-            "InstanceLimitExceeded",
-            "UnsupportedOperation",
-        ];
-        let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope)).message;
-        for (op, codes) in [
-            ("SendSSHPublicKey", &push_codes[..]),
-            ("DescribeInstances", &ec2_codes[..]),
-        ] {
-            for code in codes {
+        let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
+        assert!(
+            fallback
+                .message
+                .contains("failed with AWS error SomethingNew")
+        );
+        for (n, (code, _)) in KNOWN_CODES.iter().enumerate() {
+            assert!(
+                !KNOWN_CODES[..n].iter().any(|(c, _)| c == code),
+                "{code} is listed twice"
+            );
+            assert_eq!(meaning_of(code), Some(KNOWN_CODES[n].1));
+            for op in ops {
                 let f = explain(code, "detail from AWS", &at(op, &scope));
-                assert!(!f.hints.is_empty(), "{code} has no hint");
+                let all = format!("{}\n{}", f.message, f.hints.join("\n"));
+                assert!(!f.message.trim().is_empty(), "{code} ({op}): no message");
                 assert!(
                     !f.message.contains("failed with AWS error"),
-                    "{code} fell through: {}",
-                    f.message
+                    "{code} ({op}) fell through: {all}"
                 );
-                assert_ne!(f.message, fallback);
+                // ("Unknown" is what from_sdk passes when AWS gave no code.)
+                assert!(
+                    !all.replace(code, "CODE").contains("Unknown"),
+                    "{code} ({op}): {all}"
+                );
+                assert!(!f.hints.is_empty(), "{code} ({op}) has no hint");
+                assert!(
+                    f.hints
+                        .iter()
+                        .all(|h| !h.trim().is_empty() && !h.contains("in the AWS documentation")),
+                    "{code} ({op}): {all}"
+                );
+            }
+        }
+    }
+
+    /// Codes that mean the same are explained alike; codes that do not,
+    /// differently.
+    #[test]
+    fn the_table_decides_the_explanation() {
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: None,
+        };
+        let shown = |code: &str| {
+            let f = explain(code, "detail", &at("SendSSHPublicKey", &scope));
+            (f.message.replace(code, "CODE"), f.hints, f.exit)
+        };
+        for (a, meaning_a) in KNOWN_CODES {
+            for (b, meaning_b) in KNOWN_CODES {
+                if meaning_a == meaning_b {
+                    assert_eq!(shown(a), shown(b), "{a} and {b}");
+                } else {
+                    assert_ne!(shown(a).0, shown(b).0, "{a} and {b}");
+                }
             }
         }
     }

@@ -78,7 +78,32 @@ pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Endpoints reach ports 22 and 3389 only: anything else is a usage error.
+/// `verify-host-key` with a tunnel: eic-connect does not speak ssh here, so
+/// it shows the host keys the instance printed on its console, for the user
+/// to hold the ssh they run through the tunnel to; none is an error.
+async fn show_console_keys(clients: &Clients, instance_id: &str) -> anyhow::Result<()> {
+    use crate::hostkeys::{ConsoleKeys, parse_console};
+    let console = aws::diag::console_output(clients, instance_id).await?;
+    let ConsoleKeys::Keys(keys) = parse_console(&console) else {
+        return fail(
+            Failure::new(format!(
+                "cannot verify the host key of {instance_id}: its console output shows no host keys"
+            ))
+            .hint("set verify-host-key = false (or EIC_CONNECT_VERIFY_HOST_KEY=0) to open the tunnel anyway"),
+        );
+    };
+    for key in keys {
+        eprintln!(
+            "eic-connect: {instance_id} printed host key {} {} on its console: check that the ssh you run through this tunnel sees this one",
+            key.kind(),
+            key.fingerprint
+        );
+    }
+    Ok(())
+}
+
+/// Tunnels every connection to 127.0.0.1:`port` (0: any free port), at most
+/// [`MAX_CONCURRENT`] at once; further connections wait for a free slot.
 async fn listen(tunneller: Tunneller, port: u16) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))

@@ -56,6 +56,7 @@ pub struct Request<'a> {
     pub ssh_port: Option<u16>,
 }
 
+/// Endpoints reach ports 22 and 3389 only: anything else is a usage error.
 pub fn check_remote_port(port: u16) -> Result<(), Failure> {
     if eice::ALLOWED_PORTS.contains(&port) {
         Ok(())
@@ -92,6 +93,8 @@ pub fn target_for(
     })
 }
 
+/// The region and profile calls go to, for messages and the tunnel's
+/// ProxyCommand.
 pub fn scope_of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
     Scope {
         region: config.region().map(|r| r.to_string()).unwrap_or_default(),

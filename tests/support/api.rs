@@ -1571,3 +1571,14 @@ pub fn uuid_like() -> String {
         &h[20..32]
     )
 }
+
+// ---------------------------------------------------------- test time
+
+impl RateLimit {
+    /// Refill now for `d` of time, as if it had passed, so a test sees a
+    /// token come back without waiting for it in real time (see
+    /// `TestBed::pass_rate_limit_time`).
+    pub fn pass_time(&mut self, d: Duration) {
+        self.tokens = (self.tokens + d.as_secs_f64() * self.per_second).min(f64::from(self.burst));
+    }
+}

@@ -934,3 +934,17 @@ pub fn current_user() -> String {
     }
     std::env::var("USER").expect("cannot determine the current user name")
 }
+
+impl TestBed {
+    /// Let `d` pass at once for the token bucket of `action` (see
+    /// [`TestBed::set_rate_limit`]): its next call finds the tokens that
+    /// would have come back in that time. Panics if `action` has no limit.
+    pub fn pass_rate_limit_time(&self, action: &str, d: Duration) {
+        self.api
+            .lock()
+            .rate_limits
+            .get_mut(action)
+            .unwrap_or_else(|| panic!("{action} has no rate limit"))
+            .pass_time(d);
+    }
+}
