@@ -66,15 +66,18 @@ pub fn runtime_base(env: &dyn Env) -> PathBuf {
 }
 
 /// The ssh-config proxy's directory of agent sockets and state: one per
-/// user, private.
+/// user, private. Without `$XDG_RUNTIME_DIR` it is in `/tmp`, not
+/// `$TMPDIR`: socket paths are limited to about 100 bytes, and macOS's
+/// `$TMPDIR` alone takes half of that.
 pub fn proxy_dir(env: &dyn Env) -> PathBuf {
-    let base = runtime_base(env);
-    if absolute(env, "XDG_RUNTIME_DIR").is_some() {
-        base.join("eic-connect-proxy")
-    } else {
-        // A shared temporary directory: the name carries the uid.
+    match absolute(env, "XDG_RUNTIME_DIR") {
+        Some(base) => base.join("eic-connect-proxy"),
+        // A shared directory: the name carries the uid, and the directory
+        // is checked to be this user's and private before use.
         // SAFETY: getuid cannot fail.
-        base.join(format!("eic-connect-proxy-{}", unsafe { libc::getuid() }))
+        None => PathBuf::from(format!("/tmp/eic-connect-proxy-{}", unsafe {
+            libc::getuid()
+        })),
     }
 }
 
@@ -175,14 +178,18 @@ mod tests {
             proxy_dir(&e),
             PathBuf::from("/run/user/7/eic-connect-proxy")
         );
-        let e = env(&[("TMPDIR", "/var/tmp")]);
+        let e = env(&[("TMPDIR", "/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T")]);
         assert!(
             proxy_dir(&e)
                 .to_string_lossy()
-                .starts_with("/var/tmp/eic-connect-proxy-")
+                .starts_with("/tmp/eic-connect-proxy-"),
+            "short enough for socket paths wherever TMPDIR is"
         );
         // No HOME at all: state goes beside runtime files rather than nowhere.
-        assert_eq!(state_dir(&e), PathBuf::from("/var/tmp/eic-connect"));
+        assert_eq!(
+            state_dir(&e),
+            PathBuf::from("/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/eic-connect")
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn to_json(report: &Report) -> String {
             })
         })
         .collect();
-    json!({
+    let value = json!({
         "target": report.target,
         "instance_id": report.instance_id,
         "name": report.name,
@@ -116,8 +116,9 @@ pub fn to_json(report: &Report) -> String {
         "os_user": report.os_user,
         "ok": !report.failed(),
         "checks": checks,
-    })
-    .to_string()
+    });
+    // Tag values and messages: terminal-safe, yet exact once decoded.
+    crate::fleet::json_text(&value)
 }
 
 #[cfg(test)]
@@ -154,7 +155,10 @@ mod tests {
         );
         assert!(text.ends_with("1 check failed.\n"), "{text}");
         assert!(!text.contains('\x1b'));
-        let json: serde_json::Value = serde_json::from_str(&to_json(&report)).unwrap();
+        let raw = to_json(&report);
+        assert!(!raw.contains('\x1b'), "{raw}");
+        let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(json["name"], "web\x1b[2J", "exact once decoded");
         assert_eq!(json["ok"], false);
         assert_eq!(json["path"], "direct");
         assert_eq!(json["address"], "3.1.2.3");
