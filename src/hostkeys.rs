@@ -335,24 +335,8 @@ pub fn first_use_answer(
 /// Appends `line` to the known_hosts file at `path` unless `alias` gained
 /// a key meanwhile, under the same lock as [`record`].
 pub fn append_first_use(path: &Path, alias: &str, line: &str) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path.with_extension("lock"))?;
-    lock.lock()?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
-    let mut existing = String::new();
-    file.read_to_string(&mut existing)?;
-    let taken = existing.lines().any(|l| {
+    let mut file = Locked::open(path)?;
+    let taken = file.existing.lines().any(|l| {
         l.split_ascii_whitespace()
             .next()
             .is_some_and(|hosts| hosts.split(',').any(|h| h == alias))
@@ -360,12 +344,7 @@ pub fn append_first_use(path: &Path, alias: &str, line: &str) -> std::io::Result
     if taken {
         return Ok(());
     }
-    let mut text = String::new();
-    if !existing.is_empty() && !existing.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(line);
-    file.write_all(text.as_bytes())
+    file.append(line)
 }
 
 /// Reads the helper's report: the verdicts in the order ssh asked.
@@ -430,30 +409,61 @@ pub fn missing_lines(existing: &str, alias: &str, keys: &[HostKey]) -> String {
     out
 }
 
+/// A known_hosts file opened for appending, read, and held under its lock
+/// (`FILE.lock`) until dropped: every writer of eic-connect takes it.
+struct Locked {
+    file: std::fs::File,
+    existing: String,
+    _lock: std::fs::File,
+}
+
+impl Locked {
+    fn open(path: &Path) -> std::io::Result<Locked> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.with_extension("lock"))?;
+        lock.lock()?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut existing = String::new();
+        file.read_to_string(&mut existing)?;
+        Ok(Locked {
+            file,
+            existing,
+            _lock: lock,
+        })
+    }
+
+    /// Appends `lines`, after a newline if the file does not end in one.
+    fn append(&mut self, lines: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut text = String::new();
+        if !self.existing.is_empty() && !self.existing.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(lines);
+        self.file.write_all(text.as_bytes())
+    }
+}
+
 /// Records `keys` for `alias` in the known_hosts file at `path` (mode 0600),
 /// under a lock. ssh itself appends to the same file (first use), so keys
 /// are appended in one write; only when the file holds a stale key for the
 /// alias (the console says otherwise) is it rewritten, by rename.
 pub fn record(path: &Path, alias: &str, keys: &[HostKey]) -> std::io::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let lock_path = path.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)?;
-    lock.lock()?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
-    let mut existing = String::new();
-    file.read_to_string(&mut existing)?;
-    if let Some(updated) = known_hosts_with(&existing, alias, keys) {
+    let mut file = Locked::open(path)?;
+    if let Some(updated) = known_hosts_with(&file.existing, alias, keys) {
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -467,16 +477,11 @@ pub fn record(path: &Path, alias: &str, keys: &[HostKey]) -> std::io::Result<()>
             let _ = std::fs::remove_file(&tmp);
         });
     }
-    let lines = missing_lines(&existing, alias, keys);
+    let lines = missing_lines(&file.existing, alias, keys);
     if lines.is_empty() {
         return Ok(());
     }
-    let mut text = String::new();
-    if !existing.is_empty() && !existing.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&lines);
-    file.write_all(text.as_bytes())
+    file.append(&lines)
 }
 
 #[cfg(test)]

@@ -9,64 +9,25 @@ use support::cmd::{assert_signed, eic, run, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use support::agent::UserAgent;
 use support::{InstanceSpec, TestBed};
 
-/// A real ssh-agent holding one key of the user's, killed when dropped.
-struct UserAgent {
-    child: std::process::Child,
-    socket: PathBuf,
-    fingerprint: String,
+/// The user's own ssh-agent, holding one key of theirs.
+fn user_agent(bed: &TestBed) -> (UserAgent, String) {
+    let agent = UserAgent::start(bed);
+    let fingerprint = agent.add_new_key(bed, "users-own-key");
+    (agent, fingerprint)
 }
 
-impl Drop for UserAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn user_agent(bed: &TestBed) -> UserAgent {
-    let socket = bed.dir().join("user-agent.sock");
-    let child = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ssh-agent (openssh-client)");
-    let key = bed.generate_key("users-own-key");
-    // ssh-add retries until the agent listens.
-    let mut added = false;
-    for _ in 0..500 {
-        let out = Command::new("ssh-add")
-            .arg(&key.private_key)
-            .env("SSH_AUTH_SOCK", &socket)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            added = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(added, "ssh-add to the user's agent");
-    let fp = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(&key.private_key)
-        .output()
-        .unwrap();
-    let fingerprint = String::from_utf8_lossy(&fp.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    UserAgent {
-        child,
-        socket,
-        fingerprint,
-    }
+/// ssh with the `ssh-config` block, the bed's environment and port.
+fn block_ssh(bed: &TestBed, config: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    bed.apply_env(&mut c);
+    c.arg("-F")
+        .arg(config)
+        .args(["-p", &bed.sshd_port().to_string(), "-o", "BatchMode=yes"])
+        .stdin(Stdio::null());
+    c
 }
 
 /// `-A` forwards the user's own agent, and never the in-process one that
@@ -75,7 +36,7 @@ fn user_agent(bed: &TestBed) -> UserAgent {
 fn forwarding_gives_the_instance_the_users_agent_not_the_ephemeral_key() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
-    let agent = user_agent(&bed);
+    let (agent, fingerprint) = user_agent(&bed);
     for forward in [&["-A"][..], &["-o", "ForwardAgent=yes"]] {
         let mut c = eic(&bed);
         c.env("SSH_AUTH_SOCK", &agent.socket)
@@ -84,7 +45,7 @@ fn forwarding_gives_the_instance_the_users_agent_not_the_ephemeral_key() {
         let out = run(c);
         assert!(out.status.success(), "{forward:?}: {}", stderr(&out));
         let listed = stdout(&out);
-        assert!(listed.contains(&agent.fingerprint), "{forward:?}: {listed}");
+        assert!(listed.contains(&fingerprint), "{forward:?}: {listed}");
         assert!(!listed.contains("eic-connect"), "{forward:?}: {listed}");
         assert_eq!(listed.lines().count(), 1, "{listed}");
     }
@@ -108,20 +69,15 @@ fn forwarding_gives_the_instance_the_users_agent_not_the_ephemeral_key() {
 fn forwarding_through_the_ssh_config_block_gives_the_users_agent() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
-    let agent = user_agent(&bed);
+    let (agent, fingerprint) = user_agent(&bed);
     let config = ssh_config(&bed);
-    let mut c = Command::new("ssh");
-    bed.apply_env(&mut c);
+    let mut c = block_ssh(&bed, &config);
     c.env("SSH_AUTH_SOCK", &agent.socket)
-        .arg("-F")
-        .arg(&config)
-        .args(["-A", "-p", &bed.sshd_port().to_string()])
-        .args(["-o", "BatchMode=yes", &web.id, "ssh-add", "-l"])
-        .stdin(Stdio::null());
+        .args(["-A", &web.id, "ssh-add", "-l"]);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let listed = stdout(&out);
-    assert!(listed.contains(&agent.fingerprint), "{listed}");
+    assert!(listed.contains(&fingerprint), "{listed}");
     assert!(!listed.contains("eic-connect"), "{listed}");
 }
 
@@ -175,10 +131,9 @@ fn assert_no_private_key_file(bed: &TestBed, when: &str) {
 #[test]
 fn the_ssh_config_proxy_never_writes_a_private_key() {
     let bed = TestBed::start();
-    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    bed.add_instance(InstanceSpec::named("web-1"));
     let config = ssh_config(&bed);
-    let agent = user_agent(&bed);
-    let port = bed.sshd_port().to_string();
+    let (agent, fingerprint) = user_agent(&bed);
     // The remote command runs while the proxy is alive: it looks for keys.
     let probe = format!(
         "grep -rl 'PRIVATE KEY' {} {} 2>/dev/null; echo probed",
@@ -186,15 +141,11 @@ fn the_ssh_config_proxy_never_writes_a_private_key() {
         bed.dir().join("tmp").display()
     );
     for with_agent in [false, true] {
-        let mut c = Command::new("ssh");
-        bed.apply_env(&mut c);
+        let mut c = block_ssh(&bed, &config);
         if with_agent {
             c.env("SSH_AUTH_SOCK", &agent.socket);
         }
-        c.arg("-F")
-            .arg(&config)
-            .args(["-p", &port, "-o", "BatchMode=yes", "eic-web-1", &probe])
-            .stdin(Stdio::null());
+        c.args(["eic-web-1", &probe]);
         let out = c.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(
@@ -205,15 +156,62 @@ fn the_ssh_config_proxy_never_writes_a_private_key() {
         assert_no_private_key_file(&bed, "after the session");
     }
     // The user's agent was never given the ephemeral key.
-    let listed = Command::new("ssh-add")
-        .arg("-l")
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .output()
-        .unwrap();
-    let listed = stdout(&listed);
+    let listed = agent.listed();
     assert_eq!(listed.lines().count(), 1, "{listed}");
-    assert!(listed.contains(&agent.fingerprint));
-    let _ = web;
+    assert!(listed.contains(&fingerprint));
+
+    // The proxy that pushed the key still serves it; SIGKILL it: what it
+    // leaves (a dead socket, its state) holds no secret, and the next
+    // connection replaces the socket and logs in.
+    let key_dir = bed.dir().join("run/eic-connect-proxy");
+    let killed = kill_processes_mentioning(&key_dir.to_string_lossy());
+    assert!(killed > 0, "a proxy was still serving the key");
+    assert_no_private_key_file(&bed, "after SIGKILL");
+    let mut c = block_ssh(&bed, &config);
+    c.args(["eic-web-1", "echo", "again"]);
+    let out = c.output().unwrap();
+    assert_eq!(stdout(&out), "again\n", "{}", stderr(&out));
+}
+
+/// SIGKILLs every process whose command line mentions `needle`; how many.
+fn kill_processes_mentioning(needle: &str) -> usize {
+    let mut found: Vec<(i32, String)> = Vec::new();
+    match std::fs::read_dir("/proc") {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                found.push((pid, String::from_utf8_lossy(&cmdline).into_owned()));
+            }
+        }
+        // No /proc (macOS): ps lists the same.
+        Err(_) => {
+            let out = Command::new("ps")
+                .args(["-axo", "pid=,command="])
+                .output()
+                .expect("ps");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let line = line.trim_start();
+                let (pid, command) = line.split_once(' ').unwrap_or((line, ""));
+                if let Ok(pid) = pid.parse() {
+                    found.push((pid, command.to_owned()));
+                }
+            }
+        }
+    }
+    let mut killed = 0;
+    for (pid, command) in found {
+        if command.contains(needle) && pid != std::process::id() as i32 {
+            // SAFETY: kill(2) on a process this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// A burst of scp runs through the block at once: every copy arrives, and
@@ -273,13 +271,8 @@ fn the_ssh_config_block_records_host_keys_by_instance_id() {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let config = ssh_config(&bed);
-    let mut c = Command::new("ssh");
-    bed.apply_env(&mut c);
-    c.arg("-F")
-        .arg(&config)
-        .args(["-p", &bed.sshd_port().to_string()])
-        .args(["-o", "BatchMode=yes", "eic-web-1", "true"])
-        .stdin(Stdio::null());
+    let mut c = block_ssh(&bed, &config);
+    c.args(["eic-web-1", "true"]);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let known =

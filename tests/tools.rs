@@ -49,43 +49,6 @@ fn payload(path: &Path, len: usize) -> Vec<u8> {
     data
 }
 
-/// A real ssh-agent, killed when dropped (even if the test fails).
-struct UserAgent {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Drop for UserAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_agent(bed: &TestBed) -> UserAgent {
-    let socket = bed.dir().join("user-agent.sock");
-    let child = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ssh-agent");
-    let agent = UserAgent { child, socket };
-    // Only a hang takes this long.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !agent.socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ssh-agent never made its socket"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    agent
-}
-
 fn setup() -> (TestBed, Instance, PathBuf) {
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1"));
@@ -132,7 +95,7 @@ fn ssh_config_block_makes_plain_ssh_work_by_id_and_by_name() {
 #[test]
 fn proxy_mode_reuses_a_live_key_with_or_without_an_agent() {
     let (bed, web, config) = setup();
-    let agent = start_agent(&bed);
+    let agent = support::agent::UserAgent::start(&bed);
     let port = bed.sshd_port().to_string();
     for with_agent in [false, true, false] {
         let mut c = tool(&bed, "ssh");
@@ -155,16 +118,8 @@ fn proxy_mode_reuses_a_live_key_with_or_without_an_agent() {
         "reuse needs no API call"
     );
     // The key lives in the proxy's own agent, never in the user's.
-    let listed = Command::new("ssh-add")
-        .arg("-l")
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&listed.stdout).contains("eic-connect"),
-        "{}",
-        String::from_utf8_lossy(&listed.stdout)
-    );
+    let listed = agent.listed();
+    assert!(!listed.contains("eic-connect"), "{listed}");
     let key_dir = bed.dir().join("run/eic-connect-proxy");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&key_dir).unwrap().permissions(),

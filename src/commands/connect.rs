@@ -151,17 +151,16 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         None => None,
     };
     let host_keys = session::host_keys(reach, &clients, &instance.id, console).await?;
-    let host = route
-        .as_ref()
-        .map_or_else(|| address.to_string(), |r| r.ssh_host());
+    let (host, path_options) = route::ssh_target(
+        route.as_ref(),
+        address,
+        &clients.scope,
+        &reach.aws,
+        &instance.id,
+    )?;
     let spec = Spec {
         user_options: &settings.ssh_options,
-        path_options: route::ssh_options_for(
-            route.as_ref(),
-            &clients.scope,
-            &reach.aws,
-            &instance.id,
-        )?,
+        path_options,
         verbose: settings.verbose,
         os_user: &user,
         host_key_alias: &instance.id,

@@ -276,17 +276,16 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         PUSH_PATIENCE,
     )
     .await?;
-    let host = route
-        .as_ref()
-        .map_or_else(|| address.to_string(), |r| r.ssh_host());
+    let (host, path_options) = route::ssh_target(
+        route.as_ref(),
+        address,
+        &clients.scope,
+        &reach.aws,
+        &instance.id,
+    )?;
     let spec = Spec {
         user_options: &shared.ssh_options,
-        path_options: route::ssh_options_for(
-            route.as_ref(),
-            &clients.scope,
-            &reach.aws,
-            &instance.id,
-        )?,
+        path_options,
         verbose: 0,
         os_user: &report.user,
         host_key_alias: &instance.id,

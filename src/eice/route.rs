@@ -370,28 +370,24 @@ pub async fn route_once_found(
     route_for_connect(request, config, clients, &instance, address).await
 }
 
-/// ssh's options for `route`: the ProxyCommand when tunnelling.
-pub fn ssh_options_for(
+/// Where ssh connects and eic-connect's options for the way there: the
+/// address itself, or (tunnelling) the private address with a ProxyCommand
+/// running `eic-connect tunnel`.
+pub fn ssh_target(
     route: Option<&Route>,
+    address: IpAddr,
     scope: &Scope,
     aws: &AwsSettings,
     instance_id: &str,
-) -> anyhow::Result<Vec<OsString>> {
-    let mut out = Vec::new();
-    if let Some(route) = route {
-        let exe = std::env::current_exe().map_err(|err| {
-            anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
-        })?;
-        out.push("-o".into());
-        out.push(proxy_command(
-            exe.as_os_str(),
-            scope,
-            aws,
-            &route.target,
-            instance_id,
-        ));
-    }
-    Ok(out)
+) -> anyhow::Result<(String, Vec<OsString>)> {
+    let Some(route) = route else {
+        return Ok((address.to_string(), Vec::new()));
+    };
+    let exe = std::env::current_exe().map_err(|err| {
+        anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
+    })?;
+    let option = proxy_command(exe.as_os_str(), scope, aws, &route.target, instance_id);
+    Ok((route.ssh_host(), vec!["-o".into(), option]))
 }
 
 /// `--dry-run`: appends the endpoint lookup to `out` if this connection may

@@ -43,6 +43,7 @@
 // Each test crate uses a different subset of the bed.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod api;
 pub mod cmd;
 pub mod diag;
