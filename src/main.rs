@@ -64,7 +64,7 @@ fn dispatch(command: settings::Command) -> anyhow::Result<ExitCode> {
         C::Copy(settings) => commands::copy::run(settings),
         C::Doctor(settings) => block_on(commands::doctor::run(*settings)),
         C::Serial(settings) => block_on(commands::serial::run(settings)),
-        C::KnownHosts(args) => commands::known_hosts::run(&args),
+        C::KnownHosts(settings) => commands::known_hosts::run(&settings),
     }
 }
 

@@ -14,62 +14,52 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cli::KnownHostsArgs;
-use crate::hostkeys::{
-    HostKey, Pins, answer, append_first_use, first_use_answer, is_sha256_fingerprint,
-};
+use crate::hostkeys::{answer, append_first_use, first_use_answer};
+use crate::settings::{KnownHosts, KnownHostsMode};
 
-pub fn run(args: &KnownHostsArgs) -> anyhow::Result<ExitCode> {
-    let word = |i: usize| args.words.get(i).map(String::as_str).unwrap_or_default();
-    if let (Some(file), Some(slot)) = (&args.record, &args.slot) {
-        // The instance the proxy reached; its state file is written before
-        // the proxy relays a byte, so before ssh sees a host key.
-        let mut state = slot.clone().into_os_string();
-        state.push(".state");
-        let alias = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-            .filter(|id| crate::target::is_instance_id(id));
-        let Some(alias) = alias else {
-            return Ok(ExitCode::SUCCESS);
-        };
-        let existing = std::fs::read_to_string(file).unwrap_or_default();
-        let (lines, append) =
-            first_use_answer(&existing, &alias, word(0), word(1), word(2), word(3));
-        if let Some(line) = append {
-            append_first_use(file, &alias, &line)?;
-        }
-        let mut out = std::io::stdout().lock();
-        for line in lines {
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let pins = Pins {
-        keys: args
-            .key
-            .iter()
-            .filter_map(|k| k.split_once(':'))
-            .filter_map(|(alg, b64)| HostKey::parse(alg, b64))
-            .collect(),
-        fingerprints: args
-            .pin
-            .iter()
-            .filter(|f| is_sha256_fingerprint(f))
-            .cloned()
-            .collect(),
+pub fn run(settings: &KnownHosts) -> anyhow::Result<ExitCode> {
+    let word = |i: usize| {
+        settings
+            .words
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or_default()
     };
-    let (lines, verdict) = answer(&pins, word(0), word(1), word(2), word(3));
-    if let (Some(verdict), Some(report)) = (verdict, &args.report) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(report)?;
-        writeln!(file, "{}", verdict.to_line())?;
-    }
+    let lines = match &settings.mode {
+        KnownHostsMode::FirstUse { file, slot } => {
+            // The instance the proxy reached; its state file is written
+            // before the proxy relays a byte, so before ssh sees a host key.
+            let mut state = slot.clone().into_os_string();
+            state.push(".state");
+            let alias = std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+                .filter(|id| crate::target::is_instance_id(id));
+            let Some(alias) = alias else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let existing = std::fs::read_to_string(file).unwrap_or_default();
+            let (lines, append) =
+                first_use_answer(&existing, &alias, word(0), word(1), word(2), word(3));
+            if let Some(line) = append {
+                append_first_use(file, &alias, &line)?;
+            }
+            lines
+        }
+        KnownHostsMode::Pinned { pins, report } => {
+            let (lines, verdict) = answer(pins, word(0), word(1), word(2), word(3));
+            if let (Some(verdict), Some(report)) = (verdict, report) {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .open(report)?;
+                writeln!(file, "{}", verdict.to_line())?;
+            }
+            lines
+        }
+    };
     let mut out = std::io::stdout().lock();
     for line in lines {
         writeln!(out, "{line}")?;

@@ -23,6 +23,7 @@ use crate::cli::{self, AwsArgs, Cli, PathArgs};
 use crate::dirs::{self, ProcessEnv};
 use crate::eice::{ConnectVia, PathSettings};
 use crate::error::Failure;
+use crate::hostkeys::{HostKey, Pins, is_sha256_fingerprint};
 use crate::osuser::{DEFAULT_OS_USER, UserSource};
 use crate::target::{AddressChoice, Target, parse_destination, parse_target, validate_user};
 
@@ -38,7 +39,7 @@ pub enum Command {
     Copy(Copy),
     Doctor(Box<Doctor>),
     Serial(Serial),
-    KnownHosts(cli::KnownHostsArgs),
+    KnownHosts(KnownHosts),
 }
 
 /// How the ssh session is to treat host keys.
@@ -181,6 +182,22 @@ pub struct Serial {
     pub host_key_fingerprint: Option<String>,
     pub verbose: u8,
     pub ssh_program: OsString,
+}
+
+/// `eic-connect __known-hosts`, as ssh's `KnownHostsCommand`.
+#[derive(Debug, Clone)]
+pub struct KnownHosts {
+    pub mode: KnownHostsMode,
+    /// ssh's `%I %H %t %K` (any may be empty).
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KnownHostsMode {
+    /// First use, keyed by the instance id in the proxy's slot state.
+    FirstUse { file: PathBuf, slot: PathBuf },
+    /// Exactly these keys; what ssh was shown goes to `report`.
+    Pinned { pins: Pins, report: Option<PathBuf> },
 }
 
 /// The global options exactly as the command line gave them, for commands
@@ -411,8 +428,36 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 ssh_program: ssh_program(),
             })
         }
-        S::KnownHosts(args) => Command::KnownHosts(args),
+        S::KnownHosts(args) => Command::KnownHosts(known_hosts(args)),
     })
+}
+
+fn known_hosts(args: cli::KnownHostsArgs) -> KnownHosts {
+    let mode = match (args.record, args.slot) {
+        (Some(file), Some(slot)) => KnownHostsMode::FirstUse { file, slot },
+        _ => KnownHostsMode::Pinned {
+            // ssh runs this with what eic-connect gave it: anything that does
+            // not parse is left out, which can only refuse more.
+            pins: Pins {
+                keys: args
+                    .key
+                    .iter()
+                    .filter_map(|k| k.split_once(':'))
+                    .filter_map(|(alg, b64)| HostKey::parse(alg, b64))
+                    .collect(),
+                fingerprints: args
+                    .pin
+                    .into_iter()
+                    .filter(|f| is_sha256_fingerprint(f))
+                    .collect(),
+            },
+            report: args.report,
+        },
+    };
+    KnownHosts {
+        mode,
+        words: args.words,
+    }
 }
 
 fn resolve_connect(cli: Cli, layers: &Layers) -> Result<Connect, Failure> {

@@ -907,6 +907,11 @@ impl Drop for TestBed {
 /// Path of the binary under test. Integration tests get it from Cargo;
 /// examples (which don't) fall back to the debug build.
 pub fn eic_connect_bin() -> PathBuf {
+    // Another build of eic-connect (a release build, an installed one) to
+    // run the same tests against.
+    if let Some(other) = std::env::var_os("EIC_CONNECT_TEST_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(other);
+    }
     match option_env!("CARGO_BIN_EXE_eic-connect") {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/eic-connect"),
