@@ -59,6 +59,11 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The public key's file, which ssh's `IdentityFile` names.
+    pub fn identity_file(&self) -> PathBuf {
+        self.path.join("id.pub")
+    }
 }
 
 impl Drop for RuntimeDir {
@@ -165,7 +170,7 @@ impl Agent {
         Agent::start(
             key,
             dir.path().join("agent.sock"),
-            Some(dir.path().join("id.pub")),
+            Some(dir.identity_file()),
             expires,
             forward_to,
         )

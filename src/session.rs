@@ -18,8 +18,7 @@ use crate::aws::push::KEY_LIFETIME;
 use crate::aws::{self, Clients};
 use crate::dirs;
 use crate::error::Failure;
-use crate::hostkeys::{self, ConsoleKeys};
-use crate::hostkeys::{Pins, Verdict};
+use crate::hostkeys::{self, ConsoleKeys, Pins, Verdict};
 use crate::key::EphemeralKey;
 use crate::settings::{HostKeyPolicy, Reach};
 
@@ -69,8 +68,7 @@ impl Session {
         let dir = RuntimeDir::create()?;
         let agent = Agent::start_in(key, &dir, pushed_at + KEY_LIFETIME, user_agent())?;
         let report = dir.path().join("host-key-report");
-        let identity_file = dir.path().join("id.pub");
-        let args = ssh_args(spec, &identity_file, agent.socket(), &report)?;
+        let args = ssh_args(spec, &dir.identity_file(), agent.socket(), &report)?;
         Ok(Session {
             args,
             report,
@@ -127,7 +125,7 @@ pub fn ssh_args(
                 opt("ForwardAgent", "no".into());
             }
         },
-        Forward::Socket(path) => opt("ForwardAgent", ssh_word(&path, true)?),
+        Forward::Socket(path) => opt("ForwardAgent", path),
     }
     opt("IdentitiesOnly", "yes".into());
     opt("IdentityFile", ssh_word(identity_file.as_os_str(), true)?);
@@ -196,7 +194,8 @@ fn without_forwarding(options: &[OsString]) -> (Vec<OsString>, Forward) {
                             forward = match v.to_ascii_lowercase().as_str() {
                                 "yes" | "true" => Forward::Yes,
                                 "no" | "false" => Forward::No,
-                                _ => Forward::Socket(v.trim_matches('"').into()),
+                                // In ssh's own syntax: passed on as written.
+                                _ => Forward::Socket(v.into()),
                             };
                         }
                     }
