@@ -81,20 +81,20 @@ pub fn proxy_dir(env: &dyn Env) -> PathBuf {
     }
 }
 
-/// The state directory, created (0700) if missing.
-pub fn ensure_state_dir(env: &dyn Env) -> anyhow::Result<PathBuf> {
-    let dir = state_dir(env);
+/// eic-connect's known_hosts file in `state_dir`, which is created (0700)
+/// if missing, so that ssh can record keys there.
+pub fn known_hosts_file(state_dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("could not create {}", dir.display()))?;
-    Ok(dir)
+        .create(state_dir)
+        .with_context(|| format!("could not create {}", state_dir.display()))?;
+    Ok(known_hosts_in(state_dir))
 }
 
-/// eic-connect's known_hosts file, in the state directory (created).
-pub fn known_hosts_file(env: &dyn Env) -> anyhow::Result<PathBuf> {
-    Ok(ensure_state_dir(env)?.join("known_hosts"))
+/// Where eic-connect's known_hosts file is in `state_dir`.
+pub fn known_hosts_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("known_hosts")
 }
 
 /// Creates `dir` (0700) or checks that an existing one is this user's and

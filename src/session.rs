@@ -274,7 +274,7 @@ pub async fn host_keys(
     instance_id: &str,
     console: Option<String>,
 ) -> anyhow::Result<HostKeys> {
-    let known_hosts = dirs::known_hosts_file(&dirs::ProcessEnv)?;
+    let known_hosts = dirs::known_hosts_file(&reach.state_dir)?;
     let HostKeyPolicy::Console { allow_unverified } = reach.host_keys else {
         return Ok(HostKeys::FirstUse { known_hosts });
     };

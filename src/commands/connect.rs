@@ -248,7 +248,7 @@ async fn dry_run(settings: &Connect) -> anyhow::Result<ExitCode> {
             HostKeys::Pinned(Pins::default())
         } else {
             HostKeys::FirstUse {
-                known_hosts: dirs::state_dir(&dirs::ProcessEnv).join("known_hosts"),
+                known_hosts: dirs::known_hosts_in(&reach.state_dir),
             }
         },
         command: &settings.command,

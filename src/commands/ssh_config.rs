@@ -16,7 +16,7 @@ pub fn run(settings: &SshConfig) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find eic-connect's own path")?;
     // The block names eic-connect's known_hosts file; its directory must
     // exist for ssh to record host keys there.
-    let known_hosts = crate::dirs::known_hosts_file(&crate::dirs::ProcessEnv)?;
+    let known_hosts = crate::dirs::known_hosts_file(&settings.state_dir)?;
     let keyed_by_id = ssh_has_known_hosts_command(&crate::settings::ssh_program());
     let block = render(&exe, &known_hosts, settings, keyed_by_id)?;
     crate::error::print_stdout(&block)?;
@@ -138,6 +138,7 @@ mod tests {
     fn renders_a_block_with_quoted_paths() {
         let settings = SshConfig {
             prefix: "eic-".into(),
+            state_dir: "/home/u/.local/state/eic-connect".into(),
             os_user: "ubuntu".into(),
             key_dir: "/run/user/1000/eic-connect-proxy".into(),
             globals: CommandLineGlobals {
@@ -189,6 +190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = SshConfig {
             prefix: "eic-".into(),
+            state_dir: "/home/u/.local/state/eic-connect".into(),
             os_user: "ec2-user".into(),
             key_dir: dir.path().join("k e%y"),
             globals: CommandLineGlobals::default(),

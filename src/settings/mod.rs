@@ -141,6 +141,8 @@ pub struct Proxy {
 #[derive(Debug, Clone)]
 pub struct SshConfig {
     pub prefix: String,
+    /// Where eic-connect keeps its known_hosts file.
+    pub state_dir: PathBuf,
     pub os_user: String,
     pub key_dir: PathBuf,
     pub globals: CommandLineGlobals,
@@ -386,6 +388,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             }
             Command::SshConfig(SshConfig {
                 prefix: args.prefix,
+                state_dir: dirs::state_dir(&ProcessEnv),
                 os_user: args.os_user,
                 key_dir: dirs::proxy_dir(&ProcessEnv),
                 globals: CommandLineGlobals::from_args(&cli.aws, &cli.path)?,
