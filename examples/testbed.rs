@@ -154,7 +154,9 @@ fn main() -> ExitCode {
 /// Echoes API calls as they arrive, to see what the tool does.
 fn echo_calls(bed: &TestBed, done: &std::sync::atomic::AtomicBool) {
     let mut last = 0;
-    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+    loop {
+        // Read the flag first: calls made before it was set are still shown.
+        let finished = done.load(std::sync::atomic::Ordering::Relaxed);
         let calls = bed.requests();
         for c in calls.iter().skip(last) {
             let outcome = match (&c.error_code, &c.auth_error) {
@@ -165,6 +167,9 @@ fn echo_calls(bed: &TestBed, done: &std::sync::atomic::AtomicBool) {
             eprintln!("[api] {} {outcome}", c.action);
         }
         last = calls.len();
+        if finished {
+            return;
+        }
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
