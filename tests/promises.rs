@@ -497,3 +497,25 @@ fn the_remembered_os_user_serves_names_as_well_as_ids() {
     assert_eq!(bed.requests_for("DescribeImages").len(), 1);
     assert!(bed.pushes().iter().all(|p| p.os_user == "ubuntu"));
 }
+
+/// `verify-host-key` cannot be honoured by the ssh-config proxy (ssh checks
+/// the host key there, against the block's settings): it is refused with a
+/// message, never quietly downgraded to first use.
+#[test]
+fn the_ssh_config_proxy_refuses_verify_host_key() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let config = ssh_config(&bed);
+    let mut c = block_ssh(&bed, &config);
+    c.env("EIC_CONNECT_VERIFY_HOST_KEY", "1")
+        .args(["eic-web-1", "echo", "reached"]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("reached"));
+    assert!(
+        stderr(&out).contains("not supported through the ssh-config proxy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(bed.pushes().is_empty(), "nothing was pushed");
+}
