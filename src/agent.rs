@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use ssh_encoding::{Decode, Encode, Reader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::key::{EphemeralKey, put_string};
+use crate::key::EphemeralKey;
 
 const SSH_AGENT_FAILURE: u8 = 5;
 const SSH_AGENTC_REQUEST_IDENTITIES: u8 = 11;
@@ -209,13 +210,20 @@ fn forget(key: &Mutex<Option<EphemeralKey>>) {
 async fn read_message(stream: &mut UnixStream) -> Option<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.ok()?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = usize::try_from(u32::decode(&mut len.as_slice()).ok()?).ok()?;
     if len == 0 || len > MAX_MESSAGE {
         return None;
     }
     let mut msg = vec![0u8; len];
     stream.read_exact(&mut msg).await.ok()?;
     Some(msg)
+}
+
+/// `msg` with its length prefix, ready to send.
+fn framed(msg: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(msg.len().checked_add(4)?);
+    msg.encode(&mut out).ok()?;
+    Some(out)
 }
 
 async fn serve(mut stream: UnixStream, served: Served) {
@@ -231,8 +239,7 @@ async fn serve(mut stream: UnixStream, served: Served) {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             respond(&msg, guard.as_ref())
         };
-        let mut framed = Vec::with_capacity(reply.len() + 4);
-        put_string(&mut framed, &reply);
+        let Some(framed) = framed(&reply) else { return };
         if stream.write_all(&framed).await.is_err() {
             return;
         }
@@ -245,9 +252,9 @@ async fn forwarded(mut stream: UnixStream, bind: &[u8], forward_to: Option<&Path
     if let Some(path) = forward_to
         && let Ok(mut theirs) = UnixStream::connect(path).await
     {
-        let mut framed = Vec::with_capacity(bind.len() + 4);
-        put_string(&mut framed, bind);
-        if theirs.write_all(&framed).await.is_ok() {
+        if let Some(framed) = framed(bind)
+            && theirs.write_all(&framed).await.is_ok()
+        {
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut theirs).await;
         }
         return;
@@ -266,8 +273,7 @@ async fn forwarded(mut stream: UnixStream, bind: &[u8], forward_to: Option<&Path
             }
         };
         first = false;
-        let mut framed = Vec::with_capacity(reply.len() + 4);
-        put_string(&mut framed, reply);
+        let Some(framed) = framed(reply) else { return };
         if stream.write_all(&framed).await.is_err() {
             return;
         }
@@ -278,14 +284,16 @@ async fn forwarded(mut stream: UnixStream, bind: &[u8], forward_to: Option<&Path
 /// forwarded connection; `None` for any other message.
 fn session_bind_forwarding(msg: &[u8]) -> Option<bool> {
     let (&kind, mut rest) = msg.split_first()?;
-    if kind != SSH_AGENTC_EXTENSION || take_string(&mut rest)? != SESSION_BIND {
+    // The extension's name, read into room for no more than ours.
+    let mut name = [0u8; SESSION_BIND.len()];
+    if kind != SSH_AGENTC_EXTENSION || rest.read_byten(&mut name).ok()? != SESSION_BIND {
         return None;
     }
     // host key, session identifier, signature, then the flag.
     for _ in 0..3 {
-        take_string(&mut rest)?;
+        rest.drain_prefixed().ok()?;
     }
-    Some(rest.first().is_some_and(|&b| b != 0))
+    Some(u8::decode(&mut rest).is_ok_and(|flag| flag != 0))
 }
 
 /// Answers one agent request (without its length prefix).
@@ -294,32 +302,37 @@ fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
     match msg.split_first() {
         Some((&SSH_AGENTC_REQUEST_IDENTITIES, _)) => {
             let mut out = vec![SSH_AGENT_IDENTITIES_ANSWER];
-            match key.and_then(|k| k.public_blob().ok()) {
-                Some(blob) => {
-                    out.extend_from_slice(&1u32.to_be_bytes());
-                    put_string(&mut out, &blob);
-                    put_string(&mut out, b"eic-connect ephemeral key");
-                }
-                None => out.extend_from_slice(&0u32.to_be_bytes()),
+            let listed = match key.and_then(|k| k.public_blob().ok()) {
+                Some(blob) => 1u32
+                    .encode(&mut out)
+                    .and_then(|()| blob.encode(&mut out))
+                    .and_then(|()| "eic-connect ephemeral key".encode(&mut out)),
+                None => 0u32.encode(&mut out),
+            };
+            if listed.is_err() {
+                return failure;
             }
             out
         }
         Some((&SSH_AGENTC_SIGN_REQUEST, mut rest)) => {
-            let (Some(blob), Some(data)) = (take_string(&mut rest), take_string(&mut rest)) else {
+            // key blob, data, flags (ignored: ed25519 has no variants).
+            let Ok(blob) = Vec::<u8>::decode(&mut rest) else {
+                return failure;
+            };
+            let Ok(data) = Vec::<u8>::decode(&mut rest) else {
                 return failure;
             };
             let Some(key) = key else { return failure };
-            if key.public_blob().ok().as_deref() != Some(blob) {
+            if key.public_blob().ok() != Some(blob) {
                 return failure;
             }
-            match key.sign(data) {
-                Ok(sig) => {
+            let mut out = vec![SSH_AGENT_SIGN_RESPONSE];
+            match key.sign(&data).map(|sig| sig.encode(&mut out)) {
+                Ok(Ok(())) => {
                     tracing::debug!("agent: signed the authentication request");
-                    let mut out = vec![SSH_AGENT_SIGN_RESPONSE];
-                    put_string(&mut out, &sig);
                     out
                 }
-                Err(_) => failure,
+                _ => failure,
             }
         }
         // The session binding of ssh's own (not forwarded) connection.
@@ -332,14 +345,6 @@ fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
     }
 }
 
-fn take_string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    let end = len.checked_add(4)?;
-    let s = buf.get(4..end)?;
-    *buf = buf.get(end..)?;
-    Some(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,9 +352,9 @@ mod tests {
 
     fn sign_request(blob: &[u8], data: &[u8]) -> Vec<u8> {
         let mut msg = vec![SSH_AGENTC_SIGN_REQUEST];
-        put_string(&mut msg, blob);
-        put_string(&mut msg, data);
-        msg.extend_from_slice(&0u32.to_be_bytes());
+        blob.encode(&mut msg).unwrap();
+        data.encode(&mut msg).unwrap();
+        0u32.encode(&mut msg).unwrap();
         msg
     }
 
@@ -361,9 +366,14 @@ mod tests {
         assert_eq!(&reply[1..5], &1u32.to_be_bytes());
         let mut rest = &reply[5..];
         assert_eq!(
-            take_string(&mut rest).unwrap(),
-            key.public_blob().unwrap().as_slice()
+            Vec::<u8>::decode(&mut rest).unwrap(),
+            key.public_blob().unwrap()
         );
+        assert_eq!(
+            String::decode(&mut rest).unwrap(),
+            "eic-connect ephemeral key"
+        );
+        assert!(rest.is_empty());
         // Once forgotten, it lists nothing and signs nothing.
         assert_eq!(
             respond(&[SSH_AGENTC_REQUEST_IDENTITIES], None),
@@ -425,9 +435,10 @@ mod tests {
         assert!(pub_line.starts_with("ssh-ed25519 "));
 
         let mut stream = UnixStream::connect(agent.socket()).await.unwrap();
-        let mut framed = Vec::new();
-        put_string(&mut framed, &sign_request(&blob, b"hello"));
-        stream.write_all(&framed).await.unwrap();
+        stream
+            .write_all(&framed(&sign_request(&blob, b"hello")).unwrap())
+            .await
+            .unwrap();
         let mut len = [0u8; 4];
         stream.read_exact(&mut len).await.unwrap();
         let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -462,19 +473,129 @@ mod tests {
 
     fn session_bind(forwarding: bool) -> Vec<u8> {
         let mut msg = vec![SSH_AGENTC_EXTENSION];
-        put_string(&mut msg, SESSION_BIND);
+        SESSION_BIND.encode(&mut msg).unwrap();
         for field in [&b"hostkey"[..], b"session-id", b"signature"] {
-            put_string(&mut msg, field);
+            field.encode(&mut msg).unwrap();
         }
         msg.push(u8::from(forwarding));
         msg
     }
 
     async fn ask(stream: &mut UnixStream, msg: &[u8]) -> Vec<u8> {
-        let mut framed = Vec::new();
-        put_string(&mut framed, msg);
-        stream.write_all(&framed).await.unwrap();
+        stream.write_all(&framed(msg).unwrap()).await.unwrap();
         read_message(stream).await.unwrap()
+    }
+
+    #[test]
+    fn malformed_sign_requests_fail() {
+        let key = EphemeralKey::generate().unwrap();
+        let blob = key.public_blob().unwrap();
+        let whole = sign_request(&blob, b"data");
+        // Every truncation short of the flags.
+        let flags_at = whole.len() - 4;
+        for len in 0..flags_at {
+            assert_eq!(
+                respond(&whole[..len], Some(&key)),
+                vec![SSH_AGENT_FAILURE],
+                "truncated to {len} bytes"
+            );
+        }
+        // The data string claims more than there is, or more than any
+        // message may hold.
+        for claimed in [5u32, 0x0010_0000, u32::MAX] {
+            let mut msg = vec![SSH_AGENTC_SIGN_REQUEST];
+            blob.as_slice().encode(&mut msg).unwrap();
+            claimed.encode(&mut msg).unwrap();
+            msg.extend_from_slice(b"data");
+            assert_eq!(
+                respond(&msg, Some(&key)),
+                vec![SSH_AGENT_FAILURE],
+                "{claimed}"
+            );
+        }
+        // Missing flags are no reason to refuse (they are not used).
+        assert_eq!(
+            respond(&whole[..flags_at], Some(&key))[0],
+            SSH_AGENT_SIGN_RESPONSE
+        );
+    }
+
+    #[test]
+    fn session_binds_are_read_field_by_field() {
+        let bind = session_bind(true);
+        assert_eq!(session_bind_forwarding(&bind), Some(true));
+        assert_eq!(session_bind_forwarding(&session_bind(false)), Some(false));
+        // Without the flag: not forwarded (as ssh before 8.9 sent it).
+        assert_eq!(
+            session_bind_forwarding(&bind[..bind.len() - 1]),
+            Some(false)
+        );
+        // Any field cut short: not a session bind at all.
+        for len in 0..bind.len() - 1 {
+            assert_eq!(session_bind_forwarding(&bind[..len]), None, "{len}");
+        }
+        for name in ["query", "session-bind@openssh.com.evil", "session-bind"] {
+            let mut other = vec![SSH_AGENTC_EXTENSION];
+            name.encode(&mut other).unwrap();
+            other.extend_from_slice(&bind[1 + 4 + SESSION_BIND.len()..]);
+            assert_eq!(session_bind_forwarding(&other), None, "{name}");
+        }
+        let mut huge = vec![SSH_AGENTC_EXTENSION];
+        SESSION_BIND.encode(&mut huge).unwrap();
+        u32::MAX.encode(&mut huge).unwrap();
+        assert_eq!(session_bind_forwarding(&huge), None);
+    }
+
+    #[tokio::test]
+    async fn messages_are_framed_and_bounded() {
+        async fn read_after(bytes: &[u8]) -> Option<Vec<u8>> {
+            let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+            let bytes = bytes.to_vec();
+            // Written alongside: more than a socket buffer holds.
+            let writer = tokio::spawn(async move {
+                let _ = theirs.write_all(&bytes).await;
+            });
+            let read = read_message(&mut ours).await;
+            drop(ours);
+            let _ = writer.await;
+            read
+        }
+        assert_eq!(read_after(&framed(b"\x0b").unwrap()).await, Some(vec![11]));
+        assert_eq!(read_after(&[0, 0, 0, 1, 11, 0xff]).await, Some(vec![11]));
+        // Empty, cut short, or longer than the agent accepts.
+        assert_eq!(read_after(&[0, 0, 0, 0]).await, None);
+        assert_eq!(read_after(&[0, 0, 0]).await, None);
+        assert_eq!(read_after(&[0, 0, 0, 2, 11]).await, None);
+        let too_long = u32::try_from(MAX_MESSAGE + 1).unwrap();
+        let mut msg = too_long.to_be_bytes().to_vec();
+        msg.resize(4 + MAX_MESSAGE + 1, 0);
+        assert_eq!(read_after(&msg).await, None);
+        let longest = u32::try_from(MAX_MESSAGE).unwrap();
+        let mut msg = longest.to_be_bytes().to_vec();
+        msg.resize(4 + MAX_MESSAGE, 0);
+        assert_eq!(read_after(&msg).await.map(|m| m.len()), Some(MAX_MESSAGE));
+        assert_eq!(read_after(&u32::MAX.to_be_bytes()).await, None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_gets_an_answer_without_panicking(
+            kind in proptest::sample::select(vec![
+                SSH_AGENTC_REQUEST_IDENTITIES,
+                SSH_AGENTC_SIGN_REQUEST,
+                SSH_AGENTC_EXTENSION,
+                0,
+            ]),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..96),
+        ) {
+            static KEY: std::sync::LazyLock<EphemeralKey> =
+                std::sync::LazyLock::new(|| EphemeralKey::generate().unwrap());
+            let mut msg = vec![kind];
+            msg.extend_from_slice(&body);
+            let reply = respond(&msg, Some(&KEY));
+            proptest::prop_assert!(!reply.is_empty());
+            let _ = session_bind_forwarding(&msg);
+        }
     }
 
     #[tokio::test]

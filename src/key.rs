@@ -4,6 +4,7 @@
 use std::fmt;
 
 use anyhow::Context;
+use ssh_encoding::Encode;
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, PrivateKey};
 
@@ -63,9 +64,9 @@ impl EphemeralKey {
     pub fn sign(&self, data: &[u8]) -> anyhow::Result<Vec<u8>> {
         use signature::Signer;
         let sig = self.signing.try_sign(data)?;
-        let mut out = Vec::with_capacity(4 + 11 + 4 + 64);
-        put_string(&mut out, b"ssh-ed25519");
-        put_string(&mut out, &sig.to_bytes());
+        let sig = ssh_key::Signature::new(Algorithm::Ed25519, sig.to_bytes().to_vec())?;
+        let mut out = Vec::with_capacity(sig.encoded_len()?);
+        sig.encode(&mut out)?;
         Ok(out)
     }
 
@@ -87,15 +88,10 @@ impl fmt::Debug for EphemeralKey {
     }
 }
 
-/// Appends an SSH `string` (u32 big-endian length, then bytes).
-pub fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ssh_encoding::Decode;
 
     /// Standard base64 with padding, as OpenSSH writes key material.
     fn base64(bytes: &[u8]) -> String {
@@ -191,12 +187,14 @@ mod tests {
     fn signatures_verify_against_the_public_key() {
         let key = EphemeralKey::generate().unwrap();
         let blob = key.sign(b"session data").unwrap();
-        // Decode the wire form by hand and check it with the public key.
-        let alg_len = u32::from_be_bytes(blob[0..4].try_into().unwrap()) as usize;
-        assert_eq!(&blob[4..4 + alg_len], b"ssh-ed25519");
-        let sig_bytes = &blob[8 + alg_len..];
+        // The wire form: string "ssh-ed25519", string signature, nothing more.
+        let mut rest = blob.as_slice();
+        assert_eq!(String::decode(&mut rest).unwrap(), "ssh-ed25519");
+        let sig_bytes = Vec::<u8>::decode(&mut rest).unwrap();
         assert_eq!(sig_bytes.len(), 64);
-        let sig = ssh_key::Signature::new(Algorithm::Ed25519, sig_bytes.to_vec()).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(blob.len(), 4 + 11 + 4 + 64);
+        let sig = ssh_key::Signature::new(Algorithm::Ed25519, sig_bytes).unwrap();
         let public = ssh_key::PublicKey::from_openssh(key.public_openssh()).unwrap();
         signature::Verifier::verify(public.key_data(), b"session data", &sig).unwrap();
         assert!(signature::Verifier::verify(public.key_data(), b"other data", &sig).is_err());

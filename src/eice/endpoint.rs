@@ -17,6 +17,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::aws::Clients;
 use crate::aws::ec2::InstanceInfo;
@@ -350,17 +351,19 @@ pub fn presign(
     Ok(format!("wss://{host}/openTunnel?{query}"))
 }
 
-/// RFC 3986 percent-encoding: only `A-Za-z0-9-._~` stay as they are.
+/// What SigV4 percent-encodes in a query value: every byte but the
+/// unreserved characters of RFC 3986 (`A-Za-z0-9-._~`). Non-ASCII bytes are
+/// always encoded, and the hex digits are upper case, as SigV4 requires.
+const SIGV4_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// SigV4's URI encoding of a query value: only `A-Za-z0-9-._~` stay as
+/// they are.
 pub fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(s, SIGV4_ENCODED).to_string()
 }
 
 /// A URL for logs: everything but the signature and the session token.
@@ -444,6 +447,27 @@ mod tests {
         );
         assert!(redact_url(&url).contains("X-Amz-Signature=(redacted)"));
         assert!(!redact_url(&url).contains("tok%2F"));
+    }
+
+    #[test]
+    fn uri_encoding_keeps_exactly_the_unreserved_characters() {
+        for b in 0..=u8::MAX {
+            let encoded = percent_encoding::percent_encode(&[b], SIGV4_ENCODED).to_string();
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                assert_eq!(encoded, char::from(b).to_string(), "byte {b:#04x}");
+            } else {
+                assert_eq!(encoded, format!("%{b:02X}"), "byte {b:#04x}");
+            }
+        }
+        assert_eq!(uri_encode(""), "");
+        assert_eq!(
+            uri_encode("AZaz09-._~ /+=:%é"),
+            "AZaz09-._~%20%2F%2B%3D%3A%25%C3%A9"
+        );
+        assert_eq!(
+            uri_encode("access_key/20200101/us-west-2/ec2-instance-connect/aws4_request"),
+            "access_key%2F20200101%2Fus-west-2%2Fec2-instance-connect%2Faws4_request"
+        );
     }
 
     fn ep(id: &str, subnet: &str) -> Endpoint {

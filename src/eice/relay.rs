@@ -12,7 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use aws_config::SdkConfig;
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use futures_util::{SinkExt, StreamExt};
+use ipnet::IpNet;
+use percent_encoding::percent_decode_str;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -149,7 +153,7 @@ impl Connector {
             return Ok(TcpStream::connect(addr.as_str()).await?);
         }
         match &self.proxy {
-            Some(proxy) if !no_proxy_matches(self.no_proxy.as_deref(), host) => {
+            Some(proxy) if !no_proxy_matches(self.no_proxy.as_deref(), host, 443) => {
                 tracing::debug!(proxy = %proxy.addr, "connecting through the HTTPS proxy");
                 proxy.connect(host, 443).await
             }
@@ -266,8 +270,12 @@ impl Proxy {
         };
         let authorization = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            let plain = format!("{}:{}", percent_decode(user), percent_decode(pass));
-            format!("Basic {}", base64(plain.as_bytes()))
+            let plain = format!(
+                "{}:{}",
+                percent_decode_str(user).decode_utf8_lossy(),
+                percent_decode_str(pass).decode_utf8_lossy()
+            );
+            format!("Basic {}", BASE64_STANDARD.encode(plain))
         });
         Ok(Proxy {
             addr,
@@ -285,87 +293,214 @@ impl Proxy {
         }
         request.push_str("\r\n");
         tcp.write_all(request.as_bytes()).await?;
-        // Read the response head byte by byte: TLS starts right after it.
-        let mut head = Vec::with_capacity(256);
-        while !head.ends_with(b"\r\n\r\n") {
-            if head.len() > 16 * 1024 {
-                anyhow::bail!("the proxy's answer to CONNECT is too long");
-            }
-            let byte = tcp
-                .read_u8()
-                .await
-                .context("the proxy closed the connection")?;
-            head.push(byte);
-        }
-        let status_line =
-            String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
-                .into_owned();
-        let status = status_line.split_whitespace().nth(1).unwrap_or_default();
-        if !status.starts_with('2') {
+        let answer = read_connect_answer(&mut tcp).await?;
+        if !(200..300).contains(&answer.code) {
             anyhow::bail!(
                 "the proxy refused CONNECT {host}:{port}: {}",
-                terminal_safe(&status_line)
+                terminal_safe(&answer.status_line())
             );
         }
         Ok(tcp)
     }
 }
 
-/// Whether NO_PROXY exempts `host`: `*`, the host itself, or a domain it is
-/// in (`example.com` and `.example.com` both cover `a.example.com`).
-fn no_proxy_matches(no_proxy: Option<&str>, host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
+/// Longest head (status line and header fields) accepted in the proxy's
+/// answer to CONNECT.
+const MAX_CONNECT_HEAD: usize = 16 * 1024;
+
+/// Most header fields accepted in the proxy's answer to CONNECT.
+const MAX_CONNECT_HEADERS: usize = 64;
+
+/// The status of the proxy's answer to CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnectAnswer {
+    /// The minor version: `1` for HTTP/1.1.
+    version: u8,
+    code: u16,
+    reason: String,
+}
+
+impl ConnectAnswer {
+    fn status_line(&self) -> String {
+        format!("HTTP/1.{} {} {}", self.version, self.code, self.reason)
+            .trim_end()
+            .to_owned()
+    }
+}
+
+/// Parses the head of the proxy's answer to CONNECT: the answer and the
+/// head's length once `buf` holds all of it, `None` while it may still be
+/// coming.
+fn parse_connect_head(buf: &[u8]) -> anyhow::Result<Option<(ConnectAnswer, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_CONNECT_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    // Only the status matters: header lines that are not quite HTTP do not.
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .ignore_invalid_headers_in_responses(true)
+        .parse_response(&mut response, buf);
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some((
+            ConnectAnswer {
+                version: response.version.unwrap_or(1),
+                code: response.code.unwrap_or_default(),
+                reason: response.reason.unwrap_or_default().to_owned(),
+            },
+            len,
+        ))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => anyhow::bail!(
+            "the proxy's answer to CONNECT has more than {MAX_CONNECT_HEADERS} header fields"
+        ),
+        Err(err) => anyhow::bail!("the proxy's answer to CONNECT is not HTTP/1.x ({err})"),
+    }
+}
+
+/// Reads the proxy's answer to CONNECT off `tcp`, and not one byte more:
+/// the tunnelled stream (the TLS handshake) starts right after its head, and
+/// whatever follows the head of a successful answer belongs to that stream
+/// (a client ignores Content-Length and Transfer-Encoding there, RFC 9110
+/// §9.3.6). So the bytes waiting on the socket are peeked at, not read; only
+/// those known to be part of the head are then taken off it.
+async fn read_connect_answer(tcp: &mut TcpStream) -> anyhow::Result<ConnectAnswer> {
+    let mut head: Vec<u8> = Vec::with_capacity(512);
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let room = MAX_CONNECT_HEAD.saturating_sub(head.len()).min(chunk.len());
+        let Some(window) = chunk.get_mut(..room).filter(|w| !w.is_empty()) else {
+            anyhow::bail!(
+                "the proxy's answer to CONNECT is longer than {} KiB",
+                MAX_CONNECT_HEAD / 1024
+            );
+        };
+        let peeked = tcp
+            .peek(window)
+            .await
+            .context("reading the proxy's answer to CONNECT")?;
+        let Some(new) = window.get(..peeked).filter(|new| !new.is_empty()) else {
+            anyhow::bail!("the proxy closed the connection before answering CONNECT in full");
+        };
+        let had = head.len();
+        head.extend_from_slice(new);
+        // While the head is incomplete every byte seen so far is part of
+        // it; once complete, only the bytes up to its end are.
+        let (answer, take) = match parse_connect_head(&head)? {
+            Some((answer, len)) => (Some(answer), len.saturating_sub(had)),
+            None => (None, peeked),
+        };
+        let Some(consumed) = chunk.get_mut(..take) else {
+            anyhow::bail!("the proxy's answer to CONNECT could not be read");
+        };
+        tcp.read_exact(consumed)
+            .await
+            .context("reading the proxy's answer to CONNECT")?;
+        if let Some(answer) = answer {
+            return Ok(answer);
+        }
+    }
+}
+
+/// Whether NO_PROXY exempts `host:port` from the proxy. Entries are
+/// separated by commas, compared without regard to case:
+/// - `*` exempts every host;
+/// - a domain exempts itself and every name under it (`example.com`,
+///   `.example.com` and `*.example.com` alike);
+/// - an IP address exempts that address, and a CIDR block (`10.0.0.0/8`,
+///   `fd00::/8`) every address in it; host names are not resolved for this;
+/// - a domain or an address may name a port (`example.com:443`,
+///   `10.0.0.1:443`, `[fd00::1]:443`), and then exempts that port only.
+///
+/// Entries that are none of these (a port that is not a number, say) are
+/// ignored.
+fn no_proxy_matches(no_proxy: Option<&str>, host: &str, port: u16) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host_ip = host.parse::<IpAddr>().ok();
     no_proxy.is_some_and(|list| {
         list.split(',')
-            .map(|e| e.trim().to_ascii_lowercase())
-            .filter(|e| !e.is_empty())
-            .any(|entry| {
-                if entry == "*" {
-                    return true;
-                }
-                let domain = entry.trim_start_matches("*.").trim_start_matches('.');
-                host == domain || host.ends_with(&format!(".{domain}"))
-            })
+            .filter_map(NoProxyRule::parse)
+            .any(|rule| rule.matches(&host, host_ip, port))
     })
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// One NO_PROXY entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NoProxyRule {
+    All,
+    Network(IpNet),
+    Address(IpAddr, Option<u16>),
+    Domain(String, Option<u16>),
 }
 
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
+impl NoProxyRule {
+    fn parse(entry: &str) -> Option<NoProxyRule> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return None;
+        }
+        if entry == "*" {
+            return Some(NoProxyRule::All);
+        }
+        if let Ok(net) = entry.parse::<IpNet>() {
+            return Some(NoProxyRule::Network(net));
+        }
+        // A bare IPv6 address: its colons are not a port's.
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            return Some(NoProxyRule::Address(ip, None));
+        }
+        let (name, port) = match entry.strip_prefix('[') {
+            Some(bracketed) => {
+                let (inside, after) = bracketed.split_once(']')?;
+                let port = match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':')?.parse::<u16>().ok()?),
+                };
+                (inside, port)
+            }
+            None => match entry.rsplit_once(':') {
+                Some((name, port)) if !name.contains(':') => {
+                    (name, Some(port.parse::<u16>().ok()?))
+                }
+                Some(_) => return None,
+                None => (entry, None),
+            },
+        };
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Some(NoProxyRule::Address(ip, port));
+        }
+        let domain = name
+            .strip_prefix("*.")
+            .or_else(|| name.strip_prefix('.'))
+            .unwrap_or(name)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if domain.is_empty() || domain.contains(['*', '/', '[', ']', ':']) {
+            return None;
+        }
+        Some(NoProxyRule::Domain(domain, port))
+    }
+
+    /// `host` in lower case without brackets; `host_ip` if it is an address.
+    fn matches(&self, host: &str, host_ip: Option<IpAddr>, port: u16) -> bool {
+        let port_ok = |p: &Option<u16>| p.is_none_or(|p| p == port);
+        match self {
+            NoProxyRule::All => true,
+            NoProxyRule::Network(net) => host_ip.is_some_and(|ip| net.contains(&ip)),
+            NoProxyRule::Address(ip, p) => host_ip == Some(*ip) && port_ok(p),
+            NoProxyRule::Domain(domain, p) => {
+                host_ip.is_none()
+                    && port_ok(p)
+                    && host
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
             }
         }
     }
-    out
 }
 
 /// A refused handshake: the service's message, and what to check.
@@ -811,23 +946,250 @@ mod tests {
     }
 
     #[test]
-    fn no_proxy_rules() {
-        let host = "eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com";
-        assert!(no_proxy_matches(Some("*"), host));
-        assert!(no_proxy_matches(Some("localhost, .amazonaws.com"), host));
-        assert!(no_proxy_matches(Some("amazonaws.com"), host));
-        assert!(no_proxy_matches(Some(host), host));
-        assert!(!no_proxy_matches(Some("example.com,zonaws.com"), host));
-        assert!(!no_proxy_matches(None, host));
+    fn proxy_credentials_are_percent_decoded_and_base64_encoded() {
+        // RFC 7617's example, with the space percent-encoded.
+        let p = Proxy::parse("http://Aladdin:open%20sesame@proxy:3128").unwrap();
+        assert_eq!(
+            p.authorization.as_deref(),
+            Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
+        );
+        // No password; a `%` that starts no escape stays as it is.
+        let p = Proxy::parse("http://u%zz@proxy:3128").unwrap();
+        assert_eq!(p.authorization.as_deref(), Some("Basic dSV6ejo="));
+        // Padding of every length.
+        for (user, expected) in [("f", "Zjo="), ("fo", "Zm86"), ("foo", "Zm9vOg==")] {
+            let p = Proxy::parse(&format!("http://{user}@proxy")).unwrap();
+            assert_eq!(
+                p.authorization.as_deref(),
+                Some(format!("Basic {expected}").as_str())
+            );
+        }
     }
 
     #[test]
-    fn base64_encodes() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    fn no_proxy_domains() {
+        let host = "eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com";
+        assert!(no_proxy_matches(Some("*"), host, 443));
+        assert!(no_proxy_matches(
+            Some("localhost, .amazonaws.com"),
+            host,
+            443
+        ));
+        assert!(no_proxy_matches(Some("amazonaws.com"), host, 443));
+        assert!(no_proxy_matches(Some("*.amazonaws.com"), host, 443));
+        assert!(no_proxy_matches(Some("AmazonAWS.COM."), host, 443));
+        assert!(no_proxy_matches(Some(host), host, 443));
+        assert!(no_proxy_matches(
+            Some("amazonaws.com"),
+            "AMAZONAWS.com.",
+            443
+        ));
+        assert!(!no_proxy_matches(Some("example.com,zonaws.com"), host, 443));
+        assert!(!no_proxy_matches(Some("eice-1"), host, 443));
+        assert!(!no_proxy_matches(Some(""), host, 443));
+        assert!(!no_proxy_matches(Some(" , ,"), host, 443));
+        assert!(!no_proxy_matches(None, host, 443));
+        // `*` only as the whole entry.
+        assert!(!no_proxy_matches(Some("*amazonaws.com"), host, 443));
+    }
+
+    #[test]
+    fn no_proxy_ports() {
+        let host = "eice-1.ec2-instance-connect-endpoint.us-east-1.amazonaws.com";
+        assert!(no_proxy_matches(Some("amazonaws.com:443"), host, 443));
+        assert!(no_proxy_matches(Some(".amazonaws.com:443"), host, 443));
+        assert!(!no_proxy_matches(Some("amazonaws.com:8443"), host, 443));
+        assert!(!no_proxy_matches(Some("amazonaws.com:https"), host, 443));
+        assert!(!no_proxy_matches(Some("amazonaws.com:99999"), host, 443));
+        assert!(!no_proxy_matches(Some("amazonaws.com:"), host, 443));
+        assert!(no_proxy_matches(Some("127.0.0.1:443"), "127.0.0.1", 443));
+        assert!(!no_proxy_matches(Some("127.0.0.1:444"), "127.0.0.1", 443));
+        assert!(no_proxy_matches(Some("[::1]:443"), "::1", 443));
+        assert!(no_proxy_matches(Some("[::1]"), "[::1]", 443));
+        assert!(!no_proxy_matches(Some("[::1]:22"), "::1", 443));
+        assert!(!no_proxy_matches(Some("[::1"), "::1", 443));
+    }
+
+    #[test]
+    fn no_proxy_addresses_and_cidr_blocks() {
+        assert!(no_proxy_matches(Some("10.0.0.0/8"), "10.1.2.3", 443));
+        assert!(!no_proxy_matches(Some("10.0.0.0/8"), "11.0.0.1", 443));
+        assert!(no_proxy_matches(Some("192.168.1.7/32"), "192.168.1.7", 443));
+        assert!(no_proxy_matches(Some("fd00::/8"), "fd00::5", 443));
+        assert!(no_proxy_matches(Some("fd00::/8"), "[fd00::5]", 443));
+        assert!(!no_proxy_matches(Some("fd00::/8"), "fe80::1", 443));
+        assert!(no_proxy_matches(Some("::1"), "::1", 443));
+        assert!(no_proxy_matches(Some("127.0.0.1"), "127.0.0.1", 443));
+        assert!(!no_proxy_matches(Some("127.0.0.1"), "127.0.0.2", 443));
+        // Names are not resolved, and a domain never matches an address.
+        assert!(!no_proxy_matches(Some("0.0.0.0/0"), "localhost", 443));
+        assert!(!no_proxy_matches(Some("0.1"), "10.0.0.1", 443));
+        // A malformed block is ignored, not taken for a domain.
+        assert!(!no_proxy_matches(Some("10.0.0.0/33"), "10.0.0.1", 443));
+    }
+
+    /// A stand-in proxy that sends `parts` (a short pause after each), then
+    /// closes; and the client's end of the connection to it.
+    async fn proxy_answering(parts: Vec<Vec<u8>>) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            for part in parts {
+                conn.write_all(&part).await.unwrap();
+                conn.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    async fn rest_of(mut tcp: TcpStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        rest
+    }
+
+    #[tokio::test]
+    async fn connect_answer_leaves_the_tunnel_bytes_on_the_socket() {
+        let mut tcp = proxy_answering(vec![
+            b"HTTP/1.1 200 Connection established\r\nVia: test\r\n\r\n\x16\x03\x01TLS".to_vec(),
+        ])
+        .await;
+        let answer = read_connect_answer(&mut tcp).await.unwrap();
+        assert_eq!(answer.code, 200);
+        assert_eq!(answer.status_line(), "HTTP/1.1 200 Connection established");
+        assert_eq!(rest_of(tcp).await, b"\x16\x03\x01TLS");
+    }
+
+    #[tokio::test]
+    async fn connect_answer_in_pieces() {
+        let answer = b"HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\nafter";
+        let parts = answer.iter().map(|b| vec![*b]).collect();
+        let mut tcp = proxy_answering(parts).await;
+        let got = read_connect_answer(&mut tcp).await.unwrap();
+        assert_eq!(got.status_line(), "HTTP/1.0 200 OK");
+        assert_eq!(rest_of(tcp).await, b"after");
+    }
+
+    #[tokio::test]
+    async fn a_body_after_a_successful_answer_belongs_to_the_tunnel() {
+        let mut tcp = proxy_answering(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        ])
+        .await;
+        assert_eq!(read_connect_answer(&mut tcp).await.unwrap().code, 200);
+        assert_eq!(rest_of(tcp).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_a_body_is_read_to_its_head() {
+        let mut tcp = proxy_answering(vec![
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 11\r\n\r\n<html>\x1b[2J"
+                .to_vec(),
+        ])
+        .await;
+        let answer = read_connect_answer(&mut tcp).await.unwrap();
+        assert_eq!(answer.code, 407);
+        assert_eq!(
+            answer.status_line(),
+            "HTTP/1.1 407 Proxy Authentication Required"
+        );
+        assert_eq!(rest_of(tcp).await, b"<html>\x1b[2J");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_connect_answer_fails() {
+        for truncated in [
+            &b""[..],
+            b"HTTP/1.1 200",
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\nVia: x\r\n\r",
+        ] {
+            let mut tcp = proxy_answering(vec![truncated.to_vec()]).await;
+            let err = read_connect_answer(&mut tcp).await.unwrap_err().to_string();
+            assert!(
+                err.contains("closed the connection"),
+                "{truncated:?}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_connect_answer_fails() {
+        let mut long = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
+        long.resize(MAX_CONNECT_HEAD + 100, b'a');
+        let mut tcp = proxy_answering(vec![long]).await;
+        let err = read_connect_answer(&mut tcp).await.unwrap_err().to_string();
+        assert!(err.contains("longer than 16 KiB"), "{err}");
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_CONNECT_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let mut tcp = proxy_answering(vec![many]).await;
+        let err = read_connect_answer(&mut tcp).await.unwrap_err().to_string();
+        assert!(err.contains("header fields"), "{err}");
+    }
+
+    #[test]
+    fn connect_heads_that_are_not_http_fail() {
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 2x0 OK\r\n\r\n",
+            // Control characters have no place in a status line.
+            b"HTTP/1.1 403 Forbidden\x1b[2J\r\n\r\n",
+            b"\x16\x03\x01\x00\x00",
+        ] {
+            let err = parse_connect_head(bad).unwrap_err().to_string();
+            assert!(err.contains("not HTTP/1.x"), "{bad:?}: {err}");
+        }
+        assert_eq!(parse_connect_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
+        let (answer, len) = parse_connect_head(b"HTTP/1.1 204\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!((answer.code, len), (204, 16));
+        assert_eq!(answer.status_line(), "HTTP/1.1 204");
+    }
+
+    #[tokio::test]
+    async fn connect_through_a_refusing_proxy_names_the_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let mut n = 0;
+            while !head[..n].ends_with(b"\r\n\r\n") {
+                n += conn.read(&mut head[n..]).await.unwrap();
+            }
+            conn.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                .await
+                .unwrap();
+            head.truncate(n);
+            String::from_utf8(head).unwrap()
+        });
+        let proxy = Proxy::parse(&format!("http://u:p@{addr}")).unwrap();
+        let err = proxy
+            .connect("eice.example", 443)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the proxy refused CONNECT eice.example:443: HTTP/1.1 403 Forbidden"
+        );
+        let head = seen.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT eice.example:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("Proxy-Authorization: Basic dTpw\r\n"),
+            "{head}"
+        );
     }
 
     #[test]
