@@ -3,8 +3,11 @@
 //! ssh is pointed at it with `IdentityAgent=<socket>`, so the private key is
 //! never a file on any filesystem: ssh asks this process to sign and the key
 //! stays in our memory. The socket and the public-key file live in a 0700
-//! runtime directory removed when the connection is done; the key itself is
-//! dropped (and zeroed) as soon as it can no longer log in anywhere.
+//! runtime directory removed when the connection is done (or, for the
+//! ssh-config proxy, in its private directory); the key itself is dropped
+//! (and zeroed) when ssh is done, and at the latest when the push's 60
+//! seconds are over. A connection ssh binds as *forwarded* never reaches the
+//! key: it is relayed to the user's own agent.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;

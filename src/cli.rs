@@ -391,7 +391,7 @@ pub struct KnownHostsArgs {
     pub words: Vec<String>,
 }
 
-/// `eic-connect proxy HOST PORT USER`, as ssh's `ProxyCommand … %h %p %r`.
+/// `eic-connect proxy HOST PORT USER`, as ssh's `ProxyCommand … '%h' '%p' '%r'`.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
     /// Host as ssh names it (%h): instance id, Name tag (after --prefix), DNS name or IP
@@ -406,7 +406,7 @@ pub struct ProxyArgs {
     /// Strip this prefix from HOST (the ssh-config block's Host pattern for names)
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
-    /// Directory for the identity files ssh reads (the ssh-config block's IdentityFile)
+    /// Directory of the agent sockets ssh asks for the key (the ssh-config block's IdentityAgent)
     #[arg(long, value_name = "DIR")]
     pub key_dir: Option<std::path::PathBuf>,
 }

@@ -179,8 +179,11 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
         crate::session::user_agent(),
     )?;
     let socket = slot.socket();
-    std::fs::rename(&fresh, &socket)
-        .with_context(|| format!("could not move the agent socket to {}", socket.display()))?;
+    if let Err(err) = std::fs::rename(&fresh, &socket) {
+        let _ = std::fs::remove_file(&fresh);
+        return Err(err)
+            .with_context(|| format!("could not move the agent socket to {}", socket.display()));
+    }
     let inode = std::fs::symlink_metadata(&socket)?.ino();
     slot.write_state(&State {
         instance_id: instance.id.clone(),
