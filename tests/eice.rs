@@ -895,3 +895,45 @@ fn the_endpoint_lookup_overlaps_the_key_push() {
     assert!(gap < delay, "the lookup waited for the push: {gap:?} apart");
     assert_clean(&bed);
 }
+
+/// The endpoint lookup only improves `--connect auto`: when it fails with a
+/// server error the connection goes direct, with a warning, instead of
+/// aborting.
+#[test]
+fn a_failed_endpoint_lookup_in_auto_mode_falls_back_to_direct() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    // Port 22 (so auto would tunnel); ssh is a no-op, and -v shows its
+    // command line: where it would have gone.
+    let started = |args: &[&str]| {
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_SSH", support::cmd::which("true"))
+            .args(["-v", "-l", &bed.os_user()])
+            .args(args)
+            .stdin(Stdio::null());
+        run(c)
+    };
+    bed.fail_next("DescribeInstanceConnectEndpoints", "InternalError", 10);
+    let out = started(&["db-1", "true"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning:"), "{err}");
+    assert!(
+        err.contains(&format!("connecting to {} directly", db.id)),
+        "{err}"
+    );
+    let ssh_line = err
+        .lines()
+        .find(|l| l.contains("starting ssh"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(!ssh_line.contains("ProxyCommand"), "{ssh_line}");
+    assert!(
+        ssh_line.contains(&format!("-- {}", db.private_ip)),
+        "{ssh_line}"
+    );
+    // Asked for explicitly, the endpoint is not optional: the error stands.
+    bed.fail_next("DescribeInstanceConnectEndpoints", "InternalError", 10);
+    let out = started(&["--connect", "eice", "db-1", "true"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+}

@@ -225,11 +225,21 @@ pub async fn plan(
             return Ok(None);
         }
         (Ok(None), _) => return fail(eice::no_endpoint(instance, &clients.scope)),
-        (Err(err), Decision::TunnelIfAvailable)
-            if path.eice_id.is_none()
-                && crate::error::is_kind(&err, FailureKind::NotAuthorized) =>
-        {
-            tracing::debug!(error = %err, "cannot look up endpoints: connecting directly");
+        // The lookup only improves an automatic choice: when it fails, the
+        // plain path is still there (VPN, Direct Connect, inside the VPC).
+        (Err(err), Decision::TunnelIfAvailable) if path.eice_id.is_none() => {
+            if crate::error::is_kind(&err, FailureKind::NotAuthorized) {
+                // An identity without this permission is a normal setup.
+                tracing::debug!(error = %err, "cannot look up endpoints: connecting directly");
+            } else {
+                let shown = crate::error::render(&err);
+                let first = shown.lines().next().unwrap_or_default();
+                eprintln!(
+                    "eic-connect: warning: {}; connecting to {} directly",
+                    first.trim_start_matches("eic-connect: error: "),
+                    instance.id
+                );
+            }
             return Ok(None);
         }
         (Err(err), _) => return Err(err),
