@@ -300,7 +300,7 @@ fn session_bind_forwarding(msg: &[u8]) -> Option<bool> {
 }
 
 /// Answers one agent request (without its length prefix).
-fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
+pub fn respond(msg: &[u8], key: Option<&EphemeralKey>) -> Vec<u8> {
     let failure = vec![SSH_AGENT_FAILURE];
     match msg.split_first() {
         Some((&SSH_AGENTC_REQUEST_IDENTITIES, _)) => {

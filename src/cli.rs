@@ -115,6 +115,8 @@ const SSH_HEADING: &str = "SSH options (passed to ssh)";
     subcommand_help_heading = "Other commands",
     subcommand_value_name = "COMMAND"
 )]
+// `version` is clap's --version flag, not a marker against construction.
+#[allow(clippy::manual_non_exhaustive)]
 pub struct Cli {
     #[command(subcommand)]
     pub subcommand: Option<Subcommand>,

@@ -313,7 +313,7 @@ const MAX_CONNECT_HEADERS: usize = 64;
 
 /// The status of the proxy's answer to CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ConnectAnswer {
+pub struct ConnectAnswer {
     /// The minor version: `1` for HTTP/1.1.
     version: u8,
     code: u16,
@@ -331,7 +331,7 @@ impl ConnectAnswer {
 /// Parses the head of the proxy's answer to CONNECT: the answer and the
 /// head's length once `buf` holds all of it, `None` while it may still be
 /// coming.
-fn parse_connect_head(buf: &[u8]) -> anyhow::Result<Option<(ConnectAnswer, usize)>> {
+pub fn parse_connect_head(buf: &[u8]) -> anyhow::Result<Option<(ConnectAnswer, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_CONNECT_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     // Only the status matters: header lines that are not quite HTTP do not.
@@ -414,7 +414,7 @@ async fn read_connect_answer(tcp: &mut TcpStream) -> anyhow::Result<ConnectAnswe
 ///
 /// Entries that are none of these (a port that is not a number, say) are
 /// ignored.
-fn no_proxy_matches(no_proxy: Option<&str>, host: &str, port: u16) -> bool {
+pub fn no_proxy_matches(no_proxy: Option<&str>, host: &str, port: u16) -> bool {
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -504,7 +504,7 @@ impl NoProxyRule {
 }
 
 /// A refused handshake: the service's message, and what to check.
-fn rejected(status: u16, body: &[u8], request_id: Option<&str>) -> Failure {
+pub fn rejected(status: u16, body: &[u8], request_id: Option<&str>) -> Failure {
     let (code, message) = error_body(body);
     let code = code.unwrap_or_default();
     let shown_code = if code.is_empty() {

@@ -1,0 +1,55 @@
+//! The command line in ssh's grammar, resolved into settings, and ssh's
+//! arguments built from it: no panic, and the destination always follows
+//! `--` (so nothing the user typed becomes an ssh option by accident).
+#![no_main]
+
+use std::path::Path;
+
+use eic_connect::session::{HostKeys, Spec, ssh_args};
+use eic_connect::settings::{Command, Layers, resolve};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::OsString> = std::iter::once(std::ffi::OsStr::new("eic-connect"))
+        .chain(data.split(|&b| b == 0).map(std::ffi::OsStr::from_bytes))
+        .map(ToOwned::to_owned)
+        .collect();
+    let Ok(cli) = eic_connect::cli::parse(args) else {
+        return;
+    };
+    let Ok(Command::Connect(connect)) = resolve(cli, &Layers::default()) else {
+        return;
+    };
+    let host = connect.target.host_text();
+    let spec = Spec {
+        user_options: &connect.ssh_options,
+        path_options: Vec::new(),
+        verbose: connect.verbose,
+        os_user: &connect.user.name,
+        host_key_alias: "i-0123456789abcdef0",
+        host: &host,
+        host_keys: HostKeys::FirstUse {
+            known_hosts: "/k/known_hosts".into(),
+        },
+        command: &connect.command,
+    };
+    let Ok(args) = ssh_args(
+        &spec,
+        Path::new("/r/id.pub"),
+        Path::new("/r/a.sock"),
+        Path::new("/r/h"),
+    ) else {
+        return;
+    };
+    let dd = args.iter().rposition(|a| a == "--").expect("a --");
+    assert_eq!(
+        args.get(dd + 1).map(|a| a.as_os_str()),
+        Some(std::ffi::OsStr::new(&host))
+    );
+    assert!(
+        args.len() <= dd + 3,
+        "at most the remote command follows the host"
+    );
+    let _ = eic_connect::ssh::port(&connect.ssh_options);
+});
