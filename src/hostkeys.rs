@@ -294,7 +294,14 @@ pub fn first_use_answer(
     key_type: &str,
     key_base64: &str,
 ) -> (Vec<String>, Option<String>) {
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Neither name may break a known_hosts line or name several hosts.
+    let one_word = |s: &str| {
+        !s.is_empty()
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    };
+    if !one_word(host) || !one_word(alias) {
         return (Vec::new(), None);
     }
     let recorded: Vec<HostKey> = existing
@@ -678,6 +685,42 @@ mod tests {
             assert_eq!(Verdict::from_line(&v.to_line()), Some(v));
         }
         assert_eq!(Verdict::from_line("match nonsense"), None);
+    }
+
+    /// Found by fuzzing: an alias holding a newline (or a comma) would have
+    /// put a line of its own choosing into known_hosts.
+    #[test]
+    fn first_use_refuses_an_alias_that_is_not_one_word() {
+        let (lines, append) = first_use_answer(
+            "",
+            "i-0abc\n|1|c2FsdA==|aGFzaA== ssh-rsa AAAAB3",
+            "HOSTNAME",
+            "i-0abc",
+            "ssh-ed25519",
+            ED25519.split(' ').nth(1).unwrap(),
+        );
+        assert!(lines.is_empty() && append.is_none(), "{lines:?} {append:?}");
+        for alias in ["", "a b", "a,b", "a\tb"] {
+            let (_, append) = first_use_answer(
+                "",
+                alias,
+                "HOSTNAME",
+                "h",
+                "ssh-ed25519",
+                ED25519.split(' ').nth(1).unwrap(),
+            );
+            assert!(append.is_none(), "{alias:?}");
+        }
+        let (lines, append) = first_use_answer(
+            "",
+            "i-0abc",
+            "HOSTNAME",
+            "[i-0abc]:2222",
+            "ssh-ed25519",
+            ED25519.split(' ').nth(1).unwrap(),
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(append.unwrap().starts_with("i-0abc ssh-ed25519 "));
     }
 
     #[test]
