@@ -372,7 +372,8 @@ pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> Option
     let mut out = String::with_capacity(existing.len() + keys.len() * 120);
     let mut present: Vec<&HostKey> = Vec::new();
     let mut stale = false;
-    for line in existing.lines() {
+    // Every other line is kept byte for byte, line ending included.
+    for line in existing.split_inclusive('\n') {
         let mut words = line.split_ascii_whitespace();
         let (hosts, alg, blob) = (words.next(), words.next(), words.next());
         let for_alias = hosts.is_some_and(|h| h.split(',').any(|p| p == alias));
@@ -389,7 +390,9 @@ pub fn known_hosts_with(existing: &str, alias: &str, keys: &[HostKey]) -> Option
             }
         }
         out.push_str(line);
-        out.push('\n');
+        if !line.ends_with('\n') {
+            out.push('\n');
+        }
     }
     for key in keys.iter().filter(|k| !present.contains(k)) {
         out.push_str(&format!("{alias} {}\n", key.openssh()));
@@ -741,6 +744,24 @@ mod tests {
             )
         );
         assert_eq!(known_hosts_with(&updated, "i-0abc", &keys), None);
+    }
+
+    /// Found by fuzzing: a rewrite dropped a carriage return from another
+    /// host's line. Lines of other hosts are now kept byte for byte.
+    #[test]
+    fn a_rewrite_keeps_other_lines_exactly() {
+        let keys = match parse_console(&format!(
+            "-----BEGIN SSH HOST KEY KEYS-----\n{ED25519}\n-----END SSH HOST KEY KEYS-----"
+        )) {
+            ConsoleKeys::Keys(k) => k,
+            other => panic!("{other:?}"),
+        };
+        let existing = format!("rsh-e\r\r\n\x0c x\r\ni-0abc {RSA}\nlast\r");
+        let updated = known_hosts_with(&existing, "i-0abc", &keys).unwrap();
+        assert!(
+            updated.starts_with("rsh-e\r\r\n\x0c x\r\nlast\r\n"),
+            "{updated:?}"
+        );
     }
 
     #[test]
