@@ -3,9 +3,8 @@
 
 mod support;
 
-use support::cmd::{assert_signed, eic, run, stderr, stdout};
+use support::cmd::{assert_signed, eic, files_under, run, stderr, stdout};
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use support::{InstanceSpec, TestBed};
@@ -17,23 +16,6 @@ const HOSTILE_ID: &str =
 /// How the sanitised id appears in the error message.
 const SHOWN_ID: &str =
     "\"i-0123456789abcdef0\\n@cert-authority * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostile\"";
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_under(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
-}
 
 /// The command failed with the clear error, changed nothing, and left no
 /// trace of the id in eic-connect's state.

@@ -4,9 +4,10 @@
 
 mod support;
 
-use support::cmd::{assert_signed, eic, run, stderr, stdout};
+use support::cmd::{
+    assert_no_private_key_file, assert_signed, block_ssh, eic, run, ssh_config, stderr, stdout,
+};
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::agent::UserAgent;
@@ -17,17 +18,6 @@ fn user_agent(bed: &TestBed) -> (UserAgent, String) {
     let agent = UserAgent::start(bed);
     let fingerprint = agent.add_new_key(bed, "users-own-key");
     (agent, fingerprint)
-}
-
-/// ssh with the `ssh-config` block, the bed's environment and port.
-fn block_ssh(bed: &TestBed, config: &Path) -> Command {
-    let mut c = Command::new("ssh");
-    bed.apply_env(&mut c);
-    c.arg("-F")
-        .arg(config)
-        .args(["-p", &bed.sshd_port().to_string(), "-o", "BatchMode=yes"])
-        .stdin(Stdio::null());
-    c
 }
 
 /// `-A` forwards the user's own agent, and never the in-process one that
@@ -79,50 +69,6 @@ fn forwarding_through_the_ssh_config_block_gives_the_users_agent() {
     let listed = stdout(&out);
     assert!(listed.contains(&fingerprint), "{listed}");
     assert!(!listed.contains("eic-connect"), "{listed}");
-}
-
-fn ssh_config(bed: &TestBed) -> PathBuf {
-    let mut c = bed.command();
-    c.args(["ssh-config", "--os-user", &bed.os_user()]);
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let path = bed.dir().join("ssh_config");
-    std::fs::write(&path, &out.stdout).unwrap();
-    path
-}
-
-/// Every file under `dir` (following no links), for "what is on disk".
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() {
-                todo.push(e.path());
-            } else if kind.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-#[track_caller]
-fn assert_no_private_key_file(bed: &TestBed, when: &str) {
-    for root in [bed.dir().join("run"), bed.dir().join("tmp"), bed.home()] {
-        for file in files_under(&root) {
-            let text = std::fs::read(&file).unwrap_or_default();
-            assert!(
-                !String::from_utf8_lossy(&text).contains("PRIVATE KEY"),
-                "{when}: {} holds a private key",
-                file.display()
-            );
-        }
-    }
 }
 
 /// Through the ssh-config block no private key is ever a file: not while

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::cmd::stderr;
+use support::cmd::{ssh_config, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,16 +16,6 @@ fn ok(mut c: Command) -> Output {
     let out = c.stdin(Stdio::null()).output().expect("run");
     assert!(out.status.success(), "{c:?} failed: {}", stderr(&out));
     out
-}
-
-/// Writes `eic-connect ssh-config` output to a file in the bed and returns it.
-fn ssh_config(bed: &TestBed) -> PathBuf {
-    let mut c = bed.command();
-    c.args(["ssh-config", "--os-user", &bed.os_user()]);
-    let out = ok(c);
-    let path = bed.dir().join("ssh_config");
-    std::fs::write(&path, &out.stdout).unwrap();
-    path
 }
 
 /// A tool (ssh, scp, sftp, rsync, git) with the bed's environment.

@@ -7,6 +7,7 @@
 use std::error::Error as StdError;
 use std::fmt::Debug;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -35,15 +36,17 @@ impl Attempt<'_> {
 }
 
 /// Turns an SDK error into a failure with a message and hints.
-pub fn from_sdk<E, R>(err: SdkError<E, R>, at: &Attempt<'_>) -> anyhow::Error
+pub fn from_sdk<E>(err: SdkError<E, HttpResponse>, at: &Attempt<'_>) -> anyhow::Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: Debug + Send + Sync + 'static,
 {
     let failure = match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            explain(e.code().unwrap_or("Unknown"), e.message().unwrap_or(""), at)
+            match e.code() {
+                Some(code) => explain(code, e.message().unwrap_or(""), at),
+                None => not_an_aws_answer(service.raw(), at),
+            }
         }
         SdkError::TimeoutError(_) => timed_out(at),
         SdkError::DispatchFailure(dispatch) => {
@@ -51,16 +54,27 @@ where
                 no_credentials(at, &cause)
             } else if dispatch.is_timeout() {
                 timed_out(at)
+            } else if connection_broke(&err) {
+                Failure::new(format!(
+                    "the connection to the AWS API broke during {} ({}): {}",
+                    at.op,
+                    at.scope.describe(),
+                    chain_text(&err)
+                ))
+                .hint("this usually passes: try again")
+                .hint("if it keeps happening, check your network and any proxy (HTTPS_PROXY) in between")
             } else {
                 unreachable_endpoint(at, &chain_text(&err))
             }
         }
         SdkError::ResponseError(_) => Failure::new(format!(
-            "{} returned a response eic-connect could not read ({})",
+            "the answer to {} broke off ({}): {}",
             at.op,
+            at.scope.describe(),
             chain_text(&err)
         ))
-        .hint("check AWS_ENDPOINT_URL if you set one; otherwise this is worth a bug report"),
+        .hint("the connection dropped mid-answer; this usually passes: try again")
+        .hint("if it keeps happening, check your network and any proxy (HTTPS_PROXY) in between"),
         _ => {
             let text = chain_text(&err);
             if let Some(cause) = credentials_problem(&err) {
@@ -74,6 +88,95 @@ where
         }
     };
     anyhow::Error::new(failure)
+}
+
+/// The connection was up and then broke (reset, closed early), as opposed
+/// to never reaching the endpoint.
+fn connection_broke(err: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof,
+            };
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An error answer without an AWS error code: a load balancer's or a
+/// proxy's page, an empty answer, or a body that is not the API's format.
+/// Says what came back (an HTML page by its title only) and what to do.
+fn not_an_aws_answer(raw: &HttpResponse, at: &Attempt<'_>) -> Failure {
+    let status = raw.status().as_u16();
+    let body = raw.body().bytes().unwrap_or_default();
+    let what = describe_body(body);
+    let failure = Failure::new(if (200..300).contains(&status) {
+        format!(
+            "{} answered with something eic-connect could not read: HTTP {status}, {what} ({})",
+            at.op,
+            at.scope.describe()
+        )
+    } else {
+        format!(
+            "{} got an answer that is not from the AWS API: HTTP {status}, {what} ({})",
+            at.op,
+            at.scope.describe()
+        )
+    });
+    if status >= 500 || status == 429 {
+        failure
+            .hint("the service or something in front of it is failing; this usually passes: try again shortly")
+            .hint("more retries: set AWS_MAX_ATTEMPTS (default 3); if it persists, check any proxy (HTTPS_PROXY) in between")
+    } else {
+        failure
+            .hint("something between you and AWS answered instead: check HTTPS_PROXY, NO_PROXY and any firewall")
+            .hint("if AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_EC2 is set, check that it points at the AWS API")
+    }
+}
+
+/// A few words about an answer's body, safe for a terminal.
+fn describe_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "an empty body".to_owned();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("<!doctype html") || lower.contains("<html") {
+        let title = lower
+            .find("<title>")
+            .and_then(|start| {
+                let from = start + "<title>".len();
+                let len = lower[from..].find("</title>")?;
+                text.get(from..from + len)
+            })
+            .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|t| !t.is_empty());
+        return match title {
+            Some(t) => format!("an HTML page titled \"{}\"", shorten(&t, 80)),
+            None => "an HTML page".to_owned(),
+        };
+    }
+    let first = text.lines().next().unwrap_or_default();
+    format!("\"{}\"", shorten(first, 80))
+}
+
+/// At most `max` characters of `text`, terminal-safe, with `…` if cut.
+fn shorten(text: &str, max: usize) -> String {
+    let safe = terminal_safe(text);
+    if safe.chars().count() <= max {
+        return safe.into_owned();
+    }
+    let cut: String = safe.chars().take(max).collect();
+    format!("{cut}…")
 }
 
 /// The source chain of an error on one line (the SDK's Display is terse).
@@ -532,5 +635,32 @@ mod tests {
             f.message
         );
         assert!(f.message.contains("Weird\\u{1b}[2J"));
+    }
+
+    #[test]
+    fn answers_that_are_not_the_apis_are_described_not_shown() {
+        assert_eq!(describe_body(b""), "an empty body");
+        assert_eq!(describe_body(b"  \r\n"), "an empty body");
+        assert_eq!(
+            describe_body(b"<!DOCTYPE html><html><head><title>502 Bad\n  Gateway</title>"),
+            "an HTML page titled \"502 Bad Gateway\""
+        );
+        assert_eq!(
+            describe_body(b"<HTML><BODY>down</BODY></HTML>"),
+            "an HTML page"
+        );
+        assert_eq!(
+            describe_body(b"<html><title>\x1b[2Jx</title>"),
+            "an HTML page titled \"\\u{1b}[2Jx\""
+        );
+        assert_eq!(
+            describe_body(b"upstream connect error\nmore"),
+            "\"upstream connect error\""
+        );
+        let long = "x".repeat(200);
+        assert_eq!(
+            describe_body(long.as_bytes()),
+            format!("\"{}…\"", "x".repeat(80))
+        );
     }
 }

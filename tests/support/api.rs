@@ -9,7 +9,8 @@
 //!
 //! Order of checks for every call: SigV4, then the rate limit (a throttled
 //! call does nothing), then a malformed body, then injected failures, then
-//! the operation.
+//! the operation. Injected [`Fault`]s (a broken network or a broken front
+//! end) apply last, to whatever the service answered.
 //!
 //! Instance state transitions started by StartInstances / StopInstances
 //! (pending → running, stopping → stopped) complete after the start delay of
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::http::{Request, Response};
+use super::http::{Delivery, Request, Response};
 use super::sigv4;
 use super::timefmt;
 
@@ -246,9 +247,56 @@ pub fn state_code(name: &str) -> Option<u32> {
     })
 }
 
+/// What can go wrong between the client and the service, injected per
+/// action with `TestBed::inject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Something in front of the service answers instead (a load
+    /// balancer's HTML page, an empty 503, a proxy's error): the operation
+    /// does not run.
+    Answer {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+    /// The operation runs, but its answer is broken on the way
+    /// ([`Delivery::Reset`], [`Delivery::Truncated`]).
+    Broken(Delivery),
+    /// The operation runs; the answer is a 200 with this body instead
+    /// (malformed or cut XML/JSON).
+    Body(String),
+    /// The answer comes this late (the operation runs at once).
+    Latency(Duration),
+}
+
+impl Fault {
+    /// An HTML error page with `status`, as a load balancer sends it.
+    pub fn html(status: u16) -> Fault {
+        Fault::Answer {
+            status,
+            content_type: "text/html".into(),
+            body: format!(
+                "<html><head><title>{status} Error</title></head><body><h1>{status}</h1>\
+                 <p>The server is temporarily unable to service your request.</p></body></html>"
+            ),
+        }
+    }
+
+    /// `status` with an empty body.
+    pub fn empty(status: u16) -> Fault {
+        Fault::Answer {
+            status,
+            content_type: "text/plain".into(),
+            body: String::new(),
+        }
+    }
+}
+
 /// Mutable state of the stand-in.
 #[derive(Debug, Default)]
 pub struct State {
+    /// action -> queued faults, one per upcoming call.
+    pub faults: HashMap<String, VecDeque<Fault>>,
     pub instances: Vec<InstanceRec>,
     /// action -> queued error codes, one per upcoming call.
     pub failures: HashMap<String, VecDeque<String>>,
@@ -403,6 +451,20 @@ impl Api {
             Err(throttling_error(service))
         } else if let Some(pe) = parse_error {
             Err(pe)
+        } else if let Some(Fault::Answer {
+            status,
+            content_type,
+            body,
+        }) = st
+            .faults
+            .get_mut(&action)
+            .and_then(|q| q.pop_front_if(|f| matches!(f, Fault::Answer { .. })))
+        {
+            st.requests[idx].status = status;
+            st.requests[idx].error_code = Some(format!("fault: HTTP {status}"));
+            let mut resp = Response::new(status, &content_type, body);
+            resp.delay = delay;
+            return resp;
         } else if let Some(code) = st.failures.get_mut(&action).and_then(VecDeque::pop_front) {
             // 3. Injected failure.
             let status = match service {
@@ -462,6 +524,15 @@ impl Api {
         };
         st.requests[idx].status = resp.status;
         resp.delay = delay;
+        match st.faults.get_mut(&action).and_then(VecDeque::pop_front) {
+            Some(Fault::Broken(how)) => resp.delivery = how,
+            Some(Fault::Body(body)) => {
+                resp.status = 200;
+                resp.body = body.into_bytes();
+            }
+            Some(Fault::Latency(d)) => resp.delay += d,
+            Some(Fault::Answer { .. }) | None => {}
+        }
         resp
     }
 

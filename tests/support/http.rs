@@ -49,6 +49,20 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Sleep this long before sending (for timeout tests).
     pub delay: Duration,
+    /// How the answer travels (whole, or broken on purpose).
+    pub delivery: Delivery,
+}
+
+/// How a response is sent: whole, or broken the ways networks break it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    #[default]
+    Whole,
+    /// No answer: the connection is reset (RST) once the request is read.
+    Reset,
+    /// The head (with the full `Content-Length`) and half the body, then
+    /// the connection closes.
+    Truncated,
 }
 
 impl Response {
@@ -58,6 +72,7 @@ impl Response {
             headers: vec![("Content-Type".into(), content_type.into())],
             body: body.into(),
             delay: Duration::ZERO,
+            delivery: Delivery::Whole,
         }
     }
 }
@@ -169,7 +184,26 @@ async fn connection(
         if !resp.delay.is_zero() {
             tokio::time::sleep(resp.delay).await;
         }
-        write_response(&mut stream, &resp, close).await?;
+        match resp.delivery {
+            Delivery::Whole => write_response(&mut stream, &resp, close).await?,
+            Delivery::Reset => {
+                // SO_LINGER 0: closing sends RST instead of FIN. (Tokio
+                // deprecates it because a non-zero linger blocks on drop;
+                // zero never does.)
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+                return Ok(());
+            }
+            Delivery::Truncated => {
+                let mut cut = resp.clone();
+                cut.body.truncate(resp.body.len() / 2);
+                let head = head_of(&resp, true);
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&cut.body).await?;
+                stream.flush().await?;
+                return Ok(());
+            }
+        }
         if close {
             return Ok(());
         }
@@ -240,6 +274,14 @@ async fn write_response(
     resp: &Response,
     close: bool,
 ) -> std::io::Result<()> {
+    let mut out = head_of(resp, close).into_bytes();
+    out.extend_from_slice(&resp.body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Status line and headers, `Content-Length` of the whole body included.
+fn head_of(resp: &Response, close: bool) -> String {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (n, v) in &resp.headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -253,10 +295,7 @@ async fn write_response(
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&resp.body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    head
 }
 
 async fn write_simple(stream: &mut TcpStream, status: u16, msg: &str) -> std::io::Result<()> {

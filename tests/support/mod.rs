@@ -606,6 +606,19 @@ impl TestBed {
         q.extend(std::iter::repeat_n(code.to_owned(), n));
     }
 
+    /// Break the next `n` calls of `action` with `fault` (after the SigV4
+    /// check; see [`api::Fault`]). Queues behind faults already injected.
+    pub fn inject(&self, action: &str, fault: api::Fault, n: usize) {
+        let mut st = self.api.lock();
+        let q = st.faults.entry(action.to_owned()).or_default();
+        q.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// Drop every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.api.lock().faults.clear();
+    }
+
     /// Delay every response to `action` by `d` (`Duration::ZERO` to stop).
     pub fn set_delay(&self, action: &str, d: Duration) {
         let mut st = self.api.lock();

@@ -1,0 +1,262 @@
+//! Faults injected into the API, the endpoint and the instance, against the
+//! real binary and real ssh: each ends in one clear line with a hint, the
+//! right exit code, nothing secret on disk, and no wait past the limits.
+
+mod support;
+
+use support::api::Fault;
+use support::cmd::{assert_no_private_key_file, block_ssh, eic, run, ssh_config, stderr, stdout};
+use support::http::Delivery;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::{InstanceSpec, TestBed};
+
+/// The command failed as a user should see it: exit 255, the first line an
+/// eic-connect error holding `expected`, at least one hint, and nothing of
+/// a panic, a backtrace, an HTML page or an unnamed AWS error.
+#[track_caller]
+fn assert_clear_failure(what: &str, out: &Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(255), "{what}: {err}");
+    let first = err
+        .lines()
+        .find(|l| l.starts_with("eic-connect: error: "))
+        .unwrap_or_else(|| panic!("{what}: no error line in {err:?}"));
+    assert!(
+        first.contains(expected),
+        "{what}: {first:?} lacks {expected:?}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("hint: ")),
+        "{what}: no hint in {err}"
+    );
+    for bad in [
+        "panicked",
+        "RUST_BACKTRACE",
+        "<html",
+        "<h1",
+        "<body",
+        "Unknown",
+        "Error {",
+    ] {
+        assert!(!err.contains(bad), "{what}: {bad:?} in {err}");
+    }
+}
+
+/// Runs `c`, which must end within `limit`.
+#[track_caller]
+fn run_within(c: Command, limit: Duration) -> Output {
+    let started = Instant::now();
+    let out = run(c);
+    assert!(
+        started.elapsed() < limit,
+        "took {:?} (limit {limit:?}): {}",
+        started.elapsed(),
+        stderr(&out)
+    );
+    out
+}
+
+/// Broken answers from the API and the network in front of it, for the
+/// lookup and for the push, each with what the first line must say.
+fn api_faults() -> Vec<(&'static str, Fault, &'static str)> {
+    vec![
+        (
+            "an HTML 500 page",
+            Fault::html(500),
+            "HTTP 500, an HTML page titled \"500 Error\"",
+        ),
+        (
+            "an HTML 502 page",
+            Fault::html(502),
+            "HTTP 502, an HTML page",
+        ),
+        ("an empty 503", Fault::empty(503), "HTTP 503, an empty body"),
+        (
+            "a reset connection",
+            Fault::Broken(Delivery::Reset),
+            "the connection to the AWS API broke",
+        ),
+        (
+            "a truncated answer",
+            Fault::Broken(Delivery::Truncated),
+            "broke off",
+        ),
+        (
+            "cut-off JSON",
+            Fault::Body("{\"RequestId\": \"4b2f\", \"Succ".into()),
+            "could not read: HTTP 200",
+        ),
+        (
+            "an XML answer to a JSON API and vice versa",
+            Fault::Body("<?xml version=\"1.0\"?><Response><Errors><Err".into()),
+            "could not read: HTTP 200",
+        ),
+        (
+            "latency past --api-timeout",
+            Fault::Latency(Duration::from_secs(5)),
+            "timed out",
+        ),
+    ]
+}
+
+/// Every API fault, on the lookup and on the push, through connect: one
+/// clear line, exit 255, within the timeout, no key anywhere on disk, and
+/// no key pushed when the lookup failed.
+#[test]
+fn api_faults_end_in_one_clear_line() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    for action in ["DescribeInstances", "SendSSHPublicKey"] {
+        for (name, fault, expected) in api_faults() {
+            // A body in the wrong format only means something for the API
+            // that did not send it.
+            let fault = match (&fault, action) {
+                (Fault::Body(b), "DescribeInstances") if b.starts_with('<') => {
+                    Fault::Body("<?xml version=\"1.0\"?><DescribeInstancesResponse><reservationSet><item><instancesSet><item><instanceId>i-0".into())
+                }
+                _ => fault,
+            };
+            let expected = match (&fault, action) {
+                (Fault::Body(b), "DescribeInstances") if b.starts_with('<') => {
+                    "instance id eic-connect does not understand"
+                }
+                _ => expected,
+            };
+            let pushes = bed.pushes().len();
+            bed.inject(action, fault, 1);
+            let mut c = eic(&bed);
+            c.args(["--api-timeout", "1", "web-1", "--", "echo", "reached"]);
+            let out = run_within(c, Duration::from_secs(4));
+            let what = format!("{action}, {name}");
+            assert_clear_failure(&what, &out, expected);
+            assert!(!stdout(&out).contains("reached"), "{what}");
+            if action == "DescribeInstances" {
+                assert_eq!(bed.pushes().len(), pushes, "{what}: pushed a key");
+            }
+            assert_no_private_key_file(&bed, &what);
+            bed.clear_faults();
+        }
+    }
+    // The same instance is fine once the faults are gone.
+    let mut c = eic(&bed);
+    c.args([web.id.as_str(), "--", "echo", "reached"]);
+    let out = run(c);
+    assert_eq!(stdout(&out), "reached\n", "{}", stderr(&out));
+}
+
+/// The same faults through the ssh-config block: the proxy shows the same
+/// clear line through ssh, which never falls back to a bare "Permission
+/// denied".
+#[test]
+fn api_faults_are_as_clear_through_the_ssh_config_block() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let config = ssh_config(&bed);
+    for (action, fault, expected) in [
+        (
+            "SendSSHPublicKey",
+            Fault::html(503),
+            "HTTP 503, an HTML page",
+        ),
+        (
+            "DescribeInstances",
+            Fault::Broken(Delivery::Reset),
+            "the connection to the AWS API broke",
+        ),
+        (
+            "SendSSHPublicKey",
+            Fault::Latency(Duration::from_secs(5)),
+            "timed out",
+        ),
+    ] {
+        bed.inject(action, fault, 1);
+        let mut c = block_ssh(&bed, &config);
+        c.env("EIC_CONNECT_API_TIMEOUT", "1")
+            .args(["eic-web-1", "echo reached"]);
+        let out = run_within(c, Duration::from_secs(6));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "proxy, {action}: {err}");
+        assert!(err.contains(expected), "proxy, {action}: {err}");
+        assert!(!err.contains("Permission denied"), "proxy, {action}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Unknown"),
+            "{err}"
+        );
+        assert_no_private_key_file(&bed, action);
+        bed.clear_faults();
+    }
+}
+
+/// `run` retries harder (fleets meet throttling): a fault that lasts past
+/// every attempt gives the instance its own clear reason, and one that
+/// passes is survived.
+#[test]
+fn run_survives_passing_faults_and_names_lasting_ones() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    bed.add_instance(InstanceSpec::named("web-2"));
+    let fleet = |bed: &TestBed| {
+        let mut c = bed.command();
+        c.args(["run", "-f", "Name=web-*"])
+            .args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
+            .args(["--", "echo", "reached"])
+            .stdin(std::process::Stdio::null());
+        c
+    };
+    // Three broken answers in a row: retried through.
+    bed.inject("SendSSHPublicKey", Fault::html(503), 3);
+    bed.inject("DescribeInstances", Fault::Broken(Delivery::Reset), 2);
+    let out = run_within(fleet(&bed), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).matches("reached").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+    bed.clear_faults();
+
+    // Pushes that fail on every attempt: each instance says why.
+    bed.inject("SendSSHPublicKey", Fault::html(503), 1000);
+    let out = run_within(fleet(&bed), Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("HTTP 503, an HTML page"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Unknown") && !err.contains("<html"),
+        "{err}"
+    );
+    assert_no_private_key_file(&bed, "run");
+}
+
+/// With the SDK's retries (AWS_MAX_ATTEMPTS=3), two transient faults in a
+/// row are survived: the command runs.
+#[test]
+fn transient_api_faults_are_retried() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    for action in ["DescribeInstances", "SendSSHPublicKey"] {
+        for fault in [
+            Fault::html(500),
+            Fault::empty(503),
+            Fault::Broken(Delivery::Reset),
+            Fault::Broken(Delivery::Truncated),
+        ] {
+            bed.inject(action, fault.clone(), 2);
+            let mut c = eic(&bed);
+            c.env("AWS_MAX_ATTEMPTS", "3")
+                .args(["web-1", "--", "echo", "reached"]);
+            let out = run_within(c, Duration::from_secs(15));
+            assert_eq!(
+                stdout(&out),
+                "reached\n",
+                "{action} {fault:?}: {}",
+                stderr(&out)
+            );
+            bed.clear_faults();
+        }
+    }
+}
