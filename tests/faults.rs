@@ -260,3 +260,75 @@ fn transient_api_faults_are_retried() {
         }
     }
 }
+
+/// A throttling storm (every call refused) ends with the throttling
+/// explained, after the SDK's retries, in bounded time.
+#[test]
+fn a_throttling_storm_is_explained() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    for (action, expected) in [
+        ("DescribeInstances", "throttl"),
+        ("SendSSHPublicKey", "too many key pushes"),
+    ] {
+        bed.set_rate_limit(action, 0.0, 0);
+        let mut c = eic(&bed);
+        c.env_remove("AWS_MAX_ATTEMPTS").args(["web-1", "--", "echo", "reached"]);
+        let out = run_within(c, Duration::from_secs(20));
+        assert_clear_failure(action, &out, expected);
+        assert!(bed.throttled(action) >= 3, "{action}: retried {}", bed.throttled(action));
+        bed.clear_rate_limit(action);
+    }
+    assert_no_private_key_file(&bed, "throttled");
+}
+
+/// Credentials that expire mid-run (an SSO session ending between the
+/// lookup and the push): the refresh fails, and the error says so.
+#[test]
+fn credentials_expiring_mid_run_are_explained() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let script = bed.dir().join("credentials.sh");
+    let count = bed.dir().join("credentials.count");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo x >> '{count}'\n\
+             if [ $(wc -l < '{count}') -gt 1 ]; then\n\
+               echo 'Error loading SSO Token: Token for dev does not exist or has expired' >&2; exit 1\n\
+             fi\n\
+             printf '{{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\", \"Expiration\": \"%s\"}}\\n' \
+               '{}' '{}' \"$(date -u -d '+12 seconds' +%Y-%m-%dT%H:%M:%SZ)\"\n",
+            bed.access_key_id(),
+            bed.secret_access_key(),
+            count = count.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(bed.dir().join("aws")).unwrap();
+    std::fs::write(
+        bed.dir().join("aws/config"),
+        format!("[profile dev]\ncredential_process = {}\n", script.display()),
+    )
+    .unwrap();
+    // The lookup takes long enough for the credentials to need a refresh:
+    // the SDK refreshes 10 s before the expiration, less up to 5 s jitter,
+    // so these expire for it 1-7 s after they were fetched.
+    bed.inject("DescribeInstances", Fault::Latency(Duration::from_secs(8)), 1);
+    let mut c = eic(&bed);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_PROFILE", "dev")
+        .args(["web-1", "--", "echo", "reached"]);
+    let out = run_within(c, Duration::from_secs(15));
+    assert_clear_failure("expired", &out, "no usable AWS credentials");
+    assert!(stderr(&out).contains("has expired\n"), "{}", stderr(&out));
+    // Fetched once, then refused on the refresh: mid-run.
+    let fetched = std::fs::read_to_string(&count).unwrap();
+    assert_eq!(fetched.lines().count(), 2, "credential_process ran {fetched:?}");
+    assert!(bed.pushes().is_empty());
+    assert_no_private_key_file(&bed, "expired");
+}

@@ -181,10 +181,10 @@ fn shorten(text: &str, max: usize) -> String {
 
 /// The source chain of an error on one line (the SDK's Display is terse).
 fn chain_text(err: &(dyn StdError + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
+    let mut parts = vec![err.to_string().trim_end().to_owned()];
     let mut source = err.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
+        let text = cause.to_string().trim_end().to_owned();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
