@@ -273,10 +273,15 @@ fn a_throttling_storm_is_explained() {
     ] {
         bed.set_rate_limit(action, 0.0, 0);
         let mut c = eic(&bed);
-        c.env_remove("AWS_MAX_ATTEMPTS").args(["web-1", "--", "echo", "reached"]);
+        c.env_remove("AWS_MAX_ATTEMPTS")
+            .args(["web-1", "--", "echo", "reached"]);
         let out = run_within(c, Duration::from_secs(20));
         assert_clear_failure(action, &out, expected);
-        assert!(bed.throttled(action) >= 3, "{action}: retried {}", bed.throttled(action));
+        assert!(
+            bed.throttled(action) >= 3,
+            "{action}: retried {}",
+            bed.throttled(action)
+        );
         bed.clear_rate_limit(action);
     }
     assert_no_private_key_file(&bed, "throttled");
@@ -316,7 +321,11 @@ fn credentials_expiring_mid_run_are_explained() {
     // The lookup takes long enough for the credentials to need a refresh:
     // the SDK refreshes 10 s before the expiration, less up to 5 s jitter,
     // so these expire for it 1-7 s after they were fetched.
-    bed.inject("DescribeInstances", Fault::Latency(Duration::from_secs(8)), 1);
+    bed.inject(
+        "DescribeInstances",
+        Fault::Latency(Duration::from_secs(8)),
+        1,
+    );
     let mut c = eic(&bed);
     c.env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -328,7 +337,84 @@ fn credentials_expiring_mid_run_are_explained() {
     assert!(stderr(&out).contains("has expired\n"), "{}", stderr(&out));
     // Fetched once, then refused on the refresh: mid-run.
     let fetched = std::fs::read_to_string(&count).unwrap();
-    assert_eq!(fetched.lines().count(), 2, "credential_process ran {fetched:?}");
+    assert_eq!(
+        fetched.lines().count(),
+        2,
+        "credential_process ran {fetched:?}"
+    );
     assert!(bed.pushes().is_empty());
     assert_no_private_key_file(&bed, "expired");
+}
+
+/// The instance stops between the lookup and the push: the push's refusal
+/// is explained, by id and by name, and nothing is left behind.
+#[test]
+fn an_instance_stopping_between_lookup_and_push_is_explained() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    for target in [web.id.as_str(), "web-1"] {
+        bed.set_state(&web.id, "running");
+        bed.set_state_after("DescribeInstances", &web.id, "stopping");
+        let mut c = eic(&bed);
+        c.args([target, "--", "echo", "reached"]);
+        let out = run_within(c, Duration::from_secs(10));
+        assert_clear_failure(target, &out, &format!("instance {} is not running", web.id));
+        assert_eq!(bed.state_of(&web.id), "stopping");
+        assert_no_private_key_file(&bed, target);
+    }
+}
+
+/// Endpoint faults mid-tunnel, through connect: a close frame or a dropped
+/// connection mid-transfer, an oversized frame and an idle stall each end
+/// in a clear line within the limits; fragmented frames just work.
+#[test]
+fn endpoint_faults_mid_tunnel() {
+    use support::eice::{EndpointSpec, TunnelFault};
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(EndpointSpec::default());
+    let connect = |bed: &TestBed| {
+        let mut c = bed.command();
+        c.args([
+            "--api-timeout",
+            "2",
+            "-l",
+            &bed.os_user(),
+            "db-1",
+            "--",
+            "echo",
+            "reached",
+        ])
+        .stdin(std::process::Stdio::null());
+        c
+    };
+    for (fault, expected) in [
+        (
+            TunnelFault::CloseAfter {
+                bytes: 30,
+                code: 1011,
+                reason: "Connection to the instance was lost".into(),
+            },
+            "the endpoint closed the tunnel (code 1011): Connection to the instance was lost",
+        ),
+        (TunnelFault::DropAfter { bytes: 30 }, "the tunnel broke"),
+        (TunnelFault::Oversized(2 << 20), "Message too long"),
+        (
+            TunnelFault::Stall,
+            "the tunnel to port 22 stayed silent for 2s",
+        ),
+    ] {
+        bed.fault_next_tunnel(fault.clone());
+        let out = run_within(connect(&bed), Duration::from_secs(8));
+        let what = format!("{fault:?}");
+        assert_clear_failure(&what, &out, expected);
+        assert!(!stdout(&out).contains("reached"), "{what}");
+        assert_no_private_key_file(&bed, &what);
+    }
+    bed.fault_next_tunnel(TunnelFault::Fragmented);
+    let out = run_within(connect(&bed), Duration::from_secs(8));
+    assert_eq!(stdout(&out), "reached\n", "{}", stderr(&out));
+    // Every tunnel ended, none is left open.
+    let tunnels = bed.wait_for_tunnels_closed(5, Duration::from_secs(10));
+    assert_eq!(tunnels.len(), 5);
 }

@@ -26,7 +26,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::endpoint::{self as eice, TunnelTarget};
@@ -120,31 +120,8 @@ impl Connector {
                 .hint("if a proxy or firewall inspects TLS, point AWS_CA_BUNDLE at its CA certificate (PEM)"),
             )
         })?;
-        let request = url
-            .into_client_request()
-            .context("building the tunnel request")?;
         let config = WebSocketConfig::default().max_frame_size(Some(1 << 20));
-        match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
-            Ok((ws, _response)) => Ok(ws),
-            Err(WsError::Http(response)) => {
-                let status = response.status().as_u16();
-                let request_id = response
-                    .headers()
-                    .get("x-amzn-requestid")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let body = response.body().as_deref().unwrap_or_default();
-                Err(anyhow::Error::new(rejected(
-                    status,
-                    body,
-                    request_id.as_deref(),
-                )))
-            }
-            Err(err) => fail(Failure::new(format!(
-                "the WebSocket handshake with {host} failed: {}",
-                terminal_safe(&err.to_string())
-            ))),
-        }
+        handshake(tls, url, host, config).await
     }
 
     async fn tcp(&self, host: &str) -> anyhow::Result<TcpStream> {
@@ -503,6 +480,145 @@ impl NoProxyRule {
     }
 }
 
+/// Longest handshake answer head, and longest refusal body, read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// How long to wait for the rest of a refusal's body once its head is in.
+const BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// The WebSocket handshake over `stream` for the presigned `url`. A refusal
+/// is read the way the service frames it (its body by `Content-Length`, or
+/// up to the end of the connection), however the bytes arrive, so that the
+/// service's error code and message reach the user.
+pub async fn handshake<S>(
+    mut stream: S,
+    url: &str,
+    host: &str,
+    config: WebSocketConfig,
+) -> anyhow::Result<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let broke = |err: &dyn std::fmt::Display| {
+        anyhow::Error::new(Failure::new(format!(
+            "the WebSocket handshake with {host} failed: {}",
+            terminal_safe(&err.to_string())
+        )))
+    };
+    let request = url
+        .into_client_request()
+        .context("building the tunnel request")?;
+    let (request, key) =
+        tokio_tungstenite::tungstenite::handshake::client::generate_request(request)
+            .context("building the tunnel request")?;
+    stream.write_all(&request).await.map_err(|e| broke(&e))?;
+    stream.flush().await.map_err(|e| broke(&e))?;
+
+    let mut buf = Vec::with_capacity(4096);
+    let (answer, head_len) = loop {
+        if let Some(parsed) = parse_answer_head(&buf).map_err(|e| broke(&e))? {
+            break parsed;
+        }
+        if buf.len() > MAX_ANSWER {
+            return Err(broke(&"the answer's head is too long"));
+        }
+        if read_some(&mut stream, &mut buf)
+            .await
+            .map_err(|e| broke(&e))?
+            == 0
+        {
+            return Err(broke(
+                &"the endpoint closed the connection without answering",
+            ));
+        }
+    };
+    let rest = buf.split_off(head_len);
+    if answer.status == 101 {
+        let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if answer.accept.as_deref() != Some(expected.as_str()) || !answer.upgrade_websocket {
+            return Err(broke(&"the endpoint's answer is not a WebSocket upgrade"));
+        }
+        return Ok(
+            WebSocketStream::from_partially_read(stream, rest, Role::Client, Some(config)).await,
+        );
+    }
+    let body = read_body(&mut stream, rest, answer.content_length).await;
+    Err(anyhow::Error::new(rejected(
+        answer.status,
+        &body,
+        answer.request_id.as_deref(),
+    )))
+}
+
+/// What the handshake needs from the answer's head.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AnswerHead {
+    pub status: u16,
+    pub content_length: Option<usize>,
+    pub accept: Option<String>,
+    pub upgrade_websocket: bool,
+    pub request_id: Option<String>,
+}
+
+/// The answer's head and its length, once all of it is in `buf`.
+pub fn parse_answer_head(buf: &[u8]) -> Result<Option<(AnswerHead, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("the answer is not HTTP ({e})")),
+    };
+    let mut head = AnswerHead {
+        status: response.code.unwrap_or_default(),
+        ..AnswerHead::default()
+    };
+    for h in response.headers.iter() {
+        let value = String::from_utf8_lossy(h.value).trim().to_owned();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            head.content_length =
+                Some(value.parse().map_err(|_| {
+                    format!("the answer's Content-Length {value:?} is not a number")
+                })?);
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-accept") {
+            head.accept = Some(value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            head.upgrade_websocket = value.eq_ignore_ascii_case("websocket");
+        } else if h.name.eq_ignore_ascii_case("x-amzn-requestid") {
+            head.request_id = Some(value);
+        }
+    }
+    Ok(Some((head, len)))
+}
+
+/// A refusal's body: `Content-Length` bytes, or what comes until the
+/// connection closes; at most [`MAX_ANSWER`] bytes and [`BODY_WAIT`].
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut body: Vec<u8>,
+    length: Option<usize>,
+) -> Vec<u8> {
+    let want = length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
+    let _ = tokio::time::timeout(BODY_WAIT, async {
+        while body.len() < want {
+            match read_some(stream, &mut body).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    body.truncate(want);
+    body
+}
+
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
 /// A refused handshake: the service's message, and what to check.
 pub fn rejected(status: u16, body: &[u8], request_id: Option<&str>) -> Failure {
     let (code, message) = error_body(body);
@@ -765,20 +881,26 @@ impl Down {
 }
 
 fn ws_failure(err: &WsError) -> anyhow::Error {
-    anyhow::Error::new(Failure::new(format!(
-        "the tunnel broke: {}",
-        terminal_safe(&err.to_string())
-    )))
+    anyhow::Error::new(
+        Failure::new(format!(
+            "the tunnel broke: {}",
+            terminal_safe(&err.to_string())
+        ))
+        .hint(TRY_AGAIN),
+    )
 }
+
+/// What to do when a tunnel ends abnormally.
+const TRY_AGAIN: &str = "this usually passes: try again; if it keeps happening, check your network and proxy, and the endpoint with: eic-connect doctor TARGET";
 
 /// The endpoint's close: normal (1000) ends the relay, anything else is an
 /// error showing its reason.
 fn remote_close(frame: Option<Option<CloseFrame>>) -> anyhow::Result<Ending> {
     match frame {
         // The connection ended without a close frame.
-        None => fail(Failure::new(
-            "the endpoint dropped the tunnel without closing it",
-        )),
+        None => {
+            fail(Failure::new("the endpoint dropped the tunnel without closing it").hint(TRY_AGAIN))
+        }
         Some(None) => Ok(Ending::RemoteClosed {
             reason: String::new(),
         }),
@@ -793,7 +915,14 @@ fn remote_close(frame: Option<Option<CloseFrame>>) -> anyhow::Result<Ending> {
             } else {
                 format!("the endpoint closed the tunnel (code {code}): {reason}")
             };
-            fail(Failure::new(message))
+            let failure = Failure::new(message);
+            fail(if code == 1011 {
+                failure
+                    .hint("the endpoint could not reach or lost the instance: check that it runs and that its security group allows the port from the endpoint's security group")
+                    .hint(TRY_AGAIN)
+            } else {
+                failure.hint(TRY_AGAIN)
+            })
         }
     }
 }
@@ -880,11 +1009,70 @@ impl AsyncRead for StdinReader {
     }
 }
 
+/// Ends when `limit` passes before anything was `seen`; otherwise never.
+async fn silence(seen: Arc<std::sync::atomic::AtomicBool>, limit: Option<Duration>) {
+    match limit {
+        Some(limit) => {
+            tokio::time::sleep(limit).await;
+            if seen.load(std::sync::atomic::Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A writer that notes its first write.
+struct FirstWrite<W> {
+    inner: W,
+    seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !buf.is_empty() {
+            this.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// One tunnel on standard input and output.
 pub async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
     let ws = tunneller.open().await?;
     let opened = Instant::now();
-    let ending = relay(ws, StdinReader::spawn(), stdout()?).await;
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out = FirstWrite {
+        inner: stdout()?,
+        seen: answered.clone(),
+    };
+    // An ssh server speaks first: a tunnel to port 22 that stays silent is
+    // stalled (ssh itself would wait for its banner forever).
+    let limit = (tunneller.target.remote_port == 22).then_some(tunneller.connector.timeout);
+    let ending = tokio::select! {
+        ending = relay(ws, StdinReader::spawn(), out) => ending,
+        () = silence(answered, limit) => fail(
+            Failure::new(format!(
+                "the tunnel to port 22 stayed silent for {:.0?}: nothing came from the instance",
+                tunneller.connector.timeout
+            ))
+            .hint("the endpoint accepted the tunnel, but sshd did not answer: check that the instance is healthy and sshd runs")
+            .hint("raise the limit with --api-timeout SECONDS if the network is slow"),
+        ),
+    };
     let elapsed = opened.elapsed();
     let reached_max = max_duration
         .is_some_and(|max| elapsed + Duration::from_millis(500) >= Duration::from_secs(max.into()));
@@ -1244,5 +1432,110 @@ mod tests {
             "the endpoint closed the tunnel (code 1011): instance unreachable\\n"
         );
         assert!(remote_close(None).is_err());
+    }
+
+    /// An endpoint on the other end of a pipe: reads the handshake request,
+    /// then sends `parts` (in separate writes, 50 ms apart), then closes;
+    /// `{accept}` in a part becomes the right Sec-WebSocket-Accept.
+    fn endpoint_answering(parts: Vec<Vec<u8>>) -> tokio::io::DuplexStream {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                if read_some(&mut server, &mut request).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap_or_default()
+                .to_owned();
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            for mut part in parts {
+                if let Some(at) = part.windows(8).position(|w| w == b"{accept}") {
+                    part.splice(at..at + 8, accept.bytes());
+                }
+                let _ = server.write_all(&part).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        client
+    }
+
+    async fn shake(
+        parts: Vec<Vec<u8>>,
+    ) -> anyhow::Result<WebSocketStream<tokio::io::DuplexStream>> {
+        let config = WebSocketConfig::default();
+        handshake(
+            endpoint_answering(parts),
+            "wss://eice-0123.ec2-instance-connect-endpoint.us-east-1.amazonaws.com/openTunnel?a=b",
+            "eice-0123.ec2-instance-connect-endpoint.us-east-1.amazonaws.com",
+            config,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_refusal_body_is_read_by_its_content_length_however_it_arrives() {
+        let body = br#"{"ErrorCode":"AccessDeniedException","Message":"not authorized to perform: ec2-instance-connect:OpenTunnel"}"#;
+        let head = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nx-amzn-RequestId: req-1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Head alone, then the body in two pieces.
+        let parts = vec![head.into_bytes(), body[..20].to_vec(), body[20..].to_vec()];
+        let err = shake(parts).await.err().expect("refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("(HTTP 403, AccessDeniedException): not authorized to perform"),
+            "{text}"
+        );
+        let failure = err.downcast_ref::<Failure>().expect("a Failure");
+        assert!(format!("{failure:?}").contains("req-1"), "{failure:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_without_a_length_is_read_to_the_end_of_the_connection() {
+        let parts = vec![
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n".to_vec(),
+            br#"{"ErrorCode":"ResourceNotFoundException","#.to_vec(),
+            br#""Message":"The instanceConnectEndpoint ID 'eice-0123' does not exist"}"#.to_vec(),
+        ];
+        let err = shake(parts).await.err().expect("refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("(HTTP 404, ResourceNotFoundException): The instanceConnectEndpoint ID"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_keeps_the_bytes_that_came_with_it() {
+        // The answer's head and a first binary frame ("hi") in one write.
+        let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+        answer.extend_from_slice(&[0x82, 2, b'h', b'i']);
+        let mut ws = shake(vec![answer]).await.expect("upgraded");
+        let first = ws.next().await.expect("a message").expect("no error");
+        assert_eq!(first, Message::binary(b"hi".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_an_upgrade_fail_clearly() {
+        for (answer, expected) in [
+            (
+                &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: wrong\r\n\r\n"[..],
+                "not a WebSocket upgrade",
+            ),
+            (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not HTTP"),
+            (b"", "closed the connection without answering"),
+            (b"HTTP/1.1 403 Forbidden\r\nContent-Length: x\r\n\r\n", "not a number"),
+        ] {
+            let err = shake(vec![answer.to_vec()]).await.err().expect("failed");
+            let text = format!("{err:#}");
+            assert!(text.contains(expected), "{text}");
+        }
     }
 }

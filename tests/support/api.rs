@@ -297,6 +297,9 @@ impl Fault {
 pub struct State {
     /// action -> queued faults, one per upcoming call.
     pub faults: HashMap<String, VecDeque<Fault>>,
+    /// action -> (instance id, state) to move to once the next call of
+    /// that action is answered (an instance stopping just after a lookup).
+    pub then_state: HashMap<String, (String, String)>,
     pub instances: Vec<InstanceRec>,
     /// action -> queued error codes, one per upcoming call.
     pub failures: HashMap<String, VecDeque<String>>,
@@ -524,6 +527,13 @@ impl Api {
         };
         st.requests[idx].status = resp.status;
         resp.delay = delay;
+        if let Some((id, state)) = st.then_state.remove(&action) {
+            if let Some(rec) = st.instances.iter_mut().find(|i| i.id == id) {
+                rec.state = state;
+                rec.transition = None;
+                let _ = sync_addresses(&self.config.dir, rec);
+            }
+        }
         match st.faults.get_mut(&action).and_then(VecDeque::pop_front) {
             Some(Fault::Broken(how)) => resp.delivery = how,
             Some(Fault::Body(body)) => {

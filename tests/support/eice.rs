@@ -117,6 +117,24 @@ pub enum TunnelFault {
     TextFrame,
     /// Close with this code and reason right away.
     Close { code: u16, reason: String },
+    /// Relay until this many bytes went to the client, then close with
+    /// this code and reason (a close frame mid-transfer).
+    CloseAfter {
+        bytes: u64,
+        code: u16,
+        reason: String,
+    },
+    /// Relay until this many bytes went to the client, then drop the TCP
+    /// connection without a close frame.
+    DropAfter { bytes: u64 },
+    /// Accept the tunnel, then send and relay nothing: an idle stall.
+    Stall,
+    /// Send one binary frame of this many bytes right away (larger than a
+    /// client accepts).
+    Oversized(usize),
+    /// Relay normally, but send each chunk to the client as a fragmented
+    /// message (a binary frame and continuation frames of 7 bytes).
+    Fragmented,
 }
 
 /// How a tunnel ended.
@@ -579,7 +597,10 @@ fn check_handshake(
             query: query.clone(),
         });
         let body = serde_json::json!({ "ErrorCode": code, "Message": message }).to_string();
+        let length = http::HeaderValue::from(body.len());
         let mut r = http::Response::new(Some(body));
+        // As the service frames it: the body by its length.
+        r.headers_mut().insert("content-length", length);
         *r.status_mut() =
             http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
         r.headers_mut().insert(
@@ -764,6 +785,30 @@ async fn serve_tunnel(api: Arc<Api>, mut ws: Ws, a: Accepted, sshd_port: u16) {
         Some(TunnelFault::Close { code, reason }) => {
             finish_after_server_close(&mut ws, &mut rec, Some((code, reason))).await;
         }
+        Some(TunnelFault::Stall) => {
+            // Nothing but reading (and dropping) what the client sends.
+            rec.closed_by = Some(ClosedBy::Dropped);
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Close(frame) = msg {
+                    rec.client_close_code = frame.map(|f| u16::from(f.code)).or(Some(1005));
+                    rec.closed_by = Some(ClosedBy::Client);
+                    break;
+                }
+            }
+        }
+        Some(TunnelFault::Oversized(n)) => {
+            let _ = ws.send(Message::binary(vec![0u8; n])).await;
+            finish_after_server_close(&mut ws, &mut rec, None).await;
+        }
+        Some(fault) => {
+            let tcp = TcpStream::connect((a.private_ip.as_str(), sshd_port)).await;
+            if let Ok(tcp) = tcp {
+                let _ = tcp.set_nodelay(true);
+                let (r, w) = tcp.into_split();
+                rec.fault = Some(fault);
+                relay(&mut ws, r, w, a.max_duration, &mut rec).await
+            }
+        }
         None => {
             let upstream = if a.remote_port == 22 {
                 TcpStream::connect((a.private_ip.as_str(), sshd_port))
@@ -820,6 +865,8 @@ struct TunnelProgress {
     client_close_code: Option<u16>,
     server_close: Option<(u16, String)>,
     violations: Vec<String>,
+    /// A fault that acts during the relay.
+    fault: Option<TunnelFault>,
 }
 
 /// Sends our close (if any) and waits briefly for the client's answer.
@@ -852,8 +899,29 @@ async fn finish_after_server_close(
     .await;
 }
 
+/// `data` as one fragmented binary message: frames of at most 7 bytes.
+async fn send_fragmented<S>(
+    sink: &mut S,
+    data: &[u8],
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let pieces: Vec<&[u8]> = data.chunks(7).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let opcode = if i == 0 { Data::Binary } else { Data::Continue };
+        let last = i + 1 == pieces.len();
+        let frame = Frame::message(piece.to_vec(), OpCode::Data(opcode), last);
+        sink.send(Message::Frame(frame)).await?;
+    }
+    Ok(())
+}
+
 enum RelayEnd {
     ClientClosed(Option<u16>),
+    ServerClose(u16, String),
     InstanceClosed,
     Violation(u16, String),
     Expired,
@@ -912,6 +980,7 @@ async fn relay<R, W>(
             }
             RelayEnd::Dropped
         };
+        let fault = rec.fault.clone();
         let down = async {
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
@@ -919,8 +988,27 @@ async fn relay<R, W>(
                     Ok(0) | Err(_) => return RelayEnd::InstanceClosed,
                     Ok(n) => {
                         bytes_down += n as u64;
-                        if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        let sent = match &fault {
+                            Some(TunnelFault::Fragmented) => {
+                                send_fragmented(&mut sink, &buf[..n]).await
+                            }
+                            _ => sink.send(Message::binary(buf[..n].to_vec())).await,
+                        };
+                        if sent.is_err() {
                             return RelayEnd::Dropped;
+                        }
+                        match &fault {
+                            Some(TunnelFault::CloseAfter {
+                                bytes,
+                                code,
+                                reason,
+                            }) if bytes_down >= *bytes => {
+                                return RelayEnd::ServerClose(*code, reason.clone());
+                            }
+                            Some(TunnelFault::DropAfter { bytes }) if bytes_down >= *bytes => {
+                                return RelayEnd::Dropped;
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -955,6 +1043,9 @@ async fn relay<R, W>(
         RelayEnd::InstanceClosed => {
             rec.closed_by = Some(ClosedBy::Instance);
             finish_after_server_close(ws, rec, Some((1000, String::new()))).await;
+        }
+        RelayEnd::ServerClose(code, reason) => {
+            finish_after_server_close(ws, rec, Some((code, reason))).await;
         }
         RelayEnd::Violation(code, reason) => {
             rec.violations.push(reason.clone());

@@ -566,6 +566,19 @@ impl TestBed {
         self.sync_addresses(&rec);
     }
 
+    /// Once the next `action` call is answered, instance `id` moves to
+    /// `state` (as if it stopped right after a lookup).
+    pub fn set_state_after(&self, action: &str, id: &str, state: &str) {
+        assert!(
+            api::state_code(state).is_some(),
+            "unknown instance state {state:?}"
+        );
+        self.api
+            .lock()
+            .then_state
+            .insert(action.to_owned(), (id.to_owned(), state.to_owned()));
+    }
+
     /// An instance's state now (with StartInstances / StopInstances
     /// transitions that are due applied). Panics on an unknown id.
     pub fn state_of(&self, id: &str) -> String {
