@@ -1487,7 +1487,7 @@ mod tests {
         );
         // Head alone, then the body in two pieces.
         let parts = vec![head.into_bytes(), body[..20].to_vec(), body[20..].to_vec()];
-        let err = shake(parts).await.err().expect("refused");
+        let err = shake(parts).await.expect_err("refused");
         let text = format!("{err:#}");
         assert!(
             text.contains("(HTTP 403, AccessDeniedException): not authorized to perform"),
@@ -1504,7 +1504,7 @@ mod tests {
             br#"{"ErrorCode":"ResourceNotFoundException","#.to_vec(),
             br#""Message":"The instanceConnectEndpoint ID 'eice-0123' does not exist"}"#.to_vec(),
         ];
-        let err = shake(parts).await.err().expect("refused");
+        let err = shake(parts).await.expect_err("refused");
         let text = format!("{err:#}");
         assert!(
             text.contains("(HTTP 404, ResourceNotFoundException): The instanceConnectEndpoint ID"),
@@ -1533,7 +1533,7 @@ mod tests {
             (b"", "closed the connection without answering"),
             (b"HTTP/1.1 403 Forbidden\r\nContent-Length: x\r\n\r\n", "not a number"),
         ] {
-            let err = shake(vec![answer.to_vec()]).await.err().expect("failed");
+            let err = shake(vec![answer.to_vec()]).await.expect_err("failed");
             let text = format!("{err:#}");
             assert!(text.contains(expected), "{text}");
         }
