@@ -527,12 +527,12 @@ impl Api {
         };
         st.requests[idx].status = resp.status;
         resp.delay = delay;
-        if let Some((id, state)) = st.then_state.remove(&action) {
-            if let Some(rec) = st.instances.iter_mut().find(|i| i.id == id) {
-                rec.state = state;
-                rec.transition = None;
-                let _ = sync_addresses(&self.config.dir, rec);
-            }
+        if let Some((id, state)) = st.then_state.remove(&action)
+            && let Some(rec) = st.instances.iter_mut().find(|i| i.id == id)
+        {
+            rec.state = state;
+            rec.transition = None;
+            let _ = sync_addresses(&self.config.dir, rec);
         }
         match st.faults.get_mut(&action).and_then(VecDeque::pop_front) {
             Some(Fault::Broken(how)) => resp.delivery = how,
