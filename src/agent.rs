@@ -56,7 +56,12 @@ impl RuntimeDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .with_context(|| format!("could not create runtime directory {}", path.display()))?;
+            .map_err(|err| {
+                runtime_failure(
+                    format!("could not create runtime directory {}", path.display()),
+                    &err,
+                )
+            })?;
         Ok(RuntimeDir { path })
     }
 
@@ -68,6 +73,17 @@ impl RuntimeDir {
     pub fn identity_file(&self) -> PathBuf {
         self.path.join("id.pub")
     }
+}
+
+/// A file-system failure in the runtime directory, with what to do.
+fn runtime_failure(what: String, err: &std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(
+        crate::error::Failure::new(format!(
+            "{}: {err}",
+            crate::sanitize::terminal_safe(&what)
+        ))
+        .hint("eic-connect keeps its agent socket and public key there while ssh runs: free some space, or point XDG_RUNTIME_DIR (or TMPDIR) at a writable directory"),
+    )
 }
 
 impl Drop for RuntimeDir {
@@ -134,11 +150,13 @@ impl Agent {
         forward_to: Option<PathBuf>,
     ) -> anyhow::Result<Agent> {
         if let Some(file) = &identity_file {
-            std::fs::write(file, format!("{}\n", key.public_openssh()))
-                .with_context(|| format!("could not write {}", file.display()))?;
+            std::fs::write(file, format!("{}\n", key.public_openssh())).map_err(|err| {
+                runtime_failure(format!("could not write {}", file.display()), &err)
+            })?;
         }
-        let listener = UnixListener::bind(&socket)
-            .with_context(|| format!("could not listen on {}", socket.display()))?;
+        let listener = UnixListener::bind(&socket).map_err(|err| {
+            runtime_failure(format!("could not listen on {}", socket.display()), &err)
+        })?;
         let key = Arc::new(Mutex::new(Some(key)));
         let served = Served {
             key: Arc::clone(&key),

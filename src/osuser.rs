@@ -527,7 +527,8 @@ pub fn remember(state_dir: &std::path::Path, instance_id: &str, user: &str) {
         .append(true)
         .open(&path)
     {
-        let _ = writeln!(file, "{instance_id} {user}");
+        // One write: concurrent appenders (O_APPEND) never interleave it.
+        let _ = file.write_all(format!("{instance_id} {user}\n").as_bytes());
     }
 }
 

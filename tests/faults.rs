@@ -418,3 +418,181 @@ fn endpoint_faults_mid_tunnel() {
     let tunnels = bed.wait_for_tunnels_closed(5, Duration::from_secs(10));
     assert_eq!(tunnels.len(), 5);
 }
+
+/// sshd dies mid-session: ssh's exit status (255) comes back at once, on
+/// the direct path and through the endpoint, and nothing is left behind.
+#[test]
+fn sshd_killed_mid_session() {
+    use support::eice::EndpointSpec;
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(EndpointSpec::default());
+    // The remote shell's parent is sshd's session process.
+    let script = "echo started; sleep 1; kill -9 $PPID; sleep 20; echo survived";
+    for (target, port) in [
+        ("web-1", bed.sshd_port().to_string()),
+        ("db-1", "22".to_owned()),
+    ] {
+        let mut c = bed.command();
+        c.args(["-p", &port, "-l", &bed.os_user(), target, "--", script])
+            .stdin(std::process::Stdio::null());
+        let out = run_within(c, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(255), "{target}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "started\n", "{target}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert_no_private_key_file(&bed, target);
+    }
+    let tunnels = bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
+    assert_eq!(tunnels.len(), 1);
+}
+
+/// eic-connect inside a private mount namespace (a user namespace, so
+/// this works without root too) where `prepare` (a shell snippet) has
+/// changed the file system: a read-only home, a full state directory.
+fn in_namespace(bed: &TestBed, prepare: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    bed.apply_env(&mut c);
+    c.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(format!("{prepare} && exec \"$@\""))
+        .arg("sh")
+        .arg(support::eic_connect_bin())
+        .args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A read-only home and a state directory with no space left: the
+/// connection still works (nothing it needs is written there) and ssh says
+/// it could not record the host key. A full runtime directory (where the
+/// agent socket lives) is a clear error with a hint.
+#[test]
+fn a_read_only_home_or_a_full_state_directory_still_connects() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let home = bed.home();
+    let state = home.join(".local/state/eic-connect");
+    std::fs::create_dir_all(&state).unwrap();
+    let read_only = format!(
+        "mount --bind '{h}' '{h}' && mount -o remount,bind,ro '{h}'",
+        h = home.display()
+    );
+    let full = format!(
+        "mount -t tmpfs -o size=16k tmpfs '{s}' && (dd if=/dev/zero of='{s}/filler' bs=1k count=64 2>/dev/null; true)",
+        s = state.display()
+    );
+    let runtime = bed.dir().join("run");
+    let full_runtime = format!(
+        "mount -t tmpfs -o size=16k tmpfs '{r}' && (dd if=/dev/zero of='{r}/filler' bs=1k count=64 2>/dev/null; true)",
+        r = runtime.display()
+    );
+    for (what, prepare) in [
+        ("read-only home", read_only),
+        ("full state directory", full),
+    ] {
+        for target in [web.id.as_str(), "web-1"] {
+            let out = run_within(
+                in_namespace(&bed, &prepare, &[target, "--", "echo", "reached"]),
+                Duration::from_secs(10),
+            );
+            let err = stderr(&out);
+            assert_eq!(stdout(&out), "reached\n", "{what}, {target}: {err}");
+            assert!(!err.contains("panicked"), "{what}: {err}");
+        }
+    }
+    let out = run_within(
+        in_namespace(&bed, &full_runtime, &["web-1", "--", "echo", "reached"]),
+        Duration::from_secs(10),
+    );
+    assert_clear_failure("full runtime directory", &out, "No space left on device");
+    // Outside the namespaces, the state directory was never touched.
+    assert!(!state.join("known_hosts").exists());
+    assert_no_private_key_file(&bed, "read-only");
+}
+
+/// 50 connections to one instance at once: all log in, and the files they
+/// share (known_hosts, the remembered OS users) stay whole: every line
+/// parses and names this instance.
+#[test]
+fn fifty_concurrent_connects_keep_the_shared_files_whole() {
+    let bed = TestBed::start();
+    bed.register_image(
+        "ami-0b000000000000001",
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+        "Canonical, Ubuntu, 22.04 LTS",
+        "Linux/UNIX",
+    );
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    let at_once = |make: &dyn Fn() -> Command| -> Vec<Output> {
+        let children: Vec<_> = (0..50)
+            .map(|_| {
+                make()
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn eic-connect")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("wait"))
+            .collect()
+    };
+    // Real logins (the bed's user), recording the host key on first use.
+    let outs = at_once(&|| {
+        let mut c = eic(&bed);
+        c.env("AWS_MAX_ATTEMPTS", "10")
+            .args([web.id.as_str(), "--", "echo", "reached"]);
+        c
+    });
+    for out in &outs {
+        assert_eq!(stdout(out), "reached\n", "{}", stderr(out));
+    }
+    let state = bed.home().join(".local/state/eic-connect");
+    let known_hosts = std::fs::read_to_string(state.join("known_hosts")).unwrap();
+    let key = bed
+        .host_public_key()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(!known_hosts.is_empty());
+    for line in known_hosts.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            words.len(),
+            3,
+            "a broken line in known_hosts: {line:?}\n{known_hosts}"
+        );
+        assert_eq!(words[2], key, "{line:?}");
+    }
+    // Names may be hashed (HashKnownHosts): ssh-keygen finds every line
+    // under the instance id.
+    let found = Command::new("ssh-keygen")
+        .args(["-F", &web.id, "-f"])
+        .arg(state.join("known_hosts"))
+        .output()
+        .expect("ssh-keygen");
+    let found = String::from_utf8_lossy(&found.stdout)
+        .matches("found: line")
+        .count();
+    assert_eq!(found, known_hosts.lines().count(), "{known_hosts}");
+    // Guessed users (ssh stood in by `true`): remembered, one whole line each.
+    let outs = at_once(&|| {
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_SSH", "true")
+            .env("AWS_MAX_ATTEMPTS", "10")
+            .arg(&web.id)
+            .stdin(std::process::Stdio::null());
+        c
+    });
+    for out in &outs {
+        assert!(out.status.success(), "{}", stderr(out));
+    }
+    let remembered = std::fs::read_to_string(state.join("os-users")).unwrap();
+    assert!(!remembered.is_empty());
+    for line in remembered.lines() {
+        assert_eq!(line, format!("{} ubuntu", web.id), "{remembered}");
+    }
+}
