@@ -319,12 +319,18 @@ async fn describe(clients: &Clients, image_ids: &[&str]) -> Result<Vec<ImageFact
 }
 
 /// Chooses the OS user for an instance from its AMI; never fails (a failed
-/// lookup falls back to `ec2-user` and says why).
+/// lookup warns and falls back to `ec2-user`).
 pub async fn choose_for_image(clients: &Clients, image_id: Option<&str>) -> Choice {
     let found = match image_id {
         Some(id) => describe_image(clients, id).await.map_err(one_line),
         None => Ok(None),
     };
+    // The guess only improves the connection: a failed lookup is a warning.
+    if let Err(err) = &found {
+        eprintln!(
+            "eic-connect: warning: could not look up the AMI to guess the OS user ({err}); trying {DEFAULT_OS_USER} (choose one with -l USER)"
+        );
+    }
     Choice::from_lookup(image_id, found)
 }
 

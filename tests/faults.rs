@@ -596,3 +596,37 @@ fn fifty_concurrent_connects_keep_the_shared_files_whole() {
         assert_eq!(line, format!("{} ubuntu", web.id), "{remembered}");
     }
 }
+
+/// A lookup that only improves the connection fails: eic-connect warns
+/// and goes on with the plain path; here the AMI lookup for the OS user
+/// guess, which falls back to ec2-user. (A failed endpoint lookup in
+/// `--connect auto` going direct is in tests/eice.rs.)
+#[test]
+fn optional_lookups_that_fail_never_abort() {
+    let bed = TestBed::start();
+    bed.register_image(
+        "ami-0b000000000000001",
+        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+        "Canonical, Ubuntu, 22.04 LTS",
+        "Linux/UNIX",
+    );
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    bed.inject("DescribeImages", Fault::html(503), 1);
+    let mut c = bed.command();
+    c.env("EIC_CONNECT_SSH", "true")
+        .arg(&web.id)
+        .stdin(std::process::Stdio::null());
+    let out = run_within(c, Duration::from_secs(10));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(bed.pushes()[0].os_user, "ec2-user");
+    assert!(
+        err.starts_with("eic-connect: warning: could not look up the AMI"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DescribeImages got an answer that is not from the AWS API"),
+        "{err}"
+    );
+    assert!(!err.contains("<html"), "{err}");
+}
