@@ -78,10 +78,15 @@ fn dispatch(command: settings::Command) -> anyhow::Result<ExitCode> {
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     future: F,
 ) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(future)
+        .build()?;
+    let result = runtime.block_on(future);
+    // A relay's blocking read of standard input returns only when ssh
+    // closes it: dropping the runtime would wait for it, forever when the
+    // end came from a signal while ssh lives. The work is done; leave it.
+    runtime.shutdown_background();
+    result
 }
 
 /// `-v`: eic-connect's steps and timings; `-vvv`: the AWS SDK's too. Never

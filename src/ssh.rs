@@ -86,8 +86,10 @@ pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatu
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
 
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    end_with_parent(&mut command);
+    let mut child = command
         .spawn()
         .map_err(|err| {
             let shown = program.to_string_lossy();
@@ -110,6 +112,34 @@ pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatu
             _ = hangup.recv() => forward(pid, libc::SIGHUP),
         }
     }
+}
+
+/// Makes the child get SIGHUP when eic-connect dies, however it dies (a
+/// SIGKILL gives no chance to pass a signal on): ssh then ends its session
+/// and its ProxyCommand, and no ssh outlives the agent serving its key.
+/// Linux only (`PR_SET_PDEATHSIG`); spawned from the runtime's one thread,
+/// which lives as long as the process.
+pub fn end_with_parent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: only async-signal-safe calls (prctl, getppid, raise)
+        // between fork and exec.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGHUP);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 fn forward(pid: Option<u32>, sig: libc::c_int) {

@@ -74,13 +74,18 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let relayed = tokio::select! {
-        result = relay(&hop, &settings) => result,
-        _ = hangup.recv() => Ok(ExitCode::SUCCESS),
-        _ = terminate.recv() => Ok(ExitCode::SUCCESS),
+    let (relayed, linger) = tokio::select! {
+        result = relay(&hop, &settings) => (result, true),
+        _ = hangup.recv() => (Ok(ExitCode::SUCCESS), true),
+        // Told to stop: no serving on.
+        _ = terminate.recv() => (Ok(ExitCode::SUCCESS), false),
     };
     if let Some(served) = served {
-        served.linger(&slot).await;
+        if linger {
+            served.linger(&slot, &mut terminate).await;
+        } else {
+            served.retire(&slot);
+        }
     }
     relayed
 }
@@ -204,17 +209,29 @@ impl Served {
     /// After the session: goes on serving, detached from ssh's pipes, for
     /// other proxies that reuse the key, until it expires or a newer proxy
     /// took the socket; then removes the socket if it is still this one.
-    async fn linger(self, slot: &Slot) {
+    /// SIGTERM ends it at once.
+    async fn linger(self, slot: &Slot, terminate: &mut tokio::signal::unix::Signal) {
         detach_stdio();
-        let socket = slot.socket();
-        let ours = || std::fs::symlink_metadata(&socket).is_ok_and(|m| m.ino() == self.inode);
-        while ours() && self.agent.holds_key() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        while self.is_ours(slot) && self.agent.holds_key() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = terminate.recv() => break,
+            }
         }
+        self.retire(slot);
+    }
+
+    /// Stops serving: removes the socket if it is still this one (the key
+    /// is wiped when the agent drops).
+    fn retire(self, slot: &Slot) {
         let _lock = slot.lock();
-        if ours() {
-            let _ = std::fs::remove_file(&socket);
+        if self.is_ours(slot) {
+            let _ = std::fs::remove_file(slot.socket());
         }
+    }
+
+    fn is_ours(&self, slot: &Slot) -> bool {
+        std::fs::symlink_metadata(slot.socket()).is_ok_and(|m| m.ino() == self.inode)
     }
 }
 

@@ -295,7 +295,9 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
     };
     let session = Session::prepare(key, pushed, &spec)?;
     let ssh_program = &reach.ssh_program;
-    let mut child = tokio::process::Command::new(ssh_program)
+    let mut command = tokio::process::Command::new(ssh_program);
+    crate::ssh::end_with_parent(&mut command);
+    let mut child = command
         .args(session.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

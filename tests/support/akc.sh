@@ -29,6 +29,14 @@ case $id in
   *) exit 0 ;;
 esac
 
+# A test may hold authentication here: <beddir>/akc_hold holds the seconds
+# to wait; <beddir>/akc_held tells the test that a login is being held.
+hold=$(cat "$dir/akc_hold" 2>/dev/null)
+case $hold in
+  '' | *[!0-9]*) ;;
+  *) : > "$dir/akc_held"; sleep "$hold" ;;
+esac
+
 offset=$(cat "$dir/clock_offset" 2>/dev/null)
 case $offset in
   '' ) offset=0 ;;

@@ -566,6 +566,23 @@ impl TestBed {
         self.sync_addresses(&rec);
     }
 
+    /// Make sshd's key lookup wait `secs` seconds for every login from now
+    /// on (0: no more), so that a test can act while ssh authenticates.
+    pub fn hold_authentication(&self, secs: u32) {
+        let _ = std::fs::remove_file(self.dir().join("akc_held"));
+        let hold = self.dir().join("akc_hold");
+        if secs == 0 {
+            let _ = std::fs::remove_file(hold);
+        } else {
+            api::write_atomic(&hold, format!("{secs}\n").as_bytes()).expect("write akc_hold");
+        }
+    }
+
+    /// Whether a login is being held by [`TestBed::hold_authentication`].
+    pub fn authentication_held(&self) -> bool {
+        self.dir().join("akc_held").exists()
+    }
+
     /// Once the next `action` call is answered, instance `id` moves to
     /// `state` (as if it stopped right after a lookup).
     pub fn set_state_after(&self, action: &str, id: &str, state: &str) {
