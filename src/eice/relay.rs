@@ -741,8 +741,13 @@ pub enum Ending {
 /// Local EOF sends a close frame (and waits briefly for the answer); a close
 /// from the endpoint shuts the local side's write half. A text frame or a
 /// close with a code other than 1000 is an error carrying the reason.
-pub async fn relay<R, W>(ws: Ws, mut local_in: R, mut local_out: W) -> anyhow::Result<Ending>
+pub async fn relay<S, R, W>(
+    ws: WebSocketStream<S>,
+    mut local_in: R,
+    mut local_out: W,
+) -> anyhow::Result<Ending>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
