@@ -570,8 +570,18 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    parse_with(&mut command(), args)
+}
+
+/// [`parse`] with a [`command`] built beforehand, which may be reused:
+/// building it is most of the work of parsing a short command line.
+pub fn parse_with<I, T>(command: &mut clap::Command, args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let args = subcommand_first(args.into_iter().map(Into::into).collect());
-    let matches = command().try_get_matches_from(args)?;
+    let matches = command.try_get_matches_from_mut(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     cli.ssh_options = ssh_options_in_order(&matches);
     Ok(cli)
@@ -593,16 +603,12 @@ const GLOBAL_OPTIONS: &[(&str, bool)] = &[
 /// command's grammar, where `tunnel` would be an instance name). When only
 /// global options precede a subcommand name, move the name first.
 fn subcommand_first(mut args: Vec<OsString>) -> Vec<OsString> {
-    let names: Vec<String> = Cli::command()
-        .get_subcommands()
-        .map(|c| c.get_name().to_owned())
-        .collect();
     let mut i = 1;
     while i < args.len() {
         let Some(word) = args[i].to_str() else {
             return args;
         };
-        if names.iter().any(|n| n == word) {
+        if <Subcommand as clap::Subcommand>::has_subcommand(word) {
             if i > 1 {
                 let name = args.remove(i);
                 args.insert(1, name);
@@ -741,6 +747,52 @@ mod tests {
         assert_eq!(cli.login_name.as_deref(), Some("ubuntu"));
         assert!(cli.address.private);
         assert!(cli.ssh_options.is_empty());
+    }
+
+    #[test]
+    fn subcommand_names_are_the_commands() {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "__known-hosts"), "{names:?}");
+        for name in &names {
+            assert!(
+                <Subcommand as clap::Subcommand>::has_subcommand(name),
+                "{name}"
+            );
+        }
+        for word in ["help", "web-1", "Tunnel", "tunnel ", ""] {
+            assert!(
+                !<Subcommand as clap::Subcommand>::has_subcommand(word),
+                "{word}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reused_command_parses_as_a_fresh_one() {
+        let lines: &[&[&str]] = &[
+            &["-p", "2222", "ubuntu@web-1", "uptime"],
+            &["--bogus"],
+            &["--region", "x", "tunnel", "web-1"],
+            &["help"],
+            &["--region", "x", "help"],
+            &["list", "--help"],
+            &["-o"],
+            &["--version"],
+            &["run", "-f", "tag:Role=build", "--", "make"],
+            &["-l", "ec2-user", "i-0123456789abcdef0", "--", "ls", "-l"],
+            &["tunnel"],
+            &["web-1"],
+        ];
+        let mut reused = command();
+        for line in lines.iter().chain(lines) {
+            let args = std::iter::once(&"eic-connect").chain(line.iter());
+            let fresh = parse(args.clone()).map_err(|e| (e.kind(), e.to_string()));
+            let again = parse_with(&mut reused, args).map_err(|e| (e.kind(), e.to_string()));
+            assert_eq!(format!("{again:?}"), format!("{fresh:?}"), "{line:?}");
+        }
     }
 
     #[test]
