@@ -214,10 +214,13 @@ fn without_forwarding(options: &[OsString]) -> (Vec<OsString>, Forward) {
 /// cannot be written so that ssh leaves it alone, so it is refused.
 pub fn ssh_word(value: &OsStr, expands: bool) -> anyhow::Result<OsString> {
     let text = value.to_str().ok_or_else(|| {
-        anyhow::Error::new(Failure::new(format!(
-            "{} is not valid UTF-8, which ssh's options cannot carry",
-            value.to_string_lossy()
-        )))
+        anyhow::Error::new(
+            Failure::new(format!(
+                "{:?} is not valid UTF-8, which ssh's options cannot carry",
+                crate::sanitize::terminal_safe(&value.to_string_lossy())
+            ))
+            .hint("set HOME, XDG_RUNTIME_DIR, XDG_STATE_HOME or TMPDIR to a plainer path"),
+        )
     })?;
     if text.chars().any(char::is_control) || (expands && text.contains("${")) {
         return Err(anyhow::Error::new(
@@ -476,5 +479,17 @@ mod tests {
         assert_eq!(w("/tmp/$x/\"q\\", true), "\"/tmp/$x/\\\"q\\\\\"");
         assert!(ssh_word(OsStr::new("/tmp/${HOME}"), true).is_err());
         assert!(ssh_word(OsStr::new("/tmp/a\nb"), true).is_err());
+    }
+
+    /// Found by fuzzing: a path that is not UTF-8 was shown raw, control
+    /// characters included.
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_in_terminal_safe_words() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = OsStr::from_bytes(b"/home/\xff\x15\x1b[2J/run");
+        let err = ssh_word(path, true).expect_err("refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("is not valid UTF-8"), "{text}");
+        assert!(!text.chars().any(crate::sanitize::needs_escape), "{text:?}");
     }
 }

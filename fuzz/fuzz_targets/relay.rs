@@ -41,12 +41,26 @@ enum End {
     Broken,
 }
 
+/// A fragmented message being received.
+enum Message {
+    Binary(Vec<u8>),
+    Text(Vec<u8>),
+}
+
+/// Whether `bytes` are UTF-8 or the start of it.
+fn utf8_prefix(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
 /// An independent RFC 6455 reader of unmasked server frames: the binary
 /// messages' payloads up to the end, and how it ends.
 fn expected(mut wire: &[u8]) -> (Vec<u8>, End) {
     let mut data = Vec::new();
-    // The binary message whose fragments are arriving.
-    let mut message: Option<Vec<u8>> = None;
+    // The message whose fragments are arriving.
+    let mut message: Option<Message> = None;
     loop {
         let Some((&[b0, b1], rest)) = wire.split_first_chunk::<2>() else {
             return (data, End::Broken);
@@ -111,23 +125,35 @@ fn expected(mut wire: &[u8]) -> (Vec<u8>, End) {
             // Data: a message, maybe in fragments.
             0x0 => match message.as_mut() {
                 None => return (data, End::Broken),
-                Some(parts) => {
+                Some(Message::Binary(parts)) => {
                     parts.extend_from_slice(payload);
                     if fin {
                         data.append(parts);
                         message = None;
                     }
                 }
+                // A text message is no part of the tunnel protocol: it
+                // fails once it is complete, or once it cannot be UTF-8
+                // (a close may still come between its fragments).
+                Some(Message::Text(parts)) => {
+                    parts.extend_from_slice(payload);
+                    if fin || !utf8_prefix(parts) {
+                        return (data, End::Broken);
+                    }
+                }
             },
-            0x1 | 0x2 => {
-                // A text message is no part of the tunnel protocol.
-                if message.is_some() || opcode == 0x1 {
+            0x1 | 0x2 if message.is_some() => return (data, End::Broken),
+            0x1 => {
+                if fin || !utf8_prefix(payload) {
                     return (data, End::Broken);
                 }
+                message = Some(Message::Text(payload.to_vec()));
+            }
+            0x2 => {
                 if fin {
                     data.extend_from_slice(payload);
                 } else {
-                    message = Some(payload.to_vec());
+                    message = Some(Message::Binary(payload.to_vec()));
                 }
             }
             _ => return (data, End::Broken),

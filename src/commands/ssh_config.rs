@@ -44,6 +44,9 @@ pub fn render(
         let quoted = String::from_utf8_lossy(&shell_quote(s.as_bytes())).into_owned();
         quoted.replace('%', "%%")
     };
+    // eic-connect's own path goes into the ProxyCommand as text: it must
+    // be text ssh can carry (not lossily changed into another path).
+    ssh_word(exe.as_os_str(), false)?;
     let key_dir = &settings.key_dir;
     let mut proxy: Vec<String> = vec![quote(&exe.to_string_lossy()), "proxy".into()];
     proxy.extend(settings.globals.args().iter().map(|g| quote(g)));
@@ -134,9 +137,8 @@ mod tests {
     use super::*;
     use crate::settings::CommandLineGlobals;
 
-    #[test]
-    fn renders_a_block_with_quoted_paths() {
-        let settings = SshConfig {
+    fn settings_for_test() -> SshConfig {
+        SshConfig {
             prefix: "eic-".into(),
             state_dir: "/home/u/.local/state/eic-connect".into(),
             os_user: "ubuntu".into(),
@@ -145,7 +147,12 @@ mod tests {
                 region: Some("eu-west-1".into()),
                 ..CommandLineGlobals::default()
             },
-        };
+        }
+    }
+
+    #[test]
+    fn renders_a_block_with_quoted_paths() {
+        let settings = settings_for_test();
         let exe = Path::new("/opt/my tools/eic-connect");
         let known_hosts = Path::new("/home/u/.local/state/eic-connect/known_hosts");
         let block = render(exe, known_hosts, &settings, true).unwrap();
@@ -257,6 +264,24 @@ mod tests {
                 args.contains(&settings.key_dir.to_str().unwrap()),
                 "{args:?}"
             );
+        }
+    }
+
+    /// Found by fuzzing: for ssh older than 8.5 a path that is not UTF-8
+    /// went into the ProxyCommand changed (another path); now it is refused,
+    /// as for newer ssh.
+    #[test]
+    fn an_executable_path_ssh_cannot_carry_is_refused_for_every_ssh() {
+        use std::os::unix::ffi::OsStrExt;
+        let settings = settings_for_test();
+        for path in [&b"/opt/eic\xff-connect"[..], b"/opt/eic\nconnect"] {
+            let exe = Path::new(OsStr::from_bytes(path));
+            for keyed_by_id in [true, false] {
+                let err = render(exe, Path::new("/k/known_hosts"), &settings, keyed_by_id)
+                    .expect_err("refused");
+                let text = format!("{err:#}");
+                assert!(!text.chars().any(crate::sanitize::needs_escape), "{text:?}");
+            }
         }
     }
 }
