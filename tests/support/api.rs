@@ -122,7 +122,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct InstanceRec {
     pub id: String,
-    pub slot: u8,
+    pub slot: u16,
     pub state: String,
     pub image_id: String,
     pub instance_type: String,

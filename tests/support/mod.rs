@@ -16,9 +16,11 @@
 //! so tests can run in parallel (threads or processes). The API is blocking:
 //! the stand-in runs on its own tokio runtime on a background thread.
 //!
-//! A bed holds 15 instances by default; `BedOptions { slots: 100, .. }`
-//! makes room for up to 120 (127.0.1.1-120 / 127.0.2.1-120; sshd is then 16
-//! processes, and accepts bursts of ~100 simultaneous logins).
+//! A bed holds 15 instances by default; `BedOptions { slots: 500, .. }`
+//! makes room for more, up to [`sshd::MAX_SLOTS`] (4,000): slots 1-250 are
+//! 127.0.1.k / 127.0.2.k, later ones 127.1.1.k / 127.1.2.k and so on; sshd
+//! is then one process per 16 addresses (63 for 500 slots), each accepting
+//! bursts of hundreds of simultaneous logins.
 //!
 //! Besides DescribeInstances, the EC2 stand-in answers StartInstances and
 //! StopInstances: stopped → pending → running and running/pending →
@@ -76,10 +78,11 @@ pub struct BedOptions {
     pub session_token: Option<String>,
     /// Listen on [::1] too, if the machine has IPv6 loopback (default true).
     pub ipv6: bool,
-    /// How many instances the bed can hold, 1..=120 (default 15). sshd
-    /// listens on 127.0.1.k and 127.0.2.k for k in 1..=slots, 16 addresses
-    /// per sshd process.
-    pub slots: u8,
+    /// How many instances the bed can hold, 1..=[`sshd::MAX_SLOTS`]
+    /// (default 15). sshd listens on a private and a public address per
+    /// slot ([`sshd::private_ip`], [`sshd::public_ip`]: 127.0.1.k and
+    /// 127.0.2.k for the first 250), 16 addresses per sshd process.
+    pub slots: u16,
 }
 
 impl Default for BedOptions {
@@ -197,12 +200,12 @@ impl InstanceSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
-    pub slot: u8,
+    pub slot: u16,
     pub name: Option<String>,
     pub state: String,
-    /// 127.0.1.k
+    /// 127.0.1.k (slots beyond 250: [`sshd::private_ip`])
     pub private_ip: String,
-    /// 127.0.2.k, if the spec asked for a public IP.
+    /// 127.0.2.k ([`sshd::public_ip`]), if the spec asked for a public IP.
     pub public_ip: Option<String>,
     /// "::1", if the spec asked for IPv6.
     pub ipv6: Option<String>,
@@ -253,7 +256,7 @@ pub struct TestBed {
     user: String,
     host_public_key: String,
     ipv6: bool,
-    slots: u8,
+    slots: u16,
     // Dropped last (fields drop in order, after `Drop::drop`).
     dir: tempfile::TempDir,
 }
@@ -412,7 +415,7 @@ impl TestBed {
         self.dir().join("home")
     }
     /// How many instances this bed can hold ([`BedOptions::slots`]).
-    pub fn slots(&self) -> u8 {
+    pub fn slots(&self) -> u16 {
         self.slots
     }
     /// Whether instances can get the IPv6 address ::1.
@@ -439,7 +442,7 @@ impl TestBed {
     pub fn add_instance(&self, spec: InstanceSpec) -> Instance {
         let cfg = &self.api.config;
         let mut st = self.api.lock();
-        let slot = u8::try_from(st.instances.len() + 1)
+        let slot = u16::try_from(st.instances.len() + 1)
             .ok()
             .filter(|s| *s <= self.slots);
         let Some(slot) = slot else {
