@@ -140,6 +140,9 @@ pub struct InstanceRec {
     pub eni_id: String,
     /// A state change in progress (set by StartInstances / StopInstances).
     pub transition: Option<Transition>,
+    /// false: sshd serves no key for this instance, as on an AMI without
+    /// the EC2 Instance Connect helper: pushes succeed, logins are refused.
+    pub accepts_pushed_keys: bool,
 }
 
 /// `state` becomes `to` at `at` (real time).
@@ -169,7 +172,7 @@ impl InstanceRec {
     }
     /// Addresses on which the instance's "sshd" answers for it right now.
     pub fn reachable_addresses(&self) -> Vec<String> {
-        if self.state != "running" {
+        if self.state != "running" || !self.accepts_pushed_keys {
             return Vec::new();
         }
         let mut v = vec![self.private_ip.clone()];
@@ -250,7 +253,8 @@ pub fn state_code(name: &str) -> Option<u32> {
 #[derive(Debug, Default)]
 pub struct State {
     pub instances: Vec<InstanceRec>,
-    /// action -> queued error codes, one per upcoming call.
+    /// action (or `action@instance-id`, for calls naming that instance) ->
+    /// queued error codes, one per upcoming call.
     pub failures: HashMap<String, VecDeque<String>>,
     pub delays: HashMap<String, Duration>,
     pub page_size: Option<usize>,
@@ -281,6 +285,21 @@ pub struct Api {
     pub state: Mutex<State>,
     /// Itself, for the transition timer threads.
     me: Weak<Api>,
+}
+
+/// The next injected failure for this call: first those queued for the
+/// action, then those queued for the action on the instance it names
+/// (`InstanceId`, or EC2's `InstanceId.1`).
+fn take_failure(st: &mut State, action: &str, params: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(code) = st.failures.get_mut(action).and_then(VecDeque::pop_front) {
+        return Some(code);
+    }
+    let id = params
+        .get("InstanceId")
+        .or_else(|| params.get("InstanceId.1"))?;
+    st.failures
+        .get_mut(&format!("{action}@{id}"))
+        .and_then(VecDeque::pop_front)
 }
 
 /// An error answer: (HTTP status, code, message).
@@ -403,7 +422,7 @@ impl Api {
             Err(throttling_error(service))
         } else if let Some(pe) = parse_error {
             Err(pe)
-        } else if let Some(code) = st.failures.get_mut(&action).and_then(VecDeque::pop_front) {
+        } else if let Some(code) = take_failure(&mut st, &action, &params) {
             // 3. Injected failure.
             let status = match service {
                 Service::Ec2 => ec2_status(&code),

@@ -119,6 +119,14 @@ pub struct InstanceSpec {
     pub availability_zone: Option<String>,
     /// Force an instance id (default: random `i-` + 17 hex digits).
     pub id: Option<String>,
+    /// false: the instance takes pushes but its sshd never accepts the
+    /// pushed keys (no EC2 Instance Connect helper on its AMI), so logins
+    /// fail with "Permission denied (publickey)". Default true.
+    pub instance_connect: bool,
+    /// The public address is one where nothing listens
+    /// ([`sshd::unreachable_ip`]): connections to it are refused, as to an
+    /// instance whose sshd is down. Default false.
+    pub unreachable: bool,
 }
 
 impl Default for InstanceSpec {
@@ -135,6 +143,8 @@ impl Default for InstanceSpec {
             instance_type: "t3.micro".into(),
             availability_zone: None,
             id: None,
+            instance_connect: true,
+            unreachable: false,
         }
     }
 }
@@ -191,6 +201,15 @@ impl InstanceSpec {
     }
     pub fn id(mut self, value: &str) -> Self {
         self.id = Some(value.to_owned());
+        self
+    }
+    pub fn instance_connect(mut self, yes: bool) -> Self {
+        self.instance_connect = yes;
+        self
+    }
+    pub fn unreachable(mut self) -> Self {
+        self.unreachable = true;
+        self.public_ip = true;
         self
     }
 }
@@ -480,7 +499,13 @@ impl TestBed {
             None
         };
         let private_ip = sshd::private_ip(slot);
-        let public_ip = spec.public_ip.then(|| sshd::public_ip(slot));
+        let public_ip = spec.public_ip.then(|| {
+            if spec.unreachable {
+                sshd::unreachable_ip(slot)
+            } else {
+                sshd::public_ip(slot)
+            }
+        });
         let dashed = |ip: &str| ip.replace('.', "-");
         let (private_dns, public_dns) = if cfg.region == "us-east-1" {
             (
@@ -523,6 +548,7 @@ impl TestBed {
             launch_time: self.api.now(&st) - 3600,
             eni_id: format!("eni-{}", api::random_hex(17)),
             transition: None,
+            accepts_pushed_keys: spec.instance_connect,
         };
         self.sync_addresses(&rec);
         st.instances.push(rec.clone());
@@ -606,6 +632,19 @@ impl TestBed {
     pub fn fail_next(&self, action: &str, code: &str, n: usize) {
         let mut st = self.api.lock();
         let q = st.failures.entry(action.to_owned()).or_default();
+        q.extend(std::iter::repeat_n(code.to_owned(), n));
+    }
+
+    /// [`TestBed::fail_next`] for calls of `action` that name `instance_id`
+    /// (`InstanceId`, or `InstanceId.1` for EC2): the next `n` such calls
+    /// fail with `code`; calls for other instances go through. A failure
+    /// queued with `fail_next` for the whole action is used first.
+    pub fn fail_next_for(&self, action: &str, instance_id: &str, code: &str, n: usize) {
+        let mut st = self.api.lock();
+        let q = st
+            .failures
+            .entry(format!("{action}@{instance_id}"))
+            .or_default();
         q.extend(std::iter::repeat_n(code.to_owned(), n));
     }
 
