@@ -51,6 +51,7 @@ pub mod cmd;
 pub mod diag;
 pub mod eice;
 pub mod http;
+pub mod load;
 pub mod sigv4;
 pub mod sshd;
 pub mod timefmt;
