@@ -80,7 +80,12 @@ fn main() {
         row
     });
 
-    println!("\neic-connect load benchmark (loopback, release build)\n");
+    let build = if cfg!(debug_assertions) {
+        "dev build"
+    } else {
+        "release build"
+    };
+    println!("\neic-connect load benchmark (loopback, {build})\n");
     if !fleet_rows.is_empty() {
         println!(
             "run -- true, --parallel {parallel}; SendSSHPublicKey {PUSH_RATE}/s burst {PUSH_BURST}, \
