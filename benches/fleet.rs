@@ -30,9 +30,9 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn main() {
     let runs = env_or("EIC_BENCH_RUNS", 3);
-    let count = env_or("EIC_BENCH_INSTANCES", 100).clamp(1, 120);
+    let count = env_or("EIC_BENCH_INSTANCES", 100).clamp(1, usize::from(support::sshd::MAX_SLOTS));
     let bed = TestBed::start_with(BedOptions {
-        slots: count as u8,
+        slots: count as u16,
         ..BedOptions::default()
     });
     let instances: Vec<_> = (0..count)

@@ -6,7 +6,7 @@ mod support;
 
 use support::cmd::{run, server_address, stderr, stdout};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -347,29 +347,7 @@ fn dry_run_shows_the_endpoint_lookup_and_the_proxy_command() {
 /// Starts `eic-connect tunnel --local-port 0 …` and returns it with the port
 /// it printed.
 fn start_listener(bed: &TestBed, args: &[&str]) -> (Child, u16) {
-    let mut c = bed.command();
-    c.arg("tunnel")
-        .args(["--local-port", "0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("start the tunnel");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            let _ = child.kill();
-            let (_, err) = read_all(&mut child);
-            panic!("no port in {line:?}; stderr: {err}")
-        });
-    (child, port)
+    support::load::start_tunnel_listener(bed, args)
 }
 
 fn stop(mut child: Child) -> (std::process::ExitStatus, String) {
@@ -616,6 +594,45 @@ fn listener_queues_connections_beyond_twenty() {
     let (status, err) = stop(child);
     assert!(status.success(), "{err}");
     assert!(err.contains("20 tunnels are open"), "{err}");
+    assert_clean(&bed);
+}
+
+/// A hundred connections at once, each sending its own random bytes to the
+/// echo port and comparing what comes back, byte for byte: twenty are
+/// tunnelled at a time (the service's limit per endpoint), the rest wait
+/// their turn, and every one of them gets exactly its own bytes back.
+#[test]
+fn a_hundred_concurrent_connections_each_get_their_own_bytes_back() {
+    const CONNECTIONS: usize = 100;
+    const BYTES: usize = 256 * 1024;
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("win-1").public_ip(false));
+    bed.add_endpoint(EndpointSpec::default());
+    let (child, port) = start_listener(&bed, &["--remote-port", "3389", "win-1"]);
+    let load = support::load::echo_load(port, CONNECTIONS, BYTES, Duration::from_secs(120));
+    assert!(load.failures.is_empty(), "{:#?}", load.failures);
+    assert_eq!(load.matched, CONNECTIONS);
+    let tunnels = bed.wait_for_tunnels_closed(CONNECTIONS, Duration::from_secs(30));
+    assert_eq!(tunnels.len(), CONNECTIONS, "one tunnel per connection");
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| t.bytes_up == BYTES as u64 && t.remote_port == 3389),
+        "{tunnels:#?}"
+    );
+    let most = bed.max_open_tunnels();
+    assert!(
+        most <= 20,
+        "{most} tunnels were open at once; the service allows 20"
+    );
+    let (status, err, _) = support::load::stop_tunnel_listener(child);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("error"), "{err}");
+    eprintln!(
+        "{CONNECTIONS} connections x {BYTES} bytes: {:.2} s, {:.1} MB/s echoed, at most {most} tunnels open",
+        load.elapsed.as_secs_f64(),
+        load.megabytes_per_second()
+    );
     assert_clean(&bed);
 }
 

@@ -402,6 +402,88 @@ fn run_reaches_a_hundred_instances_through_api_throttling() {
     );
 }
 
+/// Four instances fail, each its own way, among ones that succeed, while the
+/// API throttles both the paged DescribeInstances and the pushes: every
+/// instance is accounted for, each failure with its own reason.
+#[test]
+fn run_gives_each_failing_instance_its_own_reason_under_throttling() {
+    let bed = TestBed::start();
+    let mut ok = Vec::new();
+    for n in 0..8 {
+        ok.push(bed.add_instance(InstanceSpec::named(&format!("ok-{n}")).tag("Fleet", "mixed")));
+    }
+    let stopped = bed.add_instance(
+        InstanceSpec::named("stopped")
+            .tag("Fleet", "mixed")
+            .state("stopped"),
+    );
+    let denied = bed.add_instance(InstanceSpec::named("denied").tag("Fleet", "mixed"));
+    let no_helper = bed.add_instance(
+        InstanceSpec::named("no-helper")
+            .tag("Fleet", "mixed")
+            .instance_connect(false),
+    );
+    let down = bed.add_instance(
+        InstanceSpec::named("down")
+            .tag("Fleet", "mixed")
+            .unreachable(),
+    );
+    bed.fail_next_for("SendSSHPublicKey", &denied.id, "AuthException", 1);
+    bed.set_rate_limit("SendSSHPublicKey", 5.0, 2);
+    bed.set_rate_limit("DescribeInstances", 5.0, 1);
+    bed.set_page_size(3);
+    let mut c = run_cmd(&bed, &["tag:Fleet=mixed", "state=running,stopped"]);
+    c.args(["--parallel", "12", "--", "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("8 of 12 instances succeeded:"), "{err}");
+    let summary: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.contains("instances succeeded"))
+        .skip(1)
+        .collect();
+    assert_eq!(summary.len(), 4, "one summary line per failure: {err}");
+    let line_for = |id: &str| {
+        summary
+            .iter()
+            .find(|l| l.contains(id))
+            .copied()
+            .unwrap_or_else(|| panic!("{id} not in the summary: {err}"))
+    };
+    assert!(
+        line_for(&stopped.id).contains("not reached: instance is stopped"),
+        "{err}"
+    );
+    assert!(
+        line_for(&denied.id).contains("not reached: not allowed to push a key"),
+        "{err}"
+    );
+    assert!(line_for(&no_helper.id).contains("exit 255"), "{err}");
+    assert!(line_for(&down.id).contains("exit 255"), "{err}");
+    // What ssh said, on the instance's own line.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("no-helper") && l.contains("Permission denied (publickey)")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("down") && l.contains("Connection refused")),
+        "{err}"
+    );
+    for i in &ok {
+        assert!(!err.contains(&i.id), "{} succeeded: {err}", i.id);
+        assert!(bed.pushes().iter().any(|p| p.instance_id == i.id));
+    }
+    assert!(
+        bed.throttled("DescribeInstances") > 0,
+        "the listing met throttling"
+    );
+    assert!(bed.requests_for("DescribeInstances").len() >= 4, "in pages");
+    assert_signed(&bed);
+}
+
 #[test]
 fn start_starts_a_stopped_instance_then_connects() {
     let bed = TestBed::start();

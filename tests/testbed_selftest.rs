@@ -835,7 +835,7 @@ fn sdk_sees_delays_and_bad_credentials() {
 
 #[test]
 fn bed_slots_are_checked() {
-    for slots in [0u8, 121] {
+    for slots in [0, support::sshd::MAX_SLOTS + 1] {
         let r = std::panic::catch_unwind(|| {
             TestBed::start_with(BedOptions {
                 slots,
@@ -1514,4 +1514,114 @@ fn rate_limits_throttle_like_aws() {
     // clear_records forgets the counts.
     bed.clear_records();
     assert_eq!(bed.throttled("SendSSHPublicKey"), 0);
+}
+
+#[test]
+fn beds_past_250_slots_move_up_the_second_octet() {
+    use support::sshd::{private_ip, public_ip, unreachable_ip};
+    // The first 250 keep the addresses small beds always had.
+    assert_eq!(
+        (private_ip(1), public_ip(1)),
+        ("127.0.1.1".into(), "127.0.2.1".into())
+    );
+    assert_eq!(private_ip(250), "127.0.1.250");
+    assert_eq!(
+        (private_ip(251), public_ip(251)),
+        ("127.1.1.1".into(), "127.1.2.1".into())
+    );
+    assert_eq!(public_ip(500), "127.1.2.250");
+    assert_eq!(private_ip(support::sshd::MAX_SLOTS), "127.15.1.250");
+    assert_eq!(unreachable_ip(251), "127.255.1.1");
+
+    let bed = TestBed::start_with(BedOptions {
+        slots: 260,
+        ..Default::default()
+    });
+    // 520 addresses and ::1: 33 sshd processes.
+    assert!(bed.dir().join("sshd_config.32").exists());
+    let fleet: Vec<_> = (1..=260)
+        .map(|k| bed.add_instance(InstanceSpec::named(&format!("n-{k}"))))
+        .collect();
+    assert_eq!(fleet[249].public_ip.as_deref(), Some("127.0.2.250"));
+    let last = &fleet[259];
+    assert_eq!(
+        (
+            last.slot,
+            last.private_ip.as_str(),
+            last.public_ip.as_deref(),
+            last.private_dns_name.as_str()
+        ),
+        (
+            260,
+            "127.1.1.10",
+            Some("127.1.2.10"),
+            "ip-127-1-1-10.ec2.internal"
+        )
+    );
+    let user = bed.os_user();
+    let key = bed.generate_key("k260");
+    bed.push_key_directly(&last.id, &user, &key.public_key);
+    for host in ["127.1.2.10", "127.1.1.10"] {
+        let out = ssh(&bed, &key, &user, host);
+        assert_eq!(out.status.code(), Some(0), "{host}: {}", explain(&out));
+    }
+    // Slot 10 has the same last octet and is another instance.
+    assert_eq!(
+        ssh(&bed, &key, &user, "127.0.2.10").status.code(),
+        Some(255)
+    );
+}
+
+#[test]
+fn instances_can_refuse_logins_be_unreachable_or_refuse_pushes() {
+    use aws_sdk_ec2instanceconnect::error::ProvideErrorMetadata;
+
+    let bed = TestBed::start();
+    let no_helper = bed.add_instance(InstanceSpec::named("no-helper").instance_connect(false));
+    let down = bed.add_instance(InstanceSpec::named("down").unreachable());
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let user = bed.os_user();
+    let key = bed.generate_key("k");
+
+    // Pushed, yet refused: its sshd serves no pushed key.
+    bed.push_key_directly(&no_helper.id, &user, &key.public_key);
+    let out = ssh(&bed, &key, &user, no_helper.public_ip.as_deref().unwrap());
+    assert_eq!(out.status.code(), Some(255), "{}", explain(&out));
+    assert!(
+        explain(&out).contains("Permission denied (publickey)"),
+        "{}",
+        explain(&out)
+    );
+
+    // Nothing listens on its public address; its private one is a slot's.
+    assert_eq!(down.public_ip.as_deref(), Some("127.255.0.2"));
+    assert_eq!(down.private_ip, "127.0.1.2");
+    bed.push_key_directly(&down.id, &user, &key.public_key);
+    let out = ssh(&bed, &key, &user, "127.255.0.2");
+    assert_eq!(out.status.code(), Some(255), "{}", explain(&out));
+    assert!(
+        explain(&out).contains("Connection refused"),
+        "{}",
+        explain(&out)
+    );
+
+    // A failure queued for one instance leaves the others' pushes alone.
+    bed.fail_next_for("SendSSHPublicKey", &no_helper.id, "AuthException", 1);
+    let eic = eic_client(&bed, None);
+    rt().block_on(async {
+        let push = |id: &str| {
+            eic.send_ssh_public_key()
+                .instance_id(id)
+                .instance_os_user(&user)
+                .ssh_public_key(&key.public_key)
+                .send()
+        };
+        push(&web.id)
+            .await
+            .expect("another instance's push goes through");
+        let e = push(&no_helper.id).await.expect_err("refused");
+        assert_eq!(e.code(), Some("AuthException"));
+        push(&no_helper.id).await.expect("only once");
+    });
+    assert!(bed.signature_failures().is_empty());
 }

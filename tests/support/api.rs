@@ -123,7 +123,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct InstanceRec {
     pub id: String,
-    pub slot: u8,
+    pub slot: u16,
     pub state: String,
     pub image_id: String,
     pub instance_type: String,
@@ -141,6 +141,9 @@ pub struct InstanceRec {
     pub eni_id: String,
     /// A state change in progress (set by StartInstances / StopInstances).
     pub transition: Option<Transition>,
+    /// false: sshd serves no key for this instance, as on an AMI without
+    /// the EC2 Instance Connect helper: pushes succeed, logins are refused.
+    pub accepts_pushed_keys: bool,
 }
 
 /// `state` becomes `to` at `at` (real time).
@@ -170,7 +173,7 @@ impl InstanceRec {
     }
     /// Addresses on which the instance's "sshd" answers for it right now.
     pub fn reachable_addresses(&self) -> Vec<String> {
-        if self.state != "running" {
+        if self.state != "running" || !self.accepts_pushed_keys {
             return Vec::new();
         }
         let mut v = vec![self.private_ip.clone()];
@@ -301,7 +304,8 @@ pub struct State {
     /// that action is answered (an instance stopping just after a lookup).
     pub then_state: HashMap<String, (String, String)>,
     pub instances: Vec<InstanceRec>,
-    /// action -> queued error codes, one per upcoming call.
+    /// action (or `action@instance-id`, for calls naming that instance) ->
+    /// queued error codes, one per upcoming call.
     pub failures: HashMap<String, VecDeque<String>>,
     pub delays: HashMap<String, Duration>,
     pub page_size: Option<usize>,
@@ -332,6 +336,21 @@ pub struct Api {
     pub state: Mutex<State>,
     /// Itself, for the transition timer threads.
     me: Weak<Api>,
+}
+
+/// The next injected failure for this call: first those queued for the
+/// action, then those queued for the action on the instance it names
+/// (`InstanceId`, or EC2's `InstanceId.1`).
+fn take_failure(st: &mut State, action: &str, params: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(code) = st.failures.get_mut(action).and_then(VecDeque::pop_front) {
+        return Some(code);
+    }
+    let id = params
+        .get("InstanceId")
+        .or_else(|| params.get("InstanceId.1"))?;
+    st.failures
+        .get_mut(&format!("{action}@{id}"))
+        .and_then(VecDeque::pop_front)
 }
 
 /// An error answer: (HTTP status, code, message).
@@ -468,7 +487,7 @@ impl Api {
             let mut resp = Response::new(status, &content_type, body);
             resp.delay = delay;
             return resp;
-        } else if let Some(code) = st.failures.get_mut(&action).and_then(VecDeque::pop_front) {
+        } else if let Some(code) = take_failure(&mut st, &action, &params) {
             // 3. Injected failure.
             let status = match service {
                 Service::Ec2 => ec2_status(&code),

@@ -16,9 +16,11 @@
 //! so tests can run in parallel (threads or processes). The API is blocking:
 //! the stand-in runs on its own tokio runtime on a background thread.
 //!
-//! A bed holds 15 instances by default; `BedOptions { slots: 100, .. }`
-//! makes room for up to 120 (127.0.1.1-120 / 127.0.2.1-120; sshd is then 16
-//! processes, and accepts bursts of ~100 simultaneous logins).
+//! A bed holds 15 instances by default; `BedOptions { slots: 500, .. }`
+//! makes room for more, up to [`sshd::MAX_SLOTS`] (4,000): slots 1-250 are
+//! 127.0.1.k / 127.0.2.k, later ones 127.1.1.k / 127.1.2.k and so on; sshd
+//! is then one process per 16 addresses (63 for 500 slots), each accepting
+//! bursts of hundreds of simultaneous logins.
 //!
 //! Besides DescribeInstances, the EC2 stand-in answers StartInstances and
 //! StopInstances: stopped → pending → running and running/pending →
@@ -49,6 +51,7 @@ pub mod cmd;
 pub mod diag;
 pub mod eice;
 pub mod http;
+pub mod load;
 pub mod sigv4;
 pub mod sshd;
 pub mod timefmt;
@@ -76,10 +79,11 @@ pub struct BedOptions {
     pub session_token: Option<String>,
     /// Listen on [::1] too, if the machine has IPv6 loopback (default true).
     pub ipv6: bool,
-    /// How many instances the bed can hold, 1..=120 (default 15). sshd
-    /// listens on 127.0.1.k and 127.0.2.k for k in 1..=slots, 16 addresses
-    /// per sshd process.
-    pub slots: u8,
+    /// How many instances the bed can hold, 1..=[`sshd::MAX_SLOTS`]
+    /// (default 15). sshd listens on a private and a public address per
+    /// slot ([`sshd::private_ip`], [`sshd::public_ip`]: 127.0.1.k and
+    /// 127.0.2.k for the first 250), 16 addresses per sshd process.
+    pub slots: u16,
 }
 
 impl Default for BedOptions {
@@ -116,6 +120,14 @@ pub struct InstanceSpec {
     pub availability_zone: Option<String>,
     /// Force an instance id (default: random `i-` + 17 hex digits).
     pub id: Option<String>,
+    /// false: the instance takes pushes but its sshd never accepts the
+    /// pushed keys (no EC2 Instance Connect helper on its AMI), so logins
+    /// fail with "Permission denied (publickey)". Default true.
+    pub instance_connect: bool,
+    /// The public address is one where nothing listens
+    /// ([`sshd::unreachable_ip`]): connections to it are refused, as to an
+    /// instance whose sshd is down. Default false.
+    pub unreachable: bool,
 }
 
 impl Default for InstanceSpec {
@@ -132,6 +144,8 @@ impl Default for InstanceSpec {
             instance_type: "t3.micro".into(),
             availability_zone: None,
             id: None,
+            instance_connect: true,
+            unreachable: false,
         }
     }
 }
@@ -190,6 +204,15 @@ impl InstanceSpec {
         self.id = Some(value.to_owned());
         self
     }
+    pub fn instance_connect(mut self, yes: bool) -> Self {
+        self.instance_connect = yes;
+        self
+    }
+    pub fn unreachable(mut self) -> Self {
+        self.unreachable = true;
+        self.public_ip = true;
+        self
+    }
 }
 
 /// A snapshot of a fake instance (addresses are fixed; `state` is as of the
@@ -197,12 +220,12 @@ impl InstanceSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
-    pub slot: u8,
+    pub slot: u16,
     pub name: Option<String>,
     pub state: String,
-    /// 127.0.1.k
+    /// 127.0.1.k (slots beyond 250: [`sshd::private_ip`])
     pub private_ip: String,
-    /// 127.0.2.k, if the spec asked for a public IP.
+    /// 127.0.2.k ([`sshd::public_ip`]), if the spec asked for a public IP.
     pub public_ip: Option<String>,
     /// "::1", if the spec asked for IPv6.
     pub ipv6: Option<String>,
@@ -253,7 +276,7 @@ pub struct TestBed {
     user: String,
     host_public_key: String,
     ipv6: bool,
-    slots: u8,
+    slots: u16,
     // Dropped last (fields drop in order, after `Drop::drop`).
     dir: tempfile::TempDir,
 }
@@ -412,7 +435,7 @@ impl TestBed {
         self.dir().join("home")
     }
     /// How many instances this bed can hold ([`BedOptions::slots`]).
-    pub fn slots(&self) -> u8 {
+    pub fn slots(&self) -> u16 {
         self.slots
     }
     /// Whether instances can get the IPv6 address ::1.
@@ -439,7 +462,7 @@ impl TestBed {
     pub fn add_instance(&self, spec: InstanceSpec) -> Instance {
         let cfg = &self.api.config;
         let mut st = self.api.lock();
-        let slot = u8::try_from(st.instances.len() + 1)
+        let slot = u16::try_from(st.instances.len() + 1)
             .ok()
             .filter(|s| *s <= self.slots);
         let Some(slot) = slot else {
@@ -477,7 +500,13 @@ impl TestBed {
             None
         };
         let private_ip = sshd::private_ip(slot);
-        let public_ip = spec.public_ip.then(|| sshd::public_ip(slot));
+        let public_ip = spec.public_ip.then(|| {
+            if spec.unreachable {
+                sshd::unreachable_ip(slot)
+            } else {
+                sshd::public_ip(slot)
+            }
+        });
         let dashed = |ip: &str| ip.replace('.', "-");
         let (private_dns, public_dns) = if cfg.region == "us-east-1" {
             (
@@ -520,6 +549,7 @@ impl TestBed {
             launch_time: self.api.now(&st) - 3600,
             eni_id: format!("eni-{}", api::random_hex(17)),
             transition: None,
+            accepts_pushed_keys: spec.instance_connect,
         };
         self.sync_addresses(&rec);
         st.instances.push(rec.clone());
@@ -647,6 +677,19 @@ impl TestBed {
     /// Drop every fault not yet used up.
     pub fn clear_faults(&self) {
         self.api.lock().faults.clear();
+    }
+
+    /// [`TestBed::fail_next`] for calls of `action` that name `instance_id`
+    /// (`InstanceId`, or `InstanceId.1` for EC2): the next `n` such calls
+    /// fail with `code`; calls for other instances go through. A failure
+    /// queued with `fail_next` for the whole action is used first.
+    pub fn fail_next_for(&self, action: &str, instance_id: &str, code: &str, n: usize) {
+        let mut st = self.api.lock();
+        let q = st
+            .failures
+            .entry(format!("{action}@{instance_id}"))
+            .or_default();
+        q.extend(std::iter::repeat_n(code.to_owned(), n));
     }
 
     /// Delay every response to `action` by `d` (`Duration::ZERO` to stop).

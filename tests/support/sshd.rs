@@ -1,8 +1,11 @@
 //! Real OpenSSH sshd standing in for every fake instance of a bed.
 //!
-//! It listens on one port P on 127.0.1.k (private) and 127.0.2.k (public)
-//! for every slot k in 1..=slots (15 by default, up to [`MAX_SLOTS`]), plus
-//! [::1] when IPv6 loopback works. Which instance a connection is "for" is
+//! It listens on one port P on a private and a public address for every
+//! slot k in 1..=slots (15 by default, up to [`MAX_SLOTS`]), plus [::1] when
+//! IPv6 loopback works. Slots 1-250 are 127.0.1.k (private) and 127.0.2.k
+//! (public); every further 250 move one step up the second octet: slot 251
+//! is 127.1.1.1 / 127.1.2.1, slot 500 is 127.1.1.250 / 127.1.2.250 (see
+//! [`private_ip`]). The whole of 127.0.0.0/8 is loopback on Linux. Which instance a connection is "for" is
 //! decided by the local address it arrived on: a `Match LocalAddress` block
 //! per address hands that address to the AuthorizedKeysCommand (OpenSSH 9.2
 //! rejects `%C` in that command, and an unknown token there aborts the
@@ -10,7 +13,8 @@
 //!
 //! sshd can hold at most 16 listen sockets (`MAX_LISTEN_SOCKS`; more makes
 //! it exit with "Too many listen sockets"), so the addresses are split over
-//! several sshd processes (2 for the default 15 slots, 16 for 120 slots) with
+//! several sshd processes (2 for the default 15 slots, 16 for 120 slots, 63
+//! for 500) with
 //! the same port, host key, AuthorizedKeysCommand and log file, started
 //! together. To a test they are one sshd. Each process has `Match` blocks for
 //! its own addresses only, and `MaxStartups 500:30:1000` so that a burst of
@@ -25,20 +29,47 @@ use std::time::{Duration, Instant};
 
 /// Default instance slots per bed (addresses 127.0.1.1-15 / 127.0.2.1-15);
 /// see `BedOptions::slots`.
-pub const SLOTS: u8 = 15;
+pub const SLOTS: u16 = 15;
 
-/// Most slots a bed can have (127.0.1.1-120 / 127.0.2.1-120).
-pub const MAX_SLOTS: u8 = 120;
+/// Most slots a bed can have: 4,000 slots are 8,000 addresses (127.0.x.y to
+/// 127.15.x.y) served by 501 sshd processes, which a 2-core machine with
+/// 24 GB starts in a few seconds. The address scheme goes on (up to 127.254.x.y,
+/// 63,750 slots); memory for the sshd processes (a few MB each, one per
+/// 8 slots) is what limits a bed, and logging in to all of them is what
+/// limits a benchmark (see docs/benchmarks.md).
+pub const MAX_SLOTS: u16 = 4000;
+
+/// Slots per block of addresses: 127.B.1.1-250 / 127.B.2.1-250.
+const SLOTS_PER_BLOCK: u16 = 250;
 
 /// OpenSSH's MAX_LISTEN_SOCKS.
 const MAX_LISTEN_SOCKS: usize = 16;
 
-pub fn private_ip(slot: u8) -> String {
-    format!("127.0.1.{slot}")
+/// Block (second octet) and host (last octet) of a slot's addresses.
+fn octets(slot: u16) -> (u16, u16) {
+    assert!(slot >= 1, "slots start at 1");
+    let n = slot - 1;
+    (n / SLOTS_PER_BLOCK, n % SLOTS_PER_BLOCK + 1)
 }
 
-pub fn public_ip(slot: u8) -> String {
-    format!("127.0.2.{slot}")
+/// 127.0.1.k for slots 1-250, then 127.1.1.1-250, 127.2.1.1-250, …
+pub fn private_ip(slot: u16) -> String {
+    let (block, host) = octets(slot);
+    format!("127.{block}.1.{host}")
+}
+
+/// 127.0.2.k for slots 1-250, then 127.1.2.1-250, 127.2.2.1-250, …
+pub fn public_ip(slot: u16) -> String {
+    let (block, host) = octets(slot);
+    format!("127.{block}.2.{host}")
+}
+
+/// A loopback address no bed listens on (127.255.B.H, B and H as for
+/// [`private_ip`]), for an instance that cannot be reached: connections to
+/// it are refused at once.
+pub fn unreachable_ip(slot: u16) -> String {
+    let (block, host) = octets(slot);
+    format!("127.255.{block}.{host}")
 }
 
 pub const IPV6_ADDR: &str = "::1";
@@ -51,7 +82,7 @@ pub struct Sshd {
 }
 
 /// Every address sshd must listen on.
-fn all_addresses(slots: u8, ipv6: bool) -> Vec<String> {
+fn all_addresses(slots: u16, ipv6: bool) -> Vec<String> {
     let mut addrs: Vec<String> = (1..=slots)
         .flat_map(|k| [private_ip(k), public_ip(k)])
         .collect();
@@ -92,7 +123,7 @@ impl Sshd {
     /// Start sshd for a bed in `dir` (which must hold `akc.sh` and the host
     /// key) with `slots` instance slots (1..=[`MAX_SLOTS`]), retrying with a
     /// fresh port if the chosen one turns out taken.
-    pub fn start(dir: &Path, user: &str, host_key: &Path, ipv6: bool, slots: u8) -> Sshd {
+    pub fn start(dir: &Path, user: &str, host_key: &Path, ipv6: bool, slots: u16) -> Sshd {
         assert!(
             (1..=MAX_SLOTS).contains(&slots),
             "a bed has 1..={MAX_SLOTS} slots, not {slots}"
@@ -186,9 +217,16 @@ impl Sshd {
                     return Err(format!("{log}\n(sshd exited: {status})"));
                 }
             }
-            let all = addrs
-                .iter()
-                .all(|a| log.contains(&format!("Server listening on {a} port {}.", self.port)));
+            // One pass over the log: a bed of 1,000 slots has 2,000 addresses.
+            let suffix = format!(" port {}.", self.port);
+            let listening: std::collections::HashSet<&str> = log
+                .lines()
+                .filter_map(|l| {
+                    let (_, rest) = l.split_once("Server listening on ")?;
+                    rest.trim_end().strip_suffix(&suffix)
+                })
+                .collect();
+            let all = addrs.iter().all(|a| listening.contains(a.as_str()));
             if all && probes.iter().all(|a| banner_ok(a, self.port)) {
                 return Ok(());
             }
