@@ -4,6 +4,7 @@
 //! cargo run --example testbed                      # a shell pointed at the bed
 //! cargo run --example testbed -- web-1 uptime      # one eic-connect command line
 //! cargo run --example testbed -- list
+//! cargo run --example testbed -- --exec PROG ARGS  # PROG with the bed's environment
 //! ```
 //!
 //! Starts the AWS API stand-in (EC2, EC2 Instance Connect and an EC2
@@ -15,6 +16,15 @@
 //! and exits with its status. Without, opens your shell with the
 //! environment set and `eic-connect` on PATH, and shows each API call as it
 //! arrives. Everything it created is removed when it ends.
+//!
+//! `--exec PROG ARGS` runs PROG (not eic-connect) with the bed's
+//! environment plus `TESTBED_*` variables naming the endpoint, the private
+//! instance, the stand-in's address and two files: the bed appends a line
+//! to `$TESTBED_EVENTS` for each tunnel that ends and each refused
+//! handshake, and applies each line PROG appends to `$TESTBED_CONTROL`
+//! (`fail-next-tunnel CODE MESSAGE`, `close-next-tunnel CODE REASON`,
+//! `text-frame-next-tunnel`), answering `ok LINE`. Used by
+//! `scripts/crosscheck-aws-cli.sh`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -22,6 +32,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+use support::eice::{ClosedBy, TunnelFault};
 use support::{InstanceSpec, TestBed};
 
 /// Subcommands that take neither `-p` nor `-l` before their arguments.
@@ -42,18 +53,59 @@ const PLAIN: &[&str] = &[
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(exe) = eic_connect() else {
+    let exec = args.first().map(String::as_str) == Some("--exec");
+    let exe = eic_connect().unwrap_or_default();
+    if !exec && exe.as_os_str().is_empty() {
         eprintln!(
             "eic-connect is not built: run `cargo build` (or `cargo install --path .`) first"
         );
         return ExitCode::from(2);
-    };
+    }
     let bed = TestBed::start();
     let web = bed.add_instance(InstanceSpec::named("web-1").tag("env", "dev"));
     let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
     let old = bed.add_instance(InstanceSpec::named("old-1").state("stopped"));
     let endpoint = bed.add_endpoint(support::eice::EndpointSpec::default());
     let (port, user) = (bed.sshd_port().to_string(), bed.os_user());
+
+    if exec {
+        let Some(prog) = args.get(1) else {
+            eprintln!("usage: testbed --exec PROG [ARGS...]");
+            return ExitCode::from(2);
+        };
+        let (events, control) = (bed.dir().join("events"), bed.dir().join("control"));
+        let mut c = Command::new(prog);
+        bed.apply_env(&mut c);
+        c.args(&args[2..])
+            .env("TESTBED_DIR", bed.dir())
+            .env("TESTBED_SSH_PORT", &port)
+            .env("TESTBED_OS_USER", &user)
+            .env("TESTBED_PRIVATE_ID", &db.id)
+            .env("TESTBED_PRIVATE_IP", &db.private_ip)
+            .env("TESTBED_EICE_ID", &endpoint.id)
+            .env("TESTBED_EICE_DNS_NAME", &endpoint.dns_name)
+            .env(
+                "TESTBED_EICE_ADDR",
+                bed.eice_endpoint().trim_start_matches("https://"),
+            )
+            .env("TESTBED_EVENTS", &events)
+            .env("TESTBED_CONTROL", &control);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let status = std::thread::scope(|scope| {
+            scope.spawn(|| watch_eice(&bed, &events, &control, &done));
+            let status = c.status();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            status
+        });
+        drop(bed);
+        return match status {
+            Ok(s) => ExitCode::from(s.code().map_or(255, |c| c.clamp(0, 255) as u8)),
+            Err(err) => {
+                eprintln!("cannot run {prog}: {err}");
+                ExitCode::from(255)
+            }
+        };
+    }
 
     if !args.is_empty() {
         let mut c = Command::new(&exe);
@@ -171,6 +223,84 @@ fn echo_calls(bed: &TestBed, done: &std::sync::atomic::AtomicBool) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// For `--exec`: appends ended tunnels, refused handshakes and signature
+/// failures to `events`, and applies the lines appended to `control`.
+fn watch_eice(
+    bed: &TestBed,
+    events: &std::path::Path,
+    control: &std::path::Path,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write;
+    let Ok(mut out) = std::fs::File::create(events) else {
+        eprintln!("cannot create {}", events.display());
+        return;
+    };
+    let _ = std::fs::write(control, "");
+    let (mut tunnels, mut refusals, mut failures, mut applied) = (0, 0, 0, 0);
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let lines: Vec<String> = std::fs::read_to_string(control)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for line in lines.iter().skip(applied) {
+            let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+            let (first, second) = rest.split_once(' ').unwrap_or((rest, ""));
+            let ok = match verb {
+                "fail-next-tunnel" => {
+                    bed.fail_next_tunnel(first, second);
+                    true
+                }
+                "close-next-tunnel" => first.parse().is_ok_and(|code| {
+                    let reason = second.to_owned();
+                    bed.fault_next_tunnel(TunnelFault::Close { code, reason });
+                    true
+                }),
+                "text-frame-next-tunnel" => {
+                    bed.fault_next_tunnel(TunnelFault::TextFrame);
+                    true
+                }
+                _ => false,
+            };
+            let _ = writeln!(out, "{} {line}", if ok { "ok" } else { "unknown" });
+        }
+        applied = lines.len();
+        let all = bed.tunnels();
+        // Tunnels end in any order; report them in order, each once ended.
+        while let Some(t) = all.get(tunnels).filter(|t| t.closed_by != ClosedBy::Open) {
+            let code = |c: Option<u16>| c.map_or("-".into(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "tunnel {tunnels} port={} closed_by={:?} client_close={} server_close={} up={} down={} frames_up={} largest_frame={} violations={}",
+                t.remote_port,
+                t.closed_by,
+                code(t.client_close_code),
+                code(t.server_close.as_ref().map(|(c, _)| *c)),
+                t.bytes_up,
+                t.bytes_down,
+                t.frames_up,
+                t.largest_frame,
+                t.violations.len(),
+            );
+            tunnels += 1;
+        }
+        for r in bed.tunnel_rejections().iter().skip(refusals) {
+            let _ = writeln!(
+                out,
+                "refused status={} code={} injected={} message={}",
+                r.status, r.code, r.injected, r.message
+            );
+            refusals += 1;
+        }
+        for f in bed.signature_failures().iter().skip(failures) {
+            let _ = writeln!(out, "signature-failure {f}");
+            failures += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

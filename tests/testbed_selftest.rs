@@ -770,6 +770,31 @@ fn sdk_push_then_ssh_and_eic_errors() {
         ssh(&bed, &key2, &user, "127.0.2.1").status.code(),
         Some(255)
     );
+
+    // A key file's line ending (`--ssh-public-key file://key.pub`, as AWS
+    // documents it) is accepted and not part of the key; one inside is not.
+    bed.set_push_age(0);
+    let key3 = bed.generate_key("with-newline");
+    rt.block_on(async {
+        let push = |k: String| {
+            eic.send_ssh_public_key()
+                .instance_id(&web.id)
+                .instance_os_user(&user)
+                .ssh_public_key(k)
+                .send()
+        };
+        push(format!("{}\n", key3.public_key))
+            .await
+            .expect("a trailing newline is accepted");
+        let inside = key3.public_key.replacen(' ', "\n", 1);
+        let e = push(inside).await.expect_err("a newline inside");
+        assert!(e.into_service_error().is_invalid_args_exception());
+    });
+    assert_eq!(
+        bed.pushes().last().map(|p| p.public_key.clone()),
+        Some(key3.public_key.clone())
+    );
+    assert_eq!(ssh(&bed, &key3, &user, "127.0.2.1").status.code(), Some(0));
 }
 
 #[test]

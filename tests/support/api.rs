@@ -930,7 +930,7 @@ impl Api {
                 "InstanceOSUser {user:?} is invalid: 1-32 characters matching ^[A-Za-z_][A-Za-z0-9@._-]{{0,30}}[A-Za-z0-9$_-]?$"
             )));
         }
-        check_public_key(key)?;
+        let key = check_public_key(key)?;
         if let Some(az) = az
             && !(6..=32).contains(&az.len())
         {
@@ -950,7 +950,7 @@ impl Api {
         let push = Push {
             instance_id: id.clone(),
             os_user: user.clone(),
-            public_key: key.clone(),
+            public_key: key.to_owned(),
             availability_zone: az.cloned(),
             pushed_at,
             expires_at: pushed_at + KEY_LIFETIME_SECS,
@@ -969,7 +969,7 @@ impl Api {
         let id = required(p, "InstanceId")?;
         let key = required(p, "SSHPublicKey")?;
         check_eic_instance_id(id)?;
-        check_public_key(key)?;
+        let key = check_public_key(key)?;
         if let Some(port) = p.get("SerialPort")
             && port != "0"
         {
@@ -983,7 +983,7 @@ impl Api {
         st.serial_pushes.push(Push {
             instance_id: id.clone(),
             os_user: String::new(),
-            public_key: key.clone(),
+            public_key: key.to_owned(),
             availability_zone: None,
             pushed_at,
             expires_at: pushed_at + KEY_LIFETIME_SECS,
@@ -1342,8 +1342,14 @@ pub fn is_valid_os_user(u: &str) -> bool {
 /// Accept what the service accepts: an OpenSSH public key line of type
 /// ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp{256,384,521}, 80-4096 chars,
 /// whose base64 blob really is a key of the named type. Security-key
-/// (`sk-…`) and other types are InvalidArgsException.
-fn check_public_key(key: &str) -> Result<(), ApiError> {
+/// (`sk-…`) and other types are InvalidArgsException. A line ending after
+/// the key is accepted, as the service does (AWS's documented
+/// `--ssh-public-key file://key.pub` sends the file's newline), and
+/// dropped: the key line is returned.
+fn check_public_key(key: &str) -> Result<&str, ApiError> {
+    let key = key
+        .strip_suffix('\n')
+        .map_or(key, |k| k.strip_suffix('\r').unwrap_or(k));
     if !(80..=4096).contains(&key.len()) {
         return Err(invalid_args(format!(
             "SSHPublicKey must be 80-4096 characters, got {}",
@@ -1390,7 +1396,7 @@ fn check_public_key(key: &str) -> Result<(), ApiError> {
             return Err(invalid_args("SSHPublicKey is not a valid ed25519 key"));
         }
     }
-    Ok(())
+    Ok(key)
 }
 
 fn read_ssh_string<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
