@@ -48,8 +48,22 @@ pub fn render(
     // be text ssh can carry (not lossily changed into another path).
     ssh_word(exe.as_os_str(), false)?;
     let key_dir = &settings.key_dir;
+    // One line per option: a line break in a value would end it and start
+    // a directive of the value's choosing.
+    let globals = settings.globals.args();
+    for word in globals.iter().chain([&settings.prefix, &settings.os_user]) {
+        if word.chars().any(char::is_control) {
+            return Err(anyhow::Error::new(
+                crate::error::Failure::usage(format!(
+                    "{:?} cannot go into an ssh config: it holds a control character",
+                    crate::sanitize::terminal_safe(word)
+                ))
+                .hint("check --profile, --region, --prefix and --os-user (and AWS_PROFILE)"),
+            ));
+        }
+    }
     let mut proxy: Vec<String> = vec![quote(&exe.to_string_lossy()), "proxy".into()];
-    proxy.extend(settings.globals.args().iter().map(|g| quote(g)));
+    proxy.extend(globals.iter().map(|g| quote(g)));
     proxy.extend([
         "--prefix".into(),
         quote(&settings.prefix),
@@ -283,5 +297,22 @@ mod tests {
                 assert!(!text.chars().any(crate::sanitize::needs_escape), "{text:?}");
             }
         }
+    }
+
+    /// Found by fuzzing: a line break in a value (a profile name here)
+    /// ended the ProxyCommand line and started a directive of its own.
+    #[test]
+    fn values_with_line_breaks_never_reach_the_block() {
+        let exe = Path::new("/opt/eic-connect");
+        let mut settings = settings_for_test();
+        settings.globals.profile = Some("dev\n    ProxyCommand sh -c evil".into());
+        let err = render(exe, Path::new("/k/known_hosts"), &settings, true).expect_err("refused");
+        assert!(
+            format!("{err:#}").contains("cannot go into an ssh config"),
+            "{err:#}"
+        );
+        let mut settings = settings_for_test();
+        settings.prefix = "eic-\r".into();
+        assert!(render(exe, Path::new("/k/known_hosts"), &settings, false).is_err());
     }
 }
