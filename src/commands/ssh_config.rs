@@ -101,6 +101,10 @@ pub fn render(
          # with the prefix (ssh {prefix}web-1). Keys are pushed per connection by\n\
          # EC2 Instance Connect, live at most 60 seconds and are never written\n\
          # to disk: eic-connect serves them from its own agent socket.\n\
+         # A user name holding a quote could break out of the ProxyCommand's\n\
+         # quotes with ssh older than 9.6, which does not refuse it: no proxy.\n\
+         Match host \"i-*,{prefix}*\" user \"*'*\"\n    \
+             ProxyCommand none\n\
          Host i-* {prefix}* \"!*'*\"\n    \
              User {user}\n    \
              ProxyCommand {proxy}\n    \
@@ -173,6 +177,10 @@ mod tests {
         assert_eq!(
             block.lines().skip(4).collect::<Vec<_>>(),
             [
+                "# A user name holding a quote could break out of the ProxyCommand's",
+                "# quotes with ssh older than 9.6, which does not refuse it: no proxy.",
+                "Match host \"i-*,eic-*\" user \"*'*\"",
+                "    ProxyCommand none",
                 "Host i-* eic-* \"!*'*\"",
                 "    User ubuntu",
                 "    ProxyCommand '/opt/my tools/eic-connect' proxy --region eu-west-1 --prefix eic- --key-dir /run/user/1000/eic-connect-proxy -- '%h' '%p' '%r'",
@@ -232,7 +240,8 @@ mod tests {
         let block = render(&exe, Path::new("/k"), &settings, true).unwrap();
         let line = block
             .lines()
-            .find_map(|l| l.trim().strip_prefix("ProxyCommand "))
+            .filter_map(|l| l.trim().strip_prefix("ProxyCommand "))
+            .find(|command| *command != "none")
             .unwrap();
         let pwned = dir.path().join("pwned");
         let p = pwned.display();
