@@ -51,14 +51,22 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let dd = args.iter().rposition(|a| a == "--").expect("a --");
+    // `-- HOST` ends the arguments, or `-- HOST COMMAND` (the command is
+    // one word, which may itself be "--").
+    let host_at = if connect.command.is_empty() {
+        args.len() - 1
+    } else {
+        args.len() - 2
+    };
     assert_eq!(
-        args.get(dd + 1).map(|a| a.as_os_str()),
-        Some(std::ffi::OsStr::new(&host))
+        args.get(host_at).map(|a| a.as_os_str()),
+        Some(std::ffi::OsStr::new(&host)),
+        "the host is last or next to last: {args:?}"
     );
-    assert!(
-        args.len() <= dd + 3,
-        "at most the remote command follows the host"
+    assert_eq!(
+        args.get(host_at - 1).map(|a| a.as_os_str()),
+        Some(std::ffi::OsStr::new("--")),
+        "the host follows --: {args:?}"
     );
     let _ = eic_connect::ssh::port(&connect.ssh_options);
 });
