@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::eice::EndpointSpec;
-use support::load::{echo_load, run_measured, start_tunnel_listener, stop_tunnel_listener};
+use support::load::{echo_load, env_or, run_measured, start_tunnel_listener, stop_tunnel_listener};
 use support::{BedOptions, InstanceSpec, TestBed};
 
 const PUSH_RATE: f64 = 25.0;
@@ -42,13 +42,6 @@ const PUSH_BURST: u32 = 10;
 const DESCRIBE_RATE: f64 = 5.0;
 const DESCRIBE_BURST: u32 = 1;
 const PAGE_SIZE: usize = 50;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let only = std::env::var("EIC_LOAD_ONLY").unwrap_or_default();

@@ -937,13 +937,8 @@ fn ssh_dash_g_prints_config_without_calling_aws() {
 #[test]
 fn the_ami_guess_is_remembered_so_the_next_connection_pushes_at_once() {
     let bed = TestBed::start();
-    bed.register_image(
-        "ami-0b000000000000001",
-        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
-        "Canonical, Ubuntu, 22.04 LTS",
-        "Linux/UNIX",
-    );
-    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    let ubuntu = bed.register_ubuntu_image();
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id(ubuntu));
     let fake_ssh = |bed: &TestBed| {
         let mut c = bed.command();
         c.env("EIC_CONNECT_SSH", "true").args(["-v", &web.id]);

@@ -517,13 +517,8 @@ fn a_read_only_home_or_a_full_state_directory_still_connects() {
 #[test]
 fn fifty_concurrent_connects_keep_the_shared_files_whole() {
     let bed = TestBed::start();
-    bed.register_image(
-        "ami-0b000000000000001",
-        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
-        "Canonical, Ubuntu, 22.04 LTS",
-        "Linux/UNIX",
-    );
-    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    let ubuntu = bed.register_ubuntu_image();
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id(ubuntu));
     let at_once = |make: &dyn Fn() -> Command| -> Vec<Output> {
         let children: Vec<_> = (0..50)
             .map(|_| {
@@ -604,13 +599,8 @@ fn fifty_concurrent_connects_keep_the_shared_files_whole() {
 #[test]
 fn optional_lookups_that_fail_never_abort() {
     let bed = TestBed::start();
-    bed.register_image(
-        "ami-0b000000000000001",
-        "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
-        "Canonical, Ubuntu, 22.04 LTS",
-        "Linux/UNIX",
-    );
-    let web = bed.add_instance(InstanceSpec::named("web-1").image_id("ami-0b000000000000001"));
+    let ubuntu = bed.register_ubuntu_image();
+    let web = bed.add_instance(InstanceSpec::named("web-1").image_id(ubuntu));
     bed.inject("DescribeImages", Fault::html(503), 1);
     let mut c = bed.command();
     c.env("EIC_CONNECT_SSH", "true")

@@ -447,6 +447,19 @@ impl TestBed {
         });
     }
 
+    /// Register an Ubuntu 22.04 AMI (whose OS user eic-connect guesses as
+    /// `ubuntu`) and return its id.
+    pub fn register_ubuntu_image(&self) -> &'static str {
+        let id = "ami-0b000000000000001";
+        self.register_image(
+            id,
+            "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240101",
+            "Canonical, Ubuntu, 22.04 LTS",
+            "Linux/UNIX",
+        );
+        id
+    }
+
     /// The security group every instance of the bed is in.
     pub fn security_group_id(&self) -> String {
         self.api.config.security_group_id.clone()

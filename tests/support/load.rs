@@ -299,3 +299,11 @@ pub fn stop_tunnel_listener(mut child: std::process::Child) -> (ExitStatus, Stri
     }
     (status, err, peak)
 }
+
+/// A number from the environment (benchmark settings), else `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
