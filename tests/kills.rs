@@ -290,7 +290,7 @@ fn connect_killed_mid_session() {
 }
 
 #[test]
-fn run_killed_before_the_push_and_mid_session() {
+fn run_killed_at_each_stage() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1"));
     bed.add_instance(InstanceSpec::named("web-2"));
