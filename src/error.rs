@@ -17,7 +17,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// A failure the user can act on: a message, optional extra lines (such as a
 /// list of matching instances) and hints saying what to do next.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Failure {
     pub message: String,
     pub details: Vec<String>,

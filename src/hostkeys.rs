@@ -454,10 +454,18 @@ impl Locked {
     }
 
     /// Appends `lines`, after a newline if the file does not end in one.
+    /// The end is read again just before the write: ssh appends without
+    /// the lock, and a read taken while it wrote may have seen half a line.
     fn append(&mut self, lines: &str) -> std::io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let len = self.file.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            self.file.read_exact_at(&mut last, len - 1)?;
+        }
         let mut text = String::new();
-        if !self.existing.is_empty() && !self.existing.ends_with('\n') {
+        if last[0] != b'\n' {
             text.push('\n');
         }
         text.push_str(lines);

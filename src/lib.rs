@@ -25,6 +25,7 @@ pub mod session;
 pub mod settings;
 pub mod ssh;
 pub mod target;
+pub mod trust;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -50,7 +50,10 @@ where
         }
         SdkError::TimeoutError(_) => timed_out(at),
         SdkError::DispatchFailure(dispatch) => {
-            if let Some(cause) = credentials_problem(&err) {
+            if let Some(own) = own_failure(&err) {
+                // eic-connect's own HTTP client said why (TLS trust).
+                own
+            } else if let Some(cause) = credentials_problem(&err) {
                 no_credentials(at, &cause)
             } else if dispatch.is_timeout() {
                 timed_out(at)
@@ -88,6 +91,19 @@ where
         }
     };
     anyhow::Error::new(failure)
+}
+
+/// A failure eic-connect's own code raised below the SDK (the HTTP
+/// client's TLS trust), which already says what to do.
+fn own_failure(err: &(dyn StdError + 'static)) -> Option<Failure> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(failure) = cause.downcast_ref::<Failure>() {
+            return Some(failure.clone());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// The connection was up and then broke (reset, closed early), as opposed

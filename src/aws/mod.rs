@@ -4,6 +4,7 @@
 pub mod diag;
 pub mod ec2;
 pub mod errors;
+pub mod http;
 pub mod push;
 
 use std::time::Duration;
@@ -66,7 +67,10 @@ pub async fn load_config(settings: &AwsSettings) -> anyhow::Result<SdkConfig> {
         .operation_attempt_timeout(settings.attempt_timeout)
         .operation_timeout(settings.attempt_timeout * 3)
         .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    // The HTTP client (and TLS trust with it) is made on the first request.
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .http_client(http::LazyClient::default());
     if let Some(profile) = &settings.profile {
         loader = loader.profile_name(profile);
     }
@@ -95,14 +99,27 @@ impl Clients {
             .retry_classifier(push::retry_classifier())
             .build();
         let eic = aws_sdk_ec2instanceconnect::Client::from_conf(eic_config);
-        let scope = Scope {
+        if http::endpoint_uses_tls() {
+            // Calls will follow: the trust store loads meanwhile.
+            crate::trust::prefetch();
+        }
+        Clients {
+            ec2,
+            eic,
+            scope: Scope::of(config, settings),
+        }
+    }
+}
+
+impl Scope {
+    fn of(config: &SdkConfig, settings: &AwsSettings) -> Scope {
+        Scope {
             region: config.region().map(|r| r.to_string()).unwrap_or_default(),
             profile: settings
                 .profile
                 .clone()
                 .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty())),
-        };
-        Clients { ec2, eic, scope }
+        }
     }
 }
 
@@ -151,5 +168,5 @@ impl Clients {
 /// clients.
 pub async fn scope_for_dry_run(settings: &AwsSettings) -> anyhow::Result<Scope> {
     let config = load_config(settings).await?;
-    Ok(Clients::new(&config, settings).scope)
+    Ok(Scope::of(&config, settings))
 }

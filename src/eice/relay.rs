@@ -17,8 +17,7 @@ use base64::prelude::BASE64_STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use ipnet::IpNet;
 use percent_encoding::percent_decode_str;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -74,7 +73,7 @@ impl Connector {
             None => None,
         };
         Ok(Connector {
-            tls: TlsConnector::from(Arc::new(tls_config(env("AWS_CA_BUNDLE").as_deref())?)),
+            tls: TlsConnector::from(Arc::new(tls_config()?)),
             connect_to,
             proxy,
             no_proxy: env("NO_PROXY").or_else(|| env("no_proxy")),
@@ -140,44 +139,9 @@ impl Connector {
 }
 
 /// rustls with the aws-lc-rs provider (what the SDK uses), trusting the
-/// native roots and the certificates in `ca_bundle`.
-fn tls_config(ca_bundle: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(
-        added,
-        errors = native.errors.len(),
-        "loaded native root certificates"
-    );
-    if let Some(path) = ca_bundle {
-        let pem = std::fs::read(path).map_err(|err| {
-            anyhow::Error::new(
-                Failure::new(format!("cannot read AWS_CA_BUNDLE {path}: {err}"))
-                    .hint("point AWS_CA_BUNDLE at a PEM file of CA certificates, or unset it"),
-            )
-        })?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|err| {
-                anyhow::Error::new(Failure::new(format!(
-                    "AWS_CA_BUNDLE {path} is not a valid PEM file: {err}"
-                )))
-            })?;
-        if certs.is_empty() {
-            return fail(Failure::new(format!(
-                "AWS_CA_BUNDLE {path} holds no certificate"
-            )));
-        }
-        let (added, ignored) = roots.add_parsable_certificates(certs);
-        tracing::debug!(added, ignored, path, "loaded AWS_CA_BUNDLE");
-    }
-    if roots.is_empty() {
-        return fail(
-            Failure::new("no trusted CA certificates were found")
-                .hint("install the system's CA certificates (e.g. apt-get install ca-certificates), or set AWS_CA_BUNDLE"),
-        );
-    }
+/// system's roots and `AWS_CA_BUNDLE` ([`crate::trust`]).
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
+    let roots = crate::trust::root_store()?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
