@@ -26,9 +26,11 @@
 #                             else ~/.local/bin)
 #   EIC_ACTION_BIN            the eic-connect to set up with when `install`
 #                             did not run (default: eic-connect on PATH)
-#   EIC_ACTION_REGION, EIC_ACTION_PROFILE, EIC_ACTION_OS_USER,
-#   EIC_ACTION_PREFIX         go into the block (eic-connect's --region,
-#                             --profile, ssh-config --os-user, --prefix)
+#   EIC_ACTION_REGION, EIC_ACTION_PROFILE, EIC_ACTION_CONNECT,
+#   EIC_ACTION_OS_USER, EIC_ACTION_PREFIX
+#                             go into the block (eic-connect's --region,
+#                             --profile, --connect, ssh-config's --os-user,
+#                             --prefix)
 #   EIC_ACTION_SSH_CONFIG_ARGS  more `eic-connect ssh-config` options, split
 #                             on white space
 #   EIC_ACTION_TARGETS        hosts to pre-connect (`ssh HOST true`), separated
@@ -301,6 +303,7 @@ do_setup() {
   set --
   [ -n "${EIC_ACTION_REGION:-}" ] && set -- "$@" --region "$EIC_ACTION_REGION"
   [ -n "${EIC_ACTION_PROFILE:-}" ] && set -- "$@" --profile "$EIC_ACTION_PROFILE"
+  [ -n "${EIC_ACTION_CONNECT:-}" ] && set -- "$@" --connect "$EIC_ACTION_CONNECT"
   set -- "$@" ssh-config
   [ -n "${EIC_ACTION_OS_USER:-}" ] && set -- "$@" --os-user "$EIC_ACTION_OS_USER"
   [ -n "${EIC_ACTION_PREFIX:-}" ] && set -- "$@" --prefix "$EIC_ACTION_PREFIX"

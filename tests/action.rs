@@ -678,7 +678,9 @@ fn setup_creates_a_missing_ssh_config_and_cleanup_empties_it() {
     let mut c = action(&bed, &["setup"]);
     c.env("EIC_ACTION_BIN", support::eic_connect_bin())
         .env("EIC_ACTION_OS_USER", bed.os_user())
-        .env("EIC_ACTION_SSH_CONFIG", "~/.ssh/config");
+        .env("EIC_ACTION_SSH_CONFIG", "~/.ssh/config")
+        .env("EIC_ACTION_CONNECT", "direct")
+        .env("EIC_ACTION_REGION", bed.region());
     ok(c);
     let ssh_dir = bed.home().join(".ssh");
     let mode = |p: &Path| {
@@ -687,7 +689,15 @@ fn setup_creates_a_missing_ssh_config_and_cleanup_empties_it() {
     };
     assert_eq!(mode(&ssh_dir), 0o700);
     assert_eq!(mode(&ssh_config_path(&bed)), 0o600);
-    assert_block_then(&read_config(&bed), "");
+    let config = read_config(&bed);
+    assert_block_then(&config, "");
+    assert!(
+        config.contains(&format!(
+            " proxy --region {} --connect direct ",
+            bed.region()
+        )),
+        "{config}"
+    );
     let port = bed.sshd_port().to_string();
     tool_ok(
         &bed,
