@@ -409,8 +409,32 @@ fn ipv6_instance_is_reachable_on_loopback() {
 /// POST a hand-signed EC2 Query request; returns (status, body).
 fn raw_ec2_post(bed: &TestBed, body: &str, secret: &str) -> (u16, String) {
     let host = bed.endpoint().trim_start_matches("http://").to_owned();
+    let wire = signed_ec2_post(bed, &host, body, secret);
+    let mut s = TcpStream::connect(&host).expect("connect to the stand-in");
+    s.write_all(wire.as_bytes()).expect("send request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    parse_response(&resp)
+}
+
+/// (status, body) of a whole HTTP/1.1 response.
+fn parse_response(resp: &str) -> (u16, String) {
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The bytes of a hand-signed EC2 Query POST to `host` (`Connection: close`).
+fn signed_ec2_post(bed: &TestBed, host: &str, body: &str, secret: &str) -> String {
     let headers = h(&[
-        ("Host", &host),
+        ("Host", host),
         ("Content-Type", "application/x-www-form-urlencoded"),
         ("X-Amz-Date", &sigv4::format_amz_date(SystemTime::now())),
     ]);
@@ -437,20 +461,7 @@ fn raw_ec2_post(bed: &TestBed, body: &str, secret: &str) -> (u16, String) {
         "Authorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ));
-    let mut s = TcpStream::connect(&host).expect("connect to the stand-in");
-    s.write_all(wire.as_bytes()).expect("send request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    wire
 }
 
 #[test]
@@ -1649,4 +1660,405 @@ fn instances_can_refuse_logins_be_unreachable_or_refuse_pushes() {
         push(&no_helper.id).await.expect("only once");
     });
     assert!(bed.signature_failures().is_empty());
+}
+
+// ------------------------------------------------ latency: the delay proxy
+
+mod delay {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::support::latency::DelayProxy;
+
+    pub const ANY: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
+
+    /// What a test server does with each accepted connection.
+    #[derive(Clone, Copy)]
+    pub enum Mode {
+        /// Echo every chunk back.
+        Echo,
+        /// Send `HELLO\n` first, then answer each line with `OK\n`.
+        Banner,
+        /// Read to the end, recording when each byte arrived.
+        Sink,
+    }
+
+    /// Arrival time of every byte a `Sink` server read, in order.
+    pub type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
+    /// A server on 127.0.0.1:0, a thread per connection.
+    pub fn server(mode: Mode) -> (SocketAddr, Arrivals) {
+        let listener = TcpListener::bind(SocketAddr::from(ANY)).expect("bind a test server");
+        let addr = listener.local_addr().expect("server address");
+        let arrivals = Arrivals::default();
+        let log = arrivals.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_nodelay(true);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if let Mode::Banner = mode {
+                        let _ = conn.write_all(b"HELLO\n");
+                    }
+                    loop {
+                        let n = match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let now = Instant::now();
+                        let answer: Vec<u8> = match mode {
+                            Mode::Echo => buf[..n].to_vec(),
+                            Mode::Banner => buf[..n]
+                                .iter()
+                                .filter(|b| **b == b'\n')
+                                .flat_map(|_| b"OK\n".iter().copied())
+                                .collect(),
+                            Mode::Sink => {
+                                log.lock().unwrap().extend(std::iter::repeat_n(now, n));
+                                Vec::new()
+                            }
+                        };
+                        if conn.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, arrivals)
+    }
+
+    pub fn proxy(upstream: SocketAddr, one_way: Duration) -> DelayProxy {
+        DelayProxy::start(ANY.into(), upstream, one_way).expect("start a delay proxy")
+    }
+
+    pub fn connect(proxy: &DelayProxy) -> TcpStream {
+        let s = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        s
+    }
+
+    pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).expect("read from the proxy");
+        buf
+    }
+}
+
+#[test]
+fn delay_proxy_delays_each_way_and_the_tcp_handshake() {
+    use delay::{Mode, connect, proxy, read_n, server};
+    const D: Duration = Duration::from_millis(25);
+
+    // Client first: the first byte reaches the server 1.5 RTT after
+    // connect (the handshake), its echo is back 0.5 RTT later.
+    let (echo, _) = server(Mode::Echo);
+    let p = proxy(echo, D);
+    let t0 = std::time::Instant::now();
+    let mut s = connect(&p);
+    s.write_all(b"a").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"a");
+    let first = t0.elapsed();
+    assert!(
+        first >= 4 * D,
+        "first answer after {first:?}, want >= {:?}",
+        4 * D
+    );
+    // Then every round trip takes at least 2 × the delay, and not much more.
+    let mut rtts = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        s.write_all(b"b").unwrap();
+        assert_eq!(read_n(&mut s, 1), b"b");
+        rtts.push(t.elapsed());
+    }
+    assert!(rtts.iter().all(|r| *r >= 2 * D), "{rtts:?}");
+    let fastest = *rtts.iter().min().unwrap();
+    assert!(
+        fastest < 3 * D,
+        "round trips {rtts:?}, want about {:?}",
+        2 * D
+    );
+    drop(s);
+    assert!(
+        p.wait_closed(Duration::from_secs(5)),
+        "{:?}",
+        p.connections()
+    );
+    let c = &p.connections()[0];
+    assert_eq!((c.turns, c.bytes_up, c.bytes_down), (6, 6, 6), "{c:?}");
+
+    // Server first (ssh's banner): the banner arrives 2 RTT after connect.
+    let (banner, _) = server(Mode::Banner);
+    let p = proxy(banner, D);
+    let t0 = std::time::Instant::now();
+    let mut s = connect(&p);
+    assert_eq!(read_n(&mut s, 6), b"HELLO\n");
+    let took = t0.elapsed();
+    assert!(took >= 4 * D, "banner after {took:?}, want >= {:?}", 4 * D);
+}
+
+#[test]
+fn delay_proxy_delivers_each_chunk_its_delay_after_it_was_sent() {
+    use delay::{Mode, connect, proxy, server};
+    const D: Duration = Duration::from_millis(30);
+    let (sink, arrivals) = server(Mode::Sink);
+    let p = proxy(sink, D);
+    let mut s = connect(&p);
+    // Past the modelled handshake, so that only the per-chunk delay counts.
+    std::thread::sleep(4 * D);
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        sent.push(std::time::Instant::now());
+        s.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    wait_until("6 bytes at the sink", || {
+        arrivals.lock().unwrap().len() == 6
+    });
+    let got = arrivals.lock().unwrap().clone();
+    for (i, (at, sent)) in got.iter().zip(&sent).enumerate() {
+        let took = at.duration_since(*sent);
+        assert!(took >= D, "byte {i} arrived {took:?} after it was sent");
+    }
+    // Not held back and delivered in one lump: the first byte arrived
+    // before the last one was sent.
+    assert!(got[0] < sent[5], "first byte delivered with the last");
+}
+
+#[test]
+fn delay_proxy_moves_a_large_transfer_intact_and_in_order() {
+    use delay::{Mode, connect, proxy, server};
+    let (echo, _) = server(Mode::Echo);
+    let p = proxy(echo, Duration::from_millis(2));
+    let s = connect(&p);
+    const LEN: usize = 8 * 1024 * 1024;
+    let data: Vec<u8> = (0..LEN as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        .collect();
+    let mut w = s.try_clone().unwrap();
+    let to_send = data.clone();
+    let writer = std::thread::spawn(move || {
+        // Odd-sized writes, so chunks do not line up with the proxy's.
+        for part in to_send.chunks(50_001) {
+            w.write_all(part).unwrap();
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::with_capacity(LEN);
+    let mut r = s;
+    r.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back.len(), LEN);
+    assert!(back == data, "bytes changed or reordered on the way");
+    assert!(p.wait_closed(Duration::from_secs(5)));
+    let t = p.totals();
+    assert_eq!(
+        (t.connections, t.bytes_up, t.bytes_down),
+        (1, LEN as u64, LEN as u64)
+    );
+}
+
+#[test]
+fn delay_proxy_counts_round_trips() {
+    use delay::{Mode, connect, proxy, read_n, server};
+    let (banner, _) = server(Mode::Banner);
+    let p = proxy(banner, Duration::from_millis(5));
+    // Server speaks first; three requests, each waiting for its answer.
+    let mut s = connect(&p);
+    assert_eq!(read_n(&mut s, 6), b"HELLO\n");
+    for line in [&b"a\n"[..], b"b\n", b"c\n"] {
+        s.write_all(line).unwrap();
+        assert_eq!(read_n(&mut s, 3), b"OK\n");
+    }
+    drop(s);
+    // Pipelined: three requests sent at once cost one turn.
+    let mut s = connect(&p);
+    assert_eq!(read_n(&mut s, 6), b"HELLO\n");
+    s.write_all(b"a\nb\nc\n").unwrap();
+    assert_eq!(read_n(&mut s, 9), b"OK\nOK\nOK\n");
+    drop(s);
+    assert!(p.wait_closed(Duration::from_secs(5)));
+    let turns: Vec<u64> = p.connections().iter().map(|c| c.turns).collect();
+    assert_eq!(turns, [3, 1]);
+    let before = p.totals();
+    // Totals::since gives one invocation's share.
+    let mut s = connect(&p);
+    assert_eq!(read_n(&mut s, 6), b"HELLO\n");
+    s.write_all(b"z\n").unwrap();
+    assert_eq!(read_n(&mut s, 3), b"OK\n");
+    drop(s);
+    assert!(p.wait_closed(Duration::from_secs(5)));
+    let one = p.totals().since(&before);
+    assert_eq!(
+        (one.connections, one.turns, one.bytes_up, one.bytes_down),
+        (1, 1, 2, 9)
+    );
+}
+
+// ------------------------------------------------ HTTPS mode and latency
+
+/// Send `wire` over TLS to `addr`, trusting only the CAs in `ca_pem`;
+/// the whole answer (the server closes with close_notify).
+fn tls_exchange(addr: &str, ca_pem: &str, wire: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt().block_on(async {
+        let connector = tokio_rustls::TlsConnector::from(support::tls::client_config(ca_pem));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tls = connector
+            .connect(support::tls::server_name("127.0.0.1"), tcp)
+            .await?;
+        tls.write_all(wire).await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await?;
+        Ok(out)
+    })
+}
+
+#[test]
+fn https_stand_in_answers_tls_clients_that_trust_its_ca_only() {
+    let bed = TestBed::start_with(BedOptions {
+        https: true,
+        ..Default::default()
+    });
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let addr = bed
+        .endpoint()
+        .strip_prefix("https://")
+        .expect("an https:// endpoint")
+        .to_owned();
+    assert!(bed.api_proxy().is_none());
+    let api_ca = std::fs::read_to_string(bed.api_ca_pem().expect("api-ca.pem")).unwrap();
+    let body = "Action=DescribeInstances&Version=2016-11-15";
+
+    // A TLS client trusting only the bed's API CA: a signed request is answered.
+    let wire = signed_ec2_post(&bed, &addr, body, bed.secret_access_key());
+    let resp = tls_exchange(&addr, &api_ca, wire.as_bytes()).expect("TLS exchange");
+    let (status, xml) = parse_response(&String::from_utf8_lossy(&resp));
+    assert_eq!(status, 200, "{xml}");
+    assert!(xml.contains(&web.id), "{xml}");
+    assert!(
+        bed.signature_failures().is_empty(),
+        "{:?}",
+        bed.signature_failures()
+    );
+    // ...and a wrongly signed one refused, as over plain HTTP.
+    let wire = signed_ec2_post(&bed, &addr, body, "wrong-secret");
+    let resp = tls_exchange(&addr, &api_ca, wire.as_bytes()).expect("TLS exchange");
+    assert_eq!(parse_response(&String::from_utf8_lossy(&resp)).0, 403);
+    let requests = bed.requests().len();
+
+    // Trusting another CA (the endpoint stand-in's): the handshake fails.
+    let eice_ca = std::fs::read_to_string(bed.eice_ca_bundle()).unwrap();
+    let err = tls_exchange(&addr, &eice_ca, wire.as_bytes()).expect_err("an untrusted certificate");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // A plain HTTP client gets no HTTP answer.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(signed_ec2_post(&bed, &addr, body, bed.secret_access_key()).as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        bed.requests().len(),
+        requests,
+        "refused clients reach no handler"
+    );
+
+    // The bed's commands trust both stand-ins' CAs and use https.
+    let c = bed.command();
+    let env: std::collections::HashMap<_, _> = c
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+        .collect();
+    assert_eq!(env["AWS_ENDPOINT_URL"], bed.endpoint());
+    let bundle = std::fs::read_to_string(&env["AWS_CA_BUNDLE"]).unwrap();
+    assert!(bundle.contains(api_ca.trim()) && bundle.contains(eice_ca.trim()));
+}
+
+#[test]
+fn latency_bed_delays_the_api_and_an_instance_and_counts_turns() {
+    const D: Duration = Duration::from_millis(25);
+    let bed = TestBed::start_with(BedOptions {
+        https: true,
+        api_latency: Some(D),
+        ..Default::default()
+    });
+    let slow = bed.add_instance(InstanceSpec::named("slow").latency(D));
+    let fast = bed.add_instance(InstanceSpec::named("fast"));
+    let proxy = bed.api_proxy().expect("an API proxy");
+    let addr = bed.endpoint().strip_prefix("https://").unwrap().to_owned();
+    assert_eq!(addr, proxy.addr().to_string());
+
+    // A signed request over TLS through the proxy: TCP handshake, TLS 1.3
+    // handshake, request: at least 3 RTT, and two turns.
+    let api_ca = std::fs::read_to_string(bed.api_ca_pem().unwrap()).unwrap();
+    let wire = signed_ec2_post(
+        &bed,
+        &addr,
+        "Action=DescribeInstances&Version=2016-11-15",
+        bed.secret_access_key(),
+    );
+    let t = std::time::Instant::now();
+    let resp = tls_exchange(&addr, &api_ca, wire.as_bytes()).expect("TLS exchange");
+    let took = t.elapsed();
+    assert_eq!(parse_response(&String::from_utf8_lossy(&resp)).0, 200);
+    assert!(
+        took >= 6 * D,
+        "answered after {took:?}, want >= {:?}",
+        6 * D
+    );
+    assert!(proxy.wait_closed(Duration::from_secs(5)));
+    let conns = proxy.connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].turns, 2, "{conns:?}");
+
+    // The slow instance's public address is the proxy's; behind it is its
+    // sshd, reached on the private address.
+    let ssh_proxy = bed
+        .ssh_proxy(&slow.id)
+        .expect("a proxy for the slow instance");
+    let public = slow.public_ip.clone().unwrap();
+    assert_eq!(public, support::sshd::delayed_ip(slow.slot));
+    assert_eq!(
+        ssh_proxy.addr().to_string(),
+        format!("{public}:{}", bed.sshd_port())
+    );
+    assert!(bed.ssh_proxy(&fast.id).is_none());
+    assert_eq!(
+        fast.public_ip.as_deref(),
+        Some(support::sshd::public_ip(fast.slot).as_str())
+    );
+
+    let key = bed.generate_key("k");
+    bed.push_key_directly(&slow.id, &bed.os_user(), &key.public_key);
+    let out = bed
+        .ssh_command(&key.private_key, &bed.os_user(), &public)
+        .arg("echo $SSH_CONNECTION")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let server = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        server.split_whitespace().nth(2),
+        Some(slow.private_ip.as_str()),
+        "{server}"
+    );
+    assert!(ssh_proxy.wait_closed(Duration::from_secs(5)));
+    let t = ssh_proxy.totals();
+    assert_eq!(t.connections, 1);
+    // Banners, key exchange, authentication, the session: several waits.
+    assert!(t.turns >= 4, "{t:?}");
 }

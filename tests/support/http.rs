@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -94,12 +94,55 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
+/// [`serve`] over TLS (the API stand-in's HTTPS mode): each connection's
+/// handshake, then the same HTTP/1.1 as in plain mode. A client that does
+/// not speak TLS (or does not trust the certificate) gets no HTTP answer.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: Handler,
+) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let handler = handler.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = connection(tls, peer, handler).await;
+        });
+    }
+}
+
+/// A connection the server speaks HTTP on: plain TCP, or TLS over TCP.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP connection underneath (for `SO_LINGER`).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+async fn connection<S: Conn>(
+    mut stream: S,
     peer: SocketAddr,
     handler: Handler,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+    stream.tcp().set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
         // Read until the end of the head.
@@ -111,7 +154,9 @@ async fn connection(
                 return write_simple(&mut stream, 431, "request head too large").await;
             }
             if read_more(&mut stream, &mut buf).await? == 0 {
-                return Ok(()); // clean EOF between requests
+                // Clean EOF between requests (TLS: answered with close_notify).
+                let _ = stream.shutdown().await;
+                return Ok(());
             }
         };
 
@@ -191,7 +236,7 @@ async fn connection(
                 // deprecates it because a non-zero linger blocks on drop;
                 // zero never does.)
                 #[allow(deprecated)]
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                let _ = stream.tcp().set_linger(Some(Duration::ZERO));
                 return Ok(());
             }
             Delivery::Truncated => {
@@ -205,12 +250,13 @@ async fn connection(
             }
         }
         if close {
+            let _ = stream.shutdown().await;
             return Ok(());
         }
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more<S: Conn>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     let mut chunk = [0u8; 16 * 1024];
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(&chunk[..n]);
@@ -219,8 +265,8 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 
 /// Decode a chunked body from `buf` (reading more as needed). Trailers are
 /// skipped. `None` on a protocol error.
-async fn read_chunked(
-    stream: &mut TcpStream,
+async fn read_chunked<S: Conn>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut body = Vec::new();
@@ -269,8 +315,8 @@ async fn read_chunked(
     }
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
+async fn write_response<S: Conn>(
+    stream: &mut S,
     resp: &Response,
     close: bool,
 ) -> std::io::Result<()> {
@@ -298,9 +344,10 @@ fn head_of(resp: &Response, close: bool) -> String {
     head
 }
 
-async fn write_simple(stream: &mut TcpStream, status: u16, msg: &str) -> std::io::Result<()> {
+async fn write_simple<S: Conn>(stream: &mut S, status: u16, msg: &str) -> std::io::Result<()> {
     let resp = Response::new(status, "text/plain", msg);
-    write_response(stream, &resp, true).await
+    write_response(stream, &resp, true).await?;
+    stream.shutdown().await
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -36,9 +36,21 @@
 //! [`TestBed::throttled`]. The order of checks is: SigV4, rate limit,
 //! injected failures ([`TestBed::fail_next`]), the operation.
 //!
+//! Latency and TLS, for measuring what users feel
+//! ([`latency`], `benches/latency.rs`): `BedOptions { https: true, .. }`
+//! serves the API stand-in over TLS with a certificate from a CA made for
+//! the bed (`api-ca.pem`; [`TestBed::command`] sets `AWS_CA_BUNDLE` to
+//! `ca-bundle.pem`, which holds it and the endpoint stand-in's CA);
+//! `BedOptions { api_latency: Some(d), .. }` puts a [`latency::DelayProxy`]
+//! with one-way delay `d` in front of it ([`TestBed::endpoint`] is then the
+//! proxy's address), and `InstanceSpec::latency(d)` gives an instance a
+//! public address (127.B.3.H, [`sshd::delayed_ip`]) where a delay proxy to
+//! its sshd listens ([`TestBed::ssh_proxy`]). Without them, nothing changes.
+//!
 //! Layout of `bed.dir()`:
 //! `home/` `tmp/` `run/` (for the command under test), `akc.sh`,
-//! `sshd_config.N`, `sshd.log`, `ssh_host_ed25519_key`, `addr/<ip>` (instance
+//! `sshd_config.N`, `sshd.log`, `ssh_host_ed25519_key`, `eice-ca.pem`,
+//! `api-ca.pem` and `ca-bundle.pem` (HTTPS mode), `addr/<ip>` (instance
 //! id served on that address while running), `keys/<id>/<user>` (lines of
 //! `<expiry-epoch> <public key>`), `clock_offset`, `clientkeys/`.
 
@@ -51,14 +63,16 @@ pub mod cmd;
 pub mod diag;
 pub mod eice;
 pub mod http;
+pub mod latency;
 pub mod load;
 pub mod sigv4;
 pub mod sshd;
 pub mod timefmt;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,6 +98,15 @@ pub struct BedOptions {
     /// slot ([`sshd::private_ip`], [`sshd::public_ip`]: 127.0.1.k and
     /// 127.0.2.k for the first 250), 16 addresses per sshd process.
     pub slots: u16,
+    /// Serve the API stand-in over HTTPS, with a certificate for
+    /// 127.0.0.1, ::1 and localhost from a CA made for this bed
+    /// (`api-ca.pem`, [`TestBed::api_ca_pem`]). Default false: plain HTTP.
+    pub https: bool,
+    /// Put a delay proxy ([`latency::DelayProxy`]) with this one-way delay
+    /// in front of the API stand-in: [`TestBed::endpoint`] is the proxy.
+    /// `Some(Duration::ZERO)` adds no delay but counts connections and
+    /// turns ([`TestBed::api_proxy`]). Default `None`: no proxy.
+    pub api_latency: Option<Duration>,
 }
 
 impl Default for BedOptions {
@@ -93,6 +116,8 @@ impl Default for BedOptions {
             session_token: None,
             ipv6: true,
             slots: sshd::SLOTS,
+            https: false,
+            api_latency: None,
         }
     }
 }
@@ -128,6 +153,12 @@ pub struct InstanceSpec {
     /// ([`sshd::unreachable_ip`]): connections to it are refused, as to an
     /// instance whose sshd is down. Default false.
     pub unreachable: bool,
+    /// The public address is [`sshd::delayed_ip`], where a delay proxy
+    /// with this one-way delay forwards to the instance's sshd (on its
+    /// private address): ssh to the public address sees the latency, and
+    /// [`TestBed::ssh_proxy`] counts its turns. Needs a public IP. Default
+    /// `None`.
+    pub latency: Option<Duration>,
 }
 
 impl Default for InstanceSpec {
@@ -146,6 +177,7 @@ impl Default for InstanceSpec {
             id: None,
             instance_connect: true,
             unreachable: false,
+            latency: None,
         }
     }
 }
@@ -213,6 +245,12 @@ impl InstanceSpec {
         self.public_ip = true;
         self
     }
+    /// See [`InstanceSpec::latency`]: `one_way` each way (RTT = 2 × it).
+    pub fn latency(mut self, one_way: Duration) -> Self {
+        self.latency = Some(one_way);
+        self.public_ip = true;
+        self
+    }
 }
 
 /// A snapshot of a fake instance (addresses are fixed; `state` is as of the
@@ -225,7 +263,8 @@ pub struct Instance {
     pub state: String,
     /// 127.0.1.k (slots beyond 250: [`sshd::private_ip`])
     pub private_ip: String,
-    /// 127.0.2.k ([`sshd::public_ip`]), if the spec asked for a public IP.
+    /// 127.0.2.k ([`sshd::public_ip`]), if the spec asked for a public IP
+    /// (127.0.3.k, [`sshd::delayed_ip`], with a latency).
     pub public_ip: Option<String>,
     /// "::1", if the spec asked for IPv6.
     pub ipv6: Option<String>,
@@ -273,6 +312,14 @@ pub struct TestBed {
     server: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     /// The EC2 Instance Connect Endpoint stand-in (`eice.rs`).
     eice: Option<eice::EiceServer>,
+    /// The delay proxy in front of the API stand-in ([`BedOptions::api_latency`]).
+    api_proxy: Option<latency::DelayProxy>,
+    /// Delay proxies in front of instances' sshd, by instance id.
+    ssh_proxies: Mutex<Vec<(String, Arc<latency::DelayProxy>)>>,
+    /// HTTPS mode: the API CA's PEM file, and the bundle of it and the
+    /// endpoint stand-in's CA that `AWS_CA_BUNDLE` names.
+    api_ca_pem: Option<PathBuf>,
+    ca_bundle: Option<PathBuf>,
     user: String,
     host_public_key: String,
     ipv6: bool,
@@ -363,6 +410,15 @@ impl TestBed {
             let api = api.clone();
             Arc::new(move |req| api.handle(req))
         };
+        let (acceptor, api_ca_pem) = if opts.https {
+            let ca = tls::TestCa::new("eic-connect test bed API CA");
+            let path = d.join("api-ca.pem");
+            std::fs::write(&path, &ca.pem).expect("write api-ca.pem");
+            let config = ca.server_config(&["127.0.0.1", "::1", "localhost"]);
+            (Some(tokio_rustls::TlsAcceptor::from(config)), Some(path))
+        } else {
+            (None, None)
+        };
         let thread = std::thread::Builder::new()
             .name(format!("testbed-api-{port}"))
             .spawn(move || {
@@ -373,9 +429,15 @@ impl TestBed {
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)
                         .expect("register listener with tokio");
-                    tokio::select! {
-                        _ = http::serve(listener, handler) => {}
-                        _ = rx => {}
+                    match acceptor {
+                        None => tokio::select! {
+                            _ = http::serve(listener, handler) => {}
+                            _ = rx => {}
+                        },
+                        Some(acceptor) => tokio::select! {
+                            _ = http::serve_tls(listener, acceptor, handler) => {}
+                            _ = rx => {}
+                        },
                     }
                 });
             })
@@ -383,13 +445,35 @@ impl TestBed {
 
         let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6, opts.slots);
         let eice = eice::EiceServer::start(api.clone(), d, sshd.port);
+        // One AWS_CA_BUNDLE for both stand-ins.
+        let ca_bundle = api_ca_pem.as_ref().map(|api_pem| {
+            let mut both = std::fs::read(&eice.ca_pem_path).expect("read eice-ca.pem");
+            both.extend(std::fs::read(api_pem).expect("read api-ca.pem"));
+            let path = d.join("ca-bundle.pem");
+            std::fs::write(&path, both).expect("write ca-bundle.pem");
+            path
+        });
+        let api_proxy = opts.api_latency.map(|delay| {
+            latency::DelayProxy::start(
+                ([127, 0, 0, 1], 0).into(),
+                ([127, 0, 0, 1], port).into(),
+                delay,
+            )
+            .expect("start the API stand-in's delay proxy")
+        });
+        let scheme = if opts.https { "https" } else { "http" };
+        let endpoint_port = api_proxy.as_ref().map_or(port, |p| p.addr().port());
 
         TestBed {
             api,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{endpoint_port}"),
             sshd: Some(sshd),
             server: Some((thread, tx)),
             eice: Some(eice),
+            api_proxy,
+            ssh_proxies: Mutex::default(),
+            api_ca_pem,
+            ca_bundle,
             user,
             host_public_key,
             ipv6,
@@ -400,9 +484,36 @@ impl TestBed {
 
     // ------------------------------------------------------------ facts
 
-    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
+    /// `http://127.0.0.1:PORT` (`https://` in HTTPS mode; the delay
+    /// proxy's port with [`BedOptions::api_latency`]), for `AWS_ENDPOINT_URL`.
     pub fn endpoint(&self) -> String {
         self.endpoint.clone()
+    }
+    /// The delay proxy in front of the API ([`BedOptions::api_latency`]).
+    pub fn api_proxy(&self) -> Option<&latency::DelayProxy> {
+        self.api_proxy.as_ref()
+    }
+    /// The delay proxy in front of an instance's sshd
+    /// ([`InstanceSpec::latency`]).
+    pub fn ssh_proxy(&self, instance_id: &str) -> Option<Arc<latency::DelayProxy>> {
+        self.ssh_proxies
+            .lock()
+            .expect("ssh proxies")
+            .iter()
+            .find(|(id, _)| id == instance_id)
+            .map(|(_, p)| p.clone())
+    }
+    /// HTTPS mode: the PEM file of the CA that signed the API stand-in's
+    /// certificate (and only that CA).
+    pub fn api_ca_pem(&self) -> Option<&Path> {
+        self.api_ca_pem.as_deref()
+    }
+    /// The file [`TestBed::command`] sets `AWS_CA_BUNDLE` to: the endpoint
+    /// stand-in's CA, plus the API's in HTTPS mode.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.ca_bundle
+            .clone()
+            .unwrap_or_else(|| self.eice_ca_bundle())
     }
     pub fn region(&self) -> &str {
         &self.api.config.region
@@ -499,10 +610,16 @@ impl TestBed {
         } else {
             None
         };
+        assert!(
+            spec.latency.is_none() || (spec.public_ip && !spec.unreachable),
+            "an instance with a latency needs a public IP where something listens"
+        );
         let private_ip = sshd::private_ip(slot);
         let public_ip = spec.public_ip.then(|| {
             if spec.unreachable {
                 sshd::unreachable_ip(slot)
+            } else if spec.latency.is_some() {
+                sshd::delayed_ip(slot)
             } else {
                 sshd::public_ip(slot)
             }
@@ -553,6 +670,21 @@ impl TestBed {
         };
         self.sync_addresses(&rec);
         st.instances.push(rec.clone());
+        drop(st);
+        if let (Some(delay), Some(public)) = (spec.latency, &rec.public_ip) {
+            let ip = |a: &str| -> std::net::IpAddr { a.parse().expect("an IPv4 address") };
+            let port = self.sshd_port();
+            let proxy = latency::DelayProxy::start(
+                (ip(public), port).into(),
+                (ip(&rec.private_ip), port).into(),
+                delay,
+            )
+            .unwrap_or_else(|e| panic!("start the delay proxy on {public}:{port}: {e}"));
+            self.ssh_proxies
+                .lock()
+                .expect("ssh proxies")
+                .push((rec.id.clone(), Arc::new(proxy)));
+        }
         Instance::from_rec(&rec)
     }
 
@@ -880,6 +1012,9 @@ impl TestBed {
             .env("AWS_SHARED_CREDENTIALS_FILE", d.join("aws/credentials"))
             .env("AWS_MAX_ATTEMPTS", "1");
         self.apply_eice_env(c);
+        if let Some(bundle) = &self.ca_bundle {
+            c.env("AWS_CA_BUNDLE", bundle);
+        }
         if let Some(tok) = self.session_token() {
             c.env("AWS_SESSION_TOKEN", tok);
         }
@@ -896,6 +1031,9 @@ impl TestBed {
         );
         if let Some(tok) = self.session_token() {
             s.push_str(&format!("export AWS_SESSION_TOKEN={tok}\n"));
+        }
+        if let Some(bundle) = &self.ca_bundle {
+            s.push_str(&format!("export AWS_CA_BUNDLE={}\n", bundle.display()));
         }
         s
     }

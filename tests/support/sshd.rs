@@ -64,6 +64,14 @@ pub fn public_ip(slot: u16) -> String {
     format!("127.{block}.2.{host}")
 }
 
+/// 127.0.3.k for slots 1-250, then 127.1.3.1-250, …: the public address of
+/// an instance with a latency (`InstanceSpec::latency`), where a delay
+/// proxy to its private address listens instead of sshd.
+pub fn delayed_ip(slot: u16) -> String {
+    let (block, host) = octets(slot);
+    format!("127.{block}.3.{host}")
+}
+
 /// A loopback address no bed listens on (127.255.B.H, B and H as for
 /// [`private_ip`]), for an instance that cannot be reached: connections to
 /// it are refused at once.
