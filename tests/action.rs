@@ -867,12 +867,20 @@ fn a_block_without_its_end_mark_is_left_for_a_person_to_mend() {
 
 // ------------------------------------------ action.yml and the workflows
 
+/// check-jsonschema from PATH (pipx, a virtualenv), else as python3's
+/// module (`python3 -m pip install check-jsonschema`, as .ci/run does).
 fn check_jsonschema(schema: &str, file: &Path) -> Output {
-    Command::new("python3")
-        .args(["-m", "check_jsonschema", "--builtin-schema", schema])
+    let mut c = if support::cmd::which("check-jsonschema").is_empty() {
+        let mut c = Command::new("python3");
+        c.args(["-m", "check_jsonschema"]);
+        c
+    } else {
+        Command::new("check-jsonschema")
+    };
+    c.args(["--builtin-schema", schema])
         .arg(file)
         .output()
-        .expect("run python3 (.ci/run installs check-jsonschema)")
+        .expect("run check-jsonschema (.ci/run installs it)")
 }
 
 #[test]
