@@ -13,13 +13,44 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ssh_encoding::{Decode, Encode, Reader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aws::push::KEY_LIFETIME;
 use crate::key::EphemeralKey;
+
+/// Where the key's push stands. ssh may start while it is in flight: ssh
+/// asks its agent for identities only at user authentication, after the
+/// TCP connection, version exchange and key exchange, and the agent holds
+/// that answer until the push is done (and offers nothing if it failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    InFlight,
+    /// Accepted at this instant: the key logs in for 60 s from then.
+    Done(Instant),
+    Failed,
+}
+
+/// The push's progress, as the agent watches it.
+pub type PushWatch = watch::Receiver<Push>;
+
+/// A push already done at `at`.
+pub fn pushed_at(at: Instant) -> PushWatch {
+    watch::channel(Push::Done(at)).1
+}
+
+/// The push's outcome once it is known (a dropped sender means it failed).
+async fn outcome(push: &mut PushWatch) -> Push {
+    match push.wait_for(|p| *p != Push::InFlight).await {
+        Ok(state) => *state,
+        Err(_) => Push::Failed,
+    }
+}
 
 const SSH_AGENT_FAILURE: u8 = 5;
 const SSH_AGENTC_REQUEST_IDENTITIES: u8 = 11;
@@ -128,15 +159,17 @@ pub struct Agent {
 #[derive(Clone)]
 struct Served {
     key: Arc<Mutex<Option<EphemeralKey>>>,
+    /// Identities and signatures wait for the push.
+    push: PushWatch,
     /// Where a forwarded connection is relayed: the user's own agent.
     forward_to: Option<PathBuf>,
 }
 
 impl Agent {
     /// Starts serving `key` on a socket at `socket`, and writes its public
-    /// half to `identity_file` for ssh's `IdentityFile`. At `expires` (the
-    /// push plus its 60 seconds) the key is wiped: it cannot log in anywhere
-    /// by then.
+    /// half to `identity_file` for ssh's `IdentityFile`. The key is offered
+    /// once `push` is done, and wiped when the push's 60 seconds are over
+    /// (it cannot log in anywhere by then) or at once if the push failed.
     ///
     /// A connection that ssh binds as *forwarded* (`ssh -A`, `ForwardAgent
     /// yes`) never reaches the key: it is relayed to `forward_to`, the
@@ -145,7 +178,7 @@ impl Agent {
         key: EphemeralKey,
         socket: PathBuf,
         identity_file: Option<PathBuf>,
-        expires: std::time::Instant,
+        push: PushWatch,
         forward_to: Option<PathBuf>,
     ) -> anyhow::Result<Agent> {
         if let Some(file) = &identity_file {
@@ -159,6 +192,7 @@ impl Agent {
         let key = Arc::new(Mutex::new(Some(key)));
         let served = Served {
             key: Arc::clone(&key),
+            push: push.clone(),
             forward_to,
         };
         let serving = tokio::spawn(async move {
@@ -168,10 +202,16 @@ impl Agent {
         });
         let expiry = {
             let key = Arc::clone(&key);
+            let mut push = push;
             tokio::spawn(async move {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(expires)).await;
+                if let Push::Done(at) = outcome(&mut push).await {
+                    let expires = at + KEY_LIFETIME;
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(expires)).await;
+                    tracing::debug!("ephemeral key expired and was wiped from memory");
+                } else {
+                    tracing::debug!("the push failed: ephemeral key wiped from memory");
+                }
                 forget(&key);
-                tracing::debug!("ephemeral key expired and was wiped from memory");
             })
         };
         Ok(Agent {
@@ -185,14 +225,14 @@ impl Agent {
     pub fn start_in(
         key: EphemeralKey,
         dir: &RuntimeDir,
-        expires: std::time::Instant,
+        push: PushWatch,
         forward_to: Option<PathBuf>,
     ) -> anyhow::Result<Agent> {
         Agent::start(
             key,
             dir.path().join("agent.sock"),
             Some(dir.identity_file()),
-            expires,
+            push,
             forward_to,
         )
     }
@@ -246,18 +286,28 @@ fn framed(msg: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-async fn serve(mut stream: UnixStream, served: Served) {
+async fn serve(mut stream: UnixStream, mut served: Served) {
     while let Some(msg) = read_message(&mut stream).await {
         if session_bind_forwarding(&msg) == Some(true) {
             tracing::debug!("agent: a forwarded connection; the ephemeral key is not offered");
             return forwarded(stream, &msg, served.forward_to.as_deref()).await;
         }
+        if matches!(
+            msg.first(),
+            Some(&(SSH_AGENTC_REQUEST_IDENTITIES | SSH_AGENTC_SIGN_REQUEST))
+        ) && *served.push.borrow() == Push::InFlight
+        {
+            tracing::debug!("agent: ssh asks for the key; waiting for the push");
+            let state = outcome(&mut served.push).await;
+            tracing::debug!(?state, "agent: the push is over");
+        }
+        let offered = *served.push.borrow() != Push::Failed;
         let reply = {
             let guard = served
                 .key
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            respond(&msg, guard.as_ref())
+            respond(&msg, guard.as_ref().filter(|_| offered))
         };
         let Some(framed) = framed(&reply) else { return };
         if stream.write_all(&framed).await.is_err() {
@@ -449,8 +499,7 @@ mod tests {
         let dir = RuntimeDir::create().unwrap();
         let key = EphemeralKey::generate().unwrap();
         let blob = key.public_blob().unwrap();
-        let expires = std::time::Instant::now() + Duration::from_secs(60);
-        let agent = Agent::start_in(key, &dir, expires, None).unwrap();
+        let agent = Agent::start_in(key, &dir, pushed_at(Instant::now()), None).unwrap();
         let pub_line = std::fs::read_to_string(dir.path().join("id.pub")).unwrap();
         assert!(pub_line.starts_with("ssh-ed25519 "));
 
@@ -481,7 +530,7 @@ mod tests {
         let agent = Agent::start_in(
             EphemeralKey::generate().unwrap(),
             &dir,
-            pushed + Duration::from_secs(60),
+            pushed_at(pushed),
             None,
         )
         .unwrap();
@@ -489,6 +538,39 @@ mod tests {
         assert!(agent.holds_key(), "still within the push's 60 s");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!agent.holds_key(), "wiped once the push's 60 s are over");
+    }
+
+    /// Number of identities in an identities answer.
+    fn identities(reply: &[u8]) -> u32 {
+        assert_eq!(reply[0], SSH_AGENT_IDENTITIES_ANSWER);
+        u32::from_be_bytes(reply[1..5].try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn identities_wait_for_the_push_and_a_failed_push_offers_none() {
+        for (outcome, listed) in [(Push::Done(Instant::now()), 1), (Push::Failed, 0)] {
+            let dir = RuntimeDir::create().unwrap();
+            let (tx, rx) = watch::channel(Push::InFlight);
+            let agent = Agent::start_in(EphemeralKey::generate().unwrap(), &dir, rx, None).unwrap();
+            let mut stream = UnixStream::connect(agent.socket()).await.unwrap();
+            let asked =
+                tokio::spawn(
+                    async move { ask(&mut stream, &[SSH_AGENTC_REQUEST_IDENTITIES]).await },
+                );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !asked.is_finished(),
+                "no answer while the push is in flight"
+            );
+            tx.send(outcome).unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(5), asked)
+                .await
+                .expect("answered once the push is over")
+                .unwrap();
+            assert_eq!(identities(&reply), listed, "{outcome:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(agent.holds_key(), listed == 1, "{outcome:?}");
+        }
     }
 
     fn session_bind(forwarding: bool) -> Vec<u8> {
@@ -623,8 +705,7 @@ mod tests {
         let dir = RuntimeDir::create().unwrap();
         let key = EphemeralKey::generate().unwrap();
         let blob = key.public_blob().unwrap();
-        let expires = std::time::Instant::now() + Duration::from_secs(60);
-        let agent = Agent::start_in(key, &dir, expires, None).unwrap();
+        let agent = Agent::start_in(key, &dir, pushed_at(Instant::now()), None).unwrap();
         // ssh's own connection: bound, not forwarded, the key is there.
         let mut own = UnixStream::connect(agent.socket()).await.unwrap();
         assert_eq!(

@@ -6,11 +6,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
 use crate::aws::Clients;
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::push::push_key;
 use crate::eice::ConnectVia;
-use crate::key::EphemeralKey;
 use crate::osuser::{self, UserSource};
 use crate::settings::{OsUser, Reach};
 use crate::target::{Target, choose_address};
@@ -33,15 +34,42 @@ pub struct Resolved {
     pub pushed: Instant,
 }
 
-/// Finds the instance and pushes the key for the OS user, which it returns.
-/// With a user given and an instance id, both calls go out at once (the push
-/// needs nothing from the lookup); otherwise the lookup must name the
-/// instance first, and without a user, DescribeImages must name its AMI.
+/// Who hears of the steps before the push is done, to start their own work
+/// early.
+#[derive(Default)]
+pub struct Progress {
+    /// The instance, as soon as it is known and running (the endpoint
+    /// lookup starts then).
+    pub instance: Option<oneshot::Sender<InstanceInfo>>,
+    /// The instance and the OS user, once both are known: ssh may start
+    /// while the push is still in flight.
+    pub ready: Option<oneshot::Sender<(InstanceInfo, String)>>,
+}
+
+impl Progress {
+    fn instance(&mut self, instance: &InstanceInfo) {
+        if let Some(tx) = self.instance.take() {
+            let _ = tx.send(instance.clone());
+        }
+    }
+
+    fn ready(&mut self, instance: &InstanceInfo, user: &str) {
+        self.instance(instance);
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send((instance.clone(), user.to_owned()));
+        }
+    }
+}
+
+/// Finds the instance and pushes `public_key` for the OS user, which it
+/// returns. With a user given and an instance id, both calls go out at once
+/// (the push needs nothing from the lookup); otherwise the lookup must name
+/// the instance first, and without a user, DescribeImages must name its AMI.
 pub async fn resolve_and_push(
     want: &Want<'_>,
     clients: &Clients,
-    key: &EphemeralKey,
-    instance_known: tokio::sync::oneshot::Sender<InstanceInfo>,
+    public_key: &str,
+    mut progress: Progress,
 ) -> anyhow::Result<Resolved> {
     let t0 = Instant::now();
     let given = want.user.source.is_given();
@@ -51,7 +79,7 @@ pub async fn resolve_and_push(
     };
     if !given && remembered.is_none() {
         let instance = ready(want, clients, pick_one(want, clients).await?).await?;
-        let _ = instance_known.send(instance.clone());
+        progress.instance(&instance);
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
         let t1 = Instant::now();
         // A name found the instance: its AMI guess may be remembered too.
@@ -68,8 +96,9 @@ pub async fn resolve_and_push(
             elapsed_ms = t1.elapsed().as_millis() as u64,
             "chose OS user"
         );
+        progress.ready(&instance, &choice.user);
         let t2 = Instant::now();
-        let pushed = push_key(clients, &instance.id, &choice.user, key.public_openssh()).await?;
+        let pushed = push_key(clients, &instance.id, &choice.user, public_key).await?;
         tracing::debug!(elapsed_ms = t2.elapsed().as_millis() as u64, "pushed key");
         if matches!(choice.source, UserSource::Guessed(_)) {
             osuser::remember(&want.reach.state_dir, &instance.id, &choice.user);
@@ -86,20 +115,26 @@ pub async fn resolve_and_push(
     };
     tracing::debug!(os_user = user, chosen_by = %source, "OS user given");
     if let Target::InstanceId(id) = want.target {
-        let (found, pushed) = tokio::join!(
-            ec2::find(clients, want.target),
-            push_key(clients, id, user, key.public_openssh())
-        );
+        let lookup = async {
+            let found = ec2::exactly_one(
+                ec2::find(clients, want.target).await?,
+                want.target,
+                &clients.scope,
+            )?;
+            let was_running = found.state == "running";
+            let instance = ready(want, clients, found).await?;
+            progress.ready(&instance, user);
+            tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
+            anyhow::Ok((instance, was_running))
+        };
+        let (looked_up, pushed) = tokio::join!(lookup, push_key(clients, id, user, public_key));
         // The lookup explains "not found" and "stopped" better than the push.
-        let found = ec2::exactly_one(found?, want.target, &clients.scope)?;
-        let was_running = found.state == "running";
-        let instance = ready(want, clients, found).await?;
-        let _ = instance_known.send(instance.clone());
+        let (instance, was_running) = looked_up?;
         let pushed = if was_running {
             pushed?
         } else {
             // Started just now: the first push went to a stopped instance.
-            push_key(clients, id, user, key.public_openssh()).await?
+            push_key(clients, id, user, public_key).await?
         };
         tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance and pushed key concurrently");
         return Ok(Resolved {
@@ -109,10 +144,10 @@ pub async fn resolve_and_push(
         });
     }
     let instance = ready(want, clients, pick_one(want, clients).await?).await?;
-    let _ = instance_known.send(instance.clone());
+    progress.ready(&instance, user);
     tracing::debug!(instance = %instance.id, elapsed_ms = t0.elapsed().as_millis() as u64, "looked up instance");
     let t1 = Instant::now();
-    let pushed = push_key(clients, &instance.id, user, key.public_openssh()).await?;
+    let pushed = push_key(clients, &instance.id, user, public_key).await?;
     tracing::debug!(elapsed_ms = t1.elapsed().as_millis() as u64, "pushed key");
     Ok(Resolved {
         instance,

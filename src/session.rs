@@ -9,12 +9,10 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::agent::{Agent, RuntimeDir};
-use crate::aws::push::KEY_LIFETIME;
+use crate::agent::{Agent, PushWatch, RuntimeDir};
 use crate::aws::{self, Clients};
 use crate::dirs;
 use crate::error::Failure;
@@ -62,11 +60,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the agent with `key` (pushed at `pushed_at`, so wiped 60 s
-    /// after) and builds ssh's arguments.
-    pub fn prepare(key: EphemeralKey, pushed_at: Instant, spec: &Spec<'_>) -> anyhow::Result<Self> {
+    /// Starts the agent with `key`, offered once `push` is done and wiped
+    /// 60 s after, and builds ssh's arguments.
+    pub fn prepare(key: EphemeralKey, push: PushWatch, spec: &Spec<'_>) -> anyhow::Result<Self> {
         let dir = RuntimeDir::create()?;
-        let agent = Agent::start_in(key, &dir, pushed_at + KEY_LIFETIME, user_agent())?;
+        let agent = Agent::start_in(key, &dir, push, user_agent())?;
         let report = dir.path().join("host-key-report");
         let args = ssh_args(spec, &dir.identity_file(), agent.socket(), &report)?;
         Ok(Session {

@@ -78,6 +78,19 @@ pub fn display_command(program: &OsStr, args: &[OsString]) -> String {
 /// directly (same process group) and are ignored here so that ssh's exit
 /// status is what we report; SIGTERM and SIGHUP are passed on to ssh.
 pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatus> {
+    run_beside(program, args, std::future::ready(Ok(()))).await
+}
+
+/// [`run`], with `beside` (the key push) finishing alongside. If it fails,
+/// ssh is stopped and its error is the outcome. If ssh ends first, it is
+/// still awaited, and if ssh failed, a failed push is the outcome: a
+/// refused push is reported as such, never as ssh's bare "Permission
+/// denied".
+pub async fn run_beside(
+    program: &OsStr,
+    args: &[OsString],
+    beside: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitStatus> {
     use tokio::signal::unix::{SignalKind, signal};
     // Installing handlers (rather than SIG_IGN) matters: handlers are reset to
     // the default in the child on exec, ignored signals would stay ignored.
@@ -103,9 +116,33 @@ pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatu
         })?;
     let pid = child.id();
     tracing::debug!(pid, "ssh started");
+    let mut beside = std::pin::pin!(beside);
+    let mut beside_done = false;
     loop {
         tokio::select! {
-            status = child.wait() => return status.context("waiting for ssh"),
+            status = child.wait() => {
+                let status = status.context("waiting for ssh")?;
+                if !beside_done {
+                    // Never cut a push short (what follows it, such as
+                    // remembering the OS user, would be lost).
+                    let result = beside.await;
+                    if !status.success() {
+                        result?;
+                    } else if let Err(err) = result {
+                        tracing::debug!("ssh succeeded; the push did not: {err:#}");
+                    }
+                }
+                return Ok(status);
+            }
+            result = &mut beside, if !beside_done => {
+                beside_done = true;
+                if let Err(err) = result {
+                    tracing::debug!("stopping ssh: {err:#}");
+                    forward(pid, libc::SIGTERM);
+                    let _ = child.wait().await;
+                    return Err(err);
+                }
+            }
             _ = interrupt.recv() => {}
             _ = quit.recv() => {}
             _ = terminate.recv() => forward(pid, libc::SIGTERM),

@@ -31,11 +31,9 @@ pub fn roots() -> Roots {
 pub fn prefetch() {
     if ROOTS.get().is_none() {
         // If the thread cannot start, roots() loads them when asked.
-        let _ = std::thread::Builder::new()
-            .name("trust".into())
-            .spawn(|| {
-                let _ = roots();
-            });
+        let _ = std::thread::Builder::new().name("trust".into()).spawn(|| {
+            let _ = roots();
+        });
     }
 }
 
@@ -82,10 +80,10 @@ fn ca_bundle(path: &str) -> Result<Vec<CertificateDer<'static>>, Failure> {
         })?;
     let usable = certs.iter().filter(|c| webpki_anchor(c)).count();
     if usable == 0 {
-        return Err(
-            Failure::new(format!("AWS_CA_BUNDLE {shown} holds no usable CA certificate"))
-                .hint("point AWS_CA_BUNDLE at a PEM file of CA certificates, or unset it"),
-        );
+        return Err(Failure::new(format!(
+            "AWS_CA_BUNDLE {shown} holds no usable CA certificate"
+        ))
+        .hint("point AWS_CA_BUNDLE at a PEM file of CA certificates, or unset it"));
     }
     Ok(certs)
 }
@@ -141,11 +139,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let err = ca_bundle(missing.to_str().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("cannot read AWS_CA_BUNDLE"), "{err}");
+        assert!(
+            err.to_string().contains("cannot read AWS_CA_BUNDLE"),
+            "{err}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let err = ca_bundle(empty.to_str().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("no usable CA certificate"), "{err}");
+        assert!(
+            err.to_string().contains("no usable CA certificate"),
+            "{err}"
+        );
         let broken = dir.path().join("broken.pem");
         std::fs::write(
             &broken,

@@ -4,13 +4,17 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::aws::{self, Clients, ec2};
+use tokio::sync::{oneshot, watch};
+
+use crate::agent::{Push, PushWatch};
+use crate::aws::ec2::{self, InstanceInfo};
+use crate::aws::{self, Clients};
 use crate::dirs;
 use crate::eice::route::{self, Request};
 use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::Pins;
 use crate::key::EphemeralKey;
-use crate::resolve::{Resolved, Want, resolve_and_push};
+use crate::resolve::{Progress, Want, resolve_and_push};
 use crate::session::{self, HostKeys, Session, Spec};
 use crate::settings::{Connect, HostKeyPolicy};
 use crate::ssh;
@@ -42,26 +46,76 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let prepared = tokio::select! {
-        biased;
-        prepared = prepare(&settings) => prepared?,
-        _ = interrupt.recv() => return crate::error::fail(Failure::interrupted()),
-        _ = terminate.recv() => return crate::error::fail(Failure::interrupted()),
-        _ = hangup.recv() => return crate::error::fail(Failure::interrupted()),
+    let config = aws::load_config(&reach.aws).await?;
+    let clients = Clients::new(&config, &reach.aws);
+    let key = EphemeralKey::generate()?;
+    tracing::debug!(
+        fingerprint = %key.fingerprint(),
+        "generated ephemeral ed25519 key"
+    );
+    let public_key = key.public_openssh().to_owned();
+    let want = Want {
+        reach,
+        target: &settings.target,
+        user: &settings.user,
+        ssh_port: ssh::port(&settings.ssh_options),
+        picker: true,
+    };
+    // The lookup and the push run from here until done. ssh starts as soon
+    // as the instance, its OS user and the route are known: the agent holds
+    // the key back until the push is done.
+    let (push_tx, push_rx) = watch::channel(Push::InFlight);
+    let (found_tx, found_rx) = oneshot::channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let progress = Progress {
+        instance: Some(found_tx),
+        ready: Some(ready_tx),
+    };
+    let mut resolving = std::pin::pin!(async {
+        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
+        let _ = push_tx.send(match &result {
+            Ok(resolved) => Push::Done(resolved.pushed),
+            Err(_) => Push::Failed,
+        });
+        result
+    });
+    let mut setup = std::pin::pin!(prepare(
+        &settings, &config, &clients, key, push_rx, found_rx, ready_rx
+    ));
+    let mut resolved = None;
+    let prepared = loop {
+        tokio::select! {
+            biased;
+            result = &mut resolving, if resolved.is_none() => resolved = Some(result?),
+            prepared = &mut setup => break prepared?,
+            _ = interrupt.recv() => return crate::error::fail(Failure::interrupted()),
+            _ = terminate.recv() => return crate::error::fail(Failure::interrupted()),
+            _ = hangup.recv() => return crate::error::fail(Failure::interrupted()),
+        }
     };
     let Prepared {
         session,
         instance_id,
         pins,
-        pushed,
     } = prepared;
     tracing::debug!(
         command = %ssh::display_command(&reach.ssh_program, session.args()),
         since_start_ms = started.elapsed().as_millis() as u64,
-        since_push_ms = pushed.elapsed().as_millis() as u64,
+        push_done = resolved.is_some(),
         "starting ssh"
     );
-    let status = ssh::run(&reach.ssh_program, session.args()).await?;
+    let push = async {
+        if resolved.is_none() {
+            let done = (&mut resolving).await?;
+            tracing::debug!(
+                since_start_ms = started.elapsed().as_millis() as u64,
+                since_push_ms = done.pushed.elapsed().as_millis() as u64,
+                "push done while ssh started"
+            );
+        }
+        Ok(())
+    };
+    let status = ssh::run_beside(&reach.ssh_program, session.args(), push).await?;
     let refused = match &pins {
         Some(pins) if status.code() == Some(255) => {
             session::host_key_refusal(&instance_id, pins, &session.verdicts())
@@ -84,19 +138,21 @@ struct Prepared {
     session: Session,
     instance_id: String,
     pins: Option<Pins>,
-    pushed: Instant,
 }
 
-/// Everything before ssh: the lookup, the push, the route, the host keys.
-async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
+/// Everything ssh needs besides the push: the instance and its OS user
+/// (from the lookup), the route, the host keys, and the session whose agent
+/// offers `key` once `push` is done.
+async fn prepare(
+    settings: &Connect,
+    config: &aws_config::SdkConfig,
+    clients: &Clients,
+    key: EphemeralKey,
+    push: PushWatch,
+    found: oneshot::Receiver<InstanceInfo>,
+    ready: oneshot::Receiver<(InstanceInfo, String)>,
+) -> anyhow::Result<Prepared> {
     let reach = &settings.reach;
-    let config = aws::load_config(&reach.aws).await?;
-    let clients = Clients::new(&config, &reach.aws);
-    let key = EphemeralKey::generate()?;
-    tracing::debug!(
-        fingerprint = %key.fingerprint(),
-        "generated ephemeral ed25519 key"
-    );
     let verify = matches!(reach.host_keys, HostKeyPolicy::Console { .. });
     // With --verify-host-key and an instance id, the console output is
     // fetched alongside the lookup and push; otherwise once the id is known.
@@ -105,13 +161,6 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         _ => None,
     };
     let ssh_port = ssh::port(&settings.ssh_options);
-    let want = Want {
-        reach,
-        target: &settings.target,
-        user: &settings.user,
-        ssh_port,
-        picker: true,
-    };
     let request = Request {
         path: &reach.path,
         address: reach.address,
@@ -119,23 +168,21 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         ssh_port,
     };
     // The endpoint lookup (when tunnelling) starts as soon as the instance
-    // is known, alongside the key push.
-    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
-    let (resolved, console, route) = tokio::join!(
-        resolve_and_push(&want, &clients, &key, found_tx),
+    // is known, alongside the OS user's choice and the key push.
+    let (ready, console, route) = tokio::join!(
+        ready,
         async {
             match early_console {
-                Some(id) => Some(aws::diag::console_output(&clients, id).await),
+                Some(id) => Some(aws::diag::console_output(clients, id).await),
                 None => None,
             }
         },
-        route::route_once_found(&request, &config, &clients, found_rx)
+        route::route_once_found(&request, config, clients, found)
     );
-    let Resolved {
-        instance,
-        user,
-        pushed,
-    } = resolved?;
+    let Ok((instance, user)) = ready else {
+        // The lookup failed: its error is reported, not this.
+        anyhow::bail!("the lookup ended without naming an instance");
+    };
     let address = choose_address(&instance.addresses, reach.address, &settings.target)?;
     tracing::debug!(%address, "chose address");
     let route = route?;
@@ -150,7 +197,7 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         Some(fetched) => Some(fetched?),
         None => None,
     };
-    let host_keys = session::host_keys(reach, &clients, &instance.id, console).await?;
+    let host_keys = session::host_keys(reach, clients, &instance.id, console).await?;
     let (host, path_options) = route::ssh_target(
         route.as_ref(),
         address,
@@ -168,7 +215,7 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         host_keys,
         command: &settings.command,
     };
-    let session = Session::prepare(key, pushed, &spec)?;
+    let session = Session::prepare(key, push, &spec)?;
     let pins = match spec.host_keys {
         HostKeys::Pinned(pins) => Some(pins),
         HostKeys::FirstUse { .. } => None,
@@ -177,7 +224,6 @@ async fn prepare(settings: &Connect) -> anyhow::Result<Prepared> {
         session,
         instance_id: instance.id,
         pins,
-        pushed,
     })
 }
 

@@ -149,8 +149,13 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
         ssh_port: Some(settings.port),
         picker: false,
     };
-    let (found_tx, _found_rx) = tokio::sync::oneshot::channel();
-    let resolved = resolve_and_push(&want, &clients, &key, found_tx).await?;
+    let resolved = resolve_and_push(
+        &want,
+        &clients,
+        key.public_openssh(),
+        crate::resolve::Progress::default(),
+    )
+    .await?;
     let instance = &resolved.instance;
     let chosen = choose_address(&instance.addresses, AddressChoice::Auto, &settings.target)?;
     let decision = route::decide(reach.path.via, false, chosen, instance, Some(settings.port));
@@ -180,7 +185,7 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
         key,
         fresh.clone(),
         None,
-        resolved.pushed + crate::aws::push::KEY_LIFETIME,
+        crate::agent::pushed_at(resolved.pushed),
         crate::session::user_agent(),
     )?;
     let socket = slot.socket();

@@ -293,7 +293,7 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         host_keys,
         command: &shared.settings.command,
     };
-    let session = Session::prepare(key, pushed, &spec)?;
+    let session = Session::prepare(key, crate::agent::pushed_at(pushed), &spec)?;
     let ssh_program = &reach.ssh_program;
     let mut command = tokio::process::Command::new(ssh_program);
     crate::ssh::end_with_parent(&mut command);

@@ -70,7 +70,7 @@ pub async fn run(settings: Serial) -> anyhow::Result<ExitCode> {
         }),
         command: &[],
     };
-    let session = Session::prepare(key, pushed, &spec)?;
+    let session = Session::prepare(key, crate::agent::pushed_at(pushed), &spec)?;
     tracing::debug!(command = %ssh::display_command(&settings.ssh_program, session.args()), "starting ssh");
     eprintln!(
         "eic-connect: serial console of {instance_id} (one session at a time; press Enter if the screen stays blank, Enter ~ . to leave)"
