@@ -155,6 +155,17 @@ pub struct Cli {
     #[arg(long)]
     pub start: bool,
 
+    /// Keep the connection as a shared master for DURATION (default 10m)
+    /// after the session: later connections to the instance skip the
+    /// lookup, the key push and the handshake [env: EIC_CONNECT_REUSE]
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = parse_reuse, overrides_with = "no_reuse")]
+    pub reuse: Option<crate::reuse::Setting>,
+
+    /// Do not reuse or keep a master connection, whatever the config says
+    #[arg(long, overrides_with = "reuse")]
+    pub no_reuse: bool,
+
     /// With --verify-host-key: if the console shows no host keys, warn and
     /// accept the key on first use instead of failing
     #[arg(
@@ -217,6 +228,8 @@ pub enum Subcommand {
     Doctor(DoctorArgs),
     /// Connect to an instance's serial console (EC2 Serial Console)
     Serial(SerialArgs),
+    /// Show or end master connections kept for reuse: eic-connect reuse list
+    Reuse(ReuseArgs),
     /// (internal) ssh's KnownHostsCommand for pinned host keys
     #[command(name = "__known-hosts", hide = true)]
     KnownHosts(KnownHostsArgs),
@@ -280,6 +293,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub start: bool,
 
+    /// How long each instance's master connection stays after the command
+    /// (default 10m; on for run): a repeated run skips the key pushes and
+    /// handshakes [env: EIC_CONNECT_REUSE]
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = parse_reuse, overrides_with = "no_reuse")]
+    pub reuse: Option<crate::reuse::Setting>,
+
+    /// Connect afresh to every instance and keep no master connection
+    #[arg(long, overrides_with = "reuse")]
+    pub no_reuse: bool,
+
     /// Trust only the host keys each instance printed on its console
     /// [env: EIC_CONNECT_VERIFY_HOST_KEY]
     #[arg(long, overrides_with = "no_verify_host_key")]
@@ -303,6 +327,10 @@ pub struct RunArgs {
 
 /// The longest `run --timeout`, in seconds (a week).
 const MAX_RUN_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
+
+fn parse_reuse(text: &str) -> Result<crate::reuse::Setting, String> {
+    crate::reuse::Setting::parse(text)
+}
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
     seconds_within(text, MAX_RUN_TIMEOUT)
@@ -393,6 +421,25 @@ pub struct KnownHostsArgs {
     pub words: Vec<String>,
 }
 
+/// `eic-connect reuse list|stop [TARGET]`.
+#[derive(Debug, Clone, Args)]
+pub struct ReuseArgs {
+    #[command(subcommand)]
+    pub action: ReuseAction,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ReuseAction {
+    /// List the master connections: what each reaches and since when
+    List,
+    /// End master connections: all, or those to TARGET (instance id, Name,
+    /// or an ssh-config host such as eic-web-1)
+    Stop {
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+    },
+}
+
 /// `eic-connect proxy HOST PORT USER`, as ssh's `ProxyCommand … '%h' '%p' '%r'`.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
@@ -411,6 +458,11 @@ pub struct ProxyArgs {
     /// Directory of the agent sockets ssh asks for the key (the ssh-config block's IdentityAgent)
     #[arg(long, value_name = "DIR")]
     pub key_dir: Option<std::path::PathBuf>,
+    /// The connection may become ssh's shared master (the block's
+    /// ControlPersist): once connected, write nothing more to standard
+    /// error, so that no pipe of the first ssh's caller is held open
+    #[arg(long)]
+    pub master: bool,
 }
 
 /// `eic-connect ssh-config`.
@@ -422,6 +474,15 @@ pub struct SshConfigArgs {
     /// Default OS user for these hosts
     #[arg(long, value_name = "USER", default_value = crate::osuser::DEFAULT_OS_USER)]
     pub os_user: String,
+    /// How long ssh keeps each host's master connection after the last
+    /// session (default 10m; on for the block): later ssh, scp, rsync and
+    /// git runs skip the lookup, the key push and the handshake
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = parse_reuse, overrides_with = "no_reuse")]
+    pub reuse: Option<crate::reuse::Setting>,
+    /// Write the block without connection reuse
+    #[arg(long, overrides_with = "reuse")]
+    pub no_reuse: bool,
 }
 
 /// `eic-connect scp|sftp [ARGS...]`: the tool's own arguments, passed on.
@@ -442,6 +503,10 @@ pub struct TunnelArgs {
     /// Port on the instance: 22 (SSH) or 3389 (RDP)
     #[arg(long, value_name = "PORT", default_value_t = 22)]
     pub remote_port: u16,
+    /// The connection may become ssh's shared master: once connected,
+    /// write nothing more to standard error (see proxy --master)
+    #[arg(long, hide = true)]
+    pub master: bool,
 
     /// Listen on this loopback port and tunnel each connection; without it,
     /// relay standard input and output

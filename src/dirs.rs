@@ -81,6 +81,18 @@ pub fn proxy_dir(env: &dyn Env) -> PathBuf {
     }
 }
 
+/// Where master connections' sockets go (connection reuse): one directory
+/// per user, private, beside the proxy's (same rules, same reasons).
+pub fn reuse_dir(env: &dyn Env) -> PathBuf {
+    match absolute(env, "XDG_RUNTIME_DIR") {
+        Some(base) => base.join("eic-connect-reuse"),
+        // SAFETY: getuid cannot fail.
+        None => PathBuf::from(format!("/tmp/eic-connect-reuse-{}", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
 /// eic-connect's known_hosts file in `state_dir`, which is created (0700)
 /// if missing, so that ssh can record keys there.
 pub fn known_hosts_file(state_dir: &Path) -> anyhow::Result<PathBuf> {

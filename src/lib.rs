@@ -19,6 +19,7 @@ pub mod osuser;
 pub mod picker;
 pub mod progress;
 pub mod resolve;
+pub mod reuse;
 pub mod sanitize;
 pub mod serial;
 pub mod session;
@@ -70,6 +71,7 @@ fn dispatch(command: settings::Command) -> anyhow::Result<ExitCode> {
         C::Doctor(settings) => block_on(commands::doctor::run(*settings)),
         C::Serial(settings) => block_on(commands::serial::run(settings)),
         C::KnownHosts(settings) => commands::known_hosts::run(&settings),
+        C::Reuse(settings) => commands::reuse::run(&settings),
     }
 }
 

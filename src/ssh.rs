@@ -151,6 +151,23 @@ pub async fn run_beside(
     }
 }
 
+/// Points standard error at /dev/null. For a ProxyCommand whose connection
+/// may become ssh's shared master (ControlPersist): ssh puts the master's
+/// own output on /dev/null when it goes to the background, but the
+/// ProxyCommand keeps the standard error it was started with — often a
+/// pipe (`out=$(ssh host cmd 2>&1)`, CI logs) whose reader would then wait
+/// for the master to end. Called once connected, so that every error
+/// before (lookup, push, endpoint) still reaches the user.
+pub fn quiet_stderr() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto this process's own standard error.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO);
+        }
+    }
+}
+
 /// Makes the child get SIGHUP when eic-connect dies, however it dies (a
 /// SIGKILL gives no chance to pass a signal on): ssh then ends its session
 /// and its ProxyCommand, and no ssh outlives the agent serving its key.

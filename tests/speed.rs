@@ -137,3 +137,167 @@ fn ssh_failing_before_the_push_ends_still_reports_the_push() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------------ reuse
+
+/// Runs `c` with piped output and returns when both pipes are closed — a
+/// master connection that held a pipe of its first caller open would make
+/// this fail, as it would hang `out=$(eic-connect …)` or a CI log.
+fn output_within(mut c: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("start");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pipes: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for (n, mut pipe) in pipes.drain(..).enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send((n, buf));
+        });
+    }
+    let deadline = Instant::now() + limit;
+    let mut got = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, buf) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("output still open after {limit:?}: a pipe is held"));
+        got[n] = buf;
+    }
+    let status = child.wait().unwrap();
+    let [stdout, stderr] = got;
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn logins(bed: &TestBed) -> usize {
+    bed.sshd_log().matches("Accepted publickey").count()
+}
+
+fn reuse_list(bed: &TestBed) -> String {
+    let mut c = bed.command();
+    c.args(["reuse", "list"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn a_repeated_connection_joins_the_master_with_no_api_call_even_after_the_key_expired() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    for target in [web.id.as_str(), "web-1"] {
+        let connect = |word: &str| {
+            let mut c = eic(&bed);
+            c.args(["--reuse=5m", target, "echo", word]);
+            output_within(c, Duration::from_secs(20))
+        };
+        let out = connect("first");
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "first\n");
+        assert_eq!(bed.pushes().len(), 1, "{target}");
+        let logged_in = logins(&bed);
+        assert!(
+            reuse_list(&bed).contains(&format!("{target}\t{}\t", bed.os_user())),
+            "{target}: {}",
+            reuse_list(&bed)
+        );
+        bed.clear_records();
+        // The key the master logged in with expires; the master stays.
+        bed.advance_clock(120);
+        for n in 0..3 {
+            let out = connect(&format!("again-{n}"));
+            assert!(out.status.success(), "{target}: {}", stderr(&out));
+            assert_eq!(stdout(&out), format!("again-{n}\n"));
+        }
+        assert!(bed.requests().is_empty(), "{target}: {:?}", bed.requests());
+        assert_eq!(logins(&bed), logged_in, "{target}: no new login");
+        assert_signed(&bed);
+        bed.clear_records();
+    }
+    // Ended, a master is gone; the next connection logs in afresh.
+    let mut c = bed.command();
+    c.args(["reuse", "stop", &web.id]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ended the master connection"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = reuse_list(&bed);
+    assert!(
+        !listed.contains(&web.id) && listed.contains("web-1"),
+        "{listed}"
+    );
+    let mut c = eic(&bed);
+    c.args(["--reuse", &web.id, "echo", "fresh"]);
+    let out = output_within(c, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(bed.pushes().len(), 1);
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+    assert_eq!(reuse_list(&bed), "");
+}
+
+#[test]
+fn without_reuse_every_connection_pushes_and_leaves_no_master() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    for _ in 0..2 {
+        let mut c = eic(&bed);
+        c.args([&web.id, "true"]);
+        let out = output_within(c, Duration::from_secs(20));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(bed.pushes().len(), 2);
+    assert_eq!(reuse_list(&bed), "");
+}
+
+#[test]
+fn a_dead_master_is_detected_and_replaced() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let connect = || {
+        let mut c = eic(&bed);
+        c.args(["--reuse", &web.id, "echo", "ok"]);
+        output_within(c, Duration::from_secs(20))
+    };
+    assert!(connect().status.success());
+    // Kill the master (its title is `ssh: SOCKET [mux]`): its socket file
+    // stays behind, answering nobody.
+    let dir = bed.dir().join("run/eic-connect-reuse");
+    let socket = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(&web.id))
+        .expect("a master socket");
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("{} \\[mux\\]", socket.display())])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no master process found");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(socket.exists(), "the dead master's socket stays");
+    let out = connect();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok\n");
+    assert_eq!(
+        bed.pushes().len(),
+        2,
+        "a fresh login replaced the dead master"
+    );
+    assert!(reuse_list(&bed).contains(&web.id));
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+}

@@ -15,6 +15,7 @@ use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::Pins;
 use crate::key::EphemeralKey;
 use crate::resolve::{Progress, Want, resolve_and_push};
+use crate::reuse;
 use crate::session::{self, HostKeys, Session, Spec};
 use crate::settings::{Connect, HostKeyPolicy};
 use crate::ssh;
@@ -37,6 +38,11 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
             settings.target.host_text().into(),
         ]);
         let status = ssh::run(&reach.ssh_program, &args).await?;
+        return Ok(child_exit_code(status));
+    }
+    if reach.reuse.is_some()
+        && let Some(status) = through_master(&settings).await?
+    {
         return Ok(child_exit_code(status));
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the preparation promptly (the
@@ -133,6 +139,50 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What names an instance among master sockets: its id, else the target as
+/// typed (so a Name finds its master without a lookup).
+fn reuse_host(target: &Target) -> String {
+    target.host_text()
+}
+
+/// With reuse: runs the session through a live master for this target, OS
+/// user (given or remembered; else whichever the master has), port and
+/// route — no lookup, no push, no handshake. `None` if there is none.
+async fn through_master(settings: &Connect) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let reach = &settings.reach;
+    if std::fs::symlink_metadata(&reach.reuse_dir).is_err() {
+        return Ok(None);
+    }
+    dirs::ensure_private_dir(&reach.reuse_dir)?;
+    let host = reuse_host(&settings.target);
+    let user = match &settings.target {
+        _ if settings.user.source.is_given() => Some(settings.user.name.clone()),
+        Target::InstanceId(id) => crate::osuser::remembered(&reach.state_dir, id),
+        _ => None,
+    };
+    let port = ssh::port(&settings.ssh_options).unwrap_or(22);
+    let Some((key, path)) = reuse::find(
+        &reach.reuse_dir,
+        user.as_deref(),
+        &host,
+        port,
+        reach.path.via.as_str(),
+    ) else {
+        return Ok(None);
+    };
+    tracing::debug!(master = %path.display(), "joining a live master connection: no lookup, no push, no handshake");
+    let mut args = settings.ssh_options.clone();
+    for _ in 0..settings.verbose {
+        args.push("-v".into());
+    }
+    args.extend(reuse::client_options(&path)?);
+    args.extend(["-l".into(), key.user.into(), "--".into(), host.into()]);
+    if let Some(command) = ssh::remote_command(&settings.command) {
+        args.push(command);
+    }
+    Ok(Some(ssh::run(&reach.ssh_program, &args).await?))
+}
+
 /// A session ready for ssh.
 struct Prepared {
     session: Session,
@@ -198,13 +248,28 @@ async fn prepare(
         None => None,
     };
     let host_keys = session::host_keys(reach, clients, &instance.id, console).await?;
-    let (host, path_options) = route::ssh_target(
+    let (host, mut path_options) = route::ssh_target(
         route.as_ref(),
         address,
         &clients.scope,
         &reach.aws,
         &instance.id,
+        reach.reuse.is_some(),
     )?;
+    if let Some(persist) = reach.reuse {
+        // This connection becomes the master later ones join.
+        dirs::ensure_private_dir(&reach.reuse_dir)?;
+        let key = reuse::Key {
+            user: user.clone(),
+            host: reuse_host(&settings.target),
+            port: ssh_port.unwrap_or(22),
+            route: reach.path.via.as_str().to_owned(),
+        };
+        path_options.extend(reuse::master_options(
+            &key.path_in(&reach.reuse_dir),
+            persist,
+        )?);
+    }
     let spec = Spec {
         user_options: &settings.ssh_options,
         path_options,

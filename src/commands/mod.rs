@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod known_hosts;
 pub mod list;
 pub mod proxy;
+pub mod reuse;
 pub mod run;
 pub mod serial;
 pub mod ssh_config;

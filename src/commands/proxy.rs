@@ -262,7 +262,7 @@ fn detach_stdio() {
 async fn relay(hop: &Hop, settings: &Proxy) -> anyhow::Result<ExitCode> {
     match hop {
         Hop::Direct(ip) => {
-            relay_direct(*ip, settings.port).await?;
+            relay_direct(*ip, settings.port, settings.master).await?;
             Ok(ExitCode::SUCCESS)
         }
         Hop::Eice {
@@ -284,13 +284,15 @@ async fn relay(hop: &Hop, settings: &Proxy) -> anyhow::Result<ExitCode> {
                 },
                 connector: Connector::from_env(reach.aws.attempt_timeout)?,
             };
-            crate::eice::relay::stdio(tunneller, reach.path.max_tunnel_duration).await
+            crate::eice::relay::stdio(tunneller, reach.path.max_tunnel_duration, settings.master)
+                .await
         }
     }
 }
 
 /// Copies bytes between stdin/stdout and `ip:port` until both sides end.
-async fn relay_direct(ip: IpAddr, port: u16) -> anyhow::Result<()> {
+/// With `master`, standard error is let go once connected.
+async fn relay_direct(ip: IpAddr, port: u16, master: bool) -> anyhow::Result<()> {
     let stream = tokio::time::timeout(
         Duration::from_secs(15),
         tokio::net::TcpStream::connect((ip, port)),
@@ -303,6 +305,9 @@ async fn relay_direct(ip: IpAddr, port: u16) -> anyhow::Result<()> {
         )
     })?
     .with_context(|| format!("could not connect to {ip} port {port}"))?;
+    if master {
+        crate::ssh::quiet_stderr();
+    }
     let (mut from_remote, mut to_remote) = stream.into_split();
     let upstream = async {
         let mut stdin = tokio::io::stdin();

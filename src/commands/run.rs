@@ -282,6 +282,7 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         &clients.scope,
         &reach.aws,
         &instance.id,
+        reach.reuse.is_some(),
     )?;
     let spec = Spec {
         user_options: &shared.ssh_options,

@@ -74,7 +74,9 @@ pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
     };
     match settings.local_port {
         Some(port) => listen(tunneller, port).await,
-        None => crate::eice::relay::stdio(tunneller, path.max_tunnel_duration).await,
+        None => {
+            crate::eice::relay::stdio(tunneller, path.max_tunnel_duration, settings.master).await
+        }
     }
 }
 

@@ -995,6 +995,8 @@ async fn silence(seen: Arc<std::sync::atomic::AtomicBool>, limit: Option<Duratio
 struct FirstWrite<W> {
     inner: W,
     seen: Arc<std::sync::atomic::AtomicBool>,
+    /// Stop writing to standard error once the instance answered.
+    quiet_after: bool,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
@@ -1004,8 +1006,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !buf.is_empty() {
-            this.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !buf.is_empty()
+            && !this.seen.swap(true, std::sync::atomic::Ordering::Relaxed)
+            && this.quiet_after
+        {
+            crate::ssh::quiet_stderr();
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -1019,14 +1024,21 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
     }
 }
 
-/// One tunnel on standard input and output.
-pub async fn stdio(tunneller: Tunneller, max_duration: Option<u32>) -> anyhow::Result<ExitCode> {
+/// One tunnel on standard input and output. With `master` (the connection
+/// may become ssh's shared master), nothing more is written to standard
+/// error once the instance answered (see [`crate::ssh::quiet_stderr`]).
+pub async fn stdio(
+    tunneller: Tunneller,
+    max_duration: Option<u32>,
+    master: bool,
+) -> anyhow::Result<ExitCode> {
     let ws = tunneller.open().await?;
     let opened = Instant::now();
     let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out = FirstWrite {
         inner: stdout()?,
         seen: answered.clone(),
+        quiet_after: master,
     };
     // An ssh server speaks first: a tunnel to port 22 that stays silent is
     // stalled (ssh itself would wait for its banner forever).

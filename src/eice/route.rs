@@ -265,11 +265,13 @@ pub fn proxy_command(
     aws: &AwsSettings,
     target: &TunnelTarget,
     instance_id: &str,
+    master: bool,
 ) -> OsString {
     proxy_command_words(
         program,
         scope,
         aws,
+        master,
         &target.endpoint_id,
         &target.host,
         &target.private_ip.to_string(),
@@ -283,6 +285,7 @@ fn proxy_command_words(
     program: &OsStr,
     scope: &Scope,
     aws: &AwsSettings,
+    master: bool,
     endpoint_id: &str,
     host: &str,
     private_ip: &str,
@@ -291,6 +294,9 @@ fn proxy_command_words(
 ) -> OsString {
     let mut words: Vec<OsString> = vec![program.to_owned(), "tunnel".into()];
     let mut push = |w: &str| words.push(w.into());
+    if master {
+        push("--master");
+    }
     push("--region");
     push(&scope.region);
     if let Some(profile) = &scope.profile {
@@ -389,6 +395,7 @@ pub fn ssh_target(
     scope: &Scope,
     aws: &AwsSettings,
     instance_id: &str,
+    master: bool,
 ) -> anyhow::Result<(String, Vec<OsString>)> {
     let Some(route) = route else {
         return Ok((address.to_string(), Vec::new()));
@@ -396,7 +403,14 @@ pub fn ssh_target(
     let exe = std::env::current_exe().map_err(|err| {
         anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
     })?;
-    let option = proxy_command(exe.as_os_str(), scope, aws, &route.target, instance_id);
+    let option = proxy_command(
+        exe.as_os_str(),
+        scope,
+        aws,
+        &route.target,
+        instance_id,
+        master,
+    );
     Ok((route.ssh_host(), vec!["-o".into(), option]))
 }
 
@@ -423,6 +437,7 @@ pub fn dry_run_route(
         program.as_os_str(),
         scope,
         aws,
+        false,
         request.path.eice_id.as_deref().unwrap_or("<endpoint id>"),
         "<endpoint DNS name>",
         "<instance private IPv4>",
@@ -569,6 +584,7 @@ mod tests {
             &aws,
             &target,
             "i-0123456789abcdef0",
+            false,
         );
         assert_eq!(
             option.to_str().unwrap(),

@@ -14,6 +14,7 @@
 //! user = "ubuntu"
 //! address = "private"       # auto | public | private | ipv6
 //! connect = "auto"          # auto | direct | eice
+//! reuse = "10m"             # keep master connections (true | false | duration)
 //!
 //! [alias.db]
 //! target = "i-0123456789abcdef0"
@@ -45,6 +46,8 @@ pub struct Defaults {
     pub max_tunnel_duration: Option<u32>,
     pub api_timeout: Option<f64>,
     pub verify_host_key: Option<bool>,
+    /// Connection reuse (`reuse = "10m"`, `true`, `false`).
+    pub reuse: Option<crate::reuse::Setting>,
     /// Where the OS user came from, for `-v` (not a setting).
     #[serde(skip)]
     pub user_source: Option<String>,
@@ -76,6 +79,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("max-tunnel-duration", "EIC_CONNECT_MAX_TUNNEL_DURATION"),
     ("api-timeout", "EIC_CONNECT_API_TIMEOUT"),
     ("verify-host-key", "EIC_CONNECT_VERIFY_HOST_KEY"),
+    ("reuse", "EIC_CONNECT_REUSE"),
 ];
 
 impl Defaults {
@@ -96,6 +100,7 @@ impl Defaults {
             max_tunnel_duration: self.max_tunnel_duration.or(lower.max_tunnel_duration),
             api_timeout: self.api_timeout.or(lower.api_timeout),
             verify_host_key: self.verify_host_key.or(lower.verify_host_key),
+            reuse: self.reuse.or(lower.reuse),
             user_source,
         }
     }

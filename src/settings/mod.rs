@@ -25,6 +25,7 @@ use crate::eice::{ConnectVia, PathSettings};
 use crate::error::Failure;
 use crate::hostkeys::{HostKey, Pins, is_sha256_fingerprint};
 use crate::osuser::{DEFAULT_OS_USER, UserSource};
+use crate::reuse::Setting;
 use crate::target::{AddressChoice, Target, parse_destination, parse_target, validate_user};
 
 /// What the command line asked for, resolved.
@@ -40,6 +41,7 @@ pub enum Command {
     Doctor(Box<Doctor>),
     Serial(Serial),
     KnownHosts(KnownHosts),
+    Reuse(ReuseCommand),
 }
 
 /// How the ssh session is to treat host keys.
@@ -72,6 +74,10 @@ pub struct Reach {
     pub state_dir: PathBuf,
     /// `--start`.
     pub start: bool,
+    /// How long a master connection persists; `None`: no reuse.
+    pub reuse: Option<Duration>,
+    /// Where master sockets live (private to the user).
+    pub reuse_dir: PathBuf,
 }
 
 /// `eic-connect [OPTIONS] TARGET [COMMAND…]`.
@@ -85,6 +91,14 @@ pub struct Connect {
     /// ssh options in the user's order.
     pub ssh_options: Vec<OsString>,
     pub command: Vec<OsString>,
+}
+
+/// `eic-connect reuse list|stop [TARGET]`.
+#[derive(Debug, Clone)]
+pub struct ReuseCommand {
+    pub action: cli::ReuseAction,
+    pub dir: PathBuf,
+    pub ssh_program: OsString,
 }
 
 /// `eic-connect list`.
@@ -119,6 +133,8 @@ pub struct Tunnel {
     pub target: Target,
     pub remote_port: u16,
     pub local_port: Option<u16>,
+    /// `--master`: stop writing to standard error once connected.
+    pub master: bool,
     /// eic-connect's own ProxyCommand: the endpoint and address, no lookup.
     pub known: Option<(String, IpAddr)>,
     /// `verify-host-key`: the tunnel carries bytes and checks no host key,
@@ -135,6 +151,8 @@ pub struct Proxy {
     pub port: u16,
     pub user: String,
     pub key_dir: PathBuf,
+    /// `--master`: stop writing to standard error once connected.
+    pub master: bool,
 }
 
 /// `eic-connect ssh-config`.
@@ -145,6 +163,9 @@ pub struct SshConfig {
     pub state_dir: PathBuf,
     pub os_user: String,
     pub key_dir: PathBuf,
+    /// How long ssh keeps master connections; `None`: no reuse.
+    pub reuse: Option<Duration>,
+    pub reuse_dir: PathBuf,
     pub globals: CommandLineGlobals,
 }
 
@@ -318,6 +339,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                     args.address.choice(general.address),
                     host_keys,
                     args.start,
+                    reuse_choice(args.reuse, args.no_reuse, &general, Setting::On),
                 )?,
                 filters: args.filters,
                 parallel: args.parallel,
@@ -343,6 +365,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 path,
                 remote_port: args.remote_port,
                 local_port: args.local_port,
+                master: args.master,
                 known,
                 show_console_keys,
             })
@@ -365,12 +388,13 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             let target = parse_target(name)?;
             let host_keys = host_key_policy(false, false, false, &general);
             Command::Proxy(Proxy {
-                reach: reach(&cli, &general, AddressChoice::Auto, host_keys, false)?,
+                reach: reach(&cli, &general, AddressChoice::Auto, host_keys, false, None)?,
                 target,
                 host: args.host,
                 port: args.port,
                 user: args.user,
                 key_dir: args.key_dir.unwrap_or_else(|| dirs::proxy_dir(&ProcessEnv)),
+                master: args.master,
             })
         }
         S::SshConfig(args) => {
@@ -391,6 +415,8 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 state_dir: dirs::state_dir(&ProcessEnv),
                 os_user: args.os_user,
                 key_dir: dirs::proxy_dir(&ProcessEnv),
+                reuse: reuse_choice(args.reuse, args.no_reuse, &general, Setting::On),
+                reuse_dir: dirs::reuse_dir(&ProcessEnv),
                 globals: CommandLineGlobals::from_args(&cli.aws, &cli.path)?,
             })
         }
@@ -432,6 +458,11 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             })
         }
         S::KnownHosts(args) => Command::KnownHosts(known_hosts(args)),
+        S::Reuse(args) => Command::Reuse(ReuseCommand {
+            action: args.action,
+            dir: dirs::reuse_dir(&ProcessEnv),
+            ssh_program: ssh_program(),
+        }),
     })
 }
 
@@ -493,6 +524,7 @@ fn resolve_connect(cli: Cli, layers: &Layers) -> Result<Connect, Failure> {
             cli.address.choice(defaults.address),
             host_keys,
             cli.start,
+            reuse_choice(cli.reuse, cli.no_reuse, &defaults, Setting::Off),
         )?,
         target,
         user,
@@ -509,6 +541,7 @@ fn reach(
     address: AddressChoice,
     host_keys: HostKeyPolicy,
     start: bool,
+    reuse: Option<Duration>,
 ) -> Result<Reach, Failure> {
     Ok(Reach {
         aws: aws_settings(&cli.aws, defaults)?,
@@ -518,7 +551,27 @@ fn reach(
         ssh_program: ssh_program(),
         state_dir: dirs::state_dir(&ProcessEnv),
         start,
+        reuse,
+        reuse_dir: dirs::reuse_dir(&ProcessEnv),
     })
+}
+
+/// Connection reuse: `--reuse[=D]`/`--no-reuse`, else the layers, else the
+/// command's own default (on for `run` and the ssh-config block, whose
+/// repeated connections are what reuse is for; off for an interactive
+/// connection, which a user expects to end when they log out).
+fn reuse_choice(
+    flag: Option<Setting>,
+    no: bool,
+    defaults: &Defaults,
+    default: Setting,
+) -> Option<Duration> {
+    let setting = if no {
+        Setting::Off
+    } else {
+        flag.or(defaults.reuse).unwrap_or(default)
+    };
+    setting.persist()
 }
 
 fn host_key_policy(
