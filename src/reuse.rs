@@ -270,7 +270,7 @@ pub fn masters(dir: &Path) -> Vec<Master> {
             })
         })
         .collect();
-    found.sort_by(|a, b| b.since.cmp(&a.since));
+    found.sort_by_key(|m| std::cmp::Reverse(m.since));
     found
 }
 

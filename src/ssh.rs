@@ -168,6 +168,38 @@ pub fn quiet_stderr() {
     }
 }
 
+/// For a ProxyCommand whose connection may become a shared master: ssh
+/// (without `-v`) starts it with standard error on /dev/null when
+/// ControlPersist is set, which would hide every error before the
+/// connection is up — a refused push, an unknown instance. Takes ssh's own
+/// standard error back (Linux: `/proc/PPID/fd/2`; else the terminal, if
+/// any) until [`quiet_stderr`] lets it go once connected.
+pub fn reclaim_stderr() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(null), Ok(ours)) = (
+        std::fs::metadata("/dev/null"),
+        std::fs::metadata("/proc/self/fd/2").or_else(|_| std::fs::metadata("/dev/fd/2")),
+    ) else {
+        return;
+    };
+    if ours.rdev() != null.rdev() || ours.ino() != null.ino() {
+        return;
+    }
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
+    let theirs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{parent}/fd/2"))
+        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/tty"));
+    if let Ok(file) = theirs {
+        // SAFETY: dup2 onto this process's own standard error.
+        unsafe {
+            libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO);
+        }
+    }
+}
+
 /// Makes the child get SIGHUP when eic-connect dies, however it dies (a
 /// SIGKILL gives no chance to pass a signal on): ssh then ends its session
 /// and its ProxyCommand, and no ssh outlives the agent serving its key.

@@ -301,3 +301,66 @@ fn a_dead_master_is_detected_and_replaced() {
     c.args(["reuse", "stop"]);
     assert!(run(c).status.success());
 }
+
+/// A CI job: steps run plain ssh and scp through the ssh-config block (reuse
+/// on by default there), minutes apart — long after the first step's key
+/// expired at the instance. Each step joins the master; once the master is
+/// gone, the next step pushes a fresh key instead of offering a stale one.
+#[test]
+fn ci_steps_through_the_block_never_meet_an_expired_key() {
+    use support::cmd::{block_ssh, ssh_config};
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let config = ssh_config(&bed);
+    let block = std::fs::read_to_string(&config).unwrap();
+    assert!(block.contains("ControlPersist 600"), "{block}");
+    let step = |word: &str| {
+        let mut c = block_ssh(&bed, &config);
+        c.args([web.id.as_str(), "echo", word]);
+        let out = output_within(c, Duration::from_secs(20));
+        assert!(out.status.success(), "{word}: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("{word}\n"));
+    };
+    step("step-1");
+    assert_eq!(bed.pushes().len(), 1);
+    let file = bed.dir().join("step.txt");
+    std::fs::write(&file, "artifact").unwrap();
+    for n in 2..=4 {
+        bed.advance_clock(90);
+        step(&format!("step-{n}"));
+        let mut c = std::process::Command::new("scp");
+        bed.apply_env(&mut c);
+        c.arg("-F").arg(&config).args(["-o", "BatchMode=yes"]);
+        c.args(["-P", &bed.sshd_port().to_string()]);
+        c.arg(&file)
+            .arg(format!("{}:{}/copied-{n}.txt", web.id, bed.dir().display()));
+        let out = output_within(c, Duration::from_secs(20));
+        assert!(out.status.success(), "scp {n}: {}", stderr(&out));
+    }
+    assert_eq!(bed.pushes().len(), 1, "every later step joined the master");
+    assert_eq!(
+        std::fs::read_to_string(bed.dir().join("copied-4.txt")).unwrap(),
+        "artifact"
+    );
+    // The master ends (ControlPersist ran out, the job's cleanup): the
+    // next step logs in afresh, with a key pushed for it.
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+    let proxy_socket = bed.dir().join(format!(
+        "run/eic-connect-proxy/{}@{}.sock",
+        bed.os_user(),
+        web.id
+    ));
+    let gone = Instant::now() + Duration::from_secs(5);
+    while proxy_socket.exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!proxy_socket.exists(), "the master's proxy ended with it");
+    bed.advance_clock(90);
+    step("step-5");
+    assert_eq!(bed.pushes().len(), 2);
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+}

@@ -328,8 +328,11 @@ fn scp_sftp_and_rsync_through_an_endpoint_to_a_private_instance() {
     assert_eq!(std::fs::read(&sftp_back).unwrap(), data);
 
     let tunnels = bed.tunnels();
+    // Through the block, rsync joins the master the first scp left for the
+    // same host (reuse); `eic-db-1` is another host with its own; the
+    // scp and sftp of eic-connect open one tunnel each.
     assert!(
-        tunnels.len() >= 5,
+        tunnels.len() >= 4,
         "every connection went through the endpoint: {}",
         tunnels.len()
     );

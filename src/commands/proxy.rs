@@ -42,6 +42,9 @@ const REUSE_WINDOW: Duration = Duration::from_secs(45);
 const MAX_SOCKET_PATH: usize = 103;
 
 pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
+    if settings.master {
+        crate::ssh::reclaim_stderr();
+    }
     if matches!(
         settings.reach.host_keys,
         crate::settings::HostKeyPolicy::Console { .. }
@@ -55,6 +58,10 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
         );
     }
     ensure_private_dir(&settings.key_dir)?;
+    if settings.master {
+        // ssh binds the master's socket there once this connection is up.
+        ensure_private_dir(&settings.reach.reuse_dir)?;
+    }
     let slot = Slot::new(&settings.key_dir, &settings.host, &settings.user)?;
     let (hop, served) = {
         let _lock = slot.lock()?;
@@ -80,6 +87,9 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
         // Told to stop: no serving on.
         _ = terminate.recv() => (Ok(ExitCode::SUCCESS), false),
     };
+    // A master's connection ends when the master does, long after its key
+    // was pushed: the next connection pushes afresh.
+    let linger = linger && !settings.master;
     if let Some(served) = served {
         if linger {
             served.linger(&slot, &mut terminate).await;

@@ -69,9 +69,25 @@ pub fn render(
         quote(&settings.prefix),
         "--key-dir".into(),
         quote(&key_dir.to_string_lossy()),
-        "--".into(),
-        "'%h' '%p' '%r'".into(),
     ]);
+    // Reuse: ssh keeps each connection as a master for later ssh, scp,
+    // rsync and git runs, its socket named as eic-connect names its own
+    // (so `eic-connect --reuse i-…` joins it too).
+    let reuse = match settings.reuse {
+        Some(persist) => {
+            proxy.push("--master".into());
+            let route = settings.globals.via.unwrap_or_default().as_str();
+            format!(
+                "ControlMaster auto\n    \
+                 ControlPath {}\n    \
+                 ControlPersist {}\n    ",
+                in_dir(&settings.reuse_dir, &format!("/%r@%h:%p:{route}"))?,
+                persist.as_secs().max(1)
+            )
+        }
+        None => String::new(),
+    };
+    proxy.extend(["--".into(), "'%h' '%p' '%r'".into()]);
     // The proxy's slot and the agent socket it serves there; ssh expands
     // %r and %h itself.
     let agent = in_dir(key_dir, "/%r@%h.sock")?;
@@ -109,7 +125,7 @@ pub fn render(
              User {user}\n    \
              ProxyCommand {proxy}\n    \
              IdentityAgent {agent}\n    \
-             {host_keys}",
+             {reuse}{host_keys}",
         prefix = settings.prefix,
         user = settings.os_user,
         proxy = proxy.join(" "),
@@ -161,6 +177,8 @@ mod tests {
             state_dir: "/home/u/.local/state/eic-connect".into(),
             os_user: "ubuntu".into(),
             key_dir: "/run/user/1000/eic-connect-proxy".into(),
+            reuse: Some(std::time::Duration::from_secs(600)),
+            reuse_dir: "/run/user/1000/eic-connect-reuse".into(),
             globals: CommandLineGlobals {
                 region: Some("eu-west-1".into()),
                 ..CommandLineGlobals::default()
@@ -183,8 +201,11 @@ mod tests {
                 "    ProxyCommand none",
                 "Host i-* eic-* \"!*'*\"",
                 "    User ubuntu",
-                "    ProxyCommand '/opt/my tools/eic-connect' proxy --region eu-west-1 --prefix eic- --key-dir /run/user/1000/eic-connect-proxy -- '%h' '%p' '%r'",
+                "    ProxyCommand '/opt/my tools/eic-connect' proxy --region eu-west-1 --prefix eic- --key-dir /run/user/1000/eic-connect-proxy --master -- '%h' '%p' '%r'",
                 "    IdentityAgent /run/user/1000/eic-connect-proxy/%r@%h.sock",
+                "    ControlMaster auto",
+                "    ControlPath /run/user/1000/eic-connect-reuse/%r@%h:%p:auto",
+                "    ControlPersist 600",
                 "    UserKnownHostsFile /dev/null",
                 "    GlobalKnownHostsFile /dev/null",
                 "    KnownHostsCommand \"/opt/my tools/eic-connect\" __known-hosts --record /home/u/.local/state/eic-connect/known_hosts --slot /run/user/1000/eic-connect-proxy/%r@%h -- %I %H %t %K",
@@ -222,6 +243,8 @@ mod tests {
             state_dir: "/home/u/.local/state/eic-connect".into(),
             os_user: "ec2-user".into(),
             key_dir: dir.path().join("k e%y"),
+            reuse: None,
+            reuse_dir: dir.path().join("r e%u"),
             globals: CommandLineGlobals::default(),
         };
         let args_file = dir.path().join("args");

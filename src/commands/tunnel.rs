@@ -24,6 +24,9 @@ use crate::settings::Tunnel;
 pub const MAX_CONCURRENT: usize = 20;
 
 pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
+    if settings.master {
+        crate::ssh::reclaim_stderr();
+    }
     check_remote_port(settings.remote_port)?;
     let path = &settings.path;
     let config = aws::load_config(&settings.aws).await?;
