@@ -357,21 +357,18 @@ do_setup() {
   say "wrote the eic-connect block into $config"
   output ssh-config "$config"
 
-  # ssh's output goes to a file, not a pipe: with connection reuse the
-  # master and its ProxyCommand live on holding it, and reading a pipe
-  # would wait for them.
-  log=$(mktemp "${RUNNER_TEMP:-${TMPDIR:-/tmp}}/eic-connect-ssh.XXXXXX")
+  # ssh's errors are read from a pipe: with connection reuse, the master
+  # ssh leaves in the background and its ProxyCommand let go of it once
+  # connected, so the pipe ends with the first ssh.
   # shellcheck disable=SC2086 # one word per host
   for t in $targets; do
     say "pre-connecting $t"
-    if ! ssh -F "$config" -o BatchMode=yes -o ConnectTimeout=30 "$t" true </dev/null >"$log" 2>&1; then
-      err=$(tr '\n' ' ' <"$log")
-      rm -f "$log"
+    if ! err=$(ssh -F "$config" -o BatchMode=yes -o ConnectTimeout=30 "$t" true </dev/null 2>&1 >/dev/null); then
+      err=$(printf '%s' "$err" | tr '\n' ' ')
       die "could not pre-connect $t: $err" \
         "check the instance name, its state and the os-user input; eic-connect doctor ${t#*@} tells more"
     fi
   done
-  rm -f "$log"
 }
 
 # ------------------------------------------------------------------ cleanup

@@ -239,6 +239,23 @@ pub fn client_options(path: &Path) -> anyhow::Result<Vec<OsString>> {
     ])
 }
 
+/// Asks the master at `path` to end (`ssh -O exit`), ending its sessions;
+/// whether it did.
+pub fn stop(ssh_program: &std::ffi::OsStr, path: &Path) -> bool {
+    let Ok(mut args) = client_options(path) else {
+        return false;
+    };
+    args.splice(0..0, ["-O".into(), "exit".into()]);
+    args.extend(["--".into(), "eic-connect-master".into()]);
+    std::process::Command::new(ssh_program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A master socket found in the directory.
 #[derive(Debug, Clone)]
 pub struct Master {

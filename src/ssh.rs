@@ -191,13 +191,40 @@ pub fn reclaim_stderr() {
     let theirs = std::fs::OpenOptions::new()
         .append(true)
         .open(format!("/proc/{parent}/fd/2"))
-        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/tty"));
-    if let Ok(file) = theirs {
+        .ok()
+        .filter(|file| shares_safely(file, parent))
+        .or_else(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/tty")
+                .ok()
+        });
+    if let Some(file) = theirs {
         // SAFETY: dup2 onto this process's own standard error.
         unsafe {
             libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO);
         }
     }
+}
+
+/// Whether writing to `file`, opened anew from ssh's standard error, mixes
+/// well with ssh's own writes: a pipe or terminal does; a regular file only
+/// if ssh appends to it too (`2>>log`), or each would write over the other
+/// from its own offset (`2>log`).
+fn shares_safely(file: &std::fs::File, parent: libc::pid_t) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() {
+        return true;
+    }
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{parent}/fdinfo/2")) else {
+        return false;
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| flags & libc::O_APPEND as u32 != 0)
 }
 
 /// Makes the child get SIGHUP when eic-connect dies, however it dies (a

@@ -200,7 +200,8 @@ fn run_survives_passing_faults_and_names_lasting_ones() {
     bed.add_instance(InstanceSpec::named("web-2"));
     let fleet = |bed: &TestBed| {
         let mut c = bed.command();
-        c.args(["run", "-f", "Name=web-*"])
+        // Every run pushes (no master to join): the faults are in the push.
+        c.args(["run", "--no-reuse", "-f", "Name=web-*"])
             .args(["-p", &bed.sshd_port().to_string(), "-l", &bed.os_user()])
             .args(["--", "echo", "reached"])
             .stdin(std::process::Stdio::null());

@@ -221,20 +221,50 @@ fn run_runs_on_every_match_with_prefixed_output_and_a_summary() {
         stderr(&out)
     );
 
-    // Each instance got its own key, pushed for it alone.
+    // Each instance got its own key, pushed for it alone; the second run
+    // joined the master connections the first left (reuse is on for run).
     let pushes = bed.pushes();
     let keys: BTreeSet<&str> = pushes.iter().map(|p| p.public_key.as_str()).collect();
-    assert_eq!(pushes.len(), 6);
-    assert_eq!(keys.len(), 6, "a fresh key per connection");
+    assert_eq!(pushes.len(), 3);
+    assert_eq!(keys.len(), 3, "a fresh key per connection");
     assert!(
         pushes
             .iter()
             .all(|p| build.iter().any(|b| b.id == p.instance_id))
     );
     assert_signed(&bed);
-    // Nothing is left in the runtime directory.
-    let left: Vec<_> = std::fs::read_dir(bed.dir().join("run")).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Nothing is left in the runtime directory but the masters, which
+    // `reuse stop` ends.
+    let left = |bed: &TestBed| -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(bed.dir().join("run")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.ends_with("eic-connect-reuse") {
+                for socket in std::fs::read_dir(&path).unwrap() {
+                    found.push(socket.unwrap().path().display().to_string());
+                }
+            } else {
+                found.push(path.display().to_string());
+            }
+        }
+        found
+    };
+    let masters = left(&bed);
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    assert!(
+        masters.iter().all(|p| p.contains("/eic-connect-reuse/")),
+        "{masters:?}"
+    );
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+    assert!(left(&bed).is_empty(), "{:?}", left(&bed));
+    // Without reuse, every run pushes afresh and leaves nothing.
+    let mut c = run_cmd(&bed, &["tag:Role=build"]);
+    c.args(["--no-reuse", "--", "true"]);
+    assert!(run(c).status.success());
+    assert_eq!(bed.pushes().len(), 6);
+    assert!(left(&bed).is_empty(), "{:?}", left(&bed));
 }
 
 #[test]
@@ -882,6 +912,10 @@ fn run_reaches_private_instances_through_one_endpoint_lookup() {
         assert_eq!(server, db.private_ip, "{}", stdout(&out));
     }
     assert_eq!(stdout(&out).lines().count(), 4);
+    // The masters (reuse) hold their tunnels until they end.
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
     let tunnels = bed.wait_for_tunnels_closed(4, Duration::from_secs(10));
     let mut reached: Vec<&str> = tunnels.iter().map(|t| t.private_ip.as_str()).collect();
     reached.sort_unstable();
@@ -952,11 +986,14 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let runtime = bed.dir().join("run");
-    assert_eq!(
-        std::fs::read_dir(&runtime).unwrap().count(),
-        3,
-        "one runtime dir per connection"
-    );
+    // One runtime dir per connection, besides the masters' directory.
+    let sessions = |runtime: &std::path::Path| {
+        std::fs::read_dir(runtime)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "eic-connect-reuse")
+            .count()
+    };
+    assert_eq!(sessions(&runtime), 3, "one runtime dir per connection");
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
@@ -970,11 +1007,8 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_dir(&runtime).unwrap().count(),
-        0,
-        "keys and sockets are gone"
-    );
+    assert_eq!(sessions(&runtime), 0, "keys and sockets are gone");
+
     // Every ssh was stopped: sshd saw each of those connections end (long
     // before the remote command would have).
     let deadline = Instant::now() + STOP_WITHIN;
@@ -987,6 +1021,14 @@ fn run_stopped_by_sigterm_stops_every_ssh_and_leaves_nothing_behind() {
         assert!(Instant::now() < deadline, "{log}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // No master outlived the stop: none answers, and any socket a killed
+    // ssh could not remove is swept by the next look (here `reuse list`).
+    let mut c = bed.command();
+    c.args(["reuse", "list"]);
+    let listed = run(c);
+    assert_eq!(stdout(&listed), "", "no master outlived the stop");
+    let masters = std::fs::read_dir(runtime.join("eic-connect-reuse")).map_or(0, |d| d.count());
+    assert_eq!(masters, 0, "no master socket is left");
 }
 
 /// Once the picker has run, Ctrl-C still stops eic-connect at once (exit

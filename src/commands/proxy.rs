@@ -87,9 +87,6 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
         // Told to stop: no serving on.
         _ = terminate.recv() => (Ok(ExitCode::SUCCESS), false),
     };
-    // A master's connection ends when the master does, long after its key
-    // was pushed: the next connection pushes afresh.
-    let linger = linger && !settings.master;
     if let Some(served) = served {
         if linger {
             served.linger(&slot, &mut terminate).await;

@@ -1,8 +1,7 @@
 //! `eic-connect reuse list|stop [TARGET]`: the master connections kept for
 //! reuse (see [`crate::reuse`]).
 
-use std::ffi::OsString;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::cli::ReuseAction;
@@ -85,20 +84,11 @@ fn stop(
     }
     let mut failed = 0;
     for master in chosen {
-        let mut args: Vec<OsString> = vec!["-O".into(), "exit".into()];
-        args.extend(reuse::client_options(&master.path)?);
-        args.extend(["--".into(), "eic-connect-master".into()]);
-        let status = std::process::Command::new(&settings.ssh_program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
         let name = match &master.key {
             Some(k) => format!("{}@{}:{} ({})", k.user, k.host, k.port, k.route),
             None => master.path.display().to_string(),
         };
-        if status.is_ok_and(|s| s.success()) {
+        if reuse::stop(&settings.ssh_program, &master.path) {
             eprintln!(
                 "eic-connect: ended the master connection {}",
                 terminal_safe(&name)

@@ -90,6 +90,9 @@ struct Shared<'a> {
     ssh_options: Vec<OsString>,
     endpoints: EndpointCache,
     out: Mutex<Printer>,
+    /// The master connections this run started (reuse), ended if it is
+    /// interrupted.
+    masters: Mutex<Vec<std::path::PathBuf>>,
 }
 
 pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
@@ -150,6 +153,7 @@ pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
         ssh_options,
         endpoints: EndpointCache::default(),
         out: Mutex::new(printer),
+        masters: Mutex::new(Vec::new()),
     };
 
     let slots = tokio::sync::Semaphore::new(usize::from(settings.parallel));
@@ -203,6 +207,12 @@ impl Shared<'_> {
 }
 
 fn interrupted(shared: &Shared<'_>) -> anyhow::Result<ExitCode> {
+    // Interrupted, nothing this run started goes on: the masters it made
+    // would otherwise keep the interrupted sessions (and stay 10 minutes).
+    let masters = std::mem::take(&mut *shared.masters.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in masters {
+        crate::reuse::stop(&shared.settings.reach.ssh_program, &path);
+    }
     let mut printer = shared.out_lock();
     printer.progress.clear();
     let _ = writeln!(
@@ -212,6 +222,76 @@ fn interrupted(shared: &Shared<'_>) -> anyhow::Result<ExitCode> {
         printer.total
     );
     Ok(ExitCode::from(EXIT_INTERRUPTED))
+}
+
+/// A session for one instance: the route, the host keys, a fresh key
+/// pushed, and (with reuse) ssh's options to become the master at `master`.
+async fn prepare(
+    shared: &Shared<'_>,
+    instance: &InstanceInfo,
+    user: &str,
+    port: Option<u16>,
+    master: Option<&(std::path::PathBuf, Duration)>,
+) -> anyhow::Result<Session> {
+    let clients = shared.clients;
+    let reach = &shared.settings.reach;
+    let target = Target::InstanceId(instance.id.clone());
+    let address = choose_address(&instance.addresses, reach.address, &target)?;
+    let decision = route::decide(
+        reach.path.via,
+        reach.address != AddressChoice::Auto,
+        address,
+        instance,
+        port,
+    );
+    let route = route::plan(
+        decision,
+        &reach.path,
+        shared.config,
+        clients,
+        instance,
+        port,
+        Some(&shared.endpoints),
+    )
+    .await?;
+    let host_keys = session::host_keys(reach, clients, &instance.id, None).await?;
+    let key = EphemeralKey::generate()?;
+    let pushed = push_key_within(
+        clients,
+        &instance.id,
+        user,
+        key.public_openssh(),
+        PUSH_PATIENCE,
+    )
+    .await?;
+    let (host, path_options) = route::ssh_target(
+        route.as_ref(),
+        address,
+        &clients.scope,
+        &reach.aws,
+        &instance.id,
+        reach.reuse.is_some(),
+    )?;
+    let mut path_options = path_options;
+    if let Some((path, persist)) = master {
+        path_options.extend(crate::reuse::master_options(path, *persist)?);
+        shared
+            .masters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+    }
+    let spec = Spec {
+        user_options: &shared.ssh_options,
+        path_options,
+        verbose: 0,
+        os_user: user,
+        host_key_alias: &instance.id,
+        host: &host,
+        host_keys,
+        command: &shared.settings.command,
+    };
+    Session::prepare(key, crate::agent::pushed_at(pushed), &spec)
 }
 
 /// One instance: start it if asked, push a fresh key, run ssh, collect.
@@ -246,60 +326,44 @@ async fn connect_and_run(shared: &Shared<'_>, report: &mut Report) -> anyhow::Re
         report.instance = ec2::ensure_started(clients, report.instance.clone(), false).await?;
     }
     let instance = &report.instance;
-    let target = Target::InstanceId(instance.id.clone());
-    let address = choose_address(&instance.addresses, reach.address, &target)?;
     let port = crate::ssh::port(&shared.ssh_options);
-    let decision = route::decide(
-        reach.path.via,
-        reach.address != AddressChoice::Auto,
-        address,
-        instance,
-        port,
-    );
-    let route = route::plan(
-        decision,
-        &reach.path,
-        shared.config,
-        clients,
-        instance,
-        port,
-        Some(&shared.endpoints),
-    )
-    .await?;
-    let host_keys = session::host_keys(reach, clients, &instance.id, None).await?;
-    let key = EphemeralKey::generate()?;
-    let pushed = push_key_within(
-        clients,
-        &instance.id,
-        &report.user,
-        key.public_openssh(),
-        PUSH_PATIENCE,
-    )
-    .await?;
-    let (host, path_options) = route::ssh_target(
-        route.as_ref(),
-        address,
-        &clients.scope,
-        &reach.aws,
-        &instance.id,
-        reach.reuse.is_some(),
-    )?;
-    let spec = Spec {
-        user_options: &shared.ssh_options,
-        path_options,
-        verbose: 0,
-        os_user: &report.user,
-        host_key_alias: &instance.id,
-        host: &host,
-        host_keys,
-        command: &shared.settings.command,
+    let master = match reach.reuse {
+        Some(persist) => {
+            crate::dirs::ensure_private_dir(&reach.reuse_dir)?;
+            let key = crate::reuse::Key {
+                user: report.user.clone(),
+                host: instance.id.clone(),
+                port: port.unwrap_or(22),
+                route: reach.path.via.as_str().to_owned(),
+            };
+            Some((key.path_in(&reach.reuse_dir), persist))
+        }
+        None => None,
     };
-    let session = Session::prepare(key, crate::agent::pushed_at(pushed), &spec)?;
+    // A live master for this instance: no push, no handshake.
+    let (args, session) = match &master {
+        Some((path, _)) if crate::reuse::live(path) => {
+            let mut args = shared.ssh_options.clone();
+            args.extend(crate::reuse::client_options(path)?);
+            args.extend([
+                "-l".into(),
+                report.user.clone().into(),
+                "--".into(),
+                instance.id.clone().into(),
+            ]);
+            args.extend(crate::ssh::remote_command(&shared.settings.command));
+            (args, None)
+        }
+        _ => {
+            let session = prepare(shared, instance, &report.user, port, master.as_ref()).await?;
+            (session.args().to_vec(), Some(session))
+        }
+    };
     let ssh_program = &reach.ssh_program;
     let mut command = tokio::process::Command::new(ssh_program);
     crate::ssh::end_with_parent(&mut command);
     let mut child = command
-        .args(session.args())
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
