@@ -217,3 +217,89 @@ async fn wait_for_port(addr: std::net::SocketAddr) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Where addresses that reached an instance directly are remembered.
+const ADDRESSES: &str = "addresses";
+/// The file is started afresh past this size.
+const ADDRESSES_MAX_BYTES: u64 = 256 * 1024;
+
+/// The address an earlier connection reached `instance_id` at, directly,
+/// with the same address choice: ssh may start there while the lookup
+/// confirms it.
+pub fn remembered_address(
+    state_dir: &std::path::Path,
+    instance_id: &str,
+    choice: crate::target::AddressChoice,
+) -> Option<IpAddr> {
+    let text = std::fs::read_to_string(state_dir.join(ADDRESSES)).ok()?;
+    let choice = format!("{choice:?}");
+    text.lines().rev().find_map(|line| {
+        let mut words = line.split(' ');
+        let (id, how, ip) = (words.next()?, words.next()?, words.next()?);
+        if id != instance_id || how != choice {
+            return None;
+        }
+        // `-` marks an address forgotten (the instance moved).
+        ip.parse().ok()
+    })
+}
+
+/// Remembers that `instance_id` was reached directly at `ip` (`None`:
+/// forgets it). Best effort, one write per line.
+pub fn remember_address(
+    state_dir: &std::path::Path,
+    instance_id: &str,
+    choice: crate::target::AddressChoice,
+    ip: Option<IpAddr>,
+) {
+    use std::io::Write;
+    let path = state_dir.join(ADDRESSES);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > ADDRESSES_MAX_BYTES) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::create_dir_all(state_dir);
+    let ip = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = file.write_all(format!("{instance_id} {choice:?} {ip}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::AddressChoice;
+
+    #[test]
+    fn addresses_are_remembered_per_instance_and_choice_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            remembered_address(dir.path(), "i-1", AddressChoice::Auto),
+            None
+        );
+        remember_address(dir.path(), "i-1", AddressChoice::Auto, Some(ip));
+        remember_address(
+            dir.path(),
+            "i-2",
+            AddressChoice::Auto,
+            Some("10.0.0.1".parse().unwrap()),
+        );
+        assert_eq!(
+            remembered_address(dir.path(), "i-1", AddressChoice::Auto),
+            Some(ip)
+        );
+        assert_eq!(
+            remembered_address(dir.path(), "i-1", AddressChoice::Private),
+            None
+        );
+        remember_address(dir.path(), "i-1", AddressChoice::Auto, None);
+        assert_eq!(
+            remembered_address(dir.path(), "i-1", AddressChoice::Auto),
+            None
+        );
+    }
+}

@@ -78,7 +78,7 @@ pub fn display_command(program: &OsStr, args: &[OsString]) -> String {
 /// directly (same process group) and are ignored here so that ssh's exit
 /// status is what we report; SIGTERM and SIGHUP are passed on to ssh.
 pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatus> {
-    run_beside(program, args, std::future::ready(Ok(()))).await
+    run_beside(program, args, std::future::ready(Ok(())), None).await
 }
 
 /// [`run`], with `beside` (the key push) finishing alongside. If it fails,
@@ -86,10 +86,15 @@ pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatu
 /// still awaited, and if ssh failed, a failed push is the outcome: a
 /// refused push is reported as such, never as ssh's bare "Permission
 /// denied".
+///
+/// With `hold`, ssh's standard error is held back until `hold` says
+/// whether it counts: shown (and followed) on `true`, dropped on `false` —
+/// for an ssh started on a guess that the lookup may prove wrong.
 pub async fn run_beside(
     program: &OsStr,
     args: &[OsString],
     beside: impl std::future::Future<Output = anyhow::Result<()>>,
+    hold: Option<tokio::sync::oneshot::Receiver<bool>>,
 ) -> anyhow::Result<ExitStatus> {
     use tokio::signal::unix::{SignalKind, signal};
     // Installing handlers (rather than SIG_IGN) matters: handlers are reset to
@@ -101,6 +106,9 @@ pub async fn run_beside(
 
     let mut command = tokio::process::Command::new(program);
     command.args(args);
+    if hold.is_some() {
+        command.stderr(std::process::Stdio::piped());
+    }
     end_with_parent(&mut command);
     let mut child = command
         .spawn()
@@ -116,21 +124,27 @@ pub async fn run_beside(
         })?;
     let pid = child.id();
     tracing::debug!(pid, "ssh started");
+    let held = match (hold, child.stderr.take()) {
+        (Some(hold), Some(stderr)) => Some(tokio::spawn(held_stderr(stderr, hold))),
+        _ => None,
+    };
     let mut beside = std::pin::pin!(beside);
     let mut beside_done = false;
     loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status.context("waiting for ssh")?;
-                if !beside_done {
-                    // Never cut a push short (what follows it, such as
-                    // remembering the OS user, would be lost).
-                    let result = beside.await;
-                    if !status.success() {
-                        result?;
-                    } else if let Err(err) = result {
-                        tracing::debug!("ssh succeeded; the push did not: {err:#}");
-                    }
+                // Never cut a push short (what follows it, such as
+                // remembering the OS user, would be lost); it also decides
+                // whether held output is shown.
+                let result = if beside_done { Ok(()) } else { beside.await };
+                if let Some(held) = held {
+                    let _ = held.await;
+                }
+                if !status.success() {
+                    result?;
+                } else if let Err(err) = result {
+                    tracing::debug!("ssh succeeded; the push did not: {err:#}");
                 }
                 return Ok(status);
             }
@@ -140,6 +154,9 @@ pub async fn run_beside(
                     tracing::debug!("stopping ssh: {err:#}");
                     forward(pid, libc::SIGTERM);
                     let _ = child.wait().await;
+                    if let Some(held) = held {
+                        let _ = held.await;
+                    }
                     return Err(err);
                 }
             }
@@ -148,6 +165,33 @@ pub async fn run_beside(
             _ = terminate.recv() => forward(pid, libc::SIGTERM),
             _ = hangup.recv() => forward(pid, libc::SIGHUP),
         }
+    }
+}
+
+/// ssh's standard error, held until `hold` says whether to show it.
+async fn held_stderr(
+    mut from: tokio::process::ChildStderr,
+    hold: tokio::sync::oneshot::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = Vec::new();
+    let mut hold = std::pin::pin!(hold);
+    let mut buf = [0u8; 4096];
+    let show = loop {
+        tokio::select! {
+            decided = &mut hold => break decided.unwrap_or(false),
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break (&mut hold).await.unwrap_or(false),
+                Ok(n) => held.extend_from_slice(&buf[..n]),
+            },
+        }
+    };
+    let mut out = tokio::io::stderr();
+    if show {
+        let _ = out.write_all(&held).await;
+        let _ = tokio::io::copy(&mut from, &mut out).await;
+    } else {
+        let _ = tokio::io::copy(&mut from, &mut tokio::io::sink()).await;
     }
 }
 

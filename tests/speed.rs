@@ -377,3 +377,106 @@ fn ci_steps_through_the_block_never_meet_an_expired_key() {
     c.args(["reuse", "stop"]);
     assert!(run(c).status.success());
 }
+
+// ------------------------------------------------- remembered addresses
+
+fn addresses_file(bed: &TestBed) -> std::path::PathBuf {
+    bed.home().join(".local/state/eic-connect/addresses")
+}
+
+#[test]
+fn an_instance_reached_before_gets_ssh_started_before_the_lookup_answers() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let mut c = eic(&bed);
+    c.args([&web.id, "true"]);
+    assert!(run(c).status.success());
+    let remembered = std::fs::read_to_string(addresses_file(&bed)).unwrap();
+    assert!(
+        remembered.contains(&format!(
+            "{} Auto {}",
+            web.id,
+            web.public_ip.clone().unwrap()
+        )),
+        "{remembered}"
+    );
+    let before = bed.sshd_log().matches("Connection from").count();
+    bed.clear_records();
+    bed.set_delay("DescribeInstances", PUSH_TAKES);
+    let mut c = eic(&bed);
+    c.args([&web.id, "echo", "early"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = c.spawn().unwrap();
+    let deadline = started + PUSH_TAKES + Duration::from_secs(5);
+    let seen = loop {
+        if bed.sshd_log().matches("Connection from").count() > before {
+            break Some(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "early\n");
+    let seen = seen.expect("sshd saw the connection");
+    assert!(
+        seen < PUSH_TAKES - Duration::from_millis(500),
+        "ssh connected {seen:?} after the start; the lookup takes {PUSH_TAKES:?}"
+    );
+    // The lookup still ran (it confirms the address) and one key was pushed.
+    assert_eq!(bed.requests_for("DescribeInstances").len(), 1);
+    assert_eq!(bed.pushes().len(), 1);
+}
+
+#[test]
+fn a_stale_remembered_address_is_abandoned_unheard_and_the_right_one_reached() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let other = bed.add_instance(InstanceSpec::named("web-2"));
+    let mut c = eic(&bed);
+    c.args([&web.id, "true"]);
+    assert!(run(c).status.success());
+    // The address now belongs to another instance (as after a stop/start).
+    std::fs::write(
+        addresses_file(&bed),
+        format!("{} Auto {}\n", web.id, other.public_ip.clone().unwrap()),
+    )
+    .unwrap();
+    bed.clear_records();
+    let mut c = eic(&bed);
+    c.args([&web.id, "echo $SSH_CONNECTION"]);
+    let out = output_within(c, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = stdout(&out)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(Some(server), web.public_ip.clone(), "{}", stdout(&out));
+    assert_eq!(stderr(&out), "", "the abandoned ssh is never heard");
+    let remembered = std::fs::read_to_string(addresses_file(&bed)).unwrap();
+    assert!(
+        remembered.trim_end().ends_with(&format!(
+            "{} Auto {}",
+            web.id,
+            web.public_ip.clone().unwrap()
+        )),
+        "{remembered}"
+    );
+    // A stopped instance: the early ssh is stopped and the state reported.
+    bed.set_state(&web.id, "stopped");
+    let mut c = eic(&bed);
+    c.args([&web.id, "true"]);
+    let out = output_within(c, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,5 +1,6 @@
 //! The main job: target → instance and address → ephemeral key → pushed → ssh.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,11 +11,12 @@ use crate::agent::{Push, PushWatch};
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::{self, Clients};
 use crate::dirs;
+use crate::eice::ConnectVia;
 use crate::eice::route::{self, Request};
 use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::Pins;
 use crate::key::EphemeralKey;
-use crate::resolve::{Progress, Want, resolve_and_push};
+use crate::resolve::{Progress, Want, remember_address, remembered_address, resolve_and_push};
 use crate::reuse;
 use crate::session::{self, HostKeys, Session, Spec};
 use crate::settings::{Connect, HostKeyPolicy};
@@ -44,6 +46,11 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
         && let Some(status) = through_master(&settings).await?
     {
         return Ok(child_exit_code(status));
+    }
+    if let Some((ip, user)) = early_start(&settings)
+        && let Some(code) = speculative(&settings, ip, user).await?
+    {
+        return Ok(code);
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the preparation promptly (the
     // picker, if it runs, would otherwise leave SIGINT caught and unheard):
@@ -121,7 +128,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
         }
         Ok(())
     };
-    let status = ssh::run_beside(&reach.ssh_program, session.args(), push).await?;
+    let status = ssh::run_beside(&reach.ssh_program, session.args(), push, None).await?;
     let refused = match &pins {
         Some(pins) if status.code() == Some(255) => {
             session::host_key_refusal(&instance_id, pins, &session.verdicts())
@@ -136,6 +143,166 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     match refused {
         Some(failure) => crate::error::fail(failure),
         None => Ok(child_exit_code(status)),
+    }
+}
+
+/// The address and OS user ssh may start with before the lookup: an
+/// instance id whose address an earlier direct connection remembered, with
+/// the user known without a call (given or remembered), host keys on first
+/// use and nothing to start or tunnel.
+fn early_start(settings: &Connect) -> Option<(IpAddr, String)> {
+    let reach = &settings.reach;
+    let Target::InstanceId(id) = &settings.target else {
+        return None;
+    };
+    if reach.start
+        || reach.path.via == ConnectVia::Eice
+        || !matches!(reach.host_keys, HostKeyPolicy::FirstUse)
+    {
+        return None;
+    }
+    let user = if settings.user.source.is_given() {
+        settings.user.name.clone()
+    } else {
+        crate::osuser::remembered(&reach.state_dir, id)?
+    };
+    let ip = remembered_address(&reach.state_dir, id, reach.address)?;
+    Some((ip, user))
+}
+
+/// The lookup showed the instance elsewhere than remembered.
+#[derive(Debug)]
+struct Moved;
+
+impl std::fmt::Display for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the instance is no longer at its remembered address")
+    }
+}
+
+impl std::error::Error for Moved {}
+
+/// ssh starts at once at the remembered address while the lookup and the
+/// push run. ssh's messages are held until the lookup confirms the address
+/// (host keys are kept under the instance id, so an address now another
+/// instance's cannot be trusted by mistake either way). If the lookup shows
+/// another address or a route other than direct, this ssh is stopped
+/// unheard and `None` returned: the caller connects the usual way.
+async fn speculative(
+    settings: &Connect,
+    ip: IpAddr,
+    user: String,
+) -> anyhow::Result<Option<ExitCode>> {
+    let reach = &settings.reach;
+    tracing::debug!(%ip, os_user = %user, "starting ssh at the remembered address while the lookup confirms it");
+    let config = aws::load_config(&reach.aws).await?;
+    let clients = Clients::new(&config, &reach.aws);
+    let key = EphemeralKey::generate()?;
+    let public_key = key.public_openssh().to_owned();
+    let ssh_port = ssh::port(&settings.ssh_options);
+    // The same user: given, or remembered for this instance.
+    let want = Want {
+        reach,
+        target: &settings.target,
+        user: &settings.user,
+        ssh_port,
+        picker: false,
+    };
+    let (push_tx, push_rx) = watch::channel(Push::InFlight);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let progress = Progress {
+        instance: None,
+        ready: Some(ready_tx),
+    };
+    let mut resolving = std::pin::pin!(async {
+        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
+        let _ = push_tx.send(match &result {
+            Ok(resolved) => Push::Done(resolved.pushed),
+            Err(_) => Push::Failed,
+        });
+        result
+    });
+    let Target::InstanceId(id) = &settings.target else {
+        return Ok(None);
+    };
+    let mut path_options = Vec::new();
+    if let Some(persist) = reach.reuse {
+        dirs::ensure_private_dir(&reach.reuse_dir)?;
+        let key = reuse::Key {
+            user: user.clone(),
+            host: id.clone(),
+            port: ssh_port.unwrap_or(22),
+            route: reach.path.via.as_str().to_owned(),
+        };
+        path_options.extend(reuse::master_options(
+            &key.path_in(&reach.reuse_dir),
+            persist,
+        )?);
+    }
+    let host = ip.to_string();
+    let spec = Spec {
+        user_options: &settings.ssh_options,
+        path_options,
+        verbose: settings.verbose,
+        os_user: &user,
+        host_key_alias: id,
+        host: &host,
+        host_keys: HostKeys::FirstUse {
+            known_hosts: dirs::known_hosts_file(&reach.state_dir)?,
+        },
+        command: &settings.command,
+    };
+    let session = Session::prepare(key, push_rx, &spec)?;
+    let (show_tx, show_rx) = oneshot::channel();
+    let confirm = async {
+        // The lookup and push run here: the answer about the instance
+        // comes from them.
+        let mut ready_rx = ready_rx;
+        let mut done = None;
+        let ready = loop {
+            tokio::select! {
+                ready = &mut ready_rx => break ready,
+                result = &mut resolving, if done.is_none() => done = Some(result),
+            }
+        };
+        let confirmed = match ready {
+            Ok((instance, _)) => {
+                let chosen = choose_address(&instance.addresses, reach.address, &settings.target);
+                let direct = reach.path.via == ConnectVia::Direct
+                    || instance.addresses.public_ip.map(IpAddr::V4) == Some(ip);
+                chosen.ok() == Some(ip) && direct
+            }
+            // The lookup failed: its error is what the user sees.
+            Err(_) => false,
+        };
+        tracing::debug!(
+            confirmed,
+            "the lookup answered about the remembered address"
+        );
+        let _ = show_tx.send(confirmed);
+        match done {
+            Some(result) => result?,
+            None => (&mut resolving).await?,
+        };
+        if confirmed {
+            Ok(())
+        } else {
+            Err(anyhow::Error::new(Moved))
+        }
+    };
+    let outcome = ssh::run_beside(&reach.ssh_program, session.args(), confirm, Some(show_rx)).await;
+    drop(session);
+    match outcome {
+        Ok(status) => Ok(Some(child_exit_code(status))),
+        Err(err) => {
+            remember_address(&reach.state_dir, id, reach.address, None);
+            if err.is::<Moved>() {
+                tracing::debug!("the remembered address was stale; connecting the usual way");
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
     }
 }
 
@@ -242,6 +409,12 @@ async fn prepare(
              enable it with: aws ec2 modify-instance-metadata-options --instance-id {} --http-endpoint enabled",
             instance.id, instance.id
         );
+    }
+    if route.is_none()
+        && let Target::InstanceId(id) = &settings.target
+    {
+        // Reached directly: the next connection may start ssh here at once.
+        remember_address(&reach.state_dir, id, reach.address, Some(address));
     }
     let console = match console {
         Some(fetched) => Some(fetched?),
