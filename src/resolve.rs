@@ -233,15 +233,16 @@ pub fn remembered_address(
 ) -> Option<IpAddr> {
     let text = std::fs::read_to_string(state_dir.join(ADDRESSES)).ok()?;
     let choice = format!("{choice:?}");
-    text.lines().rev().find_map(|line| {
-        let mut words = line.split(' ');
-        let (id, how, ip) = (words.next()?, words.next()?, words.next()?);
-        if id != instance_id || how != choice {
-            return None;
-        }
-        // `-` marks an address forgotten (the instance moved).
-        ip.parse().ok()
-    })
+    text.lines()
+        .rev()
+        .find_map(|line| {
+            let mut words = line.split(' ');
+            let (id, how, ip) = (words.next()?, words.next()?, words.next()?);
+            // The latest line for the instance counts; `-` marks an address
+            // forgotten (the instance moved).
+            (id == instance_id && how == choice).then(|| ip.parse().ok())
+        })
+        .flatten()
 }
 
 /// Remembers that `instance_id` was reached directly at `ip` (`None`:
@@ -259,9 +260,11 @@ pub fn remember_address(
     }
     let _ = std::fs::create_dir_all(state_dir);
     let ip = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
     {
         let _ = file.write_all(format!("{instance_id} {choice:?} {ip}\n").as_bytes());
