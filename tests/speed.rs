@@ -480,3 +480,118 @@ fn a_stale_remembered_address_is_abandoned_unheard_and_the_right_one_reached() {
         stderr(&out)
     );
 }
+
+// ------------------------------------------------------------ TLS trust
+
+fn https_bed() -> TestBed {
+    TestBed::start_with(support::BedOptions {
+        https: true,
+        ..support::BedOptions::default()
+    })
+}
+
+/// Files eic-connect opened (strace), one path per line.
+fn opened_files(
+    c: std::process::Command,
+    log: &std::path::Path,
+) -> (std::process::Output, String) {
+    let program = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+    let mut traced = std::process::Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-e", "trace=open,openat", "-o"])
+        .arg(log)
+        .arg(&program)
+        .args(&args);
+    // The bed's commands run with a clean environment: so does this.
+    traced.env_clear();
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            traced.env(k, v);
+        }
+    }
+    traced.stdin(Stdio::null());
+    let out = traced
+        .output()
+        .expect("run strace (apt-get install strace)");
+    (out, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+#[test]
+fn tls_trust_is_read_only_when_a_tls_connection_needs_it() {
+    let bed = https_bed();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let ca = bed.api_ca_pem().expect("HTTPS mode has a CA").to_owned();
+    // The bed's CA as the system's store (as a CA an administrator added
+    // would be), and no AWS_CA_BUNDLE: trust must come from the store.
+    let store = bed.dir().join("system-store.pem");
+    std::fs::copy(&ca, &store).unwrap();
+    let with_store = |args: &[&str]| {
+        let mut c = eic(&bed);
+        c.env_remove("AWS_CA_BUNDLE")
+            .env("SSL_CERT_FILE", &store)
+            .env("SSL_CERT_DIR", bed.dir().join("no-such-dir"))
+            .args(args);
+        c
+    };
+    let log = bed.dir().join("strace.log");
+    let (out, opened) = opened_files(with_store(&["--dry-run", &web.id]), &log);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !opened.contains("system-store.pem"),
+        "--dry-run read the trust store:\n{opened}"
+    );
+    assert!(
+        !opened.contains("/etc/ssl/certs"),
+        "--dry-run read the trust store:\n{opened}"
+    );
+
+    let (out, opened) = opened_files(with_store(&[&web.id, "echo", "trusted"]), &log);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "trusted\n");
+    let reads = opened
+        .lines()
+        .filter(|l| l.contains("system-store.pem") && !l.contains("ENOENT"))
+        .count();
+    assert_eq!(reads, 1, "read once, by one process:\n{opened}");
+}
+
+#[test]
+fn api_calls_trust_aws_ca_bundle_and_say_so_when_they_cannot() {
+    let bed = https_bed();
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    // The bed sets AWS_CA_BUNDLE to its CA.
+    let mut c = eic(&bed);
+    c.args([&web.id, "echo", "over https"]);
+    let out = output_within(c, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "over https\n");
+    assert_signed(&bed);
+
+    // Not trusted: the system's store alone does not know the bed's CA.
+    let mut c = eic(&bed);
+    c.env_remove("AWS_CA_BUNDLE").args([&web.id, "true"]);
+    let out = output_within(c, Duration::from_secs(20));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.starts_with("eic-connect: error:"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("AWS_CA_BUNDLE"),
+        "the hint names the way out: {err}"
+    );
+
+    // A bundle that cannot be read is named, with what to do.
+    let mut c = eic(&bed);
+    c.env("AWS_CA_BUNDLE", bed.dir().join("missing.pem"))
+        .args([&web.id, "true"]);
+    let out = output_within(c, Duration::from_secs(20));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("cannot read AWS_CA_BUNDLE"), "{err}");
+    assert!(
+        err.contains("hint: point AWS_CA_BUNDLE at a PEM file"),
+        "{err}"
+    );
+    assert!(bed.pushes().len() == 1, "nothing was pushed without trust");
+}

@@ -57,6 +57,15 @@ where
                 no_credentials(at, &cause)
             } else if dispatch.is_timeout() {
                 timed_out(at)
+            } else if chain_text(&err).contains("certificate") {
+                Failure::new(format!(
+                    "TLS with the AWS API failed for {} ({}): {}",
+                    at.op,
+                    at.scope.describe(),
+                    chain_text(&err)
+                ))
+                .hint("if a proxy or firewall inspects TLS, point AWS_CA_BUNDLE at its CA certificate (PEM), or add that CA to the system's store")
+                .hint("if AWS_ENDPOINT_URL is set, check that its certificate is for that name")
             } else if connection_broke(&err) {
                 Failure::new(format!(
                     "the connection to the AWS API broke during {} ({}): {}",
