@@ -491,10 +491,7 @@ fn https_bed() -> TestBed {
 }
 
 /// Files eic-connect opened (strace), one path per line.
-fn opened_files(
-    c: std::process::Command,
-    log: &std::path::Path,
-) -> (std::process::Output, String) {
+fn opened_files(c: std::process::Command, log: &std::path::Path) -> (std::process::Output, String) {
     let program = c.get_program().to_owned();
     let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
     let mut traced = std::process::Command::new("strace");
@@ -594,4 +591,24 @@ fn api_calls_trust_aws_ca_bundle_and_say_so_when_they_cannot() {
         "{err}"
     );
     assert!(bed.pushes().len() == 1, "nothing was pushed without trust");
+}
+
+#[test]
+fn dry_run_shows_the_master_it_would_join_or_become() {
+    let bed = TestBed::start();
+    let mut c = eic(&bed);
+    c.args(["--dry-run", "--reuse=90s", "i-0123456789abcdef0", "true"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("# reuse: if a master answers at "), "{text}");
+    assert!(text.contains("ControlPersist=90"), "{text}");
+    let mut c = eic(&bed);
+    c.args(["--dry-run", "i-0123456789abcdef0", "true"]);
+    let text = stdout(&run(c));
+    assert!(
+        !text.contains("Control"),
+        "reuse is off for connect by default: {text}"
+    );
+    assert!(bed.requests().is_empty());
 }

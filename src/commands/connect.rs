@@ -520,7 +520,23 @@ async fn dry_run(settings: &Connect) -> anyhow::Result<ExitCode> {
         target: &settings.target,
         ssh_port: ssh::port(&settings.ssh_options),
     };
-    let path_options = route::dry_run_route(&request, &scope, &reach.aws, &instance_ref, &mut out);
+    let mut path_options =
+        route::dry_run_route(&request, &scope, &reach.aws, &instance_ref, &mut out);
+    if let Some(persist) = reach.reuse {
+        let key = reuse::Key {
+            user: user.to_owned(),
+            host: reuse_host(&settings.target),
+            port: request.ssh_port.unwrap_or(22),
+            route: reach.path.via.as_str().to_owned(),
+        };
+        let path = key.path_in(&reach.reuse_dir);
+        out.push_str(&format!(
+            "# reuse: if a master answers at {}, ssh joins it and nothing above is called; else ssh becomes one, kept {} s after its last session\n",
+            crate::sanitize::terminal_safe(&path.display().to_string()),
+            persist.as_secs()
+        ));
+        path_options.extend(reuse::master_options(&path, persist)?);
+    }
     let spec = Spec {
         user_options: &settings.ssh_options,
         path_options,
