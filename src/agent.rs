@@ -292,16 +292,19 @@ async fn serve(mut stream: UnixStream, mut served: Served) {
             tracing::debug!("agent: a forwarded connection; the ephemeral key is not offered");
             return forwarded(stream, &msg, served.forward_to.as_deref()).await;
         }
-        if matches!(
+        let asks_for_key = matches!(
             msg.first(),
             Some(&(SSH_AGENTC_REQUEST_IDENTITIES | SSH_AGENTC_SIGN_REQUEST))
-        ) && *served.push.borrow() == Push::InFlight
-        {
-            tracing::debug!("agent: ssh asks for the key; waiting for the push");
-            let state = outcome(&mut served.push).await;
-            tracing::debug!(?state, "agent: the push is over");
-        }
-        let offered = *served.push.borrow() != Push::Failed;
+        );
+        let offered = if asks_for_key {
+            if *served.push.borrow() == Push::InFlight {
+                tracing::debug!("agent: ssh asks for the key; waiting for the push");
+            }
+            // A push that failed, or was abandoned, offers nothing.
+            matches!(outcome(&mut served.push).await, Push::Done(_))
+        } else {
+            true
+        };
         let reply = {
             let guard = served
                 .key

@@ -612,3 +612,29 @@ fn dry_run_shows_the_master_it_would_join_or_become() {
     );
     assert!(bed.requests().is_empty());
 }
+
+#[test]
+fn reuse_through_an_endpoint_holds_no_pipe_and_the_tunnel_ends_with_the_master() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    bed.add_endpoint(support::eice::EndpointSpec::default());
+    let connect = |word: &str| {
+        let mut c = bed.command();
+        c.args(["-l", &bed.os_user(), "--reuse", &db.id, "echo", word])
+            .stdin(Stdio::null());
+        output_within(c, Duration::from_secs(30))
+    };
+    let out = connect("first");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "first\n");
+    bed.clear_records();
+    let out = connect("second");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "second\n");
+    assert!(bed.requests().is_empty(), "{:?}", bed.requests());
+    assert_eq!(bed.tunnels().len(), 1, "one tunnel carries both");
+    let mut c = bed.command();
+    c.args(["reuse", "stop"]);
+    assert!(run(c).status.success());
+    bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
+}
