@@ -14,7 +14,8 @@
 //! - `eic-connect --reuse ID echo x` after a first call made the master;
 //! - the floor: a fresh process doing only DescribeInstances ∥
 //!   SendSSHPublicKey with the SDK (this binary, re-executed), to exit;
-//! - eic-connect by id up to ssh started (a no-op program as ssh), to exit;
+//! - eic-connect by id up to ssh started and the push done (a no-op program
+//!   as ssh), to exit;
 //! - `--dry-run` start-up, to exit;
 //! - AWS's `mssh` (`EIC_BENCH_MSSH`, else `mssh` on PATH) and AWS CLI v2's
 //!   `aws ec2-instance-connect ssh --connection-type direct`
@@ -178,7 +179,9 @@ fn bench_rtt(rtt_ms: u64, runs: usize, tools: &Tools) -> Vec<Row> {
             let outcome = ctx.measure(Until::FirstOutput, true, || {
                 eic(&["--reuse", id, "echo", "x"])
             });
-            let stop = run_to_end(eic(&["reuse", "stop"]));
+            let mut stop = bed.command();
+            stop.args(["reuse", "stop"]);
+            let stop = run_to_end(stop);
             assert!(stop.is_ok(), "eic-connect reuse stop: {stop:?}");
             outcome
         } else {
@@ -201,7 +204,7 @@ fn bench_rtt(rtt_ms: u64, runs: usize, tools: &Tools) -> Vec<Row> {
     });
     let no_op = support::cmd::which("true");
     rows.push(Row {
-        label: "`eic-connect ID`: invocation → ssh started (no-op ssh, to exit)",
+        label: "`eic-connect ID`: invocation → ssh started, push done (no-op ssh, to exit)",
         outcome: ctx.measure(Until::Exit, false, || {
             let mut c = eic(&[id, "echo", "x"]);
             c.env("EIC_CONNECT_SSH", &no_op);
