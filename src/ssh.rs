@@ -168,6 +168,33 @@ pub async fn run_beside(
     }
 }
 
+/// Lets standard error go ([`quiet_stderr`]) once each of a number of
+/// steps is done (connected; the key pushed): an error before any of them
+/// still reaches the user.
+#[derive(Debug)]
+pub struct QuietWhen {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl QuietWhen {
+    pub fn after(steps: usize) -> std::sync::Arc<QuietWhen> {
+        std::sync::Arc::new(QuietWhen {
+            left: std::sync::atomic::AtomicUsize::new(steps),
+        })
+    }
+
+    /// One step is done; the last one lets standard error go.
+    pub fn done(&self) {
+        use std::sync::atomic::Ordering;
+        let before = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            quiet_stderr();
+        }
+    }
+}
+
 /// ssh's standard error, held until `hold` says whether to show it.
 async fn held_stderr(
     mut from: tokio::process::ChildStderr,

@@ -638,3 +638,42 @@ fn reuse_through_an_endpoint_holds_no_pipe_and_the_tunnel_ends_with_the_master()
     assert!(run(c).status.success());
     bed.wait_for_tunnels_closed(1, Duration::from_secs(10));
 }
+
+#[test]
+fn through_the_ssh_config_block_ssh_connects_while_the_push_is_in_flight() {
+    use support::cmd::{block_ssh, ssh_config};
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let config = ssh_config(&bed);
+    bed.set_delay("SendSSHPublicKey", PUSH_TAKES);
+    let mut c = block_ssh(&bed, &config);
+    c.args(["-o", "ControlMaster=no", "eic-web-1", "echo", "overlapped"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = c.spawn().unwrap();
+    let seen = bed
+        .wait_for_sshd_log("Connection from", PUSH_TAKES + Duration::from_secs(5))
+        .then(|| started.elapsed());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "overlapped\n");
+    let seen = seen.expect("sshd saw a connection");
+    assert!(
+        seen < PUSH_TAKES - Duration::from_millis(500),
+        "ssh connected {seen:?} after the start, the push takes {PUSH_TAKES:?}"
+    );
+    // Refused while ssh connects: the proxy's error, not ssh's refusal.
+    bed.fail_next("SendSSHPublicKey", "AccessDeniedException", 1);
+    let web = bed.instances().into_iter().next().unwrap();
+    let mut c = block_ssh(&bed, &config);
+    c.args(["-o", "ControlMaster=no", &web.id, "true"]);
+    let out = output_within(c, PUSH_TAKES + Duration::from_secs(15));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("not authorized to call SendSSHPublicKey"),
+        "{err}"
+    );
+    assert!(!err.contains("Permission denied"), "{err}");
+}

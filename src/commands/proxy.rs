@@ -18,11 +18,13 @@ use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use tokio::sync::{oneshot, watch};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Push};
 use crate::aws::{self, Clients};
 use crate::dirs::ensure_private_dir;
 use crate::eice::endpoint::{self as eice, TunnelTarget};
@@ -63,30 +65,72 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
         ensure_private_dir(&settings.reach.reuse_dir)?;
     }
     let slot = Slot::new(&settings.key_dir, &settings.host, &settings.user)?;
-    let (hop, served) = {
+    // With --master, standard error goes once connected and the key pushed.
+    let quiet = settings.master.then(|| crate::ssh::QuietWhen::after(2));
+    // The relay starts as soon as the way to the instance is known; the
+    // push may still be in flight (the agent holds the key until it is
+    // done, and a refused push ends this proxy with its error).
+    let (hop_tx, hop_rx) = oneshot::channel();
+    let mut serving = std::pin::pin!(async {
         let _lock = slot.lock()?;
         match slot.reusable().await {
             Some(state) => {
                 tracing::debug!(instance = %state.instance_id, "reusing the key pushed {}s ago", now_secs() - state.pushed_at);
-                (state.hop, None)
+                let _ = hop_tx.send(state.hop);
+                anyhow::Ok(None)
             }
-            None => {
-                let (hop, agent) = push_and_serve(&settings, &slot).await?;
-                (hop, Some(agent))
-            }
+            None => push_and_serve(&settings, &slot, hop_tx).await.map(Some),
         }
+    });
+    let mut served = None;
+    let mut serving_done = false;
+    let mut hop_rx = hop_rx;
+    let hop = tokio::select! {
+        biased;
+        result = &mut serving => {
+            served = result?;
+            serving_done = true;
+            (&mut hop_rx).await.ok()
+        }
+        hop = &mut hop_rx => hop.ok(),
     };
+    let Some(hop) = hop else {
+        // The way was never named: serving failed, and says why.
+        if !serving_done {
+            serving.await?;
+        }
+        anyhow::bail!("no way to the instance was found");
+    };
+    if serving_done && let Some(quiet) = &quiet {
+        quiet.done();
+    }
     // ssh ends its ProxyCommand with SIGHUP when the session is over; that
     // is a normal end.
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let (relayed, linger) = tokio::select! {
-        result = relay(&hop, &settings) => (result, true),
-        _ = hangup.recv() => (Ok(ExitCode::SUCCESS), true),
-        // Told to stop: no serving on.
-        _ = terminate.recv() => (Ok(ExitCode::SUCCESS), false),
+    let mut relaying = std::pin::pin!(relay(&hop, &settings, quiet.clone()));
+    let (relayed, linger) = loop {
+        tokio::select! {
+            result = &mut serving, if !serving_done => {
+                // A refused push ends the connection with its error.
+                served = result?;
+                serving_done = true;
+                if let Some(quiet) = &quiet {
+                    quiet.done();
+                }
+            }
+            result = &mut relaying => break (result, true),
+            _ = hangup.recv() => break (Ok(ExitCode::SUCCESS), true),
+            // Told to stop: no serving on.
+            _ = terminate.recv() => break (Ok(ExitCode::SUCCESS), false),
+        }
     };
+    if !serving_done {
+        // The session ended before the push did (ssh gave up): the push's
+        // outcome still decides what this proxy reports.
+        served = serving.await?;
+    }
     if let Some(served) = served {
         if linger {
             served.linger(&slot, &mut terminate).await;
@@ -139,12 +183,18 @@ impl Hop {
 }
 
 /// Resolves the target, pushes a fresh key and serves it at the slot's
-/// socket.
-async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, Served)> {
+/// socket. The way to the instance goes to `hop_ready` as soon as it is
+/// known, before the push is done: the agent answers ssh once it is.
+async fn push_and_serve(
+    settings: &Proxy,
+    slot: &Slot,
+    hop_ready: oneshot::Sender<Hop>,
+) -> anyhow::Result<Served> {
     let reach = &settings.reach;
     let config = aws::load_config(&reach.aws).await?;
     let clients = Clients::new(&config, &reach.aws);
     let key = EphemeralKey::generate()?;
+    let public_key = key.public_openssh().to_owned();
     let user = OsUser {
         name: settings.user.clone(),
         source: UserSource::CommandLine("%r"),
@@ -156,26 +206,61 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
         ssh_port: Some(settings.port),
         picker: false,
     };
-    let resolved = resolve_and_push(
-        &want,
-        &clients,
-        key.public_openssh(),
-        crate::resolve::Progress::default(),
-    )
-    .await?;
-    let instance = &resolved.instance;
+    let (push_tx, push_rx) = watch::channel(Push::InFlight);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let progress = crate::resolve::Progress {
+        instance: None,
+        ready: Some(ready_tx),
+    };
+    let mut resolving = std::pin::pin!(async {
+        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
+        let _ = push_tx.send(match &result {
+            Ok(resolved) => Push::Done(resolved.pushed),
+            Err(_) => Push::Failed,
+        });
+        result
+    });
+    // The instance (and the endpoint, when tunnelling), alongside the push.
+    let mut resolved = None;
+    let mut ready_rx = ready_rx;
+    let ready = loop {
+        tokio::select! {
+            ready = &mut ready_rx => break ready,
+            result = &mut resolving, if resolved.is_none() => resolved = Some(result?),
+        }
+    };
+    let Ok((instance, _)) = ready else {
+        return Err(match resolved {
+            Some(_) => anyhow::anyhow!("the lookup ended without naming an instance"),
+            None => match (&mut resolving).await {
+                Err(err) => err,
+                Ok(_) => anyhow::anyhow!("the lookup ended without naming an instance"),
+            },
+        });
+    };
     let chosen = choose_address(&instance.addresses, AddressChoice::Auto, &settings.target)?;
-    let decision = route::decide(reach.path.via, false, chosen, instance, Some(settings.port));
-    let planned = route::plan(
+    let decision = route::decide(
+        reach.path.via,
+        false,
+        chosen,
+        &instance,
+        Some(settings.port),
+    );
+    let mut planning = std::pin::pin!(route::plan(
         decision,
         &reach.path,
         &config,
         &clients,
-        instance,
+        &instance,
         Some(settings.port),
         None,
-    )
-    .await?;
+    ));
+    let planned = loop {
+        tokio::select! {
+            planned = &mut planning => break planned?,
+            result = &mut resolving, if resolved.is_none() => resolved = Some(result?),
+        }
+    };
     let hop = match planned {
         Some(r) => Hop::Eice {
             endpoint_id: r.target.endpoint_id,
@@ -192,7 +277,7 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
         key,
         fresh.clone(),
         None,
-        crate::agent::pushed_at(resolved.pushed),
+        push_rx,
         crate::session::user_agent(),
     )?;
     let socket = slot.socket();
@@ -202,13 +287,34 @@ async fn push_and_serve(settings: &Proxy, slot: &Slot) -> anyhow::Result<(Hop, S
             .with_context(|| format!("could not move the agent socket to {}", socket.display()));
     }
     let inode = std::fs::symlink_metadata(&socket)?.ino();
+    let served = Served { agent, inode };
+    // ssh checks the host key (by the instance id this names) before it
+    // authenticates: the state is written now, with no push time yet, so
+    // that no other proxy reuses the key before the push is done.
     slot.write_state(&State {
         instance_id: instance.id.clone(),
         hop: hop.clone(),
+        pushed_at: 0,
+    })?;
+    let _ = hop_ready.send(hop.clone());
+    let resolved = match resolved {
+        Some(done) => done,
+        None => match (&mut resolving).await {
+            Ok(done) => done,
+            Err(err) => {
+                // The slot's lock is held here (by the caller).
+                served.retire_locked(slot);
+                return Err(err);
+            }
+        },
+    };
+    slot.write_state(&State {
+        instance_id: resolved.instance.id.clone(),
+        hop,
         pushed_at: now_secs(),
     })?;
     tracing::debug!(socket = %socket.display(), "serving the key for at most 60 s");
-    Ok((hop, Served { agent, inode }))
+    Ok(served)
 }
 
 /// The agent this proxy serves at the slot's socket.
@@ -237,6 +343,11 @@ impl Served {
     /// is wiped when the agent drops).
     fn retire(self, slot: &Slot) {
         let _lock = slot.lock();
+        self.retire_locked(slot);
+    }
+
+    /// [`Served::retire`] with the slot's lock already held.
+    fn retire_locked(self, slot: &Slot) {
         if self.is_ours(slot) {
             let _ = std::fs::remove_file(slot.socket());
         }
@@ -266,10 +377,14 @@ fn detach_stdio() {
 }
 
 /// Relays stdin/stdout to the instance over `hop`.
-async fn relay(hop: &Hop, settings: &Proxy) -> anyhow::Result<ExitCode> {
+async fn relay(
+    hop: &Hop,
+    settings: &Proxy,
+    quiet: Option<Arc<crate::ssh::QuietWhen>>,
+) -> anyhow::Result<ExitCode> {
     match hop {
         Hop::Direct(ip) => {
-            relay_direct(*ip, settings.port, settings.master).await?;
+            relay_direct(*ip, settings.port, quiet).await?;
             Ok(ExitCode::SUCCESS)
         }
         Hop::Eice {
@@ -291,15 +406,18 @@ async fn relay(hop: &Hop, settings: &Proxy) -> anyhow::Result<ExitCode> {
                 },
                 connector: Connector::from_env(reach.aws.attempt_timeout)?,
             };
-            crate::eice::relay::stdio(tunneller, reach.path.max_tunnel_duration, settings.master)
-                .await
+            crate::eice::relay::stdio(tunneller, reach.path.max_tunnel_duration, quiet).await
         }
     }
 }
 
 /// Copies bytes between stdin/stdout and `ip:port` until both sides end.
-/// With `master`, standard error is let go once connected.
-async fn relay_direct(ip: IpAddr, port: u16, master: bool) -> anyhow::Result<()> {
+/// With `quiet`, being connected is a step towards letting standard error go.
+async fn relay_direct(
+    ip: IpAddr,
+    port: u16,
+    quiet: Option<Arc<crate::ssh::QuietWhen>>,
+) -> anyhow::Result<()> {
     let stream = tokio::time::timeout(
         Duration::from_secs(15),
         tokio::net::TcpStream::connect((ip, port)),
@@ -312,8 +430,8 @@ async fn relay_direct(ip: IpAddr, port: u16, master: bool) -> anyhow::Result<()>
         )
     })?
     .with_context(|| format!("could not connect to {ip} port {port}"))?;
-    if master {
-        crate::ssh::quiet_stderr();
+    if let Some(quiet) = quiet {
+        quiet.done();
     }
     let (mut from_remote, mut to_remote) = stream.into_split();
     let upstream = async {

@@ -78,7 +78,8 @@ pub async fn run(settings: Tunnel) -> anyhow::Result<ExitCode> {
     match settings.local_port {
         Some(port) => listen(tunneller, port).await,
         None => {
-            crate::eice::relay::stdio(tunneller, path.max_tunnel_duration, settings.master).await
+            let quiet = settings.master.then(|| crate::ssh::QuietWhen::after(1));
+            crate::eice::relay::stdio(tunneller, path.max_tunnel_duration, quiet).await
         }
     }
 }

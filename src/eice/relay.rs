@@ -995,8 +995,8 @@ async fn silence(seen: Arc<std::sync::atomic::AtomicBool>, limit: Option<Duratio
 struct FirstWrite<W> {
     inner: W,
     seen: Arc<std::sync::atomic::AtomicBool>,
-    /// Stop writing to standard error once the instance answered.
-    quiet_after: bool,
+    /// The instance answered: a step towards letting standard error go.
+    quiet: Option<Arc<crate::ssh::QuietWhen>>,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
@@ -1008,9 +1008,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
         let this = self.get_mut();
         if !buf.is_empty()
             && !this.seen.swap(true, std::sync::atomic::Ordering::Relaxed)
-            && this.quiet_after
+            && let Some(quiet) = &this.quiet
         {
-            crate::ssh::quiet_stderr();
+            quiet.done();
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -1024,13 +1024,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FirstWrite<W> {
     }
 }
 
-/// One tunnel on standard input and output. With `master` (the connection
-/// may become ssh's shared master), nothing more is written to standard
-/// error once the instance answered (see [`crate::ssh::quiet_stderr`]).
+/// One tunnel on standard input and output. With `quiet` (the connection
+/// may become ssh's shared master), the instance's first answer is a step
+/// towards letting standard error go ([`crate::ssh::QuietWhen`]).
 pub async fn stdio(
     tunneller: Tunneller,
     max_duration: Option<u32>,
-    master: bool,
+    quiet: Option<Arc<crate::ssh::QuietWhen>>,
 ) -> anyhow::Result<ExitCode> {
     let ws = tunneller.open().await?;
     let opened = Instant::now();
@@ -1038,7 +1038,7 @@ pub async fn stdio(
     let out = FirstWrite {
         inner: stdout()?,
         seen: answered.clone(),
-        quiet_after: master,
+        quiet,
     };
     // An ssh server speaks first: a tunnel to port 22 that stays silent is
     // stalled (ssh itself would wait for its banner forever).
