@@ -156,6 +156,24 @@ pub async fn resolve_and_push(
     })
 }
 
+/// [`resolve_and_push`], then tells the agent watching `push` how the push
+/// ended, so that it offers the key (or nothing) to an ssh already started.
+pub async fn resolve_push_and_tell(
+    want: &Want<'_>,
+    clients: &Clients,
+    public_key: &str,
+    progress: Progress,
+    push: tokio::sync::watch::Sender<crate::agent::Push>,
+) -> anyhow::Result<Resolved> {
+    use crate::agent::Push;
+    let result = resolve_and_push(want, clients, public_key, progress).await;
+    let _ = push.send(match &result {
+        Ok(resolved) => Push::Done(resolved.pushed),
+        Err(_) => Push::Failed,
+    });
+    result
+}
+
 /// The one instance the target names. Several: on a terminal, the user picks
 /// one; otherwise (scripts, CI) an error lists them, so nothing ever waits
 /// for an answer that cannot come.

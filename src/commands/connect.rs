@@ -16,7 +16,7 @@ use crate::eice::route::{self, Request};
 use crate::error::{Failure, child_exit_code};
 use crate::hostkeys::Pins;
 use crate::key::EphemeralKey;
-use crate::resolve::{Progress, Want, remember_address, remembered_address, resolve_and_push};
+use crate::resolve::{Progress, Want, remember_address, remembered_address, resolve_push_and_tell};
 use crate::reuse;
 use crate::session::{self, HostKeys, Session, Spec};
 use crate::settings::{Connect, HostKeyPolicy};
@@ -84,14 +84,13 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
         instance: Some(found_tx),
         ready: Some(ready_tx),
     };
-    let mut resolving = std::pin::pin!(async {
-        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
-        let _ = push_tx.send(match &result {
-            Ok(resolved) => Push::Done(resolved.pushed),
-            Err(_) => Push::Failed,
-        });
-        result
-    });
+    let mut resolving = std::pin::pin!(resolve_push_and_tell(
+        &want,
+        &clients,
+        &public_key,
+        progress,
+        push_tx
+    ));
     let mut setup = std::pin::pin!(prepare(
         &settings, &config, &clients, key, push_rx, found_rx, ready_rx
     ));
@@ -214,26 +213,20 @@ async fn speculative(
         instance: None,
         ready: Some(ready_tx),
     };
-    let mut resolving = std::pin::pin!(async {
-        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
-        let _ = push_tx.send(match &result {
-            Ok(resolved) => Push::Done(resolved.pushed),
-            Err(_) => Push::Failed,
-        });
-        result
-    });
+    let mut resolving = std::pin::pin!(resolve_push_and_tell(
+        &want,
+        &clients,
+        &public_key,
+        progress,
+        push_tx
+    ));
     let Target::InstanceId(id) = &settings.target else {
         return Ok(None);
     };
     let mut path_options = Vec::new();
     if let Some(persist) = reach.reuse {
         dirs::ensure_private_dir(&reach.reuse_dir)?;
-        let key = reuse::Key {
-            user: user.clone(),
-            host: id.clone(),
-            port: ssh_port.unwrap_or(22),
-            route: reach.path.via.as_str().to_owned(),
-        };
+        let key = master_key(settings, &user);
         path_options.extend(reuse::master_options(
             &key.path_in(&reach.reuse_dir),
             persist,
@@ -306,10 +299,16 @@ async fn speculative(
     }
 }
 
-/// What names an instance among master sockets: its id, else the target as
-/// typed (so a Name finds its master without a lookup).
-fn reuse_host(target: &Target) -> String {
-    target.host_text()
+/// The master a connection to the target as `user` joins or becomes: named
+/// by the instance id, else by the target as typed (so a Name finds its
+/// master without a lookup), the port and the path setting.
+fn master_key(settings: &Connect, user: &str) -> reuse::Key {
+    reuse::Key {
+        user: user.to_owned(),
+        host: settings.target.host_text(),
+        port: ssh::port(&settings.ssh_options).unwrap_or(22),
+        route: settings.reach.path.via.as_str().to_owned(),
+    }
 }
 
 /// With reuse: runs the session through a live master for this target, OS
@@ -321,7 +320,7 @@ async fn through_master(settings: &Connect) -> anyhow::Result<Option<std::proces
         return Ok(None);
     }
     dirs::ensure_private_dir(&reach.reuse_dir)?;
-    let host = reuse_host(&settings.target);
+    let host = settings.target.host_text();
     let user = match &settings.target {
         _ if settings.user.source.is_given() => Some(settings.user.name.clone()),
         Target::InstanceId(id) => crate::osuser::remembered(&reach.state_dir, id),
@@ -432,12 +431,7 @@ async fn prepare(
     if let Some(persist) = reach.reuse {
         // This connection becomes the master later ones join.
         dirs::ensure_private_dir(&reach.reuse_dir)?;
-        let key = reuse::Key {
-            user: user.clone(),
-            host: reuse_host(&settings.target),
-            port: ssh_port.unwrap_or(22),
-            route: reach.path.via.as_str().to_owned(),
-        };
+        let key = master_key(settings, &user);
         path_options.extend(reuse::master_options(
             &key.path_in(&reach.reuse_dir),
             persist,
@@ -523,13 +517,7 @@ async fn dry_run(settings: &Connect) -> anyhow::Result<ExitCode> {
     let mut path_options =
         route::dry_run_route(&request, &scope, &reach.aws, &instance_ref, &mut out);
     if let Some(persist) = reach.reuse {
-        let key = reuse::Key {
-            user: user.to_owned(),
-            host: reuse_host(&settings.target),
-            port: request.ssh_port.unwrap_or(22),
-            route: reach.path.via.as_str().to_owned(),
-        };
-        let path = key.path_in(&reach.reuse_dir);
+        let path = master_key(settings, user).path_in(&reach.reuse_dir);
         out.push_str(&format!(
             "# reuse: if a master answers at {}, ssh joins it and nothing above is called; else ssh becomes one, kept {} s after its last session\n",
             crate::sanitize::terminal_safe(&path.display().to_string()),

@@ -33,7 +33,7 @@ use crate::eice::route;
 use crate::error::{Failure, fail};
 use crate::key::EphemeralKey;
 use crate::osuser::UserSource;
-use crate::resolve::{Want, resolve_and_push};
+use crate::resolve::{Want, resolve_push_and_tell};
 use crate::settings::{OsUser, Proxy};
 use crate::target::{AddressChoice, choose_address};
 
@@ -212,14 +212,13 @@ async fn push_and_serve(
         instance: None,
         ready: Some(ready_tx),
     };
-    let mut resolving = std::pin::pin!(async {
-        let result = resolve_and_push(&want, &clients, &public_key, progress).await;
-        let _ = push_tx.send(match &result {
-            Ok(resolved) => Push::Done(resolved.pushed),
-            Err(_) => Push::Failed,
-        });
-        result
-    });
+    let mut resolving = std::pin::pin!(resolve_push_and_tell(
+        &want,
+        &clients,
+        &public_key,
+        progress,
+        push_tx
+    ));
     // The instance (and the endpoint, when tunnelling), alongside the push.
     let mut resolved = None;
     let mut ready_rx = ready_rx;
