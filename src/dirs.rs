@@ -124,7 +124,7 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
                         "{} is not a private directory of this user",
                         dir.display()
                     ))
-                    .hint("remove it, or choose another with --key-dir"),
+                    .hint("remove it: eic-connect makes it again, private (0700)"),
                 );
             }
             Ok(())
