@@ -1681,7 +1681,8 @@ mod delay {
         Echo,
         /// Send `HELLO\n` first, then answer each line with `OK\n`.
         Banner,
-        /// Read to the end, recording when each byte arrived.
+        /// Send `.` first, then read to the end, recording when each byte
+        /// arrived.
         Sink,
     }
 
@@ -1701,8 +1702,10 @@ mod delay {
                 std::thread::spawn(move || {
                     let _ = conn.set_nodelay(true);
                     let mut buf = vec![0u8; 64 * 1024];
-                    if let Mode::Banner = mode {
-                        let _ = conn.write_all(b"HELLO\n");
+                    match mode {
+                        Mode::Banner => drop(conn.write_all(b"HELLO\n")),
+                        Mode::Sink => drop(conn.write_all(b".")),
+                        Mode::Echo => {}
                     }
                     loop {
                         let n = match conn.read(&mut buf) {
@@ -1794,6 +1797,17 @@ fn delay_proxy_delays_each_way_and_the_tcp_handshake() {
     let c = &p.connections()[0];
     assert_eq!((c.turns, c.bytes_up, c.bytes_down), (6, 6, 6), "{c:?}");
 
+    // Work between connect and the first write is not hidden by the
+    // handshake: it starts one RTT later on a network.
+    let t0 = std::time::Instant::now();
+    let mut s = connect(&p);
+    std::thread::sleep(2 * D);
+    s.write_all(b"c").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"c");
+    let took = t0.elapsed();
+    assert!(took >= 6 * D, "answer after {took:?}, want >= {:?}", 6 * D);
+    drop(s);
+
     // Server first (ssh's banner): the banner arrives 2 RTT after connect.
     let (banner, _) = server(Mode::Banner);
     let p = proxy(banner, D);
@@ -1806,13 +1820,14 @@ fn delay_proxy_delays_each_way_and_the_tcp_handshake() {
 
 #[test]
 fn delay_proxy_delivers_each_chunk_its_delay_after_it_was_sent() {
-    use delay::{Mode, connect, proxy, server};
+    use delay::{Mode, connect, proxy, read_n, server};
     const D: Duration = Duration::from_millis(30);
     let (sink, arrivals) = server(Mode::Sink);
     let p = proxy(sink, D);
     let mut s = connect(&p);
-    // Past the modelled handshake, so that only the per-chunk delay counts.
-    std::thread::sleep(4 * D);
+    // Once the client has heard from the server, only the per-chunk delay
+    // counts (before, the handshake's is added).
+    assert_eq!(read_n(&mut s, 1), b".");
     let mut sent = Vec::new();
     for _ in 0..6 {
         sent.push(std::time::Instant::now());

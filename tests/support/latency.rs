@@ -6,17 +6,21 @@
 //! fixed one-way delay `d` before writing it on: a 25 ms delay is a 50 ms
 //! round-trip time. Each direction has its own queue of `(read at + d,
 //! bytes)` in read order, so byte order is kept, and chunks read together
-//! are not merged into one late delivery: every chunk leaves exactly `d`
-//! after it arrived (or later, if the receiver is slow to read).
+//! are not merged into one late delivery: every chunk leaves `d` after it
+//! arrived (up to a millisecond later: tokio's timer; or later still, if
+//! the receiver is slow to read). With no delay, chunks pass at once.
 //!
-//! The TCP handshake costs what it costs on a network: the upstream
-//! connection is opened 3·d after the client connected (when a server's
-//! `accept` would return: SYN, SYN-ACK, ACK), and data the client sends at
-//! once is held until then. So a server-first protocol (ssh's banner)
-//! reaches the client 2 RTT after its `connect`, and a request on a fresh
-//! connection is answered 2 RTT after `connect`, as on a real network.
-//! The client's own `connect` returns at once, which it cannot tell apart
-//! from a connect that took one RTT and a first write that took no time.
+//! The TCP handshake costs what it costs on a network. The upstream
+//! connection is opened 3·d after the client connected, when a server's
+//! `accept` would return (SYN, SYN-ACK, ACK). The client's `connect`
+//! returns at once here, where on a network it would return one RTT (2·d)
+//! later, so everything the client does before it hears from the server
+//! happens 2·d early: what it sends until then is held 3·d (2·d, plus the
+//! trip) instead of d. So a server-first protocol (ssh's banner) reaches
+//! the client 2 RTT after its `connect`; a request sent at once on a fresh
+//! connection is answered 2 RTT after `connect`; and work the client does
+//! between `connect` and its first write (a TLS library seeding its random
+//! number generator) is not hidden by the handshake, as on a network.
 //!
 //! Per connection the proxy counts **turns**: how many times data started
 //! flowing client → server again after the last data went server → client
@@ -29,6 +33,7 @@
 //! The TCP handshake is not a turn: [`Totals::connections`] counts those.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -236,6 +241,8 @@ async fn connection(
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let (client_rd, client_wr) = client.into_split();
+    // Set once the client has received its first bytes from the server.
+    let heard = Arc::new(AtomicBool::new(false));
     let (up_tx, up_rx) = mpsc::channel(QUEUE_CHUNKS);
     let up_reader = tokio::spawn(read_side(
         client_rd,
@@ -244,9 +251,12 @@ async fn connection(
         Dir::Up,
         stats.clone(),
         idx,
+        heard.clone(),
     ));
     // The server's accept returns when the client's ACK arrives: 1.5 RTT.
-    tokio::time::sleep_until(accepted + delay * 3).await;
+    if !delay.is_zero() {
+        tokio::time::sleep_until(accepted + delay * 3).await;
+    }
     let server = match TcpStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
@@ -264,8 +274,12 @@ async fn connection(
         Dir::Down,
         stats.clone(),
         idx,
+        heard.clone(),
     ));
-    let ((), ()) = tokio::join!(write_side(up_rx, server_wr), write_side(down_rx, client_wr));
+    let ((), ()) = tokio::join!(
+        write_side(up_rx, server_wr, None),
+        write_side(down_rx, client_wr, Some(&heard))
+    );
     // Both ends have had their end of stream (or a write failed, and a
     // reader may still wait on a peer that stays silent).
     up_reader.abort();
@@ -274,7 +288,9 @@ async fn connection(
 }
 
 /// Read chunks, stamp each with its delivery time, count turns and bytes;
-/// a `None` marks the end of the stream (EOF or an error).
+/// a `None` marks the end of the stream (EOF or an error). Client chunks
+/// sent before the client `heard` from the server wait 3·d (see the top).
+#[allow(clippy::too_many_arguments)]
 async fn read_side(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     tx: mpsc::Sender<(Instant, Option<Vec<u8>>)>,
@@ -282,11 +298,13 @@ async fn read_side(
     dir: Dir,
     stats: Stats,
     idx: usize,
+    heard: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = rd.read(&mut buf).await.unwrap_or(0);
-        let at = Instant::now() + delay;
+        let early = dir == Dir::Up && !heard.load(Ordering::SeqCst);
+        let at = Instant::now() + if early { delay * 3 } else { delay };
         if n == 0 {
             let _ = tx.send((at, None)).await;
             return;
@@ -313,17 +331,25 @@ async fn read_side(
 }
 
 /// Deliver each chunk at its time; at the end, half-close (FIN) the
-/// receiver's side.
+/// receiver's side. `heard` (the client's side) is set after the first
+/// delivery.
 async fn write_side(
     mut rx: mpsc::Receiver<(Instant, Option<Vec<u8>>)>,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
+    heard: Option<&AtomicBool>,
 ) {
     while let Some((at, chunk)) = rx.recv().await {
-        tokio::time::sleep_until(at).await;
+        // No sleep when due: a zero delay costs no timer tick.
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
         match chunk {
             Some(bytes) => {
                 if wr.write_all(&bytes).await.is_err() {
                     return;
+                }
+                if let Some(heard) = heard {
+                    heard.store(true, Ordering::SeqCst);
                 }
             }
             None => {
