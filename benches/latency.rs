@@ -21,9 +21,10 @@
 //!   `aws ec2-instance-connect ssh --connection-type direct`
 //!   (`EIC_BENCH_AWS`, else `aws` on PATH), when installed.
 //!
-//! Each row also shows, per invocation, the API requests the stand-in
-//! received and the connections and turns (request/response round trips)
-//! through the API's and the ssh connection's delay proxies.
+//! Each row also shows, per invocation and up to the moment timed, the API
+//! requests the stand-in received and the connections and turns (round
+//! trips waited for) through the API's and the ssh connection's delay
+//! proxies.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -318,26 +319,34 @@ impl Ctx<'_> {
         let mut samples = Vec::new();
         let (mut requests, mut api_conns, mut api_turns, mut ssh_conns, mut ssh_turns) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Requests and proxy counts at one moment.
+        let snapshot = || {
+            (
+                self.bed.requests().len(),
+                api_proxy.totals(),
+                self.ssh_proxy.totals(),
+            )
+        };
         for i in 0..self.runs + 2 {
-            let req0 = self.bed.requests().len();
-            let api0 = api_proxy.totals();
-            let ssh0 = self.ssh_proxy.totals();
-            let took = run_timed(make(), until)?;
-            // Counts are final once the connections are closed (a reused
-            // master's stays open: let its last bytes pass instead).
+            // The last run's connections finish first (a reused master's
+            // stays open: let its last bytes pass instead).
             api_proxy.wait_closed(Duration::from_secs(5));
             if reuse {
                 std::thread::sleep(self.ssh_proxy.delay() * 2 + Duration::from_millis(50));
             } else {
                 self.ssh_proxy.wait_closed(Duration::from_secs(5));
             }
+            let (req0, api0, ssh0) = snapshot();
+            // Counted up to the moment timed: the first output byte (not
+            // the session's end), or the exit.
+            let (took, (req1, api1, ssh1)) = run_timed(make(), until, &snapshot)?;
             if i < 2 {
                 continue;
             }
-            let api: Totals = api_proxy.totals().since(&api0);
-            let ssh: Totals = self.ssh_proxy.totals().since(&ssh0);
+            let api: Totals = api1.since(&api0);
+            let ssh: Totals = ssh1.since(&ssh0);
             samples.push(took);
-            requests.push((self.bed.requests().len() - req0) as f64);
+            requests.push((req1 - req0) as f64);
             api_conns.push(api.connections as f64);
             api_turns.push(api.turns as f64);
             ssh_conns.push(ssh.connections as f64);
@@ -359,9 +368,14 @@ impl Ctx<'_> {
     }
 }
 
-/// Spawns `c` and times it: to its first output byte or to its exit. The
-/// command must exit 0, and with `FirstOutput` print exactly `x\n`.
-fn run_timed(mut c: Command, until: Until) -> Result<Duration, String> {
+/// Spawns `c` and times it: to its first output byte or to its exit, and
+/// takes `snapshot()` at that moment. The command must exit 0, and with
+/// `FirstOutput` print exactly `x\n`.
+fn run_timed<S>(
+    mut c: Command,
+    until: Until,
+    snapshot: &dyn Fn() -> S,
+) -> Result<(Duration, S), String> {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -381,8 +395,9 @@ fn run_timed(mut c: Command, until: Until) -> Result<Duration, String> {
     let mut first = [0u8; 1];
     let first_at = match stdout.read(&mut first) {
         Ok(1) => {
+            let at = start.elapsed();
             out.push(first[0]);
-            Some(start.elapsed())
+            Some((at, snapshot()))
         }
         _ => None,
     };
@@ -391,6 +406,7 @@ fn run_timed(mut c: Command, until: Until) -> Result<Duration, String> {
         .wait()
         .map_err(|e| format!("wait for {program}: {e}"))?;
     let exit_at = start.elapsed();
+    let at_exit = snapshot();
     let errors = errors.join().unwrap_or_default();
     let out = String::from_utf8_lossy(&out);
     if !status.success() {
@@ -400,7 +416,7 @@ fn run_timed(mut c: Command, until: Until) -> Result<Duration, String> {
         ));
     }
     match until {
-        Until::Exit => Ok(exit_at),
+        Until::Exit => Ok((exit_at, at_exit)),
         Until::FirstOutput if out == "x\n" => Ok(first_at.expect("a first byte")),
         Until::FirstOutput => Err(format!(
             "{program} printed {out:?}, not \"x\\n\"; stderr: {}",

@@ -1681,6 +1681,9 @@ mod delay {
         Echo,
         /// Send `HELLO\n` first, then answer each line with `OK\n`.
         Banner,
+        /// `HELLO\n` and, 60 ms later, `AGAIN\n` (one flight, unprompted),
+        /// then as `Banner`.
+        Flight,
         /// Send `.` first, then read to the end, recording when each byte
         /// arrived.
         Sink,
@@ -1704,6 +1707,11 @@ mod delay {
                     let mut buf = vec![0u8; 64 * 1024];
                     match mode {
                         Mode::Banner => drop(conn.write_all(b"HELLO\n")),
+                        Mode::Flight => {
+                            let _ = conn.write_all(b"HELLO\n");
+                            std::thread::sleep(Duration::from_millis(60));
+                            let _ = conn.write_all(b"AGAIN\n");
+                        }
                         Mode::Sink => drop(conn.write_all(b".")),
                         Mode::Echo => {}
                     }
@@ -1715,7 +1723,7 @@ mod delay {
                         let now = Instant::now();
                         let answer: Vec<u8> = match mode {
                             Mode::Echo => buf[..n].to_vec(),
-                            Mode::Banner => buf[..n]
+                            Mode::Banner | Mode::Flight => buf[..n]
                                 .iter()
                                 .filter(|b| **b == b'\n')
                                 .flat_map(|_| b"OK\n".iter().copied())
@@ -1902,6 +1910,21 @@ fn delay_proxy_counts_round_trips() {
     assert!(p.wait_closed(Duration::from_secs(5)));
     let turns: Vec<u64> = p.connections().iter().map(|c| c.turns).collect();
     assert_eq!(turns, [3, 1]);
+    // Answering each of two messages the server sent unprompted is one
+    // wait, not two, even when the first answer reaches the proxy before
+    // the second message (sent more than the delay after the first): no
+    // round trip is shorter than 2 x the delay.
+    let (flight, _) = server(Mode::Flight);
+    let p2 = proxy(flight, Duration::from_millis(50));
+    let mut s = connect(&p2);
+    assert_eq!(read_n(&mut s, 6), b"HELLO\n");
+    s.write_all(b"a\n").unwrap();
+    assert_eq!(read_n(&mut s, 6), b"AGAIN\n");
+    s.write_all(b"b\n").unwrap();
+    assert_eq!(read_n(&mut s, 6), b"OK\nOK\n");
+    drop(s);
+    assert!(p2.wait_closed(Duration::from_secs(5)));
+    assert_eq!(p2.connections()[0].turns, 1, "{:?}", p2.connections());
     let before = p.totals();
     // Totals::since gives one invocation's share.
     let mut s = connect(&p);

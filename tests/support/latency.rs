@@ -22,15 +22,20 @@
 //! between `connect` and its first write (a TLS library seeding its random
 //! number generator) is not hidden by the handshake, as on a network.
 //!
-//! Per connection the proxy counts **turns**: how many times data started
-//! flowing client → server again after the last data went server → client
-//! (the first client data counts as one). One HTTP request and its
+//! Per connection the proxy counts **turns**: the round trips the client
+//! waited for. A turn starts when the client sends after data came from
+//! the server (the first client data starts one too), unless that is
+//! within one RTT (2·d) of the start of the previous turn: nothing sent in
+//! answer to the previous turn can have come back so soon, so the client
+//! is still reacting to messages the server sent unprompted in the same
+//! flight (ssh's banner and key-exchange offer). One HTTP request and its
 //! response are one turn; TLS 1.3 adds one (ClientHello, then Finished
-//! with the request); an ssh login is the number of times the client had
-//! to wait for the server. Turns are counted where the proxy reads, so
-//! with a delay they follow the real ordering of the exchange; a client
-//! that sends without waiting for an answer (pipelining) costs no turn.
-//! The TCP handshake is not a turn: [`Totals::connections`] counts those.
+//! with the request); a client that sends without waiting for an answer
+//! (pipelining) costs no turn. Turns are counted where the proxy reads, so
+//! they follow the real ordering of the exchange; with no delay the
+//! one-RTT rule cannot tell a flight from an answer, and the counts can be
+//! higher. The TCP handshake is not a turn: [`Totals::connections`] counts
+//! those.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +56,7 @@ const CHUNK: usize = 64 * 1024;
 /// What the proxy saw on one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnStats {
-    /// Times client → server data began after server → client data (or
-    /// first): request/response round trips.
+    /// Round trips the client waited for (see the module's notes).
     pub turns: u64,
     /// Bytes client → server and server → client.
     pub bytes_up: u64,
@@ -62,6 +66,7 @@ pub struct ConnStats {
     /// The upstream connection could not be opened.
     pub upstream_failed: bool,
     last: Option<Dir>,
+    turn_started: Option<Instant>,
 }
 
 /// Sums over every connection the proxy has accepted.
@@ -314,8 +319,14 @@ async fn read_side(
             let c = &mut s[idx];
             match dir {
                 Dir::Up => {
-                    if c.last != Some(Dir::Up) {
+                    let now = Instant::now();
+                    let new_turn = match c.turn_started {
+                        None => true,
+                        Some(t) => c.last == Some(Dir::Down) && now - t >= delay * 2,
+                    };
+                    if new_turn {
                         c.turns += 1;
+                        c.turn_started = Some(now);
                     }
                     c.bytes_up += n as u64;
                 }
