@@ -25,6 +25,7 @@ pub mod serial;
 pub mod session;
 pub mod settings;
 pub mod ssh;
+pub mod ssm;
 pub mod target;
 pub mod trust;
 

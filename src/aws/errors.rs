@@ -277,6 +277,11 @@ enum Meaning {
     UnsupportedOperation,
     EndpointNotFound,
     EndpointIdMalformed,
+    // Session Manager (StartSession and friends).
+    SsmNotConnected,
+    SsmDocument,
+    SsmSessionGone,
+    SsmFilterRejected,
     // Any API.
     NotAuthorized,
     Throttled,
@@ -344,6 +349,16 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
         "InvalidInstanceConnectEndpointId.Malformed",
         Meaning::EndpointIdMalformed,
     ),
+    ("TargetNotConnected", Meaning::SsmNotConnected),
+    ("InvalidDocument", Meaning::SsmDocument),
+    ("DoesNotExistException", Meaning::SsmSessionGone),
+    ("InvalidInstanceId", Meaning::SsmNotConnected),
+    ("InvalidFilterKey", Meaning::SsmFilterRejected),
+    (
+        "InvalidInstanceInformationFilterValue",
+        Meaning::SsmFilterRejected,
+    ),
+    ("InternalServerError", Meaning::InternalError),
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),
     ("AccessDeniedException", Meaning::NotAuthorized),
@@ -378,6 +393,19 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     ("ValidationError", Meaning::RequestRejected),
     ("ValidationException", Meaning::RequestRejected),
 ];
+
+/// Session Manager's operations.
+fn is_ssm(op: &str) -> bool {
+    matches!(
+        op,
+        "StartSession" | "TerminateSession" | "ResumeSession" | "DescribeInstanceInformation"
+    )
+}
+
+/// EC2 Instance Connect's key pushes.
+fn is_push(op: &str) -> bool {
+    matches!(op, "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey")
+}
 
 fn meaning_of(code: &str) -> Option<Meaning> {
     KNOWN_CODES
@@ -423,6 +451,8 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("try again in a few seconds; if it just started, give it a minute to boot"),
         Meaning::PushRejected => Failure::new(format!("EC2 Instance Connect rejected the request{said}"))
             .hint(format!("check the OS user name \"{user}\" (1-32 characters) and the instance id {id}")),
+        Meaning::PushThrottled if !is_push(op) => Failure::new(format!("{op} is being throttled by AWS{said}"))
+            .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)"),
         Meaning::PushThrottled => Failure::new(format!("too many key pushes: {op} is being throttled{said}"))
             .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
             .hint("in loops (scp, rsync, Ansible) reuse one connection with ssh ControlMaster instead of pushing per call"),
@@ -476,10 +506,24 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
                 .hint("endpoint ids look like eice-0123456789abcdef0")
         }
 
+        // ---- Session Manager ----
+        Meaning::SsmNotConnected => Failure::new(format!(
+            "Session Manager cannot reach {id}: its SSM agent is not connected ({where_}){said}"
+        ))
+        .hint("the instance needs a running SSM agent, an instance profile with AmazonSSMManagedInstanceCore, and a way to the Systems Manager endpoints (internet or VPC endpoints)")
+        .hint("check it with: eic-connect doctor TARGET; or connect another way (--connect direct or --connect eice)"),
+        Meaning::SsmDocument => Failure::new(format!("Session Manager refused the session document{said}"))
+            .hint("the AWS-StartSSHSession document must be available in this region and account; a Session Manager preference or SCP may restrict documents"),
+        Meaning::SsmSessionGone => Failure::new(format!("the Session Manager session no longer exists{said}"))
+            .hint("it ended already (timed out or terminated): connect again"),
+        Meaning::SsmFilterRejected => Failure::new(format!("Session Manager rejected the {op} request{said}"))
+            .hint("if the target you gave is valid, this is a bug in eic-connect: please report it"),
+
         // ---- Any API ----
         Meaning::NotAuthorized => {
             let action = match op {
                 "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => format!("ec2-instance-connect:{op}"),
+                _ if is_ssm(op) => format!("ssm:{op}"),
                 _ => format!("ec2:{op}"),
             };
             Failure::new(format!("not authorized to call {op} ({where_})"))
@@ -492,7 +536,8 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
                 .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
         }
         Meaning::InternalError => {
-            Failure::new(format!("the EC2 API had an internal error during {op}{said}"))
+            let service = if is_ssm(op) { "Session Manager" } else { "the EC2 API" };
+            Failure::new(format!("{service} had an internal error during {op}{said}"))
                 .hint("this is on the AWS side and usually passes: try again shortly")
         }
         Meaning::CredentialsRefused => {
@@ -547,6 +592,8 @@ mod tests {
             "SendSerialConsoleSSHPublicKey",
             "DescribeInstances",
             "StartInstances",
+            "StartSession",
+            "DescribeInstanceInformation",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
         assert!(
@@ -586,6 +633,46 @@ mod tests {
 
     /// Codes that mean the same are explained alike; codes that do not,
     /// differently.
+    #[test]
+    fn session_manager_errors_name_session_manager() {
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: None,
+        };
+        let mut at = at("StartSession", &scope);
+        at.instance_id = Some("i-0123456789abcdef0");
+        let f = explain(
+            "TargetNotConnected",
+            "i-0123456789abcdef0 is not connected.",
+            &at,
+        );
+        assert!(
+            f.message.contains("its SSM agent is not connected"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.hints
+                .iter()
+                .any(|h| h.contains("AmazonSSMManagedInstanceCore"))
+        );
+        let f = explain("AccessDeniedException", "", &at);
+        assert!(
+            f.hints.iter().any(|h| h.contains("ssm:StartSession")),
+            "{:?}",
+            f.hints
+        );
+        let f = explain("ThrottlingException", "", &at);
+        assert!(!f.message.contains("key pushes"), "{}", f.message);
+        let f = explain("InternalServerError", "", &at);
+        assert!(
+            f.message
+                .starts_with("Session Manager had an internal error"),
+            "{}",
+            f.message
+        );
+    }
+
     #[test]
     fn the_table_decides_the_explanation() {
         let scope = Scope {

@@ -54,6 +54,7 @@ impl Scope {
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub eic: aws_sdk_ec2instanceconnect::Client,
+    pub ssm: aws_sdk_ssm::Client,
     pub scope: Scope,
 }
 
@@ -106,6 +107,7 @@ impl Clients {
         Clients {
             ec2,
             eic,
+            ssm: aws_sdk_ssm::Client::new(config),
             scope: Scope::of(config, settings),
         }
     }

@@ -155,7 +155,7 @@ fn early_start(settings: &Connect) -> Option<(IpAddr, String)> {
         return None;
     };
     if reach.start
-        || reach.path.via == ConnectVia::Eice
+        || matches!(reach.path.via, ConnectVia::Eice | ConnectVia::Ssm)
         || !matches!(reach.host_keys, HostKeyPolicy::FirstUse)
     {
         return None;

@@ -150,6 +150,10 @@ enum Hop {
         host: String,
         private_ip: IpAddr,
     },
+    /// A Session Manager session to the instance.
+    Ssm {
+        instance_id: String,
+    },
 }
 
 impl Hop {
@@ -162,10 +166,16 @@ impl Hop {
                 host,
                 private_ip,
             } => format!("eice,{endpoint_id},{host},{private_ip}"),
+            Hop::Ssm { instance_id } => format!("ssm,{instance_id}"),
         }
     }
 
     fn parse(word: &str) -> Option<Hop> {
+        if let Some(id) = word.strip_prefix("ssm,") {
+            return crate::target::is_instance_id(id).then(|| Hop::Ssm {
+                instance_id: id.to_owned(),
+            });
+        }
         match word.strip_prefix("eice,") {
             Some(rest) => {
                 let mut parts = rest.splitn(3, ',');
@@ -238,13 +248,7 @@ async fn push_and_serve(
         });
     };
     let chosen = choose_address(&instance.addresses, AddressChoice::Auto, &settings.target)?;
-    let decision = route::decide(
-        reach.path.via,
-        false,
-        chosen,
-        &instance,
-        Some(settings.port),
-    );
+    let decision = route::decide(reach.path.via, false, chosen, &instance);
     let mut planning = std::pin::pin!(route::plan(
         decision,
         &reach.path,
@@ -261,11 +265,12 @@ async fn push_and_serve(
         }
     };
     let hop = match planned {
-        Some(r) => Hop::Eice {
-            endpoint_id: r.target.endpoint_id,
-            host: r.target.host,
-            private_ip: r.target.private_ip,
+        Some(route::Route::Endpoint { target, .. }) => Hop::Eice {
+            endpoint_id: target.endpoint_id,
+            host: target.host,
+            private_ip: target.private_ip,
         },
+        Some(route::Route::SessionManager { instance_id, .. }) => Hop::Ssm { instance_id },
         None => Hop::Direct(chosen),
     };
     // Bound beside the final name, then moved over it: a proxy asking at
@@ -406,6 +411,21 @@ async fn relay(
                 connector: Connector::from_env(reach.aws.attempt_timeout)?,
             };
             crate::eice::relay::stdio(tunneller, reach.path.max_tunnel_duration, quiet).await
+        }
+        Hop::Ssm { instance_id } => {
+            let reach = &settings.reach;
+            let config = aws::load_config(&reach.aws).await?;
+            let clients = Clients::new(&config, &reach.aws);
+            let connector = Connector::from_env(reach.aws.attempt_timeout)?;
+            crate::ssm::Session {
+                clients: &clients,
+                instance_id,
+                port: settings.port,
+                connector: &connector,
+                quiet,
+            }
+            .stdio()
+            .await
         }
     }
 }
@@ -589,6 +609,11 @@ mod tests {
         };
         assert_eq!(Hop::parse(&tunnelled.render()), Some(tunnelled));
         assert_eq!(Hop::parse("eice,bad id,host,10.0.0.5"), None);
+        let ssm = Hop::Ssm {
+            instance_id: "i-0123456789abcdef0".into(),
+        };
+        assert_eq!(Hop::parse(&ssm.render()), Some(ssm));
+        assert_eq!(Hop::parse("ssm,web-1"), None);
     }
 
     #[test]

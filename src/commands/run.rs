@@ -242,7 +242,6 @@ async fn prepare(
         reach.address != AddressChoice::Auto,
         address,
         instance,
-        port,
     );
     let route = route::plan(
         decision,

@@ -207,7 +207,7 @@ pub async fn path_check(
     let preferred = preferred_address(addrs, request.address_choice);
     let use_endpoint = match request.via {
         ConnectVia::Eice => true,
-        ConnectVia::Direct => false,
+        ConnectVia::Direct | ConnectVia::Ssm => false,
         ConnectVia::Auto => preferred.is_none(),
     };
     if !use_endpoint {

@@ -81,15 +81,43 @@ impl Connector {
         })
     }
 
+    /// How long opening a connection may take (and silence after it).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// TCP (+ proxy), TLS and the WebSocket handshake for a presigned URL
     /// whose host is `host`, within the timeout.
     pub async fn open(&self, url: &str, host: &str) -> anyhow::Result<Ws> {
-        match tokio::time::timeout(self.timeout, self.open_inner(url, host)).await {
+        let to = Peer {
+            host,
+            port: 443,
+            what: "the EC2 Instance Connect Endpoint",
+            override_ok: true,
+        };
+        self.open_to(url, &to).await
+    }
+
+    /// The same for a `wss://HOST[:PORT]/…` URL that a service handed out
+    /// (Session Manager's data channel), naming `what` in messages.
+    pub async fn open_url(&self, url: &str, what: &'static str) -> anyhow::Result<Ws> {
+        let (host, port) = wss_host_port(url)?;
+        let to = Peer {
+            host: &host,
+            port,
+            what,
+            override_ok: false,
+        };
+        self.open_to(url, &to).await
+    }
+
+    async fn open_to(&self, url: &str, to: &Peer<'_>) -> anyhow::Result<Ws> {
+        match tokio::time::timeout(self.timeout, self.open_inner(url, to)).await {
             Ok(result) => result,
             Err(_) => fail(
                 Failure::new(format!(
-                    "timed out after {:.0?} opening a tunnel through the EC2 Instance Connect Endpoint {host}",
-                    self.timeout
+                    "timed out after {:.0?} opening a tunnel through {} {}",
+                    self.timeout, to.what, to.host
                 ))
                 .hint("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)")
                 .hint("raise the limit with --api-timeout SECONDS if the network is slow"),
@@ -97,23 +125,32 @@ impl Connector {
         }
     }
 
-    async fn open_inner(&self, url: &str, host: &str) -> anyhow::Result<Ws> {
-        let tcp = self.tcp(host).await.map_err(|err| {
+    async fn open_inner(&self, url: &str, to: &Peer<'_>) -> anyhow::Result<Ws> {
+        let host = to.host;
+        let tcp = self.tcp(to).await.map_err(|err| {
             anyhow::Error::new(
                 Failure::new(format!(
-                    "could not reach the EC2 Instance Connect Endpoint {host}: {}",
+                    "could not reach {} {host}: {}",
+                    to.what,
                     terminal_safe(&format!("{err:#}"))
                 ))
                 .hint("check your network connection and proxy settings (HTTPS_PROXY, NO_PROXY)"),
             )
         })?;
         let _ = tcp.set_nodelay(true);
-        let server_name = ServerName::try_from(host.to_owned())
-            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+        // An IP address in the URL is checked against the certificate's IP
+        // names; a DNS name against its DNS names.
+        let server_name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        )
+        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
         let tls = self.tls.connect(server_name, tcp).await.map_err(|err| {
             anyhow::Error::new(
                 Failure::new(format!(
-                    "TLS with the EC2 Instance Connect Endpoint {host} failed: {}",
+                    "TLS with {} {host} failed: {}",
+                    to.what,
                     terminal_safe(&err.to_string())
                 ))
                 .hint("if a proxy or firewall inspects TLS, point AWS_CA_BUNDLE at its CA certificate (PEM)"),
@@ -123,18 +160,61 @@ impl Connector {
         handshake(tls, url, host, config).await
     }
 
-    async fn tcp(&self, host: &str) -> anyhow::Result<TcpStream> {
-        if let Some(addr) = &self.connect_to {
+    async fn tcp(&self, to: &Peer<'_>) -> anyhow::Result<TcpStream> {
+        let (host, port) = (to.host, to.port);
+        if to.override_ok
+            && let Some(addr) = &self.connect_to
+        {
             tracing::debug!(%addr, "connecting to the endpoint override");
             return Ok(TcpStream::connect(addr.as_str()).await?);
         }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
         match &self.proxy {
-            Some(proxy) if !no_proxy_matches(self.no_proxy.as_deref(), host, 443) => {
+            Some(proxy) if !no_proxy_matches(self.no_proxy.as_deref(), bare, port) => {
                 tracing::debug!(proxy = %proxy.addr, "connecting through the HTTPS proxy");
-                proxy.connect(host, 443).await
+                proxy.connect(host, port).await
             }
-            _ => Ok(TcpStream::connect((host, 443)).await?),
+            _ => Ok(TcpStream::connect((bare, port)).await?),
         }
+    }
+}
+
+/// Where a WebSocket goes, and how messages name it.
+struct Peer<'a> {
+    host: &'a str,
+    port: u16,
+    what: &'static str,
+    /// Whether [`CONNECT_TO_ENV`] applies (endpoint tunnels only).
+    override_ok: bool,
+}
+
+/// Host (IPv6 in brackets) and port of a `wss://` URL.
+fn wss_host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let bad = || {
+        anyhow::Error::new(Failure::new(format!(
+            "the data channel URL {:?} is not a wss:// URL",
+            terminal_safe(&redact_query(url))
+        )))
+    };
+    let rest = url.strip_prefix("wss://").ok_or_else(bad)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            (h, p.parse::<u16>().map_err(|_| bad())?)
+        }
+        _ => (authority, 443),
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// A URL without its query (where tokens and signatures live), for messages.
+pub fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
     }
 }
 
@@ -1087,6 +1167,30 @@ pub async fn stdio(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wss_urls_give_host_and_port() {
+        assert_eq!(
+            wss_host_port("wss://ssmmessages.eu-west-1.amazonaws.com/v1/data-channel/s-1?role=publish_subscribe").unwrap(),
+            ("ssmmessages.eu-west-1.amazonaws.com".into(), 443)
+        );
+        assert_eq!(
+            wss_host_port("wss://127.0.0.1:8443/v1/data-channel/s").unwrap(),
+            ("127.0.0.1".into(), 8443)
+        );
+        assert_eq!(
+            wss_host_port("wss://[::1]:9/x").unwrap(),
+            ("[::1]".into(), 9)
+        );
+        assert_eq!(
+            wss_host_port("wss://[::1]/x").unwrap(),
+            ("[::1]".into(), 443)
+        );
+        for bad in ["https://a/b", "wss://", "wss://u@h/x", "wss://h:port/x"] {
+            assert!(wss_host_port(bad).is_err(), "{bad}");
+        }
+        assert_eq!(redact_query("wss://h/p?token=x"), "wss://h/p?…");
+    }
 
     #[test]
     fn connect_to_override_forms() {

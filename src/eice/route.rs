@@ -26,6 +26,8 @@ pub enum ConnectVia {
     Direct,
     /// Through an EC2 Instance Connect Endpoint to the private address
     Eice,
+    /// Through a Session Manager session (the SSM agent on the instance)
+    Ssm,
 }
 
 impl ConnectVia {
@@ -34,6 +36,7 @@ impl ConnectVia {
             ConnectVia::Auto => "auto",
             ConnectVia::Direct => "direct",
             ConnectVia::Eice => "eice",
+            ConnectVia::Ssm => "ssm",
         }
     }
 }
@@ -111,46 +114,94 @@ pub enum Decision {
     Direct,
     /// Through an endpoint; none is an error.
     Tunnel,
-    /// Through an endpoint if the VPC has one, else directly.
-    TunnelIfAvailable,
+    /// Through Session Manager.
+    SessionManager,
+    /// The chosen address may not be reachable from here: through an
+    /// endpoint if the VPC has one, else through Session Manager if the
+    /// instance is managed and online, else directly (a VPN, Direct Connect,
+    /// or this machine inside the VPC).
+    Fallback,
 }
 
-/// `--connect auto` tunnels only to the instance's private IPv4 when that is
-/// the address chosen, no address was asked for explicitly
-/// (`--public/--private/--ipv6`), and ssh's port is one an endpoint reaches.
+/// `--connect auto` goes straight to an address it can expect to reach: a
+/// public IPv4, an address given explicitly (`--public/--private/--ipv6`),
+/// or an IPv6 address this machine has a route to. A private IPv4, or an
+/// IPv6 address with no route from here, takes the fallback chain (which
+/// skips the endpoint for ports other than 22 and 3389).
 pub fn decide(
     via: ConnectVia,
     explicit_address: bool,
     chosen: IpAddr,
     instance: &InstanceInfo,
-    ssh_port: Option<u16>,
+) -> Decision {
+    decide_with(via, explicit_address, chosen, instance, routable(chosen))
+}
+
+/// [`decide`] with whether this machine has a route to `chosen` given.
+pub fn decide_with(
+    via: ConnectVia,
+    explicit_address: bool,
+    chosen: IpAddr,
+    instance: &InstanceInfo,
+    routable: bool,
 ) -> Decision {
     match via {
         ConnectVia::Direct => Decision::Direct,
         ConnectVia::Eice => Decision::Tunnel,
+        ConnectVia::Ssm => Decision::SessionManager,
         ConnectVia::Auto => {
             let private = instance.addresses.private_ip.map(IpAddr::V4) == Some(chosen);
-            let port_ok = ssh_port.is_none_or(|p| eice::ALLOWED_PORTS.contains(&p));
-            if private && !explicit_address && port_ok {
-                Decision::TunnelIfAvailable
-            } else {
+            let unrouted_v6 = chosen.is_ipv6() && !routable;
+            if explicit_address || !(private || unrouted_v6) {
                 Decision::Direct
+            } else {
+                Decision::Fallback
             }
         }
     }
 }
 
-/// A tunnel that `connect` has set up for ssh.
+/// Whether this machine has a route to `address`: connecting a UDP socket
+/// asks the kernel's routing table and sends nothing. An IPv4 address is
+/// taken as routable (private ones are judged by [`decide`] itself).
+pub fn routable(address: IpAddr) -> bool {
+    if address.is_ipv4() {
+        return true;
+    }
+    let Ok(socket) = std::net::UdpSocket::bind(("::", 0)) else {
+        return false;
+    };
+    socket.connect((address, 9)).is_ok()
+}
+
+/// How a connection that is not direct reaches the instance's port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub endpoint: Endpoint,
-    pub target: TunnelTarget,
+pub enum Route {
+    /// A tunnel through an EC2 Instance Connect Endpoint.
+    Endpoint {
+        endpoint: Endpoint,
+        target: TunnelTarget,
+    },
+    /// A Session Manager session to the port.
+    SessionManager { instance_id: String, port: u16 },
 }
 
 impl Route {
-    /// The host ssh is given (it never connects there itself).
+    /// The host ssh is given (it never connects there itself): the private
+    /// address for a tunnel, the instance id for Session Manager.
     pub fn ssh_host(&self) -> String {
-        self.target.private_ip.to_string()
+        match self {
+            Route::Endpoint { target, .. } => target.private_ip.to_string(),
+            Route::SessionManager { instance_id, .. } => instance_id.clone(),
+        }
+    }
+
+    /// `eice` or `ssm`, for messages and socket names.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Endpoint { .. } => "eice",
+            Route::SessionManager { .. } => "ssm",
+        }
     }
 }
 
@@ -190,9 +241,10 @@ impl EndpointCache {
     }
 }
 
-/// Finds the endpoint for a connection `decide` wants tunnelled, with
+/// The route for a connection `decide` did not send directly, with endpoint
 /// lookups shared through `cache` if given. `Ok(None)` means connect
-/// directly (auto, and no endpoint in the VPC).
+/// directly (the fallback chain found neither an endpoint nor an online
+/// managed instance).
 pub async fn plan(
     decision: Decision,
     path: &PathSettings,
@@ -202,57 +254,127 @@ pub async fn plan(
     ssh_port: Option<u16>,
     cache: Option<&EndpointCache>,
 ) -> anyhow::Result<Option<Route>> {
-    if decision == Decision::Direct {
-        return Ok(None);
+    let port = ssh_port.unwrap_or(22);
+    match decision {
+        Decision::Direct => return Ok(None),
+        Decision::SessionManager => return Ok(Some(session_manager(instance, port))),
+        Decision::Tunnel => check_remote_port(port)?,
+        Decision::Fallback => {}
     }
-    let remote_port = ssh_port.unwrap_or(22);
-    if decision == Decision::Tunnel {
-        check_remote_port(remote_port)?;
-    }
+    let fallback = decision == Decision::Fallback;
     let started = Instant::now();
-    let found = match cache {
-        Some(cache) => cache.find(clients, path.eice_id.as_deref(), instance).await,
-        None => eice::find(clients, path.eice_id.as_deref(), instance).await,
-    };
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "looked up endpoints"
-    );
-    let endpoint = match (found, decision) {
-        (Ok(Some(endpoint)), _) => endpoint,
-        (Ok(None), Decision::TunnelIfAvailable) => {
-            tracing::debug!("no endpoint in the instance's VPC: connecting directly");
+    let endpoint_lookup = async {
+        if fallback && !eice::ALLOWED_PORTS.contains(&port) {
+            tracing::debug!("an endpoint cannot carry port {port}: not looking for one");
             return Ok(None);
+        }
+        let found = match cache {
+            Some(cache) => cache.find(clients, path.eice_id.as_deref(), instance).await,
+            None => eice::find(clients, path.eice_id.as_deref(), instance).await,
+        };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "looked up endpoints"
+        );
+        found
+    };
+    // In the fallback chain, whether Session Manager manages the instance
+    // is asked at the same time: no round trip is added when there is no
+    // endpoint.
+    let mut managed_lookup = std::pin::pin!(async {
+        if fallback {
+            Some(crate::ssm::api::managed(clients, &instance.id).await)
+        } else {
+            None
+        }
+    });
+    let mut endpoint_lookup = std::pin::pin!(endpoint_lookup);
+    let mut managed = None;
+    let found = loop {
+        tokio::select! {
+            found = &mut endpoint_lookup => break found,
+            m = &mut managed_lookup, if managed.is_none() => managed = Some(m),
+        }
+    };
+    let endpoint = match (found, decision) {
+        (Ok(Some(endpoint)), _) => Some(endpoint),
+        (Ok(None), Decision::Fallback) => {
+            tracing::debug!("no usable endpoint for the instance's VPC");
+            None
         }
         (Ok(None), _) => return fail(eice::no_endpoint(instance, &clients.scope)),
         // The lookup only improves an automatic choice: when it fails, the
-        // plain path is still there (VPN, Direct Connect, inside the VPC).
-        (Err(err), Decision::TunnelIfAvailable) if path.eice_id.is_none() => {
-            if crate::error::is_kind(&err, FailureKind::NotAuthorized) {
-                // An identity without this permission is a normal setup.
-                tracing::debug!(error = %err, "cannot look up endpoints: connecting directly");
-            } else {
-                let shown = crate::error::render(&err);
-                let first = shown.lines().next().unwrap_or_default();
-                eprintln!(
-                    "eic-connect: warning: {}; connecting to {} directly",
-                    first.trim_start_matches("eic-connect: error: "),
-                    instance.id
-                );
-            }
-            return Ok(None);
+        // other paths are still there.
+        (Err(err), Decision::Fallback) if path.eice_id.is_none() => {
+            note_failed_lookup(&err, "look up endpoints", &instance.id);
+            None
         }
         (Err(err), _) => return Err(err),
     };
-    let target = target_for(
-        instance,
-        &endpoint,
-        eice::use_fips(config),
-        remote_port,
-        path.max_tunnel_duration,
-    )?;
-    tracing::debug!(endpoint = %endpoint.id, host = %target.host, "tunnelling through the endpoint");
-    Ok(Some(Route { endpoint, target }))
+    if let Some(endpoint) = endpoint {
+        match target_for(
+            instance,
+            &endpoint,
+            eice::use_fips(config),
+            port,
+            path.max_tunnel_duration,
+        ) {
+            Ok(target) => {
+                tracing::debug!(endpoint = %endpoint.id, host = %target.host, "tunnelling through the endpoint");
+                return Ok(Some(Route::Endpoint { endpoint, target }));
+            }
+            Err(err) if fallback => {
+                tracing::debug!(error = %format!("{err:#}"), "the endpoint cannot reach the instance");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let managed = match managed {
+        Some(m) => m,
+        None => managed_lookup.await,
+    };
+    match managed {
+        Some(Ok(Some(m))) if m.online() => {
+            tracing::debug!(
+                agent_version = m.agent_version.as_deref().unwrap_or("unknown"),
+                "Session Manager manages the instance and its agent is online: connecting through Session Manager"
+            );
+            return Ok(Some(session_manager(instance, port)));
+        }
+        Some(Ok(Some(m))) => tracing::debug!(
+            ping_status = %m.ping_status,
+            "Session Manager manages the instance, but its agent is not online"
+        ),
+        Some(Ok(None)) => tracing::debug!("Session Manager does not manage the instance"),
+        Some(Err(err)) => {
+            note_failed_lookup(&err, "ask Session Manager about the instance", &instance.id)
+        }
+        None => {}
+    }
+    tracing::debug!("connecting directly to the chosen address");
+    Ok(None)
+}
+
+fn session_manager(instance: &InstanceInfo, port: u16) -> Route {
+    Route::SessionManager {
+        instance_id: instance.id.clone(),
+        port,
+    }
+}
+
+/// A lookup of the fallback chain failed: a missing permission is a normal
+/// setup (said with -v); anything else is a warning, and the chain goes on.
+fn note_failed_lookup(err: &anyhow::Error, what: &str, instance_id: &str) {
+    if crate::error::is_kind(err, FailureKind::NotAuthorized) {
+        tracing::debug!(error = %err, "cannot {what}: going on without");
+    } else {
+        let shown = crate::error::render(err);
+        let first = shown.lines().next().unwrap_or_default();
+        eprintln!(
+            "eic-connect: warning: {}; going on without it to reach {instance_id}",
+            first.trim_start_matches("eic-connect: error: "),
+        );
+    }
 }
 
 /// The `-o ProxyCommand=…` option that makes ssh reach the instance through
@@ -263,33 +385,43 @@ pub fn proxy_command(
     program: &OsStr,
     scope: &Scope,
     aws: &AwsSettings,
-    target: &TunnelTarget,
+    route: &Route,
     instance_id: &str,
     master: bool,
 ) -> OsString {
-    proxy_command_words(
-        program,
-        scope,
-        aws,
-        master,
-        &target.endpoint_id,
-        &target.host,
-        &target.private_ip.to_string(),
-        target.max_duration,
-        instance_id,
-    )
+    let private_ip;
+    let way = match route {
+        Route::Endpoint { target, .. } => {
+            private_ip = target.private_ip.to_string();
+            Way::Endpoint {
+                endpoint_id: &target.endpoint_id,
+                host: &target.host,
+                private_ip: &private_ip,
+                max_duration: target.max_duration,
+            }
+        }
+        Route::SessionManager { .. } => Way::SessionManager,
+    };
+    proxy_command_words(program, scope, aws, master, &way, instance_id)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The tunnel's own words for the way it goes.
+enum Way<'a> {
+    Endpoint {
+        endpoint_id: &'a str,
+        host: &'a str,
+        private_ip: &'a str,
+        max_duration: Option<u32>,
+    },
+    SessionManager,
+}
+
 fn proxy_command_words(
     program: &OsStr,
     scope: &Scope,
     aws: &AwsSettings,
     master: bool,
-    endpoint_id: &str,
-    host: &str,
-    private_ip: &str,
-    max_duration: Option<u32>,
+    way: &Way<'_>,
     instance_id: &str,
 ) -> OsString {
     let mut words: Vec<OsString> = vec![program.to_owned(), "tunnel".into()];
@@ -310,15 +442,28 @@ fn proxy_command_words(
         push("--api-timeout");
         push(&timeout.to_string());
     }
-    push("--eice-id");
-    push(endpoint_id);
-    push("--eice-dns-name");
-    push(host);
-    push("--private-ip");
-    push(private_ip);
-    if let Some(max) = max_duration {
-        push("--max-tunnel-duration");
-        push(&max.to_string());
+    match way {
+        Way::Endpoint {
+            endpoint_id,
+            host,
+            private_ip,
+            max_duration,
+        } => {
+            push("--eice-id");
+            push(endpoint_id);
+            push("--eice-dns-name");
+            push(host);
+            push("--private-ip");
+            push(private_ip);
+            if let Some(max) = max_duration {
+                push("--max-tunnel-duration");
+                push(&max.to_string());
+            }
+        }
+        Way::SessionManager => {
+            push("--connect");
+            push("ssm");
+        }
     }
     push("--remote-port");
     let mut line: Vec<u8> = Vec::new();
@@ -354,7 +499,7 @@ pub async fn route_for_connect(
 ) -> anyhow::Result<Option<Route>> {
     let explicit = request.address != AddressChoice::Auto;
     let port = request.ssh_port;
-    let decision = decide(request.path.via, explicit, address, instance, port);
+    let decision = decide(request.path.via, explicit, address, instance);
     plan(
         decision,
         request.path,
@@ -403,20 +548,14 @@ pub fn ssh_target(
     let exe = std::env::current_exe().map_err(|err| {
         anyhow::anyhow!("cannot locate eic-connect for ssh's ProxyCommand: {err}")
     })?;
-    let option = proxy_command(
-        exe.as_os_str(),
-        scope,
-        aws,
-        &route.target,
-        instance_id,
-        master,
-    );
+    let option = proxy_command(exe.as_os_str(), scope, aws, route, instance_id, master);
     Ok((route.ssh_host(), vec!["-o".into(), option]))
 }
 
-/// `--dry-run`: appends the endpoint lookup to `out` if this connection may
-/// tunnel, and returns eic-connect's ssh options for the path (with the ProxyCommand for
-/// `--connect eice`; as a comment line in `out` for `auto`).
+/// `--dry-run`: appends the lookups of the way there to `out`, and returns
+/// eic-connect's ssh options for the path (the ProxyCommand for `--connect
+/// eice|ssm`; as comment lines in `out` for `auto`, whose choice depends on
+/// the answers).
 pub fn dry_run_route(
     request: &Request<'_>,
     scope: &Scope,
@@ -426,48 +565,65 @@ pub fn dry_run_route(
 ) -> Vec<OsString> {
     let via = request.path.via;
     let explicit = request.address != AddressChoice::Auto;
-    let mut options = Vec::new();
-    let Some(lookup) = dry_run_lookup(via, request.path, explicit) else {
-        return options;
-    };
-    out.push_str(&lookup);
-    out.push('\n');
     let program = std::env::current_exe().unwrap_or_else(|_| "eic-connect".into());
-    let proxy = proxy_command_words(
-        program.as_os_str(),
-        scope,
-        aws,
-        false,
-        request.path.eice_id.as_deref().unwrap_or("<endpoint id>"),
-        "<endpoint DNS name>",
-        "<instance private IPv4>",
-        request.path.max_tunnel_duration,
-        instance_ref,
+    let endpoint_id = request.path.eice_id.as_deref().unwrap_or("<endpoint id>");
+    let endpoint = Way::Endpoint {
+        endpoint_id,
+        host: "<endpoint DNS name>",
+        private_ip: "<instance private IP>",
+        max_duration: request.path.max_tunnel_duration,
+    };
+    let words = |way: &Way<'_>| {
+        proxy_command_words(program.as_os_str(), scope, aws, false, way, instance_ref)
+    };
+    let start_session = format!(
+        "# by the ProxyCommand: StartSession Target={instance_ref} DocumentName={} Parameters.portNumber={}",
+        crate::ssm::api::SSH_DOCUMENT,
+        request.ssh_port.unwrap_or(22)
     );
-    if via == ConnectVia::Eice {
-        options.push("-o".into());
-        options.push(proxy);
-    } else {
-        out.push_str("# and if so, ssh also gets: -o ");
-        out.push_str(&String::from_utf8_lossy(proxy.as_bytes()));
-        out.push('\n');
+    match via {
+        ConnectVia::Direct => Vec::new(),
+        ConnectVia::Auto if explicit => Vec::new(),
+        ConnectVia::Eice => {
+            out.push_str(&endpoint_lookup(request.path));
+            out.push('\n');
+            vec!["-o".into(), words(&endpoint)]
+        }
+        ConnectVia::Ssm => {
+            out.push_str(&start_session);
+            out.push('\n');
+            vec!["-o".into(), words(&Way::SessionManager)]
+        }
+        ConnectVia::Auto => {
+            out.push_str(
+                "# if the chosen address is the instance's private IPv4, or an IPv6 address this machine has no route to,\n\
+                 # the fallback chain (both asked at once):\n",
+            );
+            out.push_str(&endpoint_lookup(request.path));
+            out.push('\n');
+            out.push_str(&format!(
+                "DescribeInstanceInformation Filter InstanceIds={instance_ref}\n"
+            ));
+            let show = |out: &mut String, when: &str, way: &Way<'_>| {
+                out.push_str(&format!("# {when}, ssh also gets: -o "));
+                out.push_str(&String::from_utf8_lossy(words(way).as_bytes()));
+                out.push('\n');
+            };
+            show(out, "with an endpoint", &endpoint);
+            show(
+                out,
+                "else, if Session Manager manages the instance and its agent is online",
+                &Way::SessionManager,
+            );
+            out.push_str(&start_session);
+            out.push_str("\n# else ssh connects to the address directly\n");
+            Vec::new()
+        }
     }
-    options
 }
 
-/// `--dry-run` lines for the endpoint lookup, if this connection might
-/// tunnel: (the API call, whether it is conditional).
-pub fn dry_run_lookup(
-    via: ConnectVia,
-    path: &PathSettings,
-    explicit_address: bool,
-) -> Option<String> {
-    let conditional = match via {
-        ConnectVia::Direct => return None,
-        ConnectVia::Auto if explicit_address => return None,
-        ConnectVia::Auto => true,
-        ConnectVia::Eice => false,
-    };
+/// The endpoint lookup `--dry-run` shows.
+pub fn endpoint_lookup(path: &PathSettings) -> String {
     let filters: Vec<String> = eice::filters(path.eice_id.as_deref(), Some("<instance VpcId>"))
         .into_iter()
         .map(|(name, values)| format!("{name}={}", values.join(",")))
@@ -479,15 +635,10 @@ pub fn dry_run_lookup(
         ),
         None => String::new(),
     };
-    let call = format!(
+    format!(
         "DescribeInstanceConnectEndpoints{ids} Filter {}",
         filters.join(" ")
-    );
-    Some(if conditional {
-        format!("# if the instance's chosen address is its private IPv4:\n{call}")
-    } else {
-        call
-    })
+    )
 }
 
 #[cfg(test)]
@@ -511,45 +662,54 @@ mod tests {
     }
 
     #[test]
-    fn auto_tunnels_only_to_a_private_address_it_chose() {
+    fn auto_falls_back_only_for_addresses_it_cannot_expect_to_reach() {
         let private: IpAddr = "10.0.1.5".parse().unwrap();
         let public: IpAddr = "3.1.2.3".parse().unwrap();
+        let v6: IpAddr = "2600::1".parse().unwrap();
         let i = instance(false);
+        let auto = |explicit, chosen, _port: Option<u16>, routable| {
+            decide_with(ConnectVia::Auto, explicit, chosen, &i, routable)
+        };
+        assert_eq!(auto(false, private, None, true), Decision::Fallback);
+        assert_eq!(auto(false, private, Some(22), true), Decision::Fallback);
         assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, None),
-            Decision::TunnelIfAvailable
+            auto(false, private, Some(2222), true),
+            Decision::Fallback,
+            "Session Manager carries any port"
         );
         assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, Some(22)),
-            Decision::TunnelIfAvailable
-        );
-        assert_eq!(
-            decide(ConnectVia::Auto, true, private, &i, None),
+            auto(true, private, None, true),
             Decision::Direct,
             "--private"
         );
+        assert_eq!(auto(false, public, None, true), Decision::Direct);
         assert_eq!(
-            decide(ConnectVia::Auto, false, private, &i, Some(2222)),
-            Decision::Direct
+            auto(false, v6, None, true),
+            Decision::Direct,
+            "a routable IPv6 address"
         );
+        assert_eq!(
+            auto(false, v6, None, false),
+            Decision::Fallback,
+            "no IPv6 route from here"
+        );
+        assert_eq!(auto(true, v6, None, false), Decision::Direct, "--ipv6");
         let i = instance(true);
-        assert_eq!(
-            decide(ConnectVia::Auto, false, public, &i, None),
-            Decision::Direct
-        );
-        assert_eq!(
-            decide(ConnectVia::Eice, false, public, &i, None),
-            Decision::Tunnel
-        );
-        assert_eq!(
-            decide(ConnectVia::Direct, false, private, &i, None),
-            Decision::Direct
-        );
-        let v6: IpAddr = "2600::1".parse().unwrap();
-        assert_eq!(
-            decide(ConnectVia::Auto, false, v6, &i, None),
-            Decision::Direct
-        );
+        for via in [ConnectVia::Direct, ConnectVia::Eice, ConnectVia::Ssm] {
+            let d = decide_with(via, false, public, &i, true);
+            let want = match via {
+                ConnectVia::Direct => Decision::Direct,
+                ConnectVia::Eice => Decision::Tunnel,
+                _ => Decision::SessionManager,
+            };
+            assert_eq!(d, want, "{via:?}");
+        }
+    }
+
+    #[test]
+    fn routes_are_judged_by_the_routing_table() {
+        assert!(routable("3.1.2.3".parse().unwrap()));
+        assert!(routable("::1".parse().unwrap()) || std::net::UdpSocket::bind("[::1]:0").is_err());
     }
 
     #[test]
@@ -578,11 +738,15 @@ mod tests {
             attempt_timeout: std::time::Duration::from_secs(25),
             ..AwsSettings::default()
         };
+        let route = Route::Endpoint {
+            endpoint: Endpoint::default(),
+            target,
+        };
         let option = proxy_command(
             OsStr::new("/opt/eic connect/bin/eic-connect"),
             &scope,
             &aws,
-            &target,
+            &route,
             "i-0123456789abcdef0",
             false,
         );
@@ -596,26 +760,107 @@ mod tests {
     }
 
     #[test]
-    fn dry_run_shows_the_lookup_when_it_may_happen() {
+    fn session_manager_proxy_command_needs_no_lookup() {
+        let scope = Scope {
+            region: "eu-west-1".into(),
+            profile: None,
+        };
+        let route = Route::SessionManager {
+            instance_id: "i-0123456789abcdef0".into(),
+            port: 22,
+        };
+        let option = proxy_command(
+            OsStr::new("/bin/eic-connect"),
+            &scope,
+            &AwsSettings::default(),
+            &route,
+            "i-0123456789abcdef0",
+            true,
+        );
+        assert!(
+            option
+                .to_str()
+                .unwrap()
+                .starts_with("ProxyCommand=/bin/eic-connect tunnel --master --region eu-west-1 "),
+            "{option:?}"
+        );
+        assert!(
+            option
+                .to_str()
+                .unwrap()
+                .ends_with(" --connect ssm --remote-port %p -- i-0123456789abcdef0"),
+            "{option:?}"
+        );
+        assert_eq!(route.ssh_host(), "i-0123456789abcdef0");
+    }
+
+    #[test]
+    fn dry_run_shows_each_path() {
         let path = PathSettings {
             via: ConnectVia::Auto,
             eice_id: None,
             max_tunnel_duration: None,
         };
-        assert_eq!(dry_run_lookup(ConnectVia::Direct, &path, false), None);
-        assert_eq!(dry_run_lookup(ConnectVia::Auto, &path, true), None);
-        let auto = dry_run_lookup(ConnectVia::Auto, &path, false).unwrap();
-        assert!(auto.starts_with("# if"), "{auto}");
-        assert!(auto.ends_with(
-            "DescribeInstanceConnectEndpoints Filter state=create-complete,update-in-progress,update-failed,update-complete vpc-id=<instance VpcId>"
-        ), "{auto}");
-        let path = PathSettings {
+        let target = Target::InstanceId("i-0123456789abcdef0".into());
+        let scope = Scope::default();
+        let aws = AwsSettings::default();
+        let show = |path: &PathSettings, address| {
+            let request = Request {
+                path,
+                address,
+                target: &target,
+                ssh_port: None,
+            };
+            let mut out = String::new();
+            let options = dry_run_route(&request, &scope, &aws, "i-0123456789abcdef0", &mut out);
+            (out, options)
+        };
+        let (out, options) = show(&path, AddressChoice::Auto);
+        assert!(options.is_empty());
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "DescribeInstanceConnectEndpoints Filter state=create-complete,update-in-progress,update-failed,update-complete vpc-id=<instance VpcId>",
+                "DescribeInstanceInformation Filter InstanceIds=i-0123456789abcdef0",
+            ]
+        );
+        assert!(
+            out.contains("# with an endpoint, ssh also gets: -o ProxyCommand="),
+            "{out}"
+        );
+        assert!(
+            out.contains("managed the instance") || out.contains("manages the instance"),
+            "{out}"
+        );
+        assert!(out.contains("--connect ssm --remote-port %p"), "{out}");
+        assert!(
+            out.ends_with("# else ssh connects to the address directly\n"),
+            "{out}"
+        );
+        let (out, options) = show(&path, AddressChoice::Public);
+        assert!(out.is_empty() && options.is_empty());
+        let ssm = PathSettings {
+            via: ConnectVia::Ssm,
+            ..path.clone()
+        };
+        let (out, options) = show(&ssm, AddressChoice::Auto);
+        assert!(out.starts_with("# by the ProxyCommand: StartSession Target=i-0123456789abcdef0 DocumentName=AWS-StartSSHSession"), "{out}");
+        assert!(options[1].to_str().unwrap().contains("--connect ssm"));
+        let eice = PathSettings {
+            via: ConnectVia::Eice,
             eice_id: Some("eice-0123456789abcdef0".into()),
             ..path
         };
-        let eice = dry_run_lookup(ConnectVia::Eice, &path, false).unwrap();
-        assert!(eice.starts_with(
+        let (out, options) = show(&eice, AddressChoice::Auto);
+        assert!(out.starts_with(
             "DescribeInstanceConnectEndpoints InstanceConnectEndpointId.1=eice-0123456789abcdef0 Filter state="
-        ), "{eice}");
+        ), "{out}");
+        assert!(
+            options[1]
+                .to_str()
+                .unwrap()
+                .contains("--eice-id eice-0123456789abcdef0")
+        );
     }
 }
