@@ -51,9 +51,22 @@ pub struct Endpoint {
     pub fips_dns_name: Option<String>,
     pub vpc_id: Option<String>,
     pub subnet_id: Option<String>,
+    /// `ipv4` (also when not given), `ipv6` or `dualstack`: which of an
+    /// instance's addresses the endpoint reaches.
+    pub ip_address_type: Option<String>,
 }
 
 impl Endpoint {
+    /// Whether tunnels can go to an instance's private IPv4.
+    pub fn reaches_ipv4(&self) -> bool {
+        self.ip_address_type.as_deref() != Some("ipv6")
+    }
+
+    /// Whether tunnels can go to an instance's IPv6 address.
+    pub fn reaches_ipv6(&self) -> bool {
+        matches!(self.ip_address_type.as_deref(), Some("ipv6" | "dualstack"))
+    }
+
     fn from_sdk(e: &Ec2InstanceConnectEndpoint) -> Option<Endpoint> {
         let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
         Some(Endpoint {
@@ -63,6 +76,7 @@ impl Endpoint {
             fips_dns_name: non_empty(e.fips_dns_name()),
             vpc_id: non_empty(e.vpc_id()),
             subnet_id: non_empty(e.subnet_id()),
+            ip_address_type: e.ip_address_type().map(|t| t.as_str().to_owned()),
         })
     }
 

@@ -73,7 +73,9 @@ pub fn check_remote_port(port: u16) -> Result<(), Failure> {
     }
 }
 
-/// The tunnel to `instance`'s private IPv4 through `endpoint`.
+/// The tunnel to `instance` through `endpoint`: to its private IPv4, or to
+/// its IPv6 address when it has no IPv4 one the endpoint reaches and the
+/// endpoint is IPv6 or dual-stack.
 pub fn target_for(
     instance: &InstanceInfo,
     endpoint: &Endpoint,
@@ -81,17 +83,44 @@ pub fn target_for(
     remote_port: u16,
     max_duration: Option<u32>,
 ) -> anyhow::Result<TunnelTarget> {
-    let Some(private_ip) = instance.addresses.private_ip else {
-        return fail(Failure::new(format!(
-            "instance {} has no private IPv4 address for the endpoint to reach",
-            instance.id
-        )));
+    let addresses = &instance.addresses;
+    let private_ip = match (addresses.private_ip, addresses.ipv6.first()) {
+        (Some(v4), _) if endpoint.reaches_ipv4() => IpAddr::V4(v4),
+        (_, Some(v6)) if endpoint.reaches_ipv6() => IpAddr::V6(*v6),
+        (None, None) => {
+            return fail(Failure::new(format!(
+                "instance {} has no private address for the endpoint to reach",
+                instance.id
+            )));
+        }
+        (_, Some(_)) => {
+            let subnet = instance.subnet_id.as_deref().unwrap_or("SUBNET_ID");
+            return fail(
+                Failure::new(format!(
+                    "EC2 Instance Connect Endpoint {} reaches IPv4 addresses only, and instance {} has only an IPv6 address",
+                    endpoint.id, instance.id
+                ))
+                .hint(format!(
+                    "create a dual-stack endpoint: aws ec2 create-instance-connect-endpoint --subnet-id {subnet} --ip-address-type dualstack"
+                ))
+                .hint("or connect over IPv6 directly (--ipv6) or through Session Manager (--connect ssm)"),
+            );
+        }
+        (Some(_), None) => {
+            return fail(
+                Failure::new(format!(
+                    "EC2 Instance Connect Endpoint {} reaches IPv6 addresses only, and instance {} has no IPv6 address",
+                    endpoint.id, instance.id
+                ))
+                .hint("use an IPv4 or dual-stack endpoint (--eice-id), or connect through Session Manager (--connect ssm)"),
+            );
+        }
     };
     Ok(TunnelTarget {
         endpoint_id: endpoint.id.clone(),
         host: endpoint.host(fips)?,
         remote_port,
-        private_ip: IpAddr::V4(private_ip),
+        private_ip,
         max_duration,
     })
 }
@@ -704,6 +733,35 @@ mod tests {
             };
             assert_eq!(d, want, "{via:?}");
         }
+    }
+
+    #[test]
+    fn endpoints_reach_the_address_family_they_serve() {
+        let endpoint = |kind: Option<&str>| Endpoint {
+            id: "eice-0123456789abcdef0".into(),
+            dns_name: Some("eice-0123456789abcdef0.ec2-instance-connect-endpoint.us-east-1.amazonaws.com".into()),
+            ip_address_type: kind.map(str::to_owned),
+            ..Endpoint::default()
+        };
+        let dual = instance(false);
+        let mut v6_only = instance(false);
+        v6_only.addresses.private_ip = None;
+        v6_only.addresses.ipv6 = vec!["2600:1f18::5".parse().unwrap()];
+        let mut dual_with_v6 = dual.clone();
+        dual_with_v6.addresses.ipv6 = v6_only.addresses.ipv6.clone();
+        let ip = |i: &InstanceInfo, kind| {
+            target_for(i, &endpoint(kind), false, 22, None).map(|t| t.private_ip.to_string())
+        };
+        assert_eq!(ip(&dual, None).unwrap(), "10.0.1.5");
+        assert_eq!(ip(&dual_with_v6, Some("dualstack")).unwrap(), "10.0.1.5");
+        assert_eq!(ip(&dual_with_v6, Some("ipv6")).unwrap(), "2600:1f18::5");
+        assert_eq!(ip(&v6_only, Some("dualstack")).unwrap(), "2600:1f18::5");
+        assert_eq!(ip(&v6_only, Some("ipv6")).unwrap(), "2600:1f18::5");
+        let err = format!("{:#}", ip(&v6_only, Some("ipv4")).unwrap_err());
+        assert!(err.contains("reaches IPv4 addresses only"), "{err}");
+        let err = crate::error::render(&ip(&v6_only, None).unwrap_err());
+        assert!(err.contains("--ip-address-type dualstack"), "{err}");
+        assert!(ip(&dual, Some("ipv6")).is_err());
     }
 
     #[test]

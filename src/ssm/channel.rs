@@ -297,6 +297,7 @@ pub struct Channel {
     rto: Duration,
     ready: bool,
     paused: bool,
+    agent_version: String,
     /// Counters, for `-v` and tests.
     pub retransmitted: u64,
     pub reordered: u64,
@@ -316,6 +317,7 @@ impl Default for Channel {
             rto: INITIAL_RTO,
             ready: false,
             paused: false,
+            agent_version: String::new(),
             retransmitted: 0,
             reordered: 0,
             duplicates: 0,
@@ -412,7 +414,7 @@ impl Channel {
                     .unwrap_or_default();
                 self.ready = true;
                 events.push(Event::Ready {
-                    agent_version: String::new(),
+                    agent_version: self.agent_version.clone(),
                     message: said,
                 });
             }
@@ -493,6 +495,7 @@ impl Channel {
             now,
         )));
         tracing::debug!(agent_version = %request.agent_version, "answered the agent's handshake");
+        self.agent_version = request.agent_version;
         if let Some(reason) = refused {
             events.push(Event::Refused(reason));
         }
