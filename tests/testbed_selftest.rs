@@ -2100,3 +2100,435 @@ fn latency_bed_delays_the_api_and_an_instance_and_counts_turns() {
     // Banners, key exchange, authentication, the session: several waits.
     assert!(t.turns >= 4, "{t:?}");
 }
+
+// ------------------------------------------------------- Session Manager
+
+/// POST a hand-signed AWS JSON 1.1 call of `AmazonSSM.<op>`, signed for
+/// `service` with `secret`; returns (status, parsed body).
+fn ssm_post_as(
+    bed: &TestBed,
+    op: &str,
+    body: &serde_json::Value,
+    secret: &str,
+    service: &str,
+) -> (u16, serde_json::Value) {
+    let host = bed.endpoint().trim_start_matches("http://").to_owned();
+    let body = body.to_string();
+    let target = format!("AmazonSSM.{op}");
+    let headers = h(&[
+        ("Host", &host),
+        ("Content-Type", "application/x-amz-json-1.1"),
+        ("X-Amz-Date", &sigv4::format_amz_date(SystemTime::now())),
+        ("X-Amz-Target", &target),
+    ]);
+    let req = SignedRequest {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    let auth = sigv4::sign_headers(
+        &req,
+        &["content-type", "host", "x-amz-date", "x-amz-target"],
+        bed.access_key_id(),
+        secret,
+        bed.region(),
+        service,
+    );
+    let mut wire = String::from("POST / HTTP/1.1\r\n");
+    for (n, v) in &headers {
+        wire.push_str(&format!("{n}: {v}\r\n"));
+    }
+    wire.push_str(&format!(
+        "Authorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let mut s = TcpStream::connect(&host).expect("connect to the stand-in");
+    s.write_all(wire.as_bytes()).expect("send request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let (status, text) = parse_response(&resp);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (status, json)
+}
+
+fn ssm_post(bed: &TestBed, op: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    ssm_post_as(bed, op, &body, bed.secret_access_key(), "ssm")
+}
+
+/// `(status, __type, message)` of an SSM error answer (`Message` or
+/// `message`).
+fn ssm_error(answer: &(u16, serde_json::Value)) -> (u16, String, String) {
+    let (status, body) = answer;
+    let code = body["__type"].as_str().unwrap_or_default().to_owned();
+    let message = body
+        .get("Message")
+        .or_else(|| body.get("message"))
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    (*status, code, message)
+}
+
+fn ids_of(list: &serde_json::Value) -> Vec<String> {
+    list["InstanceInformationList"]
+        .as_array()
+        .expect("InstanceInformationList")
+        .iter()
+        .map(|i| i["InstanceId"].as_str().expect("InstanceId").to_owned())
+        .collect()
+}
+
+#[test]
+fn ssm_describe_instance_information_filters_pages_and_errors() {
+    use serde_json::json;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let lost = bed.add_instance(InstanceSpec::named("lost-1").ssm_ping("ConnectionLost"));
+    let stopped = bed.add_instance(
+        InstanceSpec::named("stopped-1")
+            .managed(true)
+            .state("stopped"),
+    );
+    let plain = bed.add_instance(InstanceSpec::named("plain-1"));
+    let more: Vec<String> = (0..4)
+        .map(|k| {
+            bed.add_instance(InstanceSpec::named(&format!("m-{k}")).managed(true))
+                .id
+        })
+        .collect();
+
+    // Everything managed, in order; the unmanaged instance is absent.
+    let (status, all) = ssm_post(&bed, "DescribeInstanceInformation", json!({}));
+    assert_eq!(status, 200, "{all}");
+    let mut want = vec![web.id.clone(), lost.id.clone(), stopped.id.clone()];
+    want.extend(more.iter().cloned());
+    assert_eq!(ids_of(&all), want);
+    assert!(all.get("NextToken").is_none(), "{all}");
+    let first = &all["InstanceInformationList"][0];
+    assert_eq!(first["PingStatus"], "Online");
+    assert_eq!(first["PlatformType"], "Linux");
+    assert_eq!(first["ResourceType"], "EC2Instance");
+    assert_eq!(first["IPAddress"], web.private_ip.as_str());
+    assert_eq!(first["ComputerName"], web.private_dns_name.as_str());
+    assert_eq!(first["IsLatestVersion"], true);
+    assert!(
+        first["AgentVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    // Timestamps are epoch seconds, as JSON numbers.
+    let ping = first["LastPingDateTime"].as_f64().expect("a number");
+    assert!((ping - bed.now() as f64).abs() < 120.0, "{ping}");
+    let status_of = |list: &serde_json::Value, id: &str| {
+        list["InstanceInformationList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["InstanceId"] == id)
+            .map(|i| i["PingStatus"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(status_of(&all, &lost.id).as_deref(), Some("ConnectionLost"));
+    // Online but not running: the agent stopped pinging.
+    assert_eq!(
+        status_of(&all, &stopped.id).as_deref(),
+        Some("ConnectionLost")
+    );
+
+    // Filters (current and older shape); an unmanaged id is just absent.
+    let (status, some) = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "Filters": [{ "Key": "InstanceIds", "Values": [web.id, plain.id] }] }),
+    );
+    assert_eq!(status, 200, "{some}");
+    assert_eq!(ids_of(&some), vec![web.id.clone()]);
+    let (status, old) = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "InstanceInformationFilterList": [{ "key": "InstanceIds", "valueSet": [lost.id] }] }),
+    );
+    assert_eq!(status, 200, "{old}");
+    assert_eq!(ids_of(&old), vec![lost.id.clone()]);
+    let (_, online) = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "Filters": [{ "Key": "PingStatus", "Values": ["Online"] }] }),
+    );
+    assert_eq!(ids_of(&online).len(), 5, "{online}");
+
+    // Paging: MaxResults 5 of 7, then the rest with the token.
+    let (status, p1) = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "MaxResults": 5 }),
+    );
+    assert_eq!(status, 200, "{p1}");
+    assert_eq!(ids_of(&p1), want[..5].to_vec());
+    let token = p1["NextToken"].as_str().expect("NextToken").to_owned();
+    let (status, p2) = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "MaxResults": 5, "NextToken": token }),
+    );
+    assert_eq!(status, 200, "{p2}");
+    assert_eq!(ids_of(&p2), want[5..].to_vec());
+    assert!(p2.get("NextToken").is_none());
+    // A token from another query, or made up, is refused.
+    let answer = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "MaxResults": 6, "NextToken": token }),
+    );
+    assert_eq!(ssm_error(&answer).1, "InvalidNextToken", "{answer:?}");
+    // The bed can force small pages.
+    bed.set_ssm_page_size(2);
+    let (_, forced) = ssm_post(&bed, "DescribeInstanceInformation", json!({}));
+    assert_eq!(ids_of(&forced).len(), 2);
+    assert!(forced["NextToken"].is_string());
+    bed.set_ssm_page_size(0);
+
+    // Errors, in the JSON 1.1 shape.
+    let answer = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "Filters": [{ "Key": "InstanceIds", "Values": ["web-1"] }] }),
+    );
+    let (status, code, message) = ssm_error(&answer);
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "InvalidInstanceId"),
+        "{answer:?}"
+    );
+    assert!(message.contains("web-1"), "{message}");
+    assert!(
+        answer.1.get("Message").is_some(),
+        "modelled member name: {answer:?}"
+    );
+    let answer = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "MaxResults": 3 }),
+    );
+    assert_eq!(ssm_error(&answer).1, "ValidationException", "{answer:?}");
+    let answer = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "Filters": [{ "Key": "PingStatus", "Values": ["Asleep"] }] }),
+    );
+    assert_eq!(
+        ssm_error(&answer).1,
+        "InvalidInstanceInformationFilterValue",
+        "{answer:?}"
+    );
+    let answer = ssm_post(
+        &bed,
+        "DescribeInstanceInformation",
+        json!({ "InstanceInformationFilterList": [{ "key": "Colour", "valueSet": ["red"] }] }),
+    );
+    assert_eq!(ssm_error(&answer).1, "InvalidFilterKey", "{answer:?}");
+
+    // Managed and ping status change at run time.
+    bed.set_managed(&plain.id, true);
+    bed.set_ssm_ping(&web.id, "Inactive");
+    let (_, now) = ssm_post(&bed, "DescribeInstanceInformation", json!({}));
+    assert!(ids_of(&now).contains(&plain.id));
+    assert_eq!(status_of(&now, &web.id).as_deref(), Some("Inactive"));
+    bed.set_managed(&plain.id, false);
+    let (_, now) = ssm_post(&bed, "DescribeInstanceInformation", json!({}));
+    assert!(!ids_of(&now).contains(&plain.id));
+    assert!(
+        bed.signature_failures().is_empty(),
+        "{:?}",
+        bed.signature_failures()
+    );
+}
+
+#[test]
+fn ssm_calls_are_signed_throttled_and_fail_on_demand() {
+    use serde_json::json;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let body = json!({ "Target": web.id, "DocumentName": "AWS-StartSSHSession", "Parameters": { "portNumber": ["22"] } });
+
+    // A wrong secret, or the wrong signing name, is refused first and
+    // recorded; no session starts.
+    let answer = ssm_post_as(&bed, "StartSession", &body, "wrong-secret", "ssm");
+    let (status, code, _) = ssm_error(&answer);
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "InvalidSignatureException"),
+        "{answer:?}"
+    );
+    let answer = ssm_post_as(&bed, "StartSession", &body, bed.secret_access_key(), "ec2");
+    assert_eq!(ssm_error(&answer).0, 403, "{answer:?}");
+    assert_eq!(
+        bed.signature_failures().len(),
+        2,
+        "{:?}",
+        bed.signature_failures()
+    );
+    assert!(
+        bed.signature_failures()
+            .iter()
+            .all(|f| f.starts_with("ssm StartSession")),
+        "{:?}",
+        bed.signature_failures()
+    );
+    assert!(bed.ssm_sessions().is_empty());
+    let call = bed.requests_for("StartSession").pop().expect("recorded");
+    assert_eq!(call.service, support::Service::Ssm);
+    bed.clear_records();
+
+    // Injected failures come after the signature check, with SSM's statuses.
+    for (code, status) in [
+        ("AccessDeniedException", 400),
+        ("ThrottlingException", 400),
+        ("InternalServerError", 500),
+        ("TargetNotConnected", 400),
+    ] {
+        bed.fail_next("StartSession", code, 1);
+        let answer = ssm_post(&bed, "StartSession", body.clone());
+        let (s, c, m) = ssm_error(&answer);
+        assert_eq!((s, c.as_str()), (status, code), "{answer:?}");
+        assert!(!m.is_empty(), "{answer:?}");
+    }
+    bed.fail_next("StartSession", "AccessDeniedException", 1);
+    let (_, _, m) = ssm_error(&ssm_post(&bed, "StartSession", body.clone()));
+    assert!(m.contains("ssm:StartSession") && m.contains(&web.id), "{m}");
+    // ... and per instance.
+    let other = bed.add_instance(InstanceSpec::named("other").managed(true));
+    bed.fail_next_for("StartSession", &web.id, "InternalServerError", 1);
+    let (s, ok) = ssm_post(
+        &bed,
+        "StartSession",
+        json!({ "Target": other.id, "DocumentName": "AWS-StartSSHSession" }),
+    );
+    assert_eq!(s, 200, "{ok}");
+    assert_eq!(ssm_post(&bed, "StartSession", body.clone()).0, 500);
+    assert!(bed.ssm_sessions().len() == 1);
+
+    // A rate limit answers ThrottlingException (400) and does nothing.
+    bed.set_rate_limit("DescribeInstanceInformation", 0.0, 1);
+    assert_eq!(
+        ssm_post(&bed, "DescribeInstanceInformation", json!({})).0,
+        200
+    );
+    let answer = ssm_post(&bed, "DescribeInstanceInformation", json!({}));
+    assert_eq!(
+        (ssm_error(&answer).0, ssm_error(&answer).1.as_str()),
+        (400, "ThrottlingException"),
+        "{answer:?}"
+    );
+    assert_eq!(bed.throttled("DescribeInstanceInformation"), 1);
+
+    // An unknown operation.
+    let answer = ssm_post(&bed, "TerminateSessions", json!({}));
+    assert_eq!(
+        ssm_error(&answer).1,
+        "UnknownOperationException",
+        "{answer:?}"
+    );
+    assert!(bed.signature_failures().is_empty());
+}
+
+#[test]
+fn ssm_start_and_terminate_session() {
+    use serde_json::json;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let plain = bed.add_instance(InstanceSpec::named("plain-1"));
+    let lost = bed.add_instance(InstanceSpec::named("lost-1").ssm_ping("ConnectionLost"));
+    let stopped = bed.add_instance(
+        InstanceSpec::named("stopped-1")
+            .managed(true)
+            .state("stopped"),
+    );
+    let start = |target: &str, doc: &str, params: serde_json::Value| {
+        ssm_post(
+            &bed,
+            "StartSession",
+            json!({ "Target": target, "DocumentName": doc, "Parameters": params, "Reason": "testing" }),
+        )
+    };
+
+    let (status, out) = start(
+        &web.id,
+        "AWS-StartSSHSession",
+        json!({ "portNumber": ["22"] }),
+    );
+    assert_eq!(status, 200, "{out}");
+    let id = out["SessionId"].as_str().expect("SessionId").to_owned();
+    let url = out["StreamUrl"].as_str().expect("StreamUrl").to_owned();
+    assert!(out["TokenValue"].as_str().is_some_and(|t| t.len() > 20));
+    assert_eq!(
+        url.split_once('?').map(|(base, _)| base.to_owned()),
+        Some(format!(
+            "{}/v1/data-channel/{id}",
+            bed.ssm_stream_endpoint()
+        ))
+    );
+    assert!(url.contains("role=publish_subscribe&cell-number="), "{url}");
+    let s = bed.ssm_session(&id).expect("recorded");
+    assert_eq!(s.target, web.id);
+    assert_eq!(s.document_name, "AWS-StartSSHSession");
+    assert_eq!(s.parameters["portNumber"], vec!["22".to_owned()]);
+    assert_eq!(s.reason.as_deref(), Some("testing"));
+    assert!(!s.terminated);
+
+    // Not connected: unmanaged, lost, stopped, unknown.
+    for target in [
+        &plain.id,
+        &lost.id,
+        &stopped.id,
+        &"i-0123456789abcdef0".to_owned(),
+    ] {
+        let answer = start(
+            target,
+            "AWS-StartSSHSession",
+            json!({ "portNumber": ["22"] }),
+        );
+        let (status, code, message) = ssm_error(&answer);
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "TargetNotConnected"),
+            "{answer:?}"
+        );
+        assert_eq!(message, format!("{target} is not connected."));
+    }
+    // Documents and parameters.
+    let answer = start(&web.id, "AWS-StartPortForwardingSessionToSocket", json!({}));
+    assert_eq!(ssm_error(&answer).1, "InvalidDocument", "{answer:?}");
+    let answer = start(
+        &web.id,
+        "AWS-StartSSHSession",
+        json!({ "portNumber": ["022"] }),
+    );
+    assert_eq!(ssm_error(&answer).1, "InvalidParameters", "{answer:?}");
+    let answer = start(&web.id, "AWS-StartSSHSession", json!({ "host": ["x"] }));
+    assert_eq!(ssm_error(&answer).1, "InvalidParameters", "{answer:?}");
+    let (status, _) = start(&web.id, "AWS-StartSSHSession", json!({}));
+    assert_eq!(status, 200, "portNumber defaults to 22");
+
+    // TerminateSession: a session with no channel ends at once; an unknown
+    // id is a success too, as on AWS.
+    let (status, out) = ssm_post(&bed, "TerminateSession", json!({ "SessionId": id }));
+    assert_eq!(
+        (status, out["SessionId"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let s = bed.ssm_session(&id).unwrap();
+    assert!(s.terminated && s.terminate_api_called, "{s:?}");
+    assert_eq!(s.ended_by, Some(support::SsmEnd::TerminateApi));
+    let (status, out) = ssm_post(
+        &bed,
+        "TerminateSession",
+        json!({ "SessionId": "nobody-0123456789abcdef0" }),
+    );
+    assert_eq!(
+        (status, out["SessionId"].as_str()),
+        (200, Some("nobody-0123456789abcdef0"))
+    );
+    assert!(bed.signature_failures().is_empty());
+}

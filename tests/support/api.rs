@@ -1,6 +1,8 @@
 //! The AWS API stand-in: EC2 `DescribeInstances`, `StartInstances` and
-//! `StopInstances` (Query protocol, XML) and EC2 Instance Connect
-//! `SendSSHPublicKey` / `SendSerialConsoleSSHPublicKey` (AWS JSON 1.1), with
+//! `StopInstances` (Query protocol, XML), EC2 Instance Connect
+//! `SendSSHPublicKey` / `SendSerialConsoleSSHPublicKey` (AWS JSON 1.1) and
+//! Systems Manager `StartSession`, `TerminateSession` and
+//! `DescribeInstanceInformation` (AWS JSON 1.1, `ssm.rs`), with
 //! SigV4 verification, per-action token-bucket throttling, error injection,
 //! delays and a record of every call.
 //!
@@ -43,6 +45,9 @@ pub enum Service {
     Ec2,
     /// EC2 Instance Connect, AWS JSON 1.1 (signing name `ec2-instance-connect`).
     InstanceConnect,
+    /// Systems Manager, AWS JSON 1.1 (`X-Amz-Target: AmazonSSM.<Operation>`,
+    /// signing name `ssm`).
+    Ssm,
 }
 
 impl Service {
@@ -50,6 +55,7 @@ impl Service {
         match self {
             Service::Ec2 => "ec2",
             Service::InstanceConnect => "ec2-instance-connect",
+            Service::Ssm => "ssm",
         }
     }
 }
@@ -144,6 +150,10 @@ pub struct InstanceRec {
     /// false: sshd serves no key for this instance, as on an AMI without
     /// the EC2 Instance Connect helper: pushes succeed, logins are refused.
     pub accepts_pushed_keys: bool,
+    /// Managed by Systems Manager (listed by DescribeInstanceInformation).
+    pub ssm_managed: bool,
+    /// The SSM PingStatus set for it (`ssm::ping_status` reports it).
+    pub ssm_ping: String,
 }
 
 /// `state` becomes `to` at `at` (real time).
@@ -318,6 +328,8 @@ pub struct State {
     pub diag: super::diag::DiagState,
     /// EC2 Instance Connect Endpoints and tunnels (`eice.rs`).
     pub eice: super::eice::EiceState,
+    /// Session Manager sessions (`ssm.rs`, `ssm_agent.rs`).
+    pub ssm: super::ssm::SsmState,
     pub signature_failures: Vec<String>,
     /// NextToken -> (request fingerprint, offset).
     pub tokens: HashMap<String, (String, usize)>,
@@ -340,14 +352,15 @@ pub struct Api {
 
 /// The next injected failure for this call: first those queued for the
 /// action, then those queued for the action on the instance it names
-/// (`InstanceId`, or EC2's `InstanceId.1`).
+/// (`InstanceId`, EC2's `InstanceId.1`, or SSM's `Target`).
 fn take_failure(st: &mut State, action: &str, params: &BTreeMap<String, String>) -> Option<String> {
     if let Some(code) = st.failures.get_mut(action).and_then(VecDeque::pop_front) {
         return Some(code);
     }
     let id = params
         .get("InstanceId")
-        .or_else(|| params.get("InstanceId.1"))?;
+        .or_else(|| params.get("InstanceId.1"))
+        .or_else(|| params.get("Target"))?;
     st.failures
         .get_mut(&format!("{action}@{id}"))
         .and_then(VecDeque::pop_front)
@@ -489,11 +502,17 @@ impl Api {
             return resp;
         } else if let Some(code) = take_failure(&mut st, &action, &params) {
             // 3. Injected failure.
-            let status = match service {
-                Service::Ec2 => ec2_status(&code),
-                Service::InstanceConnect => eic_status(&code),
-            };
-            Err((status, code.clone(), default_message(&code)))
+            Err(match service {
+                Service::Ec2 => (ec2_status(&code), code.clone(), default_message(&code)),
+                Service::InstanceConnect => {
+                    (eic_status(&code), code.clone(), default_message(&code))
+                }
+                Service::Ssm => (
+                    super::ssm::status(&code),
+                    code.clone(),
+                    super::ssm::injected_message(&code, &action, &params),
+                ),
+            })
         } else {
             // 4. The operation itself.
             match (service, action.as_str()) {
@@ -531,6 +550,7 @@ impl Api {
                     "UnknownOperationException",
                     format!("Unknown operation {other:?}"),
                 )),
+                (Service::Ssm, a) => super::ssm::handle(self, &mut st, a, &params),
             }
         };
 
@@ -541,6 +561,7 @@ impl Api {
                 match service {
                     Service::Ec2 => ec2_error_response(status, &code, &msg),
                     Service::InstanceConnect => json_error_response(status, &code, &msg),
+                    Service::Ssm => super::ssm::error_response(status, &code, &msg),
                 }
             }
         };
@@ -1058,10 +1079,14 @@ fn check_instance_ids(st: &State, ids: &[String]) -> Result<(), ApiError> {
 /// reported as the protocol's serialization error (after auth is checked).
 fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<ApiError>) {
     if let Some(target) = req.header("x-amz-target") {
-        let action = target
-            .strip_prefix(EIC_TARGET_PREFIX)
-            .unwrap_or(target)
-            .to_owned();
+        // The target names the service: AmazonSSM.* is Systems Manager;
+        // anything else is taken as EC2 Instance Connect.
+        let (service, prefix) = if target.starts_with(super::ssm::TARGET_PREFIX) {
+            (Service::Ssm, super::ssm::TARGET_PREFIX)
+        } else {
+            (Service::InstanceConnect, EIC_TARGET_PREFIX)
+        };
+        let action = target.strip_prefix(prefix).unwrap_or(target).to_owned();
         let mut params = BTreeMap::new();
         let ct_ok = req
             .header("content-type")
@@ -1072,15 +1097,15 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
                 "SerializationException",
                 "Content-Type must be application/x-amz-json-1.1",
             );
-            return (Service::InstanceConnect, action, params, Some(pe));
+            return (service, action, params, Some(pe));
         }
-        if !target.starts_with(EIC_TARGET_PREFIX) {
+        if !target.starts_with(prefix) {
             let pe = err(
                 400,
                 "UnknownOperationException",
                 format!("Unknown target {target:?}"),
             );
-            return (Service::InstanceConnect, action, params, Some(pe));
+            return (service, action, params, Some(pe));
         }
         match serde_json::from_slice::<serde_json::Value>(&req.body) {
             Ok(serde_json::Value::Object(map)) => {
@@ -1091,7 +1116,7 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
                     };
                     params.insert(k, s);
                 }
-                (Service::InstanceConnect, action, params, None)
+                (service, action, params, None)
             }
             _ => {
                 let pe = err(
@@ -1099,7 +1124,7 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
                     "SerializationException",
                     "Request body is not a JSON object",
                 );
-                (Service::InstanceConnect, action, params, Some(pe))
+                (service, action, params, Some(pe))
             }
         }
     } else {
@@ -1490,25 +1515,25 @@ fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         ),
-        (Service::InstanceConnect, A::Missing(_)) => err(
+        (Service::InstanceConnect | Service::Ssm, A::Missing(_)) => err(
             403,
             "MissingAuthenticationTokenException",
             "Missing Authentication Token",
         ),
-        (Service::InstanceConnect, A::UnknownKey(_)) => err(
+        (Service::InstanceConnect | Service::Ssm, A::UnknownKey(_)) => err(
             400,
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
         ),
-        (Service::InstanceConnect, A::Expired(m)) => err(
+        (Service::InstanceConnect | Service::Ssm, A::Expired(m)) => err(
             403,
             "InvalidSignatureException",
             format!("Signature expired: {m}"),
         ),
-        (Service::InstanceConnect, A::Malformed(m)) => {
+        (Service::InstanceConnect | Service::Ssm, A::Malformed(m)) => {
             err(400, "IncompleteSignatureException", m.clone())
         }
-        (Service::InstanceConnect, A::Mismatch(_)) => err(
+        (Service::InstanceConnect | Service::Ssm, A::Mismatch(_)) => err(
             403,
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
@@ -1518,15 +1543,17 @@ fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
 
 /// The answer to a call over its action's rate limit, as each service
 /// throttles: EC2 `RequestLimitExceeded` (503, XML), EC2 Instance Connect
-/// `ThrottlingException` (JSON 1.1, status per [`eic_status`]).
+/// `ThrottlingException` (JSON 1.1, status per [`eic_status`]), Systems
+/// Manager `ThrottlingException` (JSON 1.1, 400).
 fn throttling_error(service: Service) -> ApiError {
     let code = match service {
         Service::Ec2 => "RequestLimitExceeded",
-        Service::InstanceConnect => "ThrottlingException",
+        Service::InstanceConnect | Service::Ssm => "ThrottlingException",
     };
     let status = match service {
         Service::Ec2 => ec2_status(code),
         Service::InstanceConnect => eic_status(code),
+        Service::Ssm => super::ssm::status(code),
     };
     err(status, code, default_message(code))
 }

@@ -408,21 +408,21 @@ pub struct EiceServer {
 }
 
 impl EiceServer {
-    /// Makes the CA and server certificate, writes `eice-ca.pem` into
+    /// Makes the server certificate (issued by `ca`, the bed's CA for the
+    /// endpoint and stream stand-ins), writes the CA as `eice-ca.pem` into
     /// `dir`, and serves on 127.0.0.1:0 on a thread of its own.
-    pub fn start(api: Arc<Api>, dir: &Path, sshd_port: u16) -> EiceServer {
+    pub fn start(api: Arc<Api>, ca: &super::tls::TestCa, dir: &Path, sshd_port: u16) -> EiceServer {
         let region = api.config.region.clone();
-        let (ca_pem, chain, key) = certificates(&region);
         let ca_pem_path = dir.join("eice-ca.pem");
-        std::fs::write(&ca_pem_path, ca_pem).expect("write eice-ca.pem");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        std::fs::write(&ca_pem_path, &ca.pem).expect("write eice-ca.pem");
+        let config = ca.server_config_named(
+            &[
+                &format!("*.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
+                &format!("*.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
+            ],
+            "ec2-instance-connect-endpoint stand-in",
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the EICE stand-in");
         listener
             .set_nonblocking(true)
@@ -481,52 +481,6 @@ impl Drop for EiceServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A CA (PEM), and a server chain and key for the endpoints' names.
-fn certificates(
-    region: &str,
-) -> (
-    String,
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "eic-connect test bed CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec![
-        format!("*.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
-        format!("*.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
-    ])
-    .expect("server params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "ec2-instance-connect-endpoint stand-in");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer).expect("sign server cert");
-    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    (
-        ca_cert.pem(),
-        vec![cert.der().clone(), ca_cert.der().clone()],
-        key_der,
-    )
 }
 
 /// What the handshake callback decided.

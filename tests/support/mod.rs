@@ -36,6 +36,17 @@
 //! [`TestBed::throttled`]. The order of checks is: SigV4, rate limit,
 //! injected failures ([`TestBed::fail_next`]), the operation.
 //!
+//! Session Manager (`ssm.rs`, `ssm_agent.rs`): the API stand-in also
+//! answers Systems Manager's `StartSession`, `TerminateSession` and
+//! `DescribeInstanceInformation` for instances made with
+//! `InstanceSpec::managed(true)`, and a TLS WebSocket server at the
+//! `StreamUrl`s it hands out plays the SSM Agent of an `AWS-StartSSHSession`
+//! port session, relaying to the instance's sshd; its certificate comes
+//! from the same CA as the endpoint stand-in's (`eice-ca.pem`), so
+//! `AWS_CA_BUNDLE` covers both. [`TestBed::ssm_sessions`] records what each
+//! session saw; [`TestBed::set_ssm_faults`] drops, reorders and duplicates
+//! its messages.
+//!
 //! Latency and TLS, for measuring what users feel
 //! ([`latency`], `benches/latency.rs`): `BedOptions { https: true, .. }`
 //! serves the API stand-in over TLS with a certificate from a CA made for
@@ -67,6 +78,8 @@ pub mod latency;
 pub mod load;
 pub mod sigv4;
 pub mod sshd;
+pub mod ssm;
+pub mod ssm_agent;
 pub mod timefmt;
 pub mod tls;
 
@@ -79,6 +92,8 @@ use std::time::{Duration, Instant};
 use api::{Api, InstanceRec};
 #[allow(unused_imports)]
 pub use api::{ApiCall, Push, Service};
+#[allow(unused_imports)]
+pub use ssm::{SsmEnd, SsmSession, StreamFaults};
 
 /// The AuthorizedKeysCommand script, written into every bed dir.
 const AKC_SCRIPT: &str = include_str!("akc.sh");
@@ -159,6 +174,13 @@ pub struct InstanceSpec {
     /// [`TestBed::ssh_proxy`] counts its turns. Needs a public IP. Default
     /// `None`.
     pub latency: Option<Duration>,
+    /// Managed by Systems Manager (`ssm.rs`): listed by
+    /// DescribeInstanceInformation, takes Session Manager sessions while
+    /// running and Online. Default false.
+    pub managed: bool,
+    /// Its SSM PingStatus when managed: Online, ConnectionLost or
+    /// Inactive. Default Online.
+    pub ssm_ping: String,
 }
 
 impl Default for InstanceSpec {
@@ -178,6 +200,8 @@ impl Default for InstanceSpec {
             instance_connect: true,
             unreachable: false,
             latency: None,
+            managed: false,
+            ssm_ping: "Online".into(),
         }
     }
 }
@@ -312,6 +336,8 @@ pub struct TestBed {
     server: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     /// The EC2 Instance Connect Endpoint stand-in (`eice.rs`).
     eice: Option<eice::EiceServer>,
+    /// The Session Manager data channel stand-in (`ssm_agent.rs`).
+    ssm: Option<ssm_agent::StreamServer>,
     /// The delay proxy in front of the API stand-in ([`BedOptions::api_latency`]).
     api_proxy: Option<latency::DelayProxy>,
     /// Delay proxies in front of instances' sshd, by instance id.
@@ -444,7 +470,11 @@ impl TestBed {
             .expect("spawn the stand-in thread");
 
         let sshd = sshd::Sshd::start(d, &user, &host_key_path, ipv6, opts.slots);
-        let eice = eice::EiceServer::start(api.clone(), d, sshd.port);
+        // One CA for the endpoint and Session Manager stream stand-ins
+        // (`eice-ca.pem`, in every bed's AWS_CA_BUNDLE).
+        let stream_ca = tls::TestCa::new("eic-connect test bed CA");
+        let eice = eice::EiceServer::start(api.clone(), &stream_ca, d, sshd.port);
+        let ssm = ssm_agent::StreamServer::start(api.clone(), &stream_ca, sshd.port);
         // One AWS_CA_BUNDLE for both stand-ins.
         let ca_bundle = api_ca_pem.as_ref().map(|api_pem| {
             let mut both = std::fs::read(&eice.ca_pem_path).expect("read eice-ca.pem");
@@ -470,6 +500,7 @@ impl TestBed {
             sshd: Some(sshd),
             server: Some((thread, tx)),
             eice: Some(eice),
+            ssm: Some(ssm),
             api_proxy,
             ssh_proxies: Mutex::default(),
             api_ca_pem,
@@ -667,6 +698,8 @@ impl TestBed {
             eni_id: format!("eni-{}", api::random_hex(17)),
             transition: None,
             accepts_pushed_keys: spec.instance_connect,
+            ssm_managed: spec.managed,
+            ssm_ping: spec.ssm_ping.clone(),
         };
         self.sync_addresses(&rec);
         st.instances.push(rec.clone());

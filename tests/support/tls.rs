@@ -1,5 +1,7 @@
-//! A test certificate authority for the API stand-in's HTTPS mode
-//! (`BedOptions::https`), and the TLS configurations built from it.
+//! Test certificate authorities: the API stand-in's for its HTTPS mode
+//! (`BedOptions::https`), and the one whose certificates the endpoint and
+//! Session Manager stream stand-ins present (`eice-ca.pem`); and the TLS
+//! configurations built from them.
 //!
 //! Each bed makes its own CA (rcgen, ECDSA P-256) and one server
 //! certificate for `127.0.0.1`, `::1` and `localhost`; the CA's PEM is
@@ -44,13 +46,22 @@ impl TestCa {
     /// A rustls server configuration with a certificate for `names` (DNS
     /// names or IP addresses) issued by this CA; the chain includes the CA.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        self.server_config_named(names, "eic-connect test bed API stand-in")
+    }
+
+    /// [`TestCa::server_config`] with the certificate's common name.
+    pub fn server_config_named(
+        &self,
+        names: &[&str],
+        common_name: &str,
+    ) -> Arc<rustls::ServerConfig> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
         let key = KeyPair::generate().expect("server key");
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).expect("server certificate params");
         params
             .distinguished_name
-            .push(DnType::CommonName, "eic-connect test bed API stand-in");
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let cert = params
