@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use crate::aws::Clients;
 use crate::aws::diag::{self, Endpoint, SecurityGroup};
 use crate::aws::ec2::InstanceInfo;
-use crate::eice::ConnectVia;
+use crate::eice::endpoint::ALLOWED_PORTS;
+use crate::eice::route::{self, Decision};
 use crate::error::Failure;
 use crate::hostkeys::{self, ConsoleKeys};
 use crate::osuser;
 use crate::sanitize::terminal_safe;
-use crate::target::{AddressChoice, Addresses};
+use crate::target::{AddressChoice, Addresses, choose_address};
 
 use super::rules::{self, Openings};
+use super::session::Agent;
 use super::{Request, Route, Source};
 
 /// Outcome of one check.
@@ -25,6 +27,8 @@ pub enum Status {
     Fail,
     /// Not run: an earlier finding makes it meaningless.
     Skip,
+    /// Worth knowing, but not in the way of this connection.
+    Note,
 }
 
 impl Status {
@@ -34,6 +38,7 @@ impl Status {
             Status::Warn => "warn",
             Status::Fail => "fail",
             Status::Skip => "skip",
+            Status::Note => "note",
         }
     }
 }
@@ -129,54 +134,6 @@ pub fn instance_check(instance: &InstanceInfo) -> Check {
     }
 }
 
-/// Which of the instance's addresses a direct connection would use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DirectKind {
-    Public,
-    Private,
-    Ipv6,
-    /// No public address under `--connect direct`: the private one, which
-    /// only works from inside the VPC or networks joined to it.
-    PrivateFallback,
-}
-
-impl DirectKind {
-    fn describe(self) -> &'static str {
-        match self {
-            DirectKind::Public => "public",
-            DirectKind::Private | DirectKind::PrivateFallback => "private",
-            DirectKind::Ipv6 => "IPv6",
-        }
-    }
-}
-
-/// The address of the kind asked for, if the instance has one.
-fn preferred_address(addrs: &Addresses, choice: AddressChoice) -> Option<(IpAddr, DirectKind)> {
-    match choice {
-        AddressChoice::Public | AddressChoice::Auto => addrs
-            .public_ip
-            .map(|ip| (IpAddr::V4(ip), DirectKind::Public)),
-        AddressChoice::Private => addrs
-            .private_ip
-            .map(|ip| (IpAddr::V4(ip), DirectKind::Private)),
-        AddressChoice::Ipv6 => addrs
-            .ipv6
-            .first()
-            .map(|ip| (IpAddr::V6(*ip), DirectKind::Ipv6)),
-    }
-}
-
-/// The address a direct connection would use: the preferred one, else
-/// (when no kind was asked for) the private one.
-fn direct_address(addrs: &Addresses, choice: AddressChoice) -> Option<(IpAddr, DirectKind)> {
-    preferred_address(addrs, choice).or_else(|| match choice {
-        AddressChoice::Auto => addrs
-            .private_ip
-            .map(|ip| (IpAddr::V4(ip), DirectKind::PrivateFallback)),
-        _ => None,
-    })
-}
-
 /// The endpoint to go through: the one in the instance's subnet, else the
 /// first listed.
 fn choose_endpoint<'a>(found: &'a [Endpoint], subnet_id: Option<&str>) -> Option<&'a Endpoint> {
@@ -186,122 +143,258 @@ fn choose_endpoint<'a>(found: &'a [Endpoint], subnet_id: Option<&str>) -> Option
         .or_else(|| found.first())
 }
 
-/// How the connection would travel, and the `path` check saying so.
-pub async fn path_check(
+/// The address a connection would use and how `connect` would go there,
+/// before any lookup: [`route::decide`], as `connect` calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStart {
+    pub address: IpAddr,
+    pub decision: Decision,
+}
+
+/// The start of the path, or the `path` check when there is nothing to
+/// look up (the instance is not running, or has no address of the kind
+/// asked for).
+pub fn path_start(request: &Request, instance: &InstanceInfo) -> Result<PathStart, Check> {
+    if instance.state != "running" {
+        return Err(Check::new(
+            "path",
+            Status::Skip,
+            format!(
+                "{} is {}: check again once it runs",
+                instance.id, instance.state
+            ),
+        ));
+    }
+    let address = choose_address(&instance.addresses, request.address_choice, &request.target)
+        .map_err(|failure| Check::from_failure("path", Status::Fail, &failure))?;
+    let explicit = request.address_choice != AddressChoice::Auto;
+    Ok(PathStart {
+        address,
+        decision: route::decide(request.via, explicit, address, instance),
+    })
+}
+
+/// Whether the path needs the endpoint lookup: always through an endpoint;
+/// in the fallback chain, when an endpoint can carry the port.
+pub fn wants_endpoints(start: &PathStart, port: u16) -> bool {
+    match start.decision {
+        Decision::Tunnel => true,
+        Decision::Fallback => ALLOWED_PORTS.contains(&port),
+        Decision::Direct | Decision::SessionManager => false,
+    }
+}
+
+/// What the endpoint lookup found.
+#[derive(Debug, Clone)]
+pub enum Endpoints {
+    /// Not looked up (see [`wants_endpoints`]).
+    NotAsked,
+    /// The instance is in no VPC.
+    NoVpc,
+    /// The usable endpoints (perhaps none).
+    Found(Vec<Endpoint>),
+    /// The EC2 API here does not know DescribeInstanceConnectEndpoints.
+    Unlisted,
+    Failed(Failure),
+}
+
+pub async fn find_endpoints(
     clients: &Clients,
     request: &Request,
     instance: &InstanceInfo,
+) -> Endpoints {
+    let Some(vpc) = instance.vpc_id.as_deref() else {
+        return Endpoints::NoVpc;
+    };
+    match diag::endpoints(clients, vpc, request.eice_id.as_deref()).await {
+        Ok(Some(found)) => Endpoints::Found(found),
+        Ok(None) => Endpoints::Unlisted,
+        Err(err) => Endpoints::Failed(failure_of(&err)),
+    }
+}
+
+fn describe_address(addrs: &Addresses, ip: IpAddr) -> &'static str {
+    if addrs.public_ip.map(IpAddr::V4) == Some(ip) {
+        "public"
+    } else if addrs.private_ip.map(IpAddr::V4) == Some(ip) {
+        "private"
+    } else {
+        "IPv6"
+    }
+}
+
+/// How the connection would travel, and the `path` check saying so (pure):
+/// the decision `connect` makes, then, for a private IPv4 address or an
+/// IPv6 address with no route from here, its fallback chain: an endpoint
+/// in the VPC, else Session Manager if it manages the instance and its
+/// agent is online, else direct.
+pub fn path_verdict(
+    request: &Request,
+    instance: &InstanceInfo,
+    start: PathStart,
+    endpoints: &Endpoints,
+    agent: &Agent,
 ) -> (Option<Route>, Check) {
     let addrs = &instance.addresses;
     let id = &instance.id;
-    if instance.state != "running" {
-        return (
-            None,
-            Check::new(
-                "path",
-                Status::Skip,
-                format!("{id} is {}: check again once it runs", instance.state),
-            ),
-        );
-    }
-    let preferred = preferred_address(addrs, request.address_choice);
-    let use_endpoint = match request.via {
-        ConnectVia::Eice => true,
-        ConnectVia::Direct | ConnectVia::Ssm => false,
-        ConnectVia::Auto => preferred.is_none(),
+    let address = start.address;
+    let port = request.port;
+    let subnet = instance.subnet_id.as_deref();
+    let vpc = instance.vpc_id.as_deref().unwrap_or("its VPC");
+    let create = format!(
+        "aws ec2 create-instance-connect-endpoint --subnet-id {}",
+        subnet.unwrap_or("<subnet id>")
+    );
+    let through = |e: &Endpoint| {
+        format!(
+            "through EC2 Instance Connect Endpoint {} ({}) to {address}",
+            e.id, e.state
+        )
     };
-    if !use_endpoint {
-        return match direct_address(addrs, request.address_choice) {
-            Some((ip, DirectKind::PrivateFallback)) => (
-                Some(Route::Direct(ip)),
+    match start.decision {
+        Decision::Direct => {
+            let kind = describe_address(addrs, address);
+            let check = if kind == "private"
+                && request.address_choice == AddressChoice::Auto
+                && addrs.public_ip.is_none()
+            {
                 Check::new(
                     "path",
                     Status::Warn,
-                    format!("no public address: direct to its private address {ip}, reachable only from inside the VPC, a peered network or a VPN"),
+                    format!("no public address: direct to its private address {address}, reachable only from inside the VPC, a peered network or a VPN"),
                 )
-                .fix("from elsewhere, use an EC2 Instance Connect Endpoint (--connect eice) or give the instance a public IP"),
-            ),
-            Some((ip, kind)) => (
-                Some(Route::Direct(ip)),
+                .fix("from elsewhere, use an EC2 Instance Connect Endpoint (--connect eice) or Session Manager (--connect ssm), or give the instance a public IP")
+            } else {
                 Check::new(
                     "path",
                     Status::Pass,
-                    format!("direct to its {} address {ip}", kind.describe()),
-                ),
-            ),
-            None => (
-                None,
-                Check::new("path", Status::Fail, format!("{id} has no address of the kind asked for"))
-                    .fix("choose another with --public, --private or --ipv6"),
-            ),
-        };
-    }
-    let Some(vpc) = instance.vpc_id.as_deref() else {
-        return (
-            None,
+                    format!("direct to its {kind} address {address}"),
+                )
+            };
+            (Some(Route::Direct(address)), check)
+        }
+        Decision::SessionManager => (
+            Some(Route::SessionManager),
             Check::new(
                 "path",
-                Status::Fail,
-                format!("{id} has no public IP and is in no VPC"),
-            )
-            .fix("give it a public IP address"),
-        );
-    };
-    // The endpoint is the only way in, rather than one asked for.
-    let no_public = preferred.is_none() && request.via == ConnectVia::Auto;
-    let no_public_note = if no_public {
-        "no public IPv4 address, and "
-    } else {
-        ""
-    };
-    match diag::endpoints(clients, vpc, request.eice_id.as_deref()).await {
-        Ok(Some(found)) => match choose_endpoint(&found, instance.subnet_id.as_deref()) {
-            Some(chosen) => {
-                let detail = format!(
-                    "through EC2 Instance Connect Endpoint {} ({}) to its private address",
-                    chosen.id, chosen.state
-                );
-                (
-                    Some(Route::Endpoint(chosen.clone())),
-                    Check::new("path", Status::Pass, detail),
-                )
+                Status::Pass,
+                format!("through Session Manager (--connect ssm) to port {port} on {id}"),
+            ),
+        ),
+        Decision::Tunnel => {
+            if let Err(failure) = route::check_remote_port(port) {
+                return (None, Check::from_failure("path", Status::Fail, &failure));
             }
-            None => (
-                None,
+            match endpoints {
+                Endpoints::Found(found) => match choose_endpoint(found, subnet) {
+                    Some(chosen) => (
+                        Some(Route::Endpoint(chosen.clone())),
+                        Check::new("path", Status::Pass, through(chosen)),
+                    ),
+                    None => (
+                        None,
+                        Check::new(
+                            "path",
+                            Status::Fail,
+                            format!("no usable EC2 Instance Connect Endpoint in {vpc}"),
+                        )
+                        .fix(format!("create one: {create}")),
+                    ),
+                },
+                Endpoints::NoVpc => (
+                    None,
+                    Check::new(
+                        "path",
+                        Status::Fail,
+                        format!(
+                            "{id} is in no VPC, so no EC2 Instance Connect Endpoint can reach it"
+                        ),
+                    )
+                    .fix("connect directly with --connect direct"),
+                ),
+                Endpoints::Unlisted => (
+                    None,
+                    Check::new(
+                        "path",
+                        Status::Warn,
+                        "the EC2 API here does not list EC2 Instance Connect Endpoints",
+                    ),
+                ),
+                Endpoints::Failed(failure) => {
+                    (None, Check::from_failure("path", Status::Fail, failure))
+                }
+                Endpoints::NotAsked => (
+                    None,
+                    Check::new("path", Status::Skip, "the endpoints were not looked up"),
+                ),
+            }
+        }
+        Decision::Fallback => {
+            let v4 = addrs.private_ip.map(IpAddr::V4) == Some(address);
+            let why = match (v4, addrs.public_ip) {
+                (true, None) => "no public IPv4 address".to_owned(),
+                (true, Some(_)) => format!("{address} is its private address"),
+                (false, _) => format!("no route from here to its IPv6 address {address}"),
+            };
+            // 1. An endpoint in the VPC.
+            let no_endpoint = match endpoints {
+                Endpoints::Found(found) => match choose_endpoint(found, subnet) {
+                    Some(chosen) => {
+                        return (
+                            Some(Route::Endpoint(chosen.clone())),
+                            Check::new("path", Status::Pass, format!("{why}: {}", through(chosen))),
+                        );
+                    }
+                    None => format!("no EC2 Instance Connect Endpoint in {vpc}"),
+                },
+                Endpoints::NotAsked => format!("no endpoint carries port {port}"),
+                Endpoints::NoVpc => "no endpoint outside a VPC".to_owned(),
+                Endpoints::Unlisted => {
+                    "the EC2 API here does not list EC2 Instance Connect Endpoints".to_owned()
+                }
+                Endpoints::Failed(failure) => {
+                    format!("endpoints could not be listed ({})", failure.message)
+                }
+            };
+            // 2. Session Manager, if its agent is online.
+            let no_agent = match agent {
+                Agent::Managed(m) if m.online() => {
+                    return (
+                        Some(Route::SessionManager),
+                        Check::new(
+                            "path",
+                            Status::Pass,
+                            format!("{why} and {no_endpoint}: through Session Manager (its agent is online)"),
+                        ),
+                    );
+                }
+                Agent::Managed(m) => format!("its SSM agent is {}", m.ping_status),
+                Agent::NotManaged => "Session Manager does not manage it".to_owned(),
+                Agent::Unknown { denied: true, .. } => {
+                    "whether Session Manager manages it is unknown (no ssm:DescribeInstanceInformation)".to_owned()
+                }
+                Agent::Unknown { .. } | Agent::NotAsked => {
+                    "Session Manager could not be asked".to_owned()
+                }
+            };
+            // 3. Direct, as connect would go.
+            let reach = if v4 {
+                "reachable only from inside the VPC, a peered network or a VPN"
+            } else {
+                "though this machine has no route to it"
+            };
+            (
+                Some(Route::Direct(address)),
                 Check::new(
                     "path",
-                    Status::Fail,
-                    format!("{no_public_note}no usable EC2 Instance Connect Endpoint in {vpc}"),
+                    Status::Warn,
+                    format!("{why}, {no_endpoint} and {no_agent}: direct to {address}, {reach}"),
                 )
                 .fix(format!(
-                    "create one: aws ec2 create-instance-connect-endpoint --subnet-id {}{}",
-                    instance.subnet_id.as_deref().unwrap_or("<subnet id>"),
-                    if no_public {
-                        " (or give the instance a public IP)"
-                    } else {
-                        ""
-                    }
+                    "from elsewhere: create an EC2 Instance Connect Endpoint ({create}), let Session Manager manage the instance (see session-manager), or give it a public IP"
                 )),
-            ),
-        },
-        Ok(None) => (
-            None,
-            Check::new(
-                "path",
-                if no_public {
-                    Status::Fail
-                } else {
-                    Status::Warn
-                },
-                format!(
-                    "{no_public_note}the EC2 API here does not list EC2 Instance Connect Endpoints"
-                ),
-            ),
-        ),
-        Err(err) => (
-            None,
-            Check::from_failure("path", Status::Warn, &failure_of(&err)),
-        ),
+            )
+        }
     }
 }
 
@@ -322,6 +415,18 @@ fn describe_openings(o: &Openings) -> String {
     parts.join(", ")
 }
 
+/// The security-group verdict through Session Manager: its agent connects
+/// to the port from the instance itself, so no inbound rule matters.
+pub fn no_inbound_rule_needed(port: u16) -> Check {
+    Check::new(
+        "security-group",
+        Status::Pass,
+        format!(
+            "no inbound rule is needed through Session Manager: its agent reaches port {port} on the instance itself"
+        ),
+    )
+}
+
 /// The security-group verdict for the route (pure).
 pub fn security_group_check(
     groups: &[SecurityGroup],
@@ -331,6 +436,9 @@ pub fn security_group_check(
     console_prefix_list: Option<&str>,
 ) -> Check {
     const NAME: &str = "security-group";
+    if route == Some(&Route::SessionManager) {
+        return no_inbound_rule_needed(port);
+    }
     let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
     let shown_ids = if ids.is_empty() {
         "none".to_owned()
@@ -406,7 +514,7 @@ pub fn security_group_check(
             )
             .fix(fix)
         }
-        Some(Route::Direct(_)) | None => {
+        Some(Route::Direct(_) | Route::SessionManager) | None => {
             if let Some(source) = source {
                 if let Some(c) = open.cidr_admitting(source.ip) {
                     return Check::new(
@@ -602,6 +710,7 @@ fn no_console_keys(shown: &str) -> Check {
 mod tests {
     use super::*;
     use crate::aws::diag::InboundRule;
+    use crate::eice::ConnectVia;
 
     fn sg(rules: Vec<InboundRule>) -> Vec<SecurityGroup> {
         vec![SecurityGroup {
@@ -792,38 +901,286 @@ mod tests {
         assert!(c.detail.contains("EC2 console's prefix list"));
     }
 
+    fn request(choice: AddressChoice, via: ConnectVia, port: u16) -> Request {
+        Request {
+            destination: "web-1".into(),
+            target: crate::target::Target::InstanceId("i-1".into()),
+            explicit_user: None,
+            port,
+            address_choice: choice,
+            via,
+            eice_id: None,
+            source_ip: None,
+        }
+    }
+
+    fn running(public: bool, ipv6: bool) -> InstanceInfo {
+        InstanceInfo {
+            id: "i-1".into(),
+            state: "running".into(),
+            addresses: Addresses {
+                public_ip: public.then(|| "3.1.2.3".parse().unwrap()),
+                private_ip: Some("10.0.0.5".parse().unwrap()),
+                ipv6: if ipv6 {
+                    vec!["2600:1f18::1".parse().unwrap()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            },
+            vpc_id: Some("vpc-1".into()),
+            subnet_id: Some("subnet-b".into()),
+            ..Default::default()
+        }
+    }
+
+    fn online() -> Agent {
+        Agent::Managed(crate::ssm::api::Managed {
+            ping_status: "Online".into(),
+            agent_version: None,
+            platform: None,
+        })
+    }
+
+    /// The route and check `path` gives, the start decided as `connect`
+    /// decides it.
+    fn path(
+        instance: &InstanceInfo,
+        choice: AddressChoice,
+        via: ConnectVia,
+        port: u16,
+        endpoints: Endpoints,
+        agent: Agent,
+    ) -> (Option<Route>, Check) {
+        let request = request(choice, via, port);
+        match path_start(&request, instance) {
+            Ok(start) => path_verdict(&request, instance, start, &endpoints, &agent),
+            Err(check) => (None, check),
+        }
+    }
+
     #[test]
-    fn direct_addresses_by_choice() {
-        let both = Addresses {
-            public_ip: Some("3.1.2.3".parse().unwrap()),
-            private_ip: Some("10.0.0.5".parse().unwrap()),
-            ipv6: vec!["2600:1f18::1".parse().unwrap()],
-            ..Default::default()
-        };
-        let private_only = Addresses {
-            private_ip: Some("10.0.0.5".parse().unwrap()),
-            ..Default::default()
-        };
+    fn the_path_follows_connects_fallback_chain() {
+        use AddressChoice::Auto;
+        let none = || Endpoints::Found(Vec::new());
+        let one = || Endpoints::Found(vec![endpoint("eice-b", Some("subnet-b"), &[])]);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            direct_address(&both, AddressChoice::Auto),
-            Some((ip("3.1.2.3"), DirectKind::Public))
+        let private = running(false, false);
+        // A public address goes direct, whatever else there is.
+        let (route, c) = path(
+            &running(true, false),
+            Auto,
+            ConnectVia::Auto,
+            22,
+            one(),
+            online(),
         );
-        assert_eq!(
-            direct_address(&both, AddressChoice::Private),
-            Some((ip("10.0.0.5"), DirectKind::Private))
+        assert_eq!(route, Some(Route::Direct(ip("3.1.2.3"))));
+        assert_eq!(c.detail, "direct to its public address 3.1.2.3");
+        // A private one: the endpoint first…
+        let (route, c) = path(&private, Auto, ConnectVia::Auto, 22, one(), online());
+        assert!(matches!(route, Some(Route::Endpoint(e)) if e.id == "eice-b"));
+        assert_eq!(c.status, Status::Pass);
+        assert!(
+            c.detail.starts_with(
+                "no public IPv4 address: through EC2 Instance Connect Endpoint eice-b"
+            ),
+            "{}",
+            c.detail
         );
+        // …else Session Manager with its agent online…
+        let (route, c) = path(&private, Auto, ConnectVia::Auto, 22, none(), online());
+        assert_eq!(route, Some(Route::SessionManager));
+        assert_eq!(c.status, Status::Pass);
         assert_eq!(
-            direct_address(&both, AddressChoice::Ipv6),
-            Some((ip("2600:1f18::1"), DirectKind::Ipv6))
+            c.detail,
+            "no public IPv4 address and no EC2 Instance Connect Endpoint in vpc-1: through Session Manager (its agent is online)"
         );
+        // …else direct, with a warning naming the other ways.
+        for (agent, said) in [
+            (Agent::NotManaged, "Session Manager does not manage it"),
+            (
+                Agent::Managed(crate::ssm::api::Managed {
+                    ping_status: "ConnectionLost".into(),
+                    agent_version: None,
+                    platform: None,
+                }),
+                "its SSM agent is ConnectionLost",
+            ),
+            (
+                Agent::Unknown {
+                    failure: Failure::new("not authorized"),
+                    denied: true,
+                },
+                "no ssm:DescribeInstanceInformation",
+            ),
+        ] {
+            let (route, c) = path(&private, Auto, ConnectVia::Auto, 22, none(), agent);
+            assert_eq!(route, Some(Route::Direct(ip("10.0.0.5"))));
+            assert_eq!(c.status, Status::Warn);
+            assert!(c.detail.contains(said), "{said}: {}", c.detail);
+            assert!(c.detail.ends_with("direct to 10.0.0.5, reachable only from inside the VPC, a peered network or a VPN"), "{}", c.detail);
+            let fix = c.fix.unwrap();
+            assert!(fix.contains("--subnet-id subnet-b"), "{fix}");
+            assert!(fix.contains("Session Manager"), "{fix}");
+        }
+        // An endpoint cannot carry port 2222: not even looked up.
+        let start = path_start(&request(Auto, ConnectVia::Auto, 2222), &private).unwrap();
+        assert_eq!(start.decision, Decision::Fallback);
+        assert!(!wants_endpoints(&start, 2222));
+        assert!(wants_endpoints(&start, 22));
+        let (route, c) = path(
+            &private,
+            Auto,
+            ConnectVia::Auto,
+            2222,
+            Endpoints::NotAsked,
+            online(),
+        );
+        assert_eq!(route, Some(Route::SessionManager));
+        assert!(
+            c.detail.contains("no endpoint carries port 2222"),
+            "{}",
+            c.detail
+        );
+        // An IPv6 address with no route from here takes the chain too.
+        let v6_only = InstanceInfo {
+            addresses: Addresses {
+                ipv6: vec!["2600:1f18::1".parse().unwrap()],
+                ..Default::default()
+            },
+            ..running(false, false)
+        };
+        let start = PathStart {
+            address: ip("2600:1f18::1"),
+            decision: Decision::Fallback,
+        };
+        let (route, c) = path_verdict(
+            &request(Auto, ConnectVia::Auto, 22),
+            &v6_only,
+            start,
+            &none(),
+            &Agent::NotManaged,
+        );
+        assert_eq!(route, Some(Route::Direct(ip("2600:1f18::1"))));
+        assert!(
+            c.detail
+                .starts_with("no route from here to its IPv6 address 2600:1f18::1, "),
+            "{}",
+            c.detail
+        );
+    }
+
+    #[test]
+    fn the_path_asked_for() {
+        use AddressChoice::Auto;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let private = running(false, false);
+        let none = || Endpoints::Found(Vec::new());
+        // --connect ssm: Session Manager whatever the addresses.
+        let (route, c) = path(
+            &running(true, false),
+            Auto,
+            ConnectVia::Ssm,
+            22,
+            Endpoints::NotAsked,
+            Agent::NotManaged,
+        );
+        assert_eq!(route, Some(Route::SessionManager));
+        assert_eq!(c.status, Status::Pass);
+        assert!(
+            c.detail
+                .starts_with("through Session Manager (--connect ssm)"),
+            "{}",
+            c.detail
+        );
+        // --connect direct without a public address: the private one, warned.
+        let (route, c) = path(&private, Auto, ConnectVia::Direct, 22, none(), online());
+        assert_eq!(route, Some(Route::Direct(ip("10.0.0.5"))));
+        assert_eq!(c.status, Status::Warn);
+        // --private is what was asked for: no warning, no chain.
+        let (route, c) = path(
+            &running(true, false),
+            AddressChoice::Private,
+            ConnectVia::Auto,
+            22,
+            none(),
+            online(),
+        );
+        assert_eq!(route, Some(Route::Direct(ip("10.0.0.5"))));
+        assert_eq!(c.detail, "direct to its private address 10.0.0.5");
+        let (_, c) = path(
+            &running(true, true),
+            AddressChoice::Ipv6,
+            ConnectVia::Auto,
+            22,
+            none(),
+            online(),
+        );
+        assert_eq!(c.detail, "direct to its IPv6 address 2600:1f18::1");
+        // No address of the kind asked for.
+        let (route, c) = path(
+            &private,
+            AddressChoice::Public,
+            ConnectVia::Auto,
+            22,
+            none(),
+            online(),
+        );
+        assert_eq!((route, c.status), (None, Status::Fail));
+        assert_eq!(c.detail, "the instance has no public IPv4 address");
+        // --connect eice: an endpoint or a failure, never another way.
+        let (route, c) = path(&private, Auto, ConnectVia::Eice, 22, none(), online());
+        assert_eq!((route, c.status), (None, Status::Fail));
+        assert_eq!(c.detail, "no usable EC2 Instance Connect Endpoint in vpc-1");
         assert_eq!(
-            direct_address(&private_only, AddressChoice::Auto),
-            Some((ip("10.0.0.5"), DirectKind::PrivateFallback))
+            c.fix.unwrap(),
+            "create one: aws ec2 create-instance-connect-endpoint --subnet-id subnet-b"
         );
-        assert_eq!(preferred_address(&private_only, AddressChoice::Auto), None);
-        assert_eq!(direct_address(&private_only, AddressChoice::Public), None);
-        assert_eq!(direct_address(&private_only, AddressChoice::Ipv6), None);
+        let (route, c) = path(
+            &private,
+            Auto,
+            ConnectVia::Eice,
+            2222,
+            Endpoints::NotAsked,
+            online(),
+        );
+        assert_eq!((route, c.status), (None, Status::Fail));
+        assert!(
+            c.detail.contains("only reach ports 22 and 3389"),
+            "{}",
+            c.detail
+        );
+        let (route, c) = path(
+            &private,
+            Auto,
+            ConnectVia::Eice,
+            22,
+            Endpoints::Failed(Failure::new(
+                "not authorized to call DescribeInstanceConnectEndpoints",
+            )),
+            online(),
+        );
+        assert_eq!((route, c.status), (None, Status::Fail));
+        // A stopped instance: nothing to decide.
+        let stopped = InstanceInfo {
+            state: "stopped".into(),
+            ..running(true, false)
+        };
+        let (route, c) = path(&stopped, Auto, ConnectVia::Auto, 22, none(), online());
+        assert_eq!((route, c.status), (None, Status::Skip));
+    }
+
+    #[test]
+    fn session_manager_needs_no_inbound_rule() {
+        let c = security_group_check(&sg(vec![]), 22, Some(&Route::SessionManager), None, None);
+        assert_eq!(c.status, Status::Pass);
+        assert!(
+            c.detail
+                .starts_with("no inbound rule is needed through Session Manager"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]

@@ -2,25 +2,32 @@
 //! connection would fail. Each check gives one line (pass, warn, fail or
 //! skip) and, when something is wrong, the fix.
 //!
-//! The checks: the instance exists and runs; it has an address on the chosen
-//! path (a public IP, or an EC2 Instance Connect Endpoint in its VPC); its
-//! security groups open the SSH port to the caller (or to the endpoint's
-//! security group); the port answers; instance metadata is enabled (the
-//! pushed key is delivered through it); the OS user; a real push of a
-//! throwaway key (the service's IAM and state checks); and whether the
-//! console shows host keys for `--verify-host-key`.
+//! The checks: the instance exists and runs; the path a connection would
+//! take, decided as `connect` decides it (a public address goes direct; a
+//! private one takes the fallback chain: an EC2 Instance Connect Endpoint in
+//! its VPC, else Session Manager if it manages the instance and its agent is
+//! online, else direct); whether Session Manager manages the instance and
+//! how its agent is; through Session Manager, a real session started and
+//! ended at once; its security groups open the SSH port to the caller (or to
+//! the endpoint's security group; Session Manager needs no inbound rule);
+//! the port answers; instance metadata is enabled (the pushed key is
+//! delivered through it); the OS user; a real push of a throwaway key (the
+//! service's IAM and state checks); and whether the console shows host keys
+//! for `--verify-host-key`.
 //!
 //! Nothing in AWS tells a client its own public address. `--source-ip` says
 //! it; otherwise the local address used to reach the EC2 API is assumed and
 //! the report says so.
 //!
 //! This module gathers what the checks need and runs them in order;
-//! [`checks`] holds the checks, [`rules`] the security-group logic and
-//! [`report`] the text and JSON output.
+//! [`checks`] holds the checks, [`session`] the Session Manager ones,
+//! [`rules`] the security-group logic and [`report`] the text and JSON
+//! output.
 
 mod checks;
 pub mod report;
 mod rules;
+mod session;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -41,6 +48,8 @@ pub enum Route {
     Direct(IpAddr),
     /// Through this endpoint to the private address.
     Endpoint(diag::Endpoint),
+    /// Through a Session Manager session to the port.
+    SessionManager,
 }
 
 /// The caller's address as the instance would see it, and how we know.
@@ -89,9 +98,11 @@ pub async fn run(settings: &AwsSettings, request: &Request) -> anyhow::Result<Re
     Ok(report)
 }
 
-/// The checks after `instance`, in the order they run.
-const AFTER_INSTANCE: [&str; 7] = [
+/// The checks after `instance`, in the order they are shown.
+const AFTER_INSTANCE: [&str; 9] = [
     "path",
+    "session-manager",
+    "session",
     "security-group",
     "port",
     "metadata",
@@ -122,26 +133,67 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     let running = instance.state == "running";
     report.checks.push(checks::instance_check(&instance));
 
-    // 2. The path, and 3. the security groups (fetched together).
-    let (route, path_check) = checks::path_check(clients, request, &instance).await;
+    // 2. The path, as connect decides it; the endpoint lookup it may need
+    // and Session Manager's view of the instance are asked at once.
+    let start = checks::path_start(request, &instance);
+    let wants_endpoints = start
+        .as_ref()
+        .is_ok_and(|s| checks::wants_endpoints(s, request.port));
+    let (endpoints, agent) = tokio::join!(
+        async {
+            if wants_endpoints {
+                checks::find_endpoints(clients, request, &instance).await
+            } else {
+                checks::Endpoints::NotAsked
+            }
+        },
+        session::ask(clients, &instance)
+    );
+    let (route, path_check) = match start {
+        Ok(start) => checks::path_verdict(request, &instance, start, &endpoints, &agent),
+        Err(check) => (None, check),
+    };
     report.route = route.clone();
     report.checks.push(path_check);
-    let (groups, console_pl) = tokio::join!(
-        diag::security_groups(clients, &instance.security_group_ids),
-        diag::console_prefix_list(clients)
+    let through_ssm = route == Some(Route::SessionManager);
+
+    // 3. Session Manager: the agent, and (its path) a real session; 4. the
+    // security groups, fetched meanwhile unless Session Manager is the path.
+    report.checks.push(session::agent_check(
+        &agent,
+        through_ssm,
+        &instance.id,
+        &clients.scope.region,
+    ));
+    let (session, groups) = tokio::join!(
+        session::session_check(clients, &instance, request.port, through_ssm, &agent),
+        async {
+            if through_ssm {
+                None
+            } else {
+                Some(tokio::join!(
+                    diag::security_groups(clients, &instance.security_group_ids),
+                    diag::console_prefix_list(clients)
+                ))
+            }
+        }
     );
+    report.checks.push(session);
     report.checks.push(match groups {
-        Ok(groups) => checks::security_group_check(
+        None => checks::no_inbound_rule_needed(request.port),
+        Some((Ok(groups), console_pl)) => checks::security_group_check(
             &groups,
             request.port,
             route.as_ref(),
             report.source.as_ref(),
             console_pl.ok().flatten().as_deref(),
         ),
-        Err(err) => Check::from_failure("security-group", Status::Warn, &checks::failure_of(&err)),
+        Some((Err(err), _)) => {
+            Check::from_failure("security-group", Status::Warn, &checks::failure_of(&err))
+        }
     });
 
-    // 4. Does the port answer (direct path only)?
+    // 5. Does the port answer (direct path only)?
     report.checks.push(match (&route, running) {
         (Some(Route::Direct(ip)), true) => checks::port_check(*ip, request.port).await,
         (Some(Route::Endpoint(_)), _) => Check::new(
@@ -149,18 +201,26 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
             Status::Skip,
             "through an endpoint: eic-connect tunnel would test it",
         ),
+        (Some(Route::SessionManager), _) => Check::new(
+            "port",
+            Status::Skip,
+            format!(
+                "through Session Manager: its agent connects to port {} on the instance itself",
+                request.port
+            ),
+        ),
         _ => Check::new("port", Status::Skip, "no address to try"),
     });
 
-    // 5. Instance metadata.
+    // 6. Instance metadata.
     report.checks.push(checks::metadata_check(&instance));
 
-    // 6. The OS user.
+    // 7. The OS user.
     let (user, user_check) = checks::os_user_check(clients, request, &instance).await;
     report.os_user = Some(user.clone());
     report.checks.push(user_check);
 
-    // 7. A real push, and 8. the console's host keys.
+    // 8. A real push, and 9. the console's host keys.
     let (push, keys) = tokio::join!(
         checks::push_check(clients, &instance, &user, running),
         checks::host_keys_check(clients, &instance)

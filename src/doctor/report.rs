@@ -40,29 +40,33 @@ pub fn render(report: &Report) -> String {
     for check in &report.checks {
         let _ = writeln!(
             out,
-            "{:<4}  {:<14} {}",
+            "{:<4}  {:<15} {}",
             check.status.as_str().to_ascii_uppercase(),
             check.name,
             terminal_safe(&check.detail)
         );
         if let Some(fix) = &check.fix {
-            let _ = writeln!(out, "{:<20} fix: {}", "", terminal_safe(fix));
+            let _ = writeln!(out, "{:<21} fix: {}", "", terminal_safe(fix));
         }
     }
-    if let Some(source) = &report.source
-        && !source.given
-    {
-        let _ = writeln!(
-            out,
-            "note: your address was taken to be {} (the local address used to reach the EC2 API); \
-             behind NAT the instance sees another one: pass --source-ip",
-            source.ip
-        );
-    } else if report.source.is_none() {
-        let _ = writeln!(
-            out,
-            "note: your address is unknown: pass --source-ip to check the security groups against it"
-        );
+    // Through Session Manager, the caller's address does not matter.
+    match &report.source {
+        _ if report.route == Some(Route::SessionManager) => {}
+        Some(source) if !source.given => {
+            let _ = writeln!(
+                out,
+                "note: your address was taken to be {} (the local address used to reach the EC2 API); \
+                 behind NAT the instance sees another one: pass --source-ip",
+                source.ip
+            );
+        }
+        Some(_) => {}
+        None => {
+            let _ = writeln!(
+                out,
+                "note: your address is unknown: pass --source-ip to check the security groups against it"
+            );
+        }
     }
     let count = |s: Status| report.checks.iter().filter(|c| c.status == s).count();
     let (failed, warned) = (count(Status::Fail), count(Status::Warn));
@@ -84,6 +88,7 @@ pub fn to_json(report: &Report) -> String {
     let (path, address, endpoint) = match &report.route {
         Some(Route::Direct(ip)) => (json!("direct"), json!(ip.to_string()), Value::Null),
         Some(Route::Endpoint(e)) => (json!("eice"), Value::Null, json!(e.id)),
+        Some(Route::SessionManager) => (json!("ssm"), Value::Null, Value::Null),
         None => (Value::Null, Value::Null, Value::Null),
     };
     let source = report.source.as_ref().map_or(Value::Null, |s| {
@@ -145,12 +150,12 @@ mod tests {
         };
         let text = render(&report);
         assert!(
-            text.contains("PASS  instance       i-0abc is running\n"),
+            text.contains("PASS  instance        i-0abc is running\n"),
             "{text}"
         );
-        assert!(text.contains("FAIL  metadata       disabled\n"), "{text}");
+        assert!(text.contains("FAIL  metadata        disabled\n"), "{text}");
         assert!(
-            text.contains("                     fix: enable it\n"),
+            text.contains("                      fix: enable it\n"),
             "{text}"
         );
         assert!(text.ends_with("1 check failed.\n"), "{text}");
@@ -201,5 +206,44 @@ mod tests {
                 .as_str()
                 .is_some_and(|h| h.starts_with("assumed"))
         );
+    }
+
+    #[test]
+    fn session_manager_in_text_and_json() {
+        let report = Report {
+            target: "db-1".into(),
+            instance_id: Some("i-0abc".into()),
+            region: "us-east-1".into(),
+            route: Some(Route::SessionManager),
+            source: Some(Source {
+                ip: "192.168.1.5".parse().unwrap(),
+                given: false,
+            }),
+            checks: vec![
+                Check::new("path", Status::Pass, "through Session Manager"),
+                Check::new("session-manager", Status::Note, "not managed").fix("run the agent"),
+            ],
+            ..Report::default()
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("NOTE  session-manager not managed\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("                      fix: run the agent\n"),
+            "{text}"
+        );
+        assert!(!text.contains("note: your address"), "{text}");
+        assert!(
+            text.ends_with("All checks passed.\n"),
+            "a note is no warning: {text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&to_json(&report)).unwrap();
+        assert_eq!(json["path"], "ssm");
+        assert_eq!(json["address"], serde_json::Value::Null);
+        assert_eq!(json["endpoint"], serde_json::Value::Null);
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["checks"][1]["status"], "note");
     }
 }
