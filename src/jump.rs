@@ -891,7 +891,7 @@ pub async fn dry_run(settings: &Connect, requested: &Requested) -> anyhow::Resul
             out.push_str(&format!(
                 "DescribeImages ImageId.1=<AMI of {jump_ref}>  # the jump host's OS user, guessed from the AMI, else ec2-user\n"
             ));
-            "<jump host's OS user from the AMI>".to_owned()
+            "<jump host OS user from the AMI>".to_owned()
         }
     };
     out.push_str(&format!(
