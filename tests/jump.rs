@@ -85,7 +85,10 @@ fn connects_through_an_ec2_jump_host_by_id_and_by_name_and_runs_a_command() {
     let bastion_public = bastion.public_ip.clone().unwrap();
     let cases: [[String; 2]; 2] = [
         ["-J".into(), jump(&bed, &bastion.id)],
-        ["-o".into(), format!("ProxyJump={}", jump(&bed, "bastion-1"))],
+        [
+            "-o".into(),
+            format!("ProxyJump={}", jump(&bed, "bastion-1")),
+        ],
     ];
     for (round, jump_args) in cases.iter().enumerate() {
         bed.clear_records();
@@ -121,7 +124,10 @@ fn connects_through_an_ec2_jump_host_by_id_and_by_name_and_runs_a_command() {
         let log = bed.sshd_log();
         assert!(connected_on(&bed, &bastion_public), "{log}");
         assert!(connected_on(&bed, &web.private_ip), "{log}");
-        assert!(!connected_on(&bed, web.public_ip.as_deref().unwrap()), "{log}");
+        assert!(
+            !connected_on(&bed, web.public_ip.as_deref().unwrap()),
+            "{log}"
+        );
         for push in [to_bastion, to_web] {
             assert!(
                 bed.wait_for_sshd_log(
@@ -142,6 +148,16 @@ fn connects_through_an_ec2_jump_host_by_id_and_by_name_and_runs_a_command() {
     assert!(known_host_entry(&bed, &web.id));
     assert!(!known_host_entry(&bed, &bastion_public));
     assert!(!known_host_entry(&bed, &web.private_ip));
+    // Both runtime directories (agents, public keys) are gone, and no
+    // private key was ever a file.
+    let left: Vec<_> = std::fs::read_dir(bed.dir().join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("eic-connect."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    support::cmd::assert_no_private_key_file(&bed, "after connecting through a jump host");
     assert_clean(&bed);
 }
 
@@ -175,9 +191,16 @@ fn the_jump_hosts_os_user_is_guessed_from_its_ami_and_the_choice_explained() {
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 2, "{pushes:?}");
     let bastion_push = pushes.iter().find(|p| p.instance_id == bastion.id).unwrap();
-    assert_eq!(bastion_push.os_user, "ubuntu", "guessed from the bastion's AMI");
+    assert_eq!(
+        bastion_push.os_user, "ubuntu",
+        "guessed from the bastion's AMI"
+    );
     let web_push = pushes.iter().find(|p| p.instance_id == web.id).unwrap();
-    assert_eq!(web_push.os_user, bed.os_user(), "-l is the instance's user only");
+    assert_eq!(
+        web_push.os_user,
+        bed.os_user(),
+        "-l is the instance's user only"
+    );
     // -v says what the jump host is and why.
     assert!(err.contains("the jump host is an EC2 instance"), "{err}");
     assert!(err.contains(&format!("instance={}", bastion.id)), "{err}");
@@ -204,7 +227,10 @@ fn the_jump_hosts_os_user_is_guessed_from_its_ami_and_the_choice_explained() {
     }
     let tail: Vec<&str> = args[args.len() - 5..].iter().map(String::as_str).collect();
     assert_eq!(tail, ["-l", &bed.os_user(), "--", &web.private_ip, "true"]);
-    assert!(args.contains(&format!("HostKeyAlias={}", web.id)), "{args:?}");
+    assert!(
+        args.contains(&format!("HostKeyAlias={}", web.id)),
+        "{args:?}"
+    );
     // The two ssh processes use two agents.
     let agent = |text: &str| {
         text.split("IdentityAgent=")
@@ -224,7 +250,13 @@ fn the_jump_hosts_os_user_is_guessed_from_its_ami_and_the_choice_explained() {
         .args(["-J", &hop, "web-1", "true"]);
     assert!(run(c).status.success());
     assert_eq!(bed.requests_for("DescribeImages").len(), 1);
-    assert_eq!(bed.pushes()[2..].iter().filter(|p| p.os_user == "ubuntu").count(), 1);
+    assert_eq!(
+        bed.pushes()[2..]
+            .iter()
+            .filter(|p| p.os_user == "ubuntu")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -329,7 +361,10 @@ fn what_cannot_go_with_an_ec2_jump_host_is_a_usage_error() {
     let bastion = bed.add_instance(InstanceSpec::named("bastion-1"));
     bed.add_instance(InstanceSpec::named("web-1"));
     // A chain with an EC2 instance in it, by id or found by name.
-    for chain in [format!("gw.corp.example,{}", bastion.id), "bastion-1,gw".into()] {
+    for chain in [
+        format!("gw.corp.example,{}", bastion.id),
+        "bastion-1,gw".into(),
+    ] {
         let err = refused_before_anything(&bed, &["-J", &chain, "web-1", "true"], 2);
         assert!(
             err.contains("a chain of jump hosts cannot hold an EC2 instance"),
@@ -345,7 +380,14 @@ fn what_cannot_go_with_an_ec2_jump_host_is_a_usage_error() {
     assert!(err.contains("are two ways to the instance"), "{err}");
     let err = refused_before_anything(
         &bed,
-        &["-o", "ProxyCommand=nc %h %p", "-J", "bastion-1", "web-1", "true"],
+        &[
+            "-o",
+            "ProxyCommand=nc %h %p",
+            "-J",
+            "bastion-1",
+            "web-1",
+            "true",
+        ],
         2,
     );
     assert!(err.contains("cannot be combined"), "{err}");
@@ -370,12 +412,19 @@ fn a_jump_host_whose_host_key_changed_is_refused() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(!stdout(&out).contains("reached"));
-    assert!(err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "{err}");
+    assert!(
+        err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{err}"
+    );
     assert!(
         err.contains(&format!("Host key for {} has changed", bastion.id)),
         "{err}"
     );
-    assert!(!bed.sshd_log().contains("Accepted publickey"), "{}", bed.sshd_log());
+    assert!(
+        !bed.sshd_log().contains("Accepted publickey"),
+        "{}",
+        bed.sshd_log()
+    );
     assert!(
         !connected_on(&bed, &web.private_ip),
         "nothing reached the instance: {}",
@@ -430,7 +479,10 @@ fn a_jump_hosts_host_key_is_pinned_from_its_console_too() {
         .iter()
         .filter_map(|c| c.params.get("InstanceId").cloned())
         .collect();
-    assert!(consoles.contains(&bastion.id) && consoles.contains(&web.id), "{consoles:?}");
+    assert!(
+        consoles.contains(&bastion.id) && consoles.contains(&web.id),
+        "{consoles:?}"
+    );
     // With the bastion's real key on its console, both pins hold.
     bed.set_console_output(&bastion.id, &bed.host_key_console());
     let out = connect();
@@ -455,15 +507,23 @@ fn dry_run_shows_both_lookups_both_pushes_and_the_hop() {
             .unwrap_or_else(|| panic!("{prefix:?} in\n{plan}"))
     };
     let jump_lookup = at("DescribeInstances Filter tag:Name=bastion-1 ");
-    let jump_push = at("SendSSHPublicKey InstanceId=<jump host id> InstanceOSUser=<jump host OS user from the AMI> ");
+    let jump_push = at(
+        "SendSSHPublicKey InstanceId=<jump host id> InstanceOSUser=<jump host OS user from the AMI> ",
+    );
     let web_lookup = at("DescribeInstances Filter tag:Name=web-1 ");
     let web_push = at(&format!(
         "SendSSHPublicKey InstanceId=<instance id> InstanceOSUser={} ",
         bed.os_user()
     ));
     assert!(jump_lookup < jump_push && web_lookup < web_push, "{plan}");
-    assert!(plan.contains("DescribeImages ImageId.1=<AMI of <jump host id>>"), "{plan}");
-    assert!(plan.contains("if it finds none, ssh gets -J unchanged"), "{plan}");
+    assert!(
+        plan.contains("DescribeImages ImageId.1=<AMI of <jump host id>>"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("if it finds none, ssh gets -J unchanged"),
+        "{plan}"
+    );
     let ssh = lines.last().unwrap();
     assert!(ssh.contains("ProxyCommand="), "{ssh}");
     assert!(ssh.contains("HostKeyAlias=<jump host id>"), "{ssh}");
@@ -518,13 +578,19 @@ fn run_goes_through_an_ec2_jump_host() {
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 4, "{pushes:?}");
     assert_eq!(
-        pushes.iter().filter(|p| p.instance_id == bastion.id).count(),
+        pushes
+            .iter()
+            .filter(|p| p.instance_id == bastion.id)
+            .count(),
         2,
         "a key of its own for every connection through the bastion"
     );
     for web in &webs {
         assert_eq!(pushes.iter().filter(|p| p.instance_id == web.id).count(), 1);
     }
-    assert!(bed.requests_for("DescribeInstanceConnectEndpoints").is_empty());
+    assert!(
+        bed.requests_for("DescribeInstanceConnectEndpoints")
+            .is_empty()
+    );
     assert_clean(&bed);
 }
