@@ -779,9 +779,18 @@ async fn prepare(
         session::host_keys(reach, clients, &jump.instance.id, None),
     )?;
     let address = target_address(&instance.addresses, reach.address, &settings.target)?;
+    let why = match reach.address {
+        AddressChoice::Auto => {
+            "its private IPv4 (a bastion reaches its VPC), unless the target named another of its addresses"
+        }
+        AddressChoice::Private => "--private",
+        AddressChoice::Public => "--public",
+        AddressChoice::Ipv6 => "--ipv6",
+    };
     tracing::debug!(
         %address,
         via = %jump.instance.id,
+        why,
         "chose the target's address as the jump host reaches it"
     );
     if instance.metadata_endpoint.as_deref() == Some("disabled") {

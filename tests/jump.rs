@@ -83,19 +83,18 @@ fn connects_through_an_ec2_jump_host_by_id_and_by_name_and_runs_a_command() {
     let bastion = bed.add_instance(InstanceSpec::named("bastion-1"));
     let web = bed.add_instance(InstanceSpec::named("web-1"));
     let bastion_public = bastion.public_ip.clone().unwrap();
-    let cases: [[String; 2]; 2] = [
-        ["-J".into(), jump(&bed, &bastion.id)],
-        [
-            "-o".into(),
-            format!("ProxyJump={}", jump(&bed, "bastion-1")),
-        ],
+    // By id before the target; by Name as ssh's ProxyJump after it.
+    let by_id = ["-J".to_owned(), jump(&bed, &bastion.id), "web-1".into()];
+    let by_name = [
+        "web-1".to_owned(),
+        "-o".into(),
+        format!("ProxyJump={}", jump(&bed, "bastion-1")),
     ];
-    for (round, jump_args) in cases.iter().enumerate() {
+    for (round, jump_args) in [by_id, by_name].iter().enumerate() {
         bed.clear_records();
         let logins_before = bed.sshd_log().matches("Accepted publickey").count();
         let mut c = eic(&bed);
         c.args(jump_args).args([
-            "web-1",
             "--",
             "sh",
             "-c",
