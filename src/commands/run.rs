@@ -244,33 +244,32 @@ async fn prepare(
     let clients = shared.clients;
     let reach = &shared.settings.reach;
     let target = Target::InstanceId(instance.id.clone());
-    let (address, route) = match &shared.jump {
-        Some(_) => (
-            crate::jump::target_address(&instance.addresses, reach.address, &target)?,
-            None,
-        ),
-        None => {
-            let address = choose_address(&instance.addresses, reach.address, &target)?;
-            let decision = route::decide(
-                reach.path.via,
-                reach.address != AddressChoice::Auto,
-                address,
-                instance,
-                port,
-            );
-            let route = route::plan(
-                decision,
-                &reach.path,
-                shared.config,
-                clients,
-                instance,
-                port,
-                Some(&shared.endpoints),
-            )
-            .await?;
-            (address, route)
-        }
+    let address = match &shared.jump {
+        Some(_) => crate::jump::target_address(&instance.addresses, reach.address, &target)?,
+        None => choose_address(&instance.addresses, reach.address, &target)?,
     };
+    let decision = route::decide(
+        reach.path.via,
+        reach.address != AddressChoice::Auto,
+        address,
+        instance,
+        port,
+    );
+    // Through a jump host, the instance is reached from there: no endpoint.
+    let decision = match &shared.jump {
+        Some(_) => route::Decision::Direct,
+        None => decision,
+    };
+    let route = route::plan(
+        decision,
+        &reach.path,
+        shared.config,
+        clients,
+        instance,
+        port,
+        Some(&shared.endpoints),
+    )
+    .await?;
     let hop = match &shared.jump {
         Some(jump) => Some(crate::jump::fleet_hop(clients, reach, jump, PUSH_PATIENCE).await?),
         None => None,
