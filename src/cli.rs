@@ -285,6 +285,11 @@ pub struct RunArgs {
     #[arg(short = 'o', value_name = "OPTION")]
     pub ssh_option: Vec<String>,
 
+    /// Reach the instances through this jump host (ssh's -J); an EC2
+    /// instance gets a key pushed for every connection
+    #[arg(short = 'J', value_name = "[USER@]HOST[:PORT]")]
+    pub jump: Option<String>,
+
     /// Stop a command (and count it failed) after this many seconds
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub timeout: Option<f64>,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod generate;
 pub mod hostkeys;
+pub mod jump;
 pub mod key;
 pub mod osuser;
 pub mod picker;

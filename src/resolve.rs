@@ -218,7 +218,7 @@ async fn ready(
 /// After a start, sshd comes up some seconds after the instance is
 /// `running`: waits (up to two minutes) until the port accepts connections,
 /// so the 60-second key is not spent on "connection refused".
-async fn wait_for_port(addr: std::net::SocketAddr) {
+pub async fn wait_for_port(addr: std::net::SocketAddr) {
     const PATIENCE: Duration = Duration::from_secs(120);
     let started = Instant::now();
     let mut progress = crate::progress::Line::stderr();

@@ -57,6 +57,9 @@ pub struct Session {
     // Dropped in this order: the agent (key wiped), then the directory.
     _agent: Agent,
     _dir: RuntimeDir,
+    /// The jump host's session when ssh reaches the instance through one
+    /// (its agent serves the ProxyCommand's ssh): kept as long as this one.
+    hop: Option<Box<Session>>,
 }
 
 impl Session {
@@ -72,7 +75,20 @@ impl Session {
             report,
             _agent: agent,
             _dir: dir,
+            hop: None,
         })
+    }
+
+    /// This session, reaching the instance through the jump host `hop`
+    /// serves: both live, and their keys are wiped, together.
+    pub fn through(mut self, hop: Session) -> Session {
+        self.hop = Some(Box::new(hop));
+        self
+    }
+
+    /// The jump host's session, if any.
+    pub fn hop(&self) -> Option<&Session> {
+        self.hop.as_deref()
     }
 
     pub fn args(&self) -> &[OsString] {

@@ -27,6 +27,11 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let reach = &settings.reach;
     if settings.dry_run {
+        if let Some(jump) = crate::jump::requested(&settings.ssh_options)?
+            && jump.hops.len() == 1
+        {
+            return crate::jump::dry_run(&settings, &jump).await;
+        }
         return dry_run(&settings).await;
     }
     if settings.ssh_options.iter().any(|o| o == "-G") {
@@ -46,6 +51,13 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
         && let Some(status) = through_master(&settings).await?
     {
         return Ok(child_exit_code(status));
+    }
+    // -J naming an EC2 instance: a hop with its own key; any other -J
+    // goes to ssh unchanged, below.
+    if let Some(jump) = crate::jump::requested(&settings.ssh_options)?
+        && let Some(code) = crate::jump::connect(&settings, &jump).await?
+    {
+        return Ok(code);
     }
     if let Some((ip, user)) = early_start(&settings)
         && let Some(code) = speculative(&settings, ip, user).await?

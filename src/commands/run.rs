@@ -93,6 +93,9 @@ struct Shared<'a> {
     /// The master connections this run started (reuse), ended if it is
     /// interrupted.
     masters: Mutex<Vec<std::path::PathBuf>>,
+    /// The EC2 jump host `-J` names: each connection pushes a key of its
+    /// own to it and goes through it to the instance's private address.
+    jump: Option<crate::jump::JumpHost>,
 }
 
 pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
@@ -126,13 +129,17 @@ pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
             .hint("only running instances are selected unless a state= filter or --start says otherwise"),
         );
     }
+    let jump = crate::jump::for_fleet(&clients, &settings.reach, &settings.ssh_options).await?;
     let users = fleet::os_users(&clients, &instances, user_given, &settings.reach.state_dir).await;
     let labels = fleet::labels(&instances);
     let live = std::io::stderr().is_terminal() && !settings.json;
     let printer = Printer::new(&labels, instances.len(), settings.json, live);
     // The user's options first: for each ssh_config option ssh takes the
     // first value it is given, so theirs win over these defaults.
-    let mut ssh_options = settings.ssh_options.clone();
+    let mut ssh_options = match &jump {
+        Some(_) => crate::jump::without_jump(&settings.ssh_options),
+        None => settings.ssh_options.clone(),
+    };
     ssh_options.extend(
         [
             "-T",
@@ -154,6 +161,7 @@ pub async fn run(settings: Run) -> anyhow::Result<ExitCode> {
         endpoints: EndpointCache::default(),
         out: Mutex::new(printer),
         masters: Mutex::new(Vec::new()),
+        jump,
     };
 
     let slots = tokio::sync::Semaphore::new(usize::from(settings.parallel));
@@ -236,13 +244,21 @@ async fn prepare(
     let clients = shared.clients;
     let reach = &shared.settings.reach;
     let target = Target::InstanceId(instance.id.clone());
-    let address = choose_address(&instance.addresses, reach.address, &target)?;
+    let address = match &shared.jump {
+        Some(_) => crate::jump::target_address(&instance.addresses, reach.address, &target)?,
+        None => choose_address(&instance.addresses, reach.address, &target)?,
+    };
     let decision = route::decide(
         reach.path.via,
         reach.address != AddressChoice::Auto,
         address,
         instance,
     );
+    // Through a jump host, the instance is reached from there: no endpoint.
+    let decision = match &shared.jump {
+        Some(_) => route::Decision::Direct,
+        None => decision,
+    };
     let route = route::plan(
         decision,
         &reach.path,
@@ -253,6 +269,10 @@ async fn prepare(
         Some(&shared.endpoints),
     )
     .await?;
+    let hop = match &shared.jump {
+        Some(jump) => Some(crate::jump::fleet_hop(clients, reach, jump, PUSH_PATIENCE).await?),
+        None => None,
+    };
     let host_keys = session::host_keys(reach, clients, &instance.id, None).await?;
     let key = EphemeralKey::generate()?;
     let pushed = push_key_within(
@@ -272,6 +292,9 @@ async fn prepare(
         reach.reuse.is_some(),
     )?;
     let mut path_options = path_options;
+    if let Some(hop) = &hop {
+        path_options.extend(["-o".into(), hop.proxy.clone()]);
+    }
     if let Some((path, persist)) = master {
         path_options.extend(crate::reuse::master_options(path, *persist)?);
         shared
@@ -290,7 +313,11 @@ async fn prepare(
         host_keys,
         command: &shared.settings.command,
     };
-    Session::prepare(key, crate::agent::pushed_at(pushed), &spec)
+    let session = Session::prepare(key, crate::agent::pushed_at(pushed), &spec)?;
+    Ok(match hop {
+        Some(hop) => session.through(hop.session),
+        None => session,
+    })
 }
 
 /// One instance: start it if asked, push a fresh key, run ssh, collect.

@@ -326,6 +326,9 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             for option in &args.ssh_option {
                 ssh_options.extend(["-o".into(), option.into()]);
             }
+            if let Some(jump) = &args.jump {
+                ssh_options.extend(["-J".into(), jump.into()]);
+            }
             let host_keys = host_key_policy(
                 args.verify_host_key,
                 args.no_verify_host_key,
