@@ -954,3 +954,65 @@ fn a_failed_endpoint_lookup_in_auto_mode_falls_back_to_direct() {
     let out = started(&["--connect", "eice", "db-1", "true"]);
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------- IPv6
+
+/// An IPv6-only instance (the bed's ::1, no IPv4 address at all).
+fn ipv6_only(bed: &TestBed) -> support::Instance {
+    assert!(bed.ipv6_available(), "the bed needs IPv6 loopback");
+    bed.add_instance(
+        InstanceSpec::named("v6-1")
+            .public_ip(false)
+            .ipv4(false)
+            .ipv6(true),
+    )
+}
+
+#[test]
+fn an_ipv6_only_instance_is_reached_through_a_dual_stack_endpoint() {
+    for kind in ["dualstack", "ipv6"] {
+        let bed = TestBed::start();
+        let v6 = ipv6_only(&bed);
+        bed.add_endpoint(EndpointSpec::default().ip_address_type(kind));
+        let mut c = eic(&bed);
+        c.args(["--connect", "eice", "v6-1", "echo $SSH_CONNECTION"]);
+        let out = run(c);
+        assert!(out.status.success(), "{kind}: {}", stderr(&out));
+        assert_eq!(server_address(&out), "::1", "{kind}");
+        let tunnels = bed.tunnels();
+        assert_eq!(tunnels.len(), 1);
+        // The tunnel's privateIpAddress is the instance's IPv6 address,
+        // percent-encoded in the signed URL.
+        assert_eq!(tunnels[0].private_ip, v6.ipv6.clone().unwrap(), "{kind}");
+        assert!(tunnels[0].query.contains("privateIpAddress=%3A%3A1"), "{}", tunnels[0].query);
+        assert_clean(&bed);
+    }
+}
+
+#[test]
+fn an_ipv4_only_endpoint_and_an_ipv6_only_instance_get_the_dual_stack_fix() {
+    let bed = TestBed::start();
+    ipv6_only(&bed);
+    bed.add_endpoint(EndpointSpec::default());
+    let mut c = eic(&bed);
+    c.args(["--connect", "eice", "v6-1", "true"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("reaches IPv4 addresses only"), "{err}");
+    assert!(err.contains("--ip-address-type dualstack"), "{err}");
+    assert!(bed.tunnels().is_empty());
+    assert!(bed.sshd_log().matches("Accepted publickey").count() == 0);
+}
+
+#[test]
+fn an_ipv6_only_instance_is_reached_directly() {
+    let bed = TestBed::start();
+    let v6 = ipv6_only(&bed);
+    let mut c = eic(&bed);
+    c.args(["-p", &bed.sshd_port().to_string(), "v6-1", "echo $SSH_CONNECTION"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server_address(&out), v6.ipv6.unwrap());
+    assert!(bed.tunnels().is_empty());
+}

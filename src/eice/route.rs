@@ -204,6 +204,8 @@ pub fn routable(address: IpAddr) -> bool {
 }
 
 /// How a connection that is not direct reaches the instance's port.
+// One per connection: the size difference between the variants is nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// A tunnel through an EC2 Instance Connect Endpoint.

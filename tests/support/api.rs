@@ -134,7 +134,11 @@ pub struct InstanceRec {
     pub image_id: String,
     pub instance_type: String,
     pub availability_zone: String,
+    /// The slot's private IPv4: sshd serves the instance there whatever
+    /// `ipv4` says (it is how the agent stand-in reaches "localhost").
     pub private_ip: String,
+    /// false: an IPv6-only instance; EC2 reports no IPv4 address for it.
+    pub ipv4: bool,
     /// Assigned public IPv4 (dropped from responses while stopped/terminated).
     pub public_ip: Option<String>,
     pub ipv6: Option<String>,
@@ -179,7 +183,7 @@ impl InstanceRec {
         self.current_public_ip().and(self.public_dns.as_deref())
     }
     pub fn current_private_ip(&self) -> Option<&str> {
-        (self.state != "terminated").then_some(self.private_ip.as_str())
+        (self.state != "terminated" && self.ipv4).then_some(self.private_ip.as_str())
     }
     /// Addresses on which the instance's "sshd" answers for it right now.
     pub fn reachable_addresses(&self) -> Vec<String> {
@@ -895,7 +899,9 @@ impl Api {
             el(x, "vpcId", &c.vpc_id);
             el(x, "ownerId", &c.account_id);
             el(x, "status", "in-use");
-            el(x, "privateIpAddress", &i.private_ip);
+            if i.ipv4 {
+                el(x, "privateIpAddress", &i.private_ip);
+            }
             el(x, "privateDnsName", &i.private_dns);
             if let (Some(ip), Some(dns)) = (i.current_public_ip(), i.current_public_dns()) {
                 x.push_str("<association>");

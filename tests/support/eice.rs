@@ -76,6 +76,9 @@ pub struct Endpoint {
     /// `<id>.fips.ec2-instance-connect-endpoint.<region>.amazonaws.com`
     pub fips_dns_name: String,
     pub created_at: i64,
+    /// `ipv4` (default), `ipv6` or `dualstack`: the instance addresses its
+    /// tunnels may go to.
+    pub ip_address_type: String,
 }
 
 /// What to create with [`TestBed::add_endpoint`].
@@ -89,9 +92,15 @@ pub struct EndpointSpec {
     pub state: Option<String>,
     /// Force an id (default: random `eice-` + 17 hex digits).
     pub id: Option<String>,
+    /// Default: ipv4.
+    pub ip_address_type: Option<String>,
 }
 
 impl EndpointSpec {
+    pub fn ip_address_type(mut self, kind: &str) -> Self {
+        self.ip_address_type = Some(kind.to_owned());
+        self
+    }
     pub fn vpc(mut self, vpc_id: &str) -> Self {
         self.vpc_id = Some(vpc_id.to_owned());
         self
@@ -371,7 +380,7 @@ pub fn handle(
         x.push_str("<securityGroupIdSet><item>");
         x.push_str(&api::xml_escape(&e.security_group_id));
         x.push_str("</item></securityGroupIdSet>");
-        el(&mut x, "ipAddressType", "ipv4");
+        el(&mut x, "ipAddressType", &e.ip_address_type);
         x.push_str("<tagSet/>");
         x.push_str("</item>");
     }
@@ -667,11 +676,24 @@ fn check_handshake(
             false,
         );
     };
+    // An endpoint reaches the address family its IP address type names:
+    // private IPv4 addresses, IPv6 addresses, or both.
+    let is_v6 = private_ip.contains(':');
+    let family_ok = match endpoint.ip_address_type.as_str() {
+        "ipv6" => is_v6,
+        "dualstack" => true,
+        _ => !is_v6,
+    };
     let reachable = endpoint.vpc_id == api.config.vpc_id
-        && st
-            .instances
-            .iter()
-            .any(|i| i.private_ip == private_ip && i.state == "running");
+        && family_ok
+        && st.instances.iter().any(|i| {
+            i.state == "running"
+                && if is_v6 {
+                    i.ipv6.as_deref() == Some(private_ip.as_str())
+                } else {
+                    i.ipv4 && i.private_ip == private_ip
+                }
+        });
     if !reachable {
         let message = format!(
             "privateIpAddress {private_ip} is not a running instance in {}",
@@ -1063,6 +1085,7 @@ impl TestBed {
                 "{id}.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"
             ),
             created_at: self.api.now(&st) - 86_400,
+            ip_address_type: spec.ip_address_type.unwrap_or_else(|| "ipv4".into()),
             id,
         };
         st.eice.endpoints.push(endpoint.clone());

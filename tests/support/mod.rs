@@ -149,6 +149,9 @@ pub struct InstanceSpec {
     pub public_ip: bool,
     /// Give the instance the bed's IPv6 address (::1); one instance per bed.
     pub ipv6: bool,
+    /// false: IPv6-only, EC2 reports no IPv4 address (needs `ipv6` and no
+    /// public IP). Default true.
+    pub ipv4: bool,
     /// Further tags, in order.
     pub tags: Vec<(String, String)>,
     /// `MetadataOptions.HttpEndpoint`: "enabled" or "disabled".
@@ -190,6 +193,7 @@ impl Default for InstanceSpec {
             state: "running".into(),
             public_ip: true,
             ipv6: false,
+            ipv4: true,
             tags: Vec::new(),
             metadata_http_endpoint: "enabled".into(),
             platform_details: "Linux/UNIX".into(),
@@ -226,6 +230,10 @@ impl InstanceSpec {
     }
     pub fn public_ip(mut self, yes: bool) -> Self {
         self.public_ip = yes;
+        self
+    }
+    pub fn ipv4(mut self, yes: bool) -> Self {
+        self.ipv4 = yes;
         self
     }
     pub fn ipv6(mut self, yes: bool) -> Self {
@@ -642,6 +650,10 @@ impl TestBed {
             None
         };
         assert!(
+            spec.ipv4 || (spec.ipv6 && !spec.public_ip),
+            "an IPv6-only instance (ipv4(false)) needs ipv6(true) and public_ip(false)"
+        );
+        assert!(
             spec.latency.is_none() || (spec.public_ip && !spec.unreachable),
             "an instance with a latency needs a public IP where something listens"
         );
@@ -687,6 +699,7 @@ impl TestBed {
                 .clone()
                 .unwrap_or_else(|| format!("{}a", cfg.region)),
             private_ip,
+            ipv4: spec.ipv4,
             public_ip,
             ipv6,
             private_dns,
