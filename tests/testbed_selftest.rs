@@ -2532,3 +2532,1046 @@ fn ssm_start_and_terminate_session() {
     );
     assert!(bed.signature_failures().is_empty());
 }
+
+/// A minimal Session Manager client for testing the stand-in, written
+/// apart from it (framing, acknowledgements, reordering, retransmission),
+/// so each checks the other.
+mod ssmc {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub const OUTPUT: u32 = 1;
+    pub const HANDSHAKE_REQUEST: u32 = 5;
+    pub const HANDSHAKE_RESPONSE: u32 = 6;
+    pub const HANDSHAKE_COMPLETE: u32 = 7;
+    pub const FLAG: u32 = 10;
+    /// How long before the client sends an unacknowledged message again.
+    const RESEND_AFTER: Duration = Duration::from_millis(150);
+
+    /// A received message.
+    #[derive(Debug, Clone)]
+    pub struct Msg {
+        pub ty: String,
+        pub schema: u32,
+        pub created: u64,
+        pub seq: i64,
+        pub flags: u64,
+        /// UUID bytes, usual order.
+        pub id: [u8; 16],
+        pub ptype: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub fn random_v4() -> [u8; 16] {
+        let mut b = super::support::api::random_bytes::<16>();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        b
+    }
+
+    pub fn uuid_text(id: &[u8; 16]) -> String {
+        let h = hex::encode(id);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
+    fn millis() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    /// The plugin's layout: HL=116, type (32, space-padded), schema,
+    /// created ms, seq, flags, id (low half, then high half), SHA-256,
+    /// payload type, payload length, payload.
+    pub fn encode(
+        ty: &str,
+        seq: i64,
+        flags: u64,
+        ptype: u32,
+        payload: &[u8],
+        id: [u8; 16],
+    ) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(116u32.to_be_bytes());
+        let mut t = [b' '; 32];
+        t[..ty.len()].copy_from_slice(ty.as_bytes());
+        b.extend(t);
+        b.extend(1u32.to_be_bytes());
+        b.extend(millis().to_be_bytes());
+        b.extend(seq.to_be_bytes());
+        b.extend(flags.to_be_bytes());
+        b.extend(&id[8..]);
+        b.extend(&id[..8]);
+        b.extend(Sha256::digest(payload));
+        b.extend(ptype.to_be_bytes());
+        b.extend((payload.len() as u32).to_be_bytes());
+        b.extend(payload);
+        assert_eq!(b.len(), 120 + payload.len());
+        b
+    }
+
+    /// Decode, checking lengths and digest as the plugin does.
+    pub fn decode(b: &[u8]) -> Msg {
+        assert!(b.len() >= 120, "short message: {b:?}");
+        let be32 = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
+        let be64 = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(be32(0), 116, "HeaderLength");
+        assert_eq!(be32(116) as usize, b.len() - 120, "PayloadLength");
+        let payload = b[120..].to_vec();
+        assert_eq!(&b[80..112], Sha256::digest(&payload).as_slice(), "digest");
+        let ty = String::from_utf8(b[4..36].to_vec()).unwrap();
+        assert!(
+            ty.len() == 32
+                && ty
+                    .trim_end_matches(' ')
+                    .bytes()
+                    .all(|c| c.is_ascii_graphic()),
+            "MessageType {ty:?} padded with spaces"
+        );
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&b[72..80]);
+        id[8..].copy_from_slice(&b[64..72]);
+        assert_eq!(
+            id[6] >> 4,
+            4,
+            "a v4 UUID, low half first: {}",
+            uuid_text(&id)
+        );
+        Msg {
+            ty: ty.trim_end().to_owned(),
+            schema: be32(36),
+            created: be64(40),
+            seq: be64(48) as i64,
+            flags: be64(56),
+            id,
+            ptype: be32(112),
+            payload,
+        }
+    }
+
+    type Ws =
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+    pub struct Client {
+        pub ws: Ws,
+        pub next_seq: i64,
+        pub expected: i64,
+        ahead: BTreeMap<i64, Msg>,
+        /// seq -> (wire bytes, id, last sent)
+        unacked: BTreeMap<i64, (Vec<u8>, [u8; 16], Instant)>,
+        /// The ids of what the client sent, by seq.
+        pub sent_ids: BTreeMap<i64, String>,
+        pub handshake_request: Option<(Msg, Value)>,
+        pub handshake_complete: Option<(Msg, Value)>,
+        /// Output payloads, in sequence order.
+        pub data: Vec<u8>,
+        /// Sequence numbers of output_stream_data as they arrived.
+        pub arrivals: Vec<i64>,
+        pub duplicates: u64,
+        pub out_of_order: u64,
+        /// (acknowledged seq, acknowledged id, the whole content)
+        pub acks: Vec<(i64, String, Value)>,
+        pub retransmissions: u64,
+        pub channel_closed: Option<Value>,
+        pub closed: bool,
+        /// When false the client acknowledges nothing (to make the agent
+        /// retransmit).
+        pub acknowledge: bool,
+    }
+
+    impl Client {
+        /// TLS (trusting only `ca_pem`) and the WebSocket upgrade.
+        pub async fn connect(url: &str, ca_pem: &str) -> Result<Client, String> {
+            let rest = url.strip_prefix("wss://").ok_or("not wss://")?;
+            let hostport = rest.split('/').next().unwrap_or_default();
+            let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+            let tcp = tokio::net::TcpStream::connect(hostport)
+                .await
+                .map_err(|e| e.to_string())?;
+            let connector =
+                tokio_rustls::TlsConnector::from(super::support::tls::client_config(ca_pem));
+            let tls = connector
+                .connect(super::support::tls::server_name(host), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let (ws, _) = tokio_tungstenite::client_async(url, tls)
+                .await
+                .map_err(|e| format!("WebSocket: {e}"))?;
+            Ok(Client {
+                ws,
+                next_seq: 0,
+                expected: 0,
+                ahead: BTreeMap::new(),
+                unacked: BTreeMap::new(),
+                sent_ids: BTreeMap::new(),
+                handshake_request: None,
+                handshake_complete: None,
+                data: Vec::new(),
+                arrivals: Vec::new(),
+                duplicates: 0,
+                out_of_order: 0,
+                acks: Vec::new(),
+                retransmissions: 0,
+                channel_closed: None,
+                closed: false,
+                acknowledge: true,
+            })
+        }
+
+        pub async fn open(&mut self, token: &str) {
+            let frame = json!({
+                "MessageSchemaVersion": "1.0",
+                "RequestId": uuid_text(&random_v4()),
+                "TokenValue": token,
+                "ClientId": uuid_text(&random_v4()),
+                "ClientVersion": "1.2.0.0-selftest",
+            });
+            self.ws
+                .send(Message::text(frame.to_string()))
+                .await
+                .unwrap();
+        }
+
+        /// Send raw bytes as a binary frame.
+        pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+            self.ws.send(Message::binary(bytes)).await.unwrap();
+        }
+
+        /// An input_stream_data message with the next sequence number.
+        pub async fn send_stream(&mut self, ptype: u32, payload: &[u8]) -> i64 {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let id = random_v4();
+            let bytes = encode("input_stream_data", seq, 0, ptype, payload, id);
+            self.sent_ids.insert(seq, uuid_text(&id));
+            self.unacked
+                .insert(seq, (bytes.clone(), id, Instant::now()));
+            let _ = self.ws.send(Message::binary(bytes)).await;
+            seq
+        }
+
+        pub async fn handshake_response(&mut self) -> i64 {
+            let response = json!({
+                "ClientVersion": "1.2.0.0-selftest",
+                "ProcessedClientActions": [
+                    { "ActionType": "SessionType", "ActionStatus": 1, "ActionResult": null, "Error": "" }
+                ],
+                "Errors": [],
+            });
+            self.send_stream(HANDSHAKE_RESPONSE, response.to_string().as_bytes())
+                .await
+        }
+
+        async fn ack(&mut self, m: &Msg) {
+            if !self.acknowledge {
+                return;
+            }
+            let content = json!({
+                "AcknowledgedMessageType": m.ty,
+                "AcknowledgedMessageId": uuid_text(&m.id),
+                "AcknowledgedMessageSequenceNumber": m.seq,
+                "IsSequentialMessage": true,
+            });
+            let bytes = encode(
+                "acknowledge",
+                0,
+                3,
+                0,
+                content.to_string().as_bytes(),
+                random_v4(),
+            );
+            let _ = self.ws.send(Message::binary(bytes)).await;
+        }
+
+        fn take(&mut self, m: Msg) {
+            match m.ptype {
+                HANDSHAKE_REQUEST => {
+                    let v = serde_json::from_slice(&m.payload).unwrap();
+                    self.handshake_request = Some((m, v));
+                }
+                HANDSHAKE_COMPLETE => {
+                    let v = serde_json::from_slice(&m.payload).unwrap();
+                    self.handshake_complete = Some((m, v));
+                }
+                OUTPUT => self.data.extend_from_slice(&m.payload),
+                other => panic!("unexpected payload type {other}"),
+            }
+        }
+
+        /// Handle one frame.
+        pub async fn handle(&mut self, frame: Message) {
+            let bytes = match frame {
+                Message::Binary(b) => b,
+                Message::Close(_) => {
+                    self.closed = true;
+                    return;
+                }
+                _ => return,
+            };
+            let m = decode(&bytes);
+            match m.ty.as_str() {
+                "output_stream_data" => {
+                    self.arrivals.push(m.seq);
+                    self.ack(&m).await;
+                    if m.seq == self.expected {
+                        self.expected += 1;
+                        self.take(m);
+                        while let Some(next) = self.ahead.remove(&self.expected) {
+                            self.expected += 1;
+                            self.take(next);
+                        }
+                    } else if m.seq > self.expected {
+                        if self.ahead.insert(m.seq, m).is_none() {
+                            self.out_of_order += 1;
+                        } else {
+                            self.duplicates += 1;
+                        }
+                    } else {
+                        self.duplicates += 1;
+                    }
+                }
+                "acknowledge" => {
+                    assert_eq!((m.seq, m.flags, m.ptype), (0, 3, 0), "ack header");
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                    let seq = v["AcknowledgedMessageSequenceNumber"].as_i64().unwrap();
+                    let id = v["AcknowledgedMessageId"].as_str().unwrap().to_owned();
+                    self.unacked.remove(&seq);
+                    self.acks.push((seq, id, v));
+                }
+                "channel_closed" => {
+                    self.channel_closed = Some(serde_json::from_slice(&m.payload).unwrap());
+                }
+                other => panic!("unexpected message type {other}"),
+            }
+        }
+
+        /// Send again what is unacknowledged for too long.
+        pub async fn resend(&mut self) {
+            let now = Instant::now();
+            let due: Vec<i64> = self
+                .unacked
+                .iter()
+                .filter(|(_, (_, _, t))| now.duration_since(*t) > RESEND_AFTER)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in due {
+                let (bytes, _, t) = self.unacked.get_mut(&seq).unwrap();
+                *t = now;
+                let bytes = bytes.clone();
+                self.retransmissions += 1;
+                let _ = self.ws.send(Message::binary(bytes)).await;
+            }
+        }
+
+        /// Handle frames (and resend) until `done` holds; panics after
+        /// `timeout`.
+        pub async fn run_until(
+            &mut self,
+            what: &str,
+            timeout: Duration,
+            done: impl Fn(&Client) -> bool,
+        ) {
+            let deadline = Instant::now() + timeout;
+            while !done(self) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                if self.closed {
+                    panic!(
+                        "the channel closed while waiting for {what} (arrivals {:?}, data {:?})",
+                        self.arrivals,
+                        String::from_utf8_lossy(&self.data)
+                    );
+                }
+                match tokio::time::timeout(Duration::from_millis(20), self.ws.next()).await {
+                    Ok(Some(Ok(frame))) => self.handle(frame).await,
+                    Ok(_) => self.closed = true,
+                    Err(_) => {}
+                }
+                self.resend().await;
+            }
+        }
+
+        /// Open, handshake: ready for data.
+        pub async fn start(url: &str, token: &str, ca_pem: &str) -> Client {
+            let mut c = Client::connect(url, ca_pem).await.expect("connect");
+            c.open(token).await;
+            let t = Duration::from_secs(10);
+            c.run_until("HandshakeRequest", t, |c| c.handshake_request.is_some())
+                .await;
+            c.handshake_response().await;
+            c.run_until("HandshakeComplete", t, |c| c.handshake_complete.is_some())
+                .await;
+            c.run_until("the ack of the HandshakeResponse", t, |c| {
+                c.acks.iter().any(|a| a.0 == 0)
+            })
+            .await;
+            c
+        }
+
+        /// Relay between `tcp` and the session until the channel closes:
+        /// a ProxyCommand's job. At the local end of input it sends the
+        /// TerminateSession flag.
+        pub async fn bridge(&mut self, tcp: tokio::net::TcpStream) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut r, mut w) = tcp.into_split();
+            let mut buf = vec![0u8; 1024];
+            let mut written = 0;
+            let mut local_open = true;
+            let mut ended_at = None;
+            loop {
+                if self.data.len() > written {
+                    if w.write_all(&self.data[written..]).await.is_err() {
+                        local_open = false;
+                    }
+                    written = self.data.len();
+                }
+                if self.closed || self.channel_closed.is_some() {
+                    break;
+                }
+                if ended_at.is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(5)) {
+                    break;
+                }
+                enum Ev {
+                    Ws(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+                    Local(std::io::Result<usize>),
+                    Tick,
+                }
+                let ev = tokio::select! {
+                    m = self.ws.next() => Ev::Ws(m),
+                    n = r.read(&mut buf), if local_open => Ev::Local(n),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => Ev::Tick,
+                };
+                match ev {
+                    Ev::Ws(Some(Ok(frame))) => self.handle(frame).await,
+                    Ev::Ws(_) => self.closed = true,
+                    Ev::Local(Ok(0)) | Ev::Local(Err(_)) => {
+                        local_open = false;
+                        ended_at = Some(Instant::now());
+                        self.send_stream(FLAG, &2u32.to_be_bytes()).await;
+                    }
+                    Ev::Local(Ok(n)) => {
+                        let chunk = buf[..n].to_vec();
+                        self.send_stream(OUTPUT, &chunk).await;
+                    }
+                    Ev::Tick => {}
+                }
+                self.resend().await;
+            }
+            let _ = w.shutdown().await;
+        }
+    }
+}
+
+/// Start an AWS-StartSSHSession session on `instance`: (session id,
+/// StreamUrl, token).
+fn ssm_start(bed: &TestBed, instance: &str) -> (String, String, String) {
+    let (status, out) = ssm_post(
+        bed,
+        "StartSession",
+        serde_json::json!({
+            "Target": instance,
+            "DocumentName": "AWS-StartSSHSession",
+            "Parameters": { "portNumber": ["22"] },
+        }),
+    );
+    assert_eq!(status, 200, "{out}");
+    let s = |k: &str| out[k].as_str().expect(k).to_owned();
+    (s("SessionId"), s("StreamUrl"), s("TokenValue"))
+}
+
+fn bed_ca(bed: &TestBed) -> String {
+    std::fs::read_to_string(bed.ca_bundle()).expect("the bed's CA bundle")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn ssm_stream_handshakes_relays_to_sshd_and_acknowledges() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let (id, url, token) = ssm_start(&bed, &web.id);
+    let ca = bed_ca(&bed);
+    let t = Duration::from_secs(10);
+    rt().block_on(async {
+        let mut c = ssmc::Client::connect(&url, &ca).await.expect("connect");
+        c.open(&token).await;
+        c.run_until("HandshakeRequest", t, |c| c.handshake_request.is_some())
+            .await;
+        // HandshakeRequest: the agent's stream message 0, SYN set; a port
+        // session for port 22 and nothing else (no KMS encryption).
+        let (m, request) = c.handshake_request.clone().unwrap();
+        assert_eq!(
+            (m.ty.as_str(), m.seq, m.flags, m.ptype, m.schema),
+            ("output_stream_data", 0, 1, 5, 1)
+        );
+        assert!(m.created > 1_600_000_000_000, "epoch ms: {}", m.created);
+        let actions = request["RequestedClientActions"].as_array().unwrap();
+        assert_eq!(actions.len(), 1, "{request}");
+        assert_eq!(actions[0]["ActionType"], "SessionType");
+        assert_eq!(actions[0]["ActionParameters"]["SessionType"], "Port");
+        assert_eq!(
+            actions[0]["ActionParameters"]["Properties"]["portNumber"],
+            "22"
+        );
+        assert!(request["AgentVersion"].is_string());
+
+        // HandshakeResponse is the client's 0; HandshakeComplete the agent's 1.
+        assert_eq!(c.handshake_response().await, 0);
+        c.run_until("HandshakeComplete", t, |c| c.handshake_complete.is_some())
+            .await;
+        let (m, complete) = c.handshake_complete.clone().unwrap();
+        assert_eq!((m.seq, m.flags, m.ptype), (1, 0, 7));
+        assert!(complete["HandshakeTimeToComplete"].is_u64(), "{complete}");
+
+        // Data: an SSH banner goes to sshd, sshd's comes back.
+        let seq = c.send_stream(ssmc::OUTPUT, b"SSH-2.0-selftest\r\n").await;
+        assert_eq!(seq, 1);
+        c.run_until("sshd's banner", t, |c| {
+            contains(&c.data, b"SSH-2.0-OpenSSH")
+        })
+        .await;
+        assert!(
+            c.data.starts_with(b"SSH-2.0-OpenSSH"),
+            "{:?}",
+            String::from_utf8_lossy(&c.data)
+        );
+        // sshd answers our banner with its KEXINIT: it took the bytes.
+        c.run_until("sshd's KEXINIT", t, |c| {
+            contains(&c.data, b"curve25519-sha256")
+        })
+        .await;
+        // Each of our messages acknowledged, naming its id as text.
+        c.run_until("acks", t, |c| c.acks.len() >= 2).await;
+        for (seq, ack_id, content) in &c.acks {
+            assert_eq!(Some(ack_id), c.sent_ids.get(seq), "{content}");
+            assert_eq!(content["AcknowledgedMessageType"], "input_stream_data");
+            assert_eq!(content["IsSequentialMessage"], true);
+        }
+        // Data messages are the agent's 2, 3, ...; none out of order.
+        assert!(c.arrivals.starts_with(&[0, 1, 2]), "{:?}", c.arrivals);
+        assert_eq!((c.out_of_order, c.duplicates), (0, 0));
+
+        // The TerminateSession flag ends it: channel_closed, then close.
+        c.send_stream(ssmc::FLAG, &2u32.to_be_bytes()).await;
+        c.run_until("channel_closed", t, |c| c.channel_closed.is_some())
+            .await;
+        let closed = c.channel_closed.clone().unwrap();
+        assert_eq!(closed["MessageType"], "channel_closed");
+        assert_eq!(closed["SessionId"], id.as_str());
+        assert_eq!(closed["DestinationId"], web.id.as_str());
+        assert_eq!(closed["SchemaVersion"], 1);
+    });
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert!(s.violations.is_empty(), "{:#?}", s.violations);
+    assert_eq!(s.token_ok, Some(true));
+    assert_eq!(
+        s.open_frame.as_ref().unwrap()["ClientVersion"],
+        "1.2.0.0-selftest"
+    );
+    assert_eq!(s.client_version(), Some("1.2.0.0-selftest"));
+    assert!(s.handshake_request_sent && s.handshake_complete_sent && s.connected_to_instance);
+    assert_eq!(s.bytes_up, b"SSH-2.0-selftest\r\n".len() as u64);
+    assert!(s.bytes_down > 100, "{s:?}");
+    assert!(
+        s.acks_received >= 3,
+        "handshake request, complete, data: {s:?}"
+    );
+    assert_eq!(s.acks_sent, 3, "response, banner, flag");
+    assert_eq!(s.client_flags, vec![2]);
+    assert!(s.client_terminate_flag && !s.client_disconnect_flag);
+    assert_eq!(s.ended_by, Some(support::SsmEnd::ClientTerminateFlag));
+    assert_eq!(s.channel_closed_sent.as_deref(), Some(""));
+    assert_eq!(
+        (s.client_retransmissions, s.faults_applied),
+        (0, Default::default())
+    );
+}
+
+#[test]
+fn ssm_stream_refuses_bad_tokens_and_records_malformed_messages() {
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let ca = bed_ca(&bed);
+    let t = Duration::from_secs(10);
+
+    // A wrong token: the connection is closed, nothing else happens.
+    let (bad, url, _) = ssm_start(&bed, &web.id);
+    rt().block_on(async {
+        let mut c = ssmc::Client::connect(&url, &ca).await.expect("connect");
+        c.open("not-the-token").await;
+        c.run_until("the close", t, |c| c.closed).await;
+        assert!(c.handshake_request.is_none());
+        // A second connection to the session is refused.
+        assert!(ssmc::Client::connect(&url, &ca).await.is_err());
+    });
+    let s = bed.wait_for_ssm_session_closed(&bad, t);
+    assert_eq!(s.token_ok, Some(false));
+    assert_eq!(s.ended_by, Some(support::SsmEnd::BadToken));
+    assert!(!s.handshake_request_sent);
+    assert!(
+        bed.ssm_stream_rejections()
+            .iter()
+            .any(|r| r.reason.contains("already has a data channel")),
+        "{:?}",
+        bed.ssm_stream_rejections()
+    );
+
+    // Unknown session; a session's URL with another cell-number.
+    let endpoint = bed.ssm_stream_endpoint();
+    rt().block_on(async {
+        let nobody =
+            format!("{endpoint}/v1/data-channel/test-0123456789abcdef0?role=publish_subscribe");
+        assert!(ssmc::Client::connect(&nobody, &ca).await.is_err());
+    });
+    assert!(bed.ssm_stream_rejections().iter().any(|r| r.status == 404));
+
+    // Malformed messages are dropped (no ack) and recorded; a UUID in the
+    // wrong order, or a wrong id in an ack, is recorded.
+    let (id, url, token) = ssm_start(&bed, &web.id);
+    rt().block_on(async {
+        let mut c = ssmc::Client::start(&url, &token, &ca).await;
+        // From here on the client acknowledges nothing itself.
+        c.acknowledge = false;
+        let acks = c.acks.len();
+        let mut bytes = ssmc::encode(
+            "input_stream_data",
+            1,
+            0,
+            ssmc::OUTPUT,
+            b"SSH-2.0-x\r\n",
+            ssmc::random_v4(),
+        );
+        bytes[90] ^= 0xff; // the digest
+        c.send_raw(bytes).await;
+        let mut bytes = ssmc::encode(
+            "input_stream_data",
+            1,
+            0,
+            ssmc::OUTPUT,
+            b"SSH-2.0-x\r\n",
+            ssmc::random_v4(),
+        );
+        bytes[119] += 1; // PayloadLength
+        c.send_raw(bytes).await;
+        let short = ssmc::encode(
+            "input_stream_data",
+            1,
+            0,
+            ssmc::OUTPUT,
+            b"",
+            ssmc::random_v4(),
+        );
+        c.send_raw(short[..100].to_vec()).await;
+        let mut nul = ssmc::encode(
+            "input_stream_data",
+            1,
+            0,
+            ssmc::OUTPUT,
+            b"SSH-2.0-x\r\n",
+            ssmc::random_v4(),
+        );
+        for b in &mut nul[4 + "input_stream_data".len()..36] {
+            *b = 0;
+        }
+        c.send_raw(nul).await;
+        // UUID with its halves swapped (the high half first).
+        let uuid = ssmc::random_v4();
+        let mut swapped = [0u8; 16];
+        swapped[..8].copy_from_slice(&uuid[8..]);
+        swapped[8..].copy_from_slice(&uuid[..8]);
+        let wrong_order = ssmc::encode(
+            "input_stream_data",
+            1,
+            0,
+            ssmc::OUTPUT,
+            b"SSH-2.0-x\r\n",
+            swapped,
+        );
+        c.send_raw(wrong_order).await;
+        c.run_until("the ack of seq 1", t, |c| c.acks.iter().any(|a| a.0 == 1))
+            .await;
+        c.run_until("a moment", t, {
+            let t0 = std::time::Instant::now();
+            move |_| t0.elapsed() > Duration::from_millis(300)
+        })
+        .await;
+        assert_eq!(
+            c.acks.len(),
+            acks + 1,
+            "only the well-formed message is acknowledged"
+        );
+        // An ack naming the wrong id.
+        let content = serde_json::json!({
+            "AcknowledgedMessageType": "output_stream_data",
+            "AcknowledgedMessageId": ssmc::uuid_text(&ssmc::random_v4()),
+            "AcknowledgedMessageSequenceNumber": 2,
+            "IsSequentialMessage": true,
+        });
+        c.run_until("sshd's banner", t, |c| {
+            contains(&c.data, b"SSH-2.0-OpenSSH")
+        })
+        .await;
+        let ack = ssmc::encode(
+            "acknowledge",
+            0,
+            3,
+            0,
+            content.to_string().as_bytes(),
+            ssmc::random_v4(),
+        );
+        c.send_raw(ack).await;
+        let t0 = std::time::Instant::now();
+        c.run_until("a moment", t, move |_| {
+            t0.elapsed() > Duration::from_millis(300)
+        })
+        .await;
+    });
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    let v = s.violations.join("\n");
+    for needle in [
+        "PayloadDigest",
+        "PayloadLength is",
+        "shorter than the 120-byte header",
+        "not ASCII text padded with spaces",
+        "is not a version-4 UUID",
+        "acknowledge of seq 2: AcknowledgedMessageId",
+    ] {
+        assert!(v.contains(needle), "{needle:?} not in:\n{v}");
+    }
+    // The client went away without acknowledging: the agent retransmitted.
+    assert!(s.retransmissions > 0, "{s:?}");
+    assert_eq!(s.ended_by, Some(support::SsmEnd::ClientDropped));
+}
+
+#[test]
+fn ssm_stream_faults_are_retransmitted_and_reordered() {
+    use support::StreamFaults;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let ca = bed_ca(&bed);
+    let t = Duration::from_secs(20);
+    let banner = b"SSH-2.0-selftest-with-faults\r\n";
+
+    // Every 2nd new client data message dropped: the client sends it
+    // again, and sshd still gets the banner in order (one byte a message).
+    bed.set_ssm_faults(StreamFaults {
+        drop_incoming_every: 2,
+        ..StreamFaults::none()
+    });
+    let (dropped, url, token) = ssm_start(&bed, &web.id);
+    rt().block_on(async {
+        let mut c = ssmc::Client::start(&url, &token, &ca).await;
+        for b in banner {
+            c.send_stream(ssmc::OUTPUT, &[*b]).await;
+        }
+        c.run_until("sshd's KEXINIT", t, |c| {
+            contains(&c.data, b"curve25519-sha256")
+        })
+        .await;
+        c.run_until("every ack", t, |c| {
+            (0..c.next_seq).all(|s| c.acks.iter().any(|a| a.0 == s))
+        })
+        .await;
+        assert!(
+            c.retransmissions >= (banner.len() / 2) as u64,
+            "{}",
+            c.retransmissions
+        );
+    });
+    let s = bed.ssm_session(&dropped).unwrap();
+    assert_eq!(
+        s.faults_applied.dropped_incoming,
+        (banner.len() / 2) as u64,
+        "{s:?}"
+    );
+    assert!(
+        s.client_retransmissions >= s.faults_applied.dropped_incoming,
+        "{s:?}"
+    );
+    assert_eq!(s.bytes_up, banner.len() as u64);
+    assert!(s.violations.is_empty(), "{:#?}", s.violations);
+
+    // Every outgoing data message lost on its first transmission: the
+    // client gets each only from the agent's retransmission.
+    bed.set_ssm_faults(StreamFaults {
+        lose_outgoing_every: 1,
+        ..StreamFaults::none()
+    });
+    let (lost, url, token) = ssm_start(&bed, &web.id);
+    rt().block_on(async {
+        let mut c = ssmc::Client::start(&url, &token, &ca).await;
+        c.send_stream(ssmc::OUTPUT, banner).await;
+        c.run_until("sshd's KEXINIT", t, |c| {
+            contains(&c.data, b"curve25519-sha256")
+        })
+        .await;
+        assert!(c.data.starts_with(b"SSH-2.0-OpenSSH"));
+    });
+    let s = bed.ssm_session(&lost).unwrap();
+    assert!(s.faults_applied.lost_outgoing >= 2, "{s:?}");
+    assert!(s.retransmissions >= 2, "{s:?}");
+    assert!(s.violations.is_empty(), "{:#?}", s.violations);
+
+    // Held back and duplicated: sshd's banner is held until its KEXINIT
+    // has gone (twice); the client puts them back in order.
+    bed.set_ssm_faults(StreamFaults {
+        hold_outgoing_every: 1,
+        duplicate_outgoing_every: 1,
+        ..StreamFaults::none()
+    });
+    let (held, url, token) = ssm_start(&bed, &web.id);
+    rt().block_on(async {
+        let mut c = ssmc::Client::start(&url, &token, &ca).await;
+        c.send_stream(ssmc::OUTPUT, banner).await;
+        c.run_until("sshd's KEXINIT", t, |c| {
+            contains(&c.data, b"curve25519-sha256")
+        })
+        .await;
+        assert!(c.data.starts_with(b"SSH-2.0-OpenSSH"));
+        assert!(c.out_of_order >= 1, "arrivals {:?}", c.arrivals);
+        assert!(c.duplicates >= 1, "arrivals {:?}", c.arrivals);
+        // The banner (the agent's 2) came after a later message.
+        let banner_at = c.arrivals.iter().position(|s| *s == 2).unwrap();
+        assert!(
+            c.arrivals[..banner_at].iter().any(|s| *s > 2),
+            "{:?}",
+            c.arrivals
+        );
+    });
+    let s = bed.ssm_session(&held).unwrap();
+    assert!(s.faults_applied.held_outgoing >= 1, "{s:?}");
+    assert!(s.faults_applied.duplicated_outgoing >= 1, "{s:?}");
+    assert!(s.violations.is_empty(), "{:#?}", s.violations);
+    // Duplicated messages are acknowledged twice.
+    wait_until("duplicate acks", || {
+        bed.ssm_session(&held).unwrap().duplicate_acks_received >= 1
+    });
+}
+
+#[test]
+fn ssm_stream_ends_the_ways_the_agent_ends_it() {
+    use support::SsmEnd;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let ca = bed_ca(&bed);
+    let t = Duration::from_secs(10);
+    // One runtime: the clients' sockets belong to it.
+    let rt = rt();
+    let session = || {
+        let (id, url, token) = ssm_start(&bed, &web.id);
+        let c = rt.block_on(ssmc::Client::start(&url, &token, &ca));
+        (id, c)
+    };
+    let closed_with = |c: &mut ssmc::Client| -> serde_json::Value {
+        rt.block_on(c.run_until("channel_closed", t, |c| c.channel_closed.is_some()));
+        c.channel_closed.clone().unwrap()
+    };
+
+    // sshd closes (it takes no such banner): the port session ends.
+    let (id, mut c) = session();
+    rt.block_on(c.send_stream(ssmc::OUTPUT, b"HELLO?\r\n"));
+    assert_eq!(closed_with(&mut c)["Output"], "");
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::SshdClosed));
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+
+    // TerminateSession on a live session.
+    let (id, mut c) = session();
+    let (status, _) = ssm_post(
+        &bed,
+        "TerminateSession",
+        serde_json::json!({ "SessionId": id }),
+    );
+    assert_eq!(status, 200);
+    closed_with(&mut c);
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::TerminateApi));
+    assert!(s.terminate_api_called);
+
+    // The agent (instance) ends it.
+    let (id, mut c) = session();
+    assert!(bed.ssm_agent_close(&id, "the instance is shutting down"));
+    assert_eq!(
+        closed_with(&mut c)["Output"],
+        "the instance is shutting down"
+    );
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::AgentClosed));
+    assert_eq!(
+        s.channel_closed_sent.as_deref(),
+        Some("the instance is shutting down")
+    );
+    assert!(
+        !bed.ssm_agent_close(&id, "again"),
+        "no live channel any more"
+    );
+
+    // DisconnectToPort: for an SSH session the agent closes and ends.
+    let (id, mut c) = session();
+    rt.block_on(c.send_stream(ssmc::FLAG, &1u32.to_be_bytes()));
+    closed_with(&mut c);
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::ClientDisconnectFlag));
+    assert!(s.client_disconnect_flag && !s.client_terminate_flag);
+
+    // The client's channel_closed; the client's WebSocket close.
+    let (id, mut c) = session();
+    let closing =
+        serde_json::json!({ "MessageType": "channel_closed", "SessionId": id, "Output": "" });
+    rt.block_on(c.send_raw(ssmc::encode(
+        "channel_closed",
+        0,
+        3,
+        0,
+        closing.to_string().as_bytes(),
+        ssmc::random_v4(),
+    )));
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::ClientChannelClosed));
+    assert!(s.client_channel_closed);
+    let (id, mut c) = session();
+    rt.block_on(c.ws.close(None)).unwrap();
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::ClientClosed(1005)));
+
+    // A failed handshake.
+    let (id, url, token) = ssm_start(&bed, &web.id);
+    rt.block_on(async {
+        let mut c = ssmc::Client::connect(&url, &ca).await.unwrap();
+        c.open(&token).await;
+        c.run_until("HandshakeRequest", t, |c| c.handshake_request.is_some())
+            .await;
+        let failed = serde_json::json!({
+            "ClientVersion": "1.2.0.0-selftest",
+            "ProcessedClientActions": [
+                { "ActionType": "SessionType", "ActionStatus": 2, "Error": "Unknown session type Port" }
+            ],
+            "Errors": ["Unknown session type Port"],
+        });
+        c.send_stream(ssmc::HANDSHAKE_RESPONSE, failed.to_string().as_bytes())
+            .await;
+        c.run_until("channel_closed", t, |c| c.channel_closed.is_some())
+            .await;
+        let output = c.channel_closed.as_ref().unwrap()["Output"].as_str().unwrap().to_owned();
+        assert!(output.contains("handshake") && output.contains("Unknown session type"), "{output}");
+        assert!(c.handshake_complete.is_none());
+    });
+    let s = bed.wait_for_ssm_session_closed(&id, t);
+    assert_eq!(s.ended_by, Some(SsmEnd::HandshakeFailed));
+    assert!(!s.connected_to_instance);
+}
+
+#[test]
+fn ssm_stream_carries_a_real_ssh_session_through_faults() {
+    use support::StreamFaults;
+    use tokio::io::AsyncWriteExt;
+    let bed = TestBed::start();
+    let web = bed.add_instance(InstanceSpec::named("web-1").managed(true));
+    let key = bed.generate_key("k");
+    let user = bed.os_user();
+    bed.push_key_directly(&web.id, &user, &key.public_key);
+    bed.set_ssm_faults(StreamFaults {
+        drop_incoming_every: 3,
+        hold_outgoing_every: 4,
+        duplicate_outgoing_every: 5,
+        lose_outgoing_every: 7,
+    });
+    let (id, url, token) = ssm_start(&bed, &web.id);
+    let ca = bed_ca(&bed);
+    let mut input = Vec::new();
+    while input.len() < 200_000 {
+        input.extend(support::api::random_bytes::<4096>());
+    }
+    let (out, client) = rt().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut c = ssmc::Client::start(&url, &token, &ca).await;
+        let mut ssh = tokio::process::Command::new("ssh");
+        ssh.args(["-F", "/dev/null", "-i"])
+            .arg(&key.private_key)
+            .args(["-p", &port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "KexAlgorithms=curve25519-sha256",
+            ])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = ssh.spawn().expect("run ssh");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.clone();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&data).await;
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (out, ()) = tokio::join!(child.wait_with_output(), c.bridge(tcp));
+        (out.unwrap(), c)
+    });
+    assert!(
+        out.status.success(),
+        "ssh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == input,
+        "{} bytes back of {}",
+        out.stdout.len(),
+        input.len()
+    );
+    let s = bed.wait_for_ssm_session_closed(&id, Duration::from_secs(10));
+    assert!(s.violations.is_empty(), "{:#?}", s.violations);
+    let f = s.faults_applied;
+    assert!(
+        f.dropped_incoming > 10
+            && f.held_outgoing > 10
+            && f.duplicated_outgoing > 10
+            && f.lost_outgoing > 10,
+        "{f:?}"
+    );
+    assert!(s.client_retransmissions >= f.dropped_incoming, "{s:?}");
+    assert!(s.retransmissions >= f.lost_outgoing, "{s:?}");
+    assert!(
+        client.out_of_order > 10 && client.duplicates > 10,
+        "{} {}",
+        client.out_of_order,
+        client.duplicates
+    );
+    assert!(
+        s.bytes_up > input.len() as u64 && s.bytes_down > input.len() as u64,
+        "{s:?}"
+    );
+    assert!(matches!(
+        s.ended_by,
+        Some(support::SsmEnd::SshdClosed | support::SsmEnd::ClientTerminateFlag)
+    ));
+}

@@ -561,7 +561,9 @@ fn finish(api: &Api, index: usize, how: SsmEnd) {
 struct Pending {
     bytes: Vec<u8>,
     id: [u8; 16],
+    /// When it was last sent (or lost, or held back).
     last_sent: Instant,
+    /// Times sent, a transmission lost on purpose included; 0 while held.
     transmissions: u32,
 }
 
@@ -794,7 +796,11 @@ impl Channel {
                 reason: "".into(),
             })))
             .await;
-        // Drive the close handshake briefly (the plugin exits instead).
+        // The session is over now; then drive the close handshake briefly
+        // (the plugin exits instead of answering).
+        if let Some((how, _)) = self.ending.clone() {
+            self.end_now(how);
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(msg)) = self.ws.next().await {
                 if let Message::Close(frame) = msg {
@@ -862,10 +868,10 @@ impl Channel {
                 continue;
             };
             let bytes = p.bytes.clone();
-            let first = p.transmissions == 0;
+            let again = p.transmissions > 0;
             p.transmissions += 1;
             p.last_sent = now;
-            if !first {
+            if again {
                 self.rec(|s| s.retransmissions += 1);
             }
             if self.ws.send(Message::binary(bytes)).await.is_err() {
@@ -899,7 +905,7 @@ impl Channel {
                 bytes: bytes.clone(),
                 id: m.message_id,
                 last_sent: now,
-                transmissions: if lose || hold { 0 } else { 1 },
+                transmissions: if hold { 0 } else { 1 },
             },
         );
         self.rec(|s| {
