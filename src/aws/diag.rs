@@ -162,6 +162,19 @@ pub struct Endpoint {
     pub subnet_id: Option<String>,
     pub state: String,
     pub security_group_ids: Vec<String>,
+    /// `ipv4` (also when not given), `ipv6` or `dualstack`.
+    pub ip_address_type: Option<String>,
+}
+
+impl Endpoint {
+    /// Whether its tunnels can go to an address of this family.
+    pub fn reaches(&self, ipv4: bool) -> bool {
+        match self.ip_address_type.as_deref() {
+            Some("dualstack") => true,
+            Some("ipv6") => !ipv4,
+            _ => ipv4,
+        }
+    }
 }
 
 /// Endpoint states in which it can open tunnels.
@@ -218,6 +231,7 @@ pub async fn endpoints(
                 subnet_id: e.subnet_id().map(str::to_owned),
                 state: e.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 security_group_ids: e.security_group_ids().to_vec(),
+                ip_address_type: e.ip_address_type().map(|t| t.as_str().to_owned()),
             });
         }
         if found.len() >= 200 {

@@ -336,9 +336,13 @@ pub fn path_verdict(
                 (true, Some(_)) => format!("{address} is its private address"),
                 (false, _) => format!("no route from here to its IPv6 address {address}"),
             };
-            // 1. An endpoint in the VPC.
+            // 1. An endpoint in the VPC that reaches this address family.
+            let reaching: Vec<Endpoint> = match endpoints {
+                Endpoints::Found(found) => found.iter().filter(|e| e.reaches(v4)).cloned().collect(),
+                _ => Vec::new(),
+            };
             let no_endpoint = match endpoints {
-                Endpoints::Found(found) => match choose_endpoint(found, subnet) {
+                Endpoints::Found(_) => match choose_endpoint(&reaching, subnet) {
                     Some(chosen) => {
                         return (
                             Some(Route::Endpoint(chosen.clone())),
@@ -748,7 +752,18 @@ mod tests {
             subnet_id: subnet.map(str::to_owned),
             state: "create-complete".into(),
             security_group_ids: groups.iter().map(|s| s.to_string()).collect(),
+            ip_address_type: None,
         }
+    }
+
+    #[test]
+    fn endpoints_reach_their_address_family() {
+        let mut e = endpoint("eice-a", None, &[]);
+        assert!(e.reaches(true) && !e.reaches(false));
+        e.ip_address_type = Some("dualstack".into());
+        assert!(e.reaches(true) && e.reaches(false));
+        e.ip_address_type = Some("ipv6".into());
+        assert!(!e.reaches(true) && e.reaches(false));
     }
 
     #[test]
