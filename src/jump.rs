@@ -286,7 +286,11 @@ fn check_combinations(
             ))
             .hint(format!(
                 "choose one: drop -J to go through {}, or --connect {via} to jump",
-                if via == "ssm" { "Session Manager" } else { "the endpoint" }
+                if via == "ssm" {
+                    "Session Manager"
+                } else {
+                    "the endpoint"
+                }
             )),
         );
     }

@@ -984,7 +984,11 @@ fn an_ipv6_only_instance_is_reached_through_a_dual_stack_endpoint() {
         // The tunnel's privateIpAddress is the instance's IPv6 address,
         // percent-encoded in the signed URL.
         assert_eq!(tunnels[0].private_ip, v6.ipv6.clone().unwrap(), "{kind}");
-        assert!(tunnels[0].query.contains("privateIpAddress=%3A%3A1"), "{}", tunnels[0].query);
+        assert!(
+            tunnels[0].query.contains("privateIpAddress=%3A%3A1"),
+            "{}",
+            tunnels[0].query
+        );
         assert_clean(&bed);
     }
 }
@@ -1010,7 +1014,12 @@ fn an_ipv6_only_instance_is_reached_directly() {
     let bed = TestBed::start();
     let v6 = ipv6_only(&bed);
     let mut c = eic(&bed);
-    c.args(["-p", &bed.sshd_port().to_string(), "v6-1", "echo $SSH_CONNECTION"]);
+    c.args([
+        "-p",
+        &bed.sshd_port().to_string(),
+        "v6-1",
+        "echo $SSH_CONNECTION",
+    ]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(server_address(&out), v6.ipv6.unwrap());

@@ -377,7 +377,10 @@ fn what_cannot_go_with_an_ec2_jump_host_is_a_usage_error() {
             &["--connect", via, "-J", "bastion-1", "web-1", "true"],
             2,
         );
-        assert!(err.contains(&format!("--connect {via} and the EC2 jump host")), "{err}");
+        assert!(
+            err.contains(&format!("--connect {via} and the EC2 jump host")),
+            "{err}"
+        );
     }
     let err = refused_before_anything(
         &bed,

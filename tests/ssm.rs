@@ -79,7 +79,10 @@ fn connect_ssm_runs_a_command_and_passes_its_status() {
         Some(&vec!["22".to_owned()])
     );
     assert_eq!(session.token_ok, Some(true));
-    let response = session.handshake_response.clone().expect("a handshake response");
+    let response = session
+        .handshake_response
+        .clone()
+        .expect("a handshake response");
     assert_eq!(response["ProcessedClientActions"][0]["ActionStatus"], 1);
     assert!(session.connected_to_instance);
     assert!(session.bytes_up > 0 && session.bytes_down > 0);
@@ -87,9 +90,15 @@ fn connect_ssm_runs_a_command_and_passes_its_status() {
     // The key still went through EC2 Instance Connect, for the right user.
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 1);
-    assert_eq!((pushes[0].instance_id.as_str(), pushes[0].os_user.as_str()), (web.id.as_str(), bed.os_user().as_str()));
+    assert_eq!(
+        (pushes[0].instance_id.as_str(), pushes[0].os_user.as_str()),
+        (web.id.as_str(), bed.os_user().as_str())
+    );
     // No endpoint lookup and no Session Manager lookup: the path was given.
-    assert!(bed.requests_for("DescribeInstanceConnectEndpoints").is_empty());
+    assert!(
+        bed.requests_for("DescribeInstanceConnectEndpoints")
+            .is_empty()
+    );
     assert!(bed.requests_for("DescribeInstanceInformation").is_empty());
     assert_no_private_key_file(&bed, "after a Session Manager session");
     assert_clean(&bed);
@@ -109,11 +118,17 @@ fn auto_takes_session_manager_when_there_is_no_endpoint() {
         err.contains("Session Manager manages the instance and its agent is online"),
         "{err}"
     );
-    assert_eq!(bed.requests_for("DescribeInstanceConnectEndpoints").len(), 1);
+    assert_eq!(
+        bed.requests_for("DescribeInstanceConnectEndpoints").len(),
+        1
+    );
     let asked = bed.requests_for("DescribeInstanceInformation");
     assert_eq!(asked.len(), 1);
     assert!(
-        asked[0].params.get("Filters").is_some_and(|f| f.contains(&db.id)),
+        asked[0]
+            .params
+            .get("Filters")
+            .is_some_and(|f| f.contains(&db.id)),
         "{:?}",
         asked[0].params
     );
@@ -132,7 +147,9 @@ fn a_large_transfer_survives_loss_reordering_and_duplicates() {
         lose_outgoing_every: 11,
     });
     // 600 KiB of varied bytes up, their digest and 300 KiB back down.
-    let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let data: Vec<u8> = (0..600 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
     let mut c = eic(&bed);
     c.args([
         "--connect",
@@ -165,18 +182,28 @@ fn a_large_transfer_survives_loss_reordering_and_duplicates() {
         sh.stdin.take().unwrap().write_all(&data).unwrap();
         String::from_utf8(sh.wait_with_output().unwrap().stdout).unwrap()
     };
-    assert!(text.starts_with(&want), "got {:?}, want {want:?}", &text[..text.len().min(80)]);
+    assert!(
+        text.starts_with(&want),
+        "got {:?}, want {want:?}",
+        &text[..text.len().min(80)]
+    );
     assert_eq!(text.len(), want.len() + 307_200);
     assert!(text[want.len()..].bytes().all(|b| b == b'z'));
 
     let session = only_session(&bed);
     let f = session.faults_applied;
     assert!(
-        f.dropped_incoming > 0 && f.held_outgoing > 0 && f.duplicated_outgoing > 0 && f.lost_outgoing > 0,
+        f.dropped_incoming > 0
+            && f.held_outgoing > 0
+            && f.duplicated_outgoing > 0
+            && f.lost_outgoing > 0,
         "{f:?}"
     );
     // Every dropped message came again from the client.
-    assert!(session.client_retransmissions >= f.dropped_incoming, "{session:#?}");
+    assert!(
+        session.client_retransmissions >= f.dropped_incoming,
+        "{session:#?}"
+    );
     assert_clean(&bed);
 }
 
@@ -191,7 +218,11 @@ fn the_agent_closing_the_session_ends_the_connection_with_its_reason() {
     let child = c.spawn().expect("start eic-connect");
     let deadline = Instant::now() + Duration::from_secs(10);
     let session = loop {
-        if let Some(s) = bed.ssm_sessions().into_iter().find(|s| s.connected_to_instance && s.bytes_down > 1000) {
+        if let Some(s) = bed
+            .ssm_sessions()
+            .into_iter()
+            .find(|s| s.connected_to_instance && s.bytes_down > 1000)
+        {
             break s;
         }
         assert!(Instant::now() < deadline, "no session came up");
@@ -200,12 +231,16 @@ fn the_agent_closing_the_session_ends_the_connection_with_its_reason() {
     // Logged in (the session carries the sleeping command) before closing.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    assert!(bed.ssm_agent_close(&session.session_id, "Session terminated by an administrator"));
+    assert!(bed.ssm_agent_close(
+        &session.session_id,
+        "Session terminated by an administrator"
+    ));
     let out = child.wait_with_output().expect("wait");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(255), "ssh lost its connection");
     assert!(
-        stderr(&out).contains("Session Manager closed the session: Session terminated by an administrator"),
+        stderr(&out)
+            .contains("Session Manager closed the session: Session terminated by an administrator"),
         "{}",
         stderr(&out)
     );
@@ -217,11 +252,31 @@ fn start_session_errors_each_have_a_message_and_a_hint() {
     let bed = TestBed::start();
     bed.add_instance(managed("db-1"));
     let cases = [
-        ("TargetNotConnected", "its SSM agent is not connected", "AmazonSSMManagedInstanceCore"),
-        ("AccessDeniedException", "not authorized to call StartSession", "ssm:StartSession"),
-        ("InvalidDocument", "refused the session document", "AWS-StartSSHSession"),
-        ("InternalServerError", "Session Manager had an internal error during StartSession", "try again"),
-        ("ThrottlingException", "StartSession is being throttled", "wait a few seconds"),
+        (
+            "TargetNotConnected",
+            "its SSM agent is not connected",
+            "AmazonSSMManagedInstanceCore",
+        ),
+        (
+            "AccessDeniedException",
+            "not authorized to call StartSession",
+            "ssm:StartSession",
+        ),
+        (
+            "InvalidDocument",
+            "refused the session document",
+            "AWS-StartSSHSession",
+        ),
+        (
+            "InternalServerError",
+            "Session Manager had an internal error during StartSession",
+            "try again",
+        ),
+        (
+            "ThrottlingException",
+            "StartSession is being throttled",
+            "wait a few seconds",
+        ),
     ];
     for (code, message, hint) in cases {
         bed.fail_next("StartSession", code, 1);
@@ -277,7 +332,11 @@ fn without_permission_to_ask_auto_goes_on_quietly() {
     c.args(["-p", &port, "db-1", "true"]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("eic-connect: warning: Session Manager had an internal error"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("eic-connect: warning: Session Manager had an internal error"),
+        "{}",
+        stderr(&out)
+    );
     assert_clean(&bed);
 }
 
@@ -289,14 +348,23 @@ fn dry_run_explains_the_fallback_chain() {
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("DescribeInstanceInformation Filter InstanceIds=i-0123456789abcdef0"), "{text}");
+    assert!(
+        text.contains("DescribeInstanceInformation Filter InstanceIds=i-0123456789abcdef0"),
+        "{text}"
+    );
     assert!(text.contains("--connect ssm"), "{text}");
-    assert!(text.contains("# else ssh connects to the address directly"), "{text}");
+    assert!(
+        text.contains("# else ssh connects to the address directly"),
+        "{text}"
+    );
     let mut c = bed.command();
     c.args(["--dry-run", "--connect", "ssm", "i-0123456789abcdef0"]);
     let out = run(c);
     let text = stdout(&out);
-    assert!(text.contains("StartSession Target=i-0123456789abcdef0 DocumentName=AWS-StartSSHSession"), "{text}");
+    assert!(
+        text.contains("StartSession Target=i-0123456789abcdef0 DocumentName=AWS-StartSSHSession"),
+        "{text}"
+    );
     assert!(!text.contains("DescribeInstanceInformation"), "{text}");
     assert!(bed.requests().is_empty(), "a dry run calls nothing");
 }
@@ -322,7 +390,8 @@ fn tunnel_local_port_carries_each_connection_in_a_session() {
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     for _ in 0..2 {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut banner = [0u8; 8];
         std::io::Read::read_exact(&mut conn, &mut banner).unwrap();
         assert_eq!(&banner, b"SSH-2.0-");
@@ -343,7 +412,13 @@ fn ssh_scp_and_rsync_through_the_block_over_session_manager() {
     let bed = TestBed::start();
     let db = bed.add_instance(managed("db-1"));
     let mut c = bed.command();
-    c.args(["ssh-config", "--os-user", &bed.os_user(), "--connect", "ssm"]);
+    c.args([
+        "ssh-config",
+        "--os-user",
+        &bed.os_user(),
+        "--connect",
+        "ssm",
+    ]);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let config = bed.dir().join("ssh_config");
@@ -356,7 +431,9 @@ fn ssh_scp_and_rsync_through_the_block_over_session_manager() {
     };
 
     let mut ssh = tool("ssh");
-    ssh.arg("-F").arg(&config).args(["-o", "BatchMode=yes", &db.id, "echo $SSH_CONNECTION"]);
+    ssh.arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", &db.id, "echo $SSH_CONNECTION"]);
     let out = ssh.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(server_address(&out), db.private_ip);
@@ -368,25 +445,42 @@ fn ssh_scp_and_rsync_through_the_block_over_session_manager() {
     std::fs::create_dir_all(&remote_dir).unwrap();
 
     let mut scp = tool("scp");
-    scp.arg("-F").arg(&config).args(["-o", "BatchMode=yes"]).arg(&local).arg(format!(
-        "{}:{}",
-        db.id,
-        remote_dir.join("by-scp.bin").display()
-    ));
+    scp.arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes"])
+        .arg(&local)
+        .arg(format!(
+            "{}:{}",
+            db.id,
+            remote_dir.join("by-scp.bin").display()
+        ));
     let out = scp.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read(remote_dir.join("by-scp.bin")).unwrap(), payload);
+    assert_eq!(
+        std::fs::read(remote_dir.join("by-scp.bin")).unwrap(),
+        payload
+    );
 
-    assert!(!which("rsync").is_empty(), "rsync is needed (.ci/run installs it)");
+    assert!(
+        !which("rsync").is_empty(),
+        "rsync is needed (.ci/run installs it)"
+    );
     let mut rsync = tool("rsync");
     rsync
         .arg("-e")
         .arg(format!("ssh -F {} -o BatchMode=yes", config.display()))
         .arg(&local)
-        .arg(format!("{}:{}", db.id, remote_dir.join("by-rsync.bin").display()));
+        .arg(format!(
+            "{}:{}",
+            db.id,
+            remote_dir.join("by-rsync.bin").display()
+        ));
     let out = rsync.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read(remote_dir.join("by-rsync.bin")).unwrap(), payload);
+    assert_eq!(
+        std::fs::read(remote_dir.join("by-rsync.bin")).unwrap(),
+        payload
+    );
 
     assert!(!bed.ssm_sessions().is_empty());
     assert!(bed.ssm_sessions().iter().all(|s| s.target == db.id));
@@ -487,9 +581,16 @@ fn run_reaches_every_managed_instance_through_session_manager() {
         .collect();
     let mut c = bed.command();
     // auto: private addresses, no endpoint, managed → Session Manager.
-    c.args(["run", "-f", "tag:Role=db", "-l", &bed.os_user(), "--no-reuse"])
-        .args(["--", "echo $SSH_CONNECTION"])
-        .stdin(Stdio::null());
+    c.args([
+        "run",
+        "-f",
+        "tag:Role=db",
+        "-l",
+        &bed.os_user(),
+        "--no-reuse",
+    ])
+    .args(["--", "echo $SSH_CONNECTION"])
+    .stdin(Stdio::null());
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -516,15 +617,25 @@ fn a_reused_connection_keeps_one_session_and_makes_no_call() {
     let db = bed.add_instance(managed("db-1"));
     let connect = |word: &str| {
         let mut c = bed.command();
-        c.args(["-l", &bed.os_user(), "--connect", "ssm", "--reuse", &db.id, "echo", word])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.args([
+            "-l",
+            &bed.os_user(),
+            "--connect",
+            "ssm",
+            "--reuse",
+            &db.id,
+            "echo",
+            word,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let child = c.spawn().unwrap();
         // The master must not hold the caller's pipes: this returns.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-        rx.recv_timeout(Duration::from_secs(30)).expect("eic-connect returned")
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("eic-connect returned")
     };
     let out = connect("first");
     assert!(out.status.success(), "{}", stderr(&out));

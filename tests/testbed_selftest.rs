@@ -3117,6 +3117,14 @@ fn ssm_stream_refuses_bad_tokens_and_records_malformed_messages() {
         assert!(c.handshake_request.is_none());
         // A second connection to the session is refused.
         assert!(ssmc::Client::connect(&url, &ca).await.is_err());
+        // The certificate is for 127.0.0.1 from the bed's CA: a client
+        // trusting another CA refuses it.
+        let stranger = support::tls::TestCa::new("another CA").pem;
+        let refused = ssmc::Client::connect(&url, &stranger).await.err();
+        assert!(
+            refused.as_deref().is_some_and(|e| e.starts_with("TLS")),
+            "{refused:?}"
+        );
     });
     let s = bed.wait_for_ssm_session_closed(&bad, t);
     assert_eq!(s.token_ok, Some(false));
@@ -3574,4 +3582,173 @@ fn ssm_stream_carries_a_real_ssh_session_through_faults() {
         s.ended_by,
         Some(support::SsmEnd::SshdClosed | support::SsmEnd::ClientTerminateFlag)
     ));
+}
+
+fn ssm_client(bed: &TestBed) -> aws_sdk_ssm::Client {
+    use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+    let creds = Credentials::new(
+        bed.access_key_id(),
+        bed.secret_access_key(),
+        bed.session_token().map(str::to_owned),
+        None,
+        "testbed",
+    );
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(bed.region().to_owned()))
+        .endpoint_url(bed.endpoint())
+        .credentials_provider(creds)
+        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// The real SDK parses what the SSM stand-in answers: its shapes, paging
+/// and modelled errors.
+#[test]
+fn sdk_ssm_sessions_instance_information_and_errors() {
+    use aws_sdk_ssm::error::ProvideErrorMetadata;
+    use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
+    let bed = TestBed::start_with(BedOptions {
+        session_token: Some("FwoGZXIvYXdzEBEaDtestbedtoken".into()),
+        ..Default::default()
+    });
+    let ids: Vec<String> = (0..7)
+        .map(|k| {
+            bed.add_instance(InstanceSpec::named(&format!("m-{k}")).managed(true))
+                .id
+        })
+        .collect();
+    let plain = bed.add_instance(InstanceSpec::named("plain"));
+    bed.set_ssm_ping(&ids[6], "ConnectionLost");
+    let ssm = ssm_client(&bed);
+    let rt = rt();
+
+    // Paging through the SDK's paginator, 5 at a time.
+    let pages: Vec<_> = rt.block_on(async {
+        ssm.describe_instance_information()
+            .max_results(5)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>()
+            .await
+    });
+    assert_eq!(pages.len(), 2);
+    let listed: Vec<_> = pages
+        .into_iter()
+        .flat_map(|p| {
+            p.expect("a page")
+                .instance_information_list
+                .unwrap_or_default()
+        })
+        .collect();
+    let listed_ids: Vec<&str> = listed.iter().filter_map(|i| i.instance_id()).collect();
+    assert_eq!(
+        listed_ids,
+        ids.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(listed[0].ping_status(), Some(&PingStatus::Online));
+    assert_eq!(listed[6].ping_status(), Some(&PingStatus::ConnectionLost));
+    assert!(listed[0].last_ping_date_time().is_some());
+    assert_eq!(listed[0].platform_type().map(|p| p.as_str()), Some("Linux"));
+
+    // A filter by id; an unmanaged one is absent; a malformed one refused.
+    let one = rt
+        .block_on(
+            ssm.describe_instance_information()
+                .filters(
+                    InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values(&ids[2])
+                        .values(&plain.id)
+                        .build()
+                        .unwrap(),
+                )
+                .send(),
+        )
+        .expect("filtered");
+    assert_eq!(one.instance_information_list().len(), 1);
+    let err = rt
+        .block_on(
+            ssm.describe_instance_information()
+                .filters(
+                    InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values("web-1")
+                        .build()
+                        .unwrap(),
+                )
+                .send(),
+        )
+        .expect_err("malformed id")
+        .into_service_error();
+    assert!(err.is_invalid_instance_id(), "{err:?}");
+
+    // StartSession and TerminateSession; TargetNotConnected and
+    // InvalidDocument as modelled errors, with their messages.
+    let out = rt
+        .block_on(
+            ssm.start_session()
+                .target(&ids[0])
+                .document_name("AWS-StartSSHSession")
+                .parameters("portNumber", vec!["22".to_owned()])
+                .send(),
+        )
+        .expect("StartSession");
+    let id = out.session_id().expect("SessionId").to_owned();
+    assert!(
+        out.stream_url()
+            .is_some_and(|u| u.starts_with("wss://127.0.0.1:"))
+    );
+    assert!(out.token_value().is_some());
+    let err = rt
+        .block_on(
+            ssm.start_session()
+                .target(&plain.id)
+                .document_name("AWS-StartSSHSession")
+                .send(),
+        )
+        .expect_err("not managed")
+        .into_service_error();
+    assert!(err.is_target_not_connected(), "{err:?}");
+    assert_eq!(
+        err.message(),
+        Some(format!("{} is not connected.", plain.id).as_str())
+    );
+    let err = rt
+        .block_on(
+            ssm.start_session()
+                .target(&ids[0])
+                .document_name("AWS-Nope")
+                .send(),
+        )
+        .expect_err("unknown document")
+        .into_service_error();
+    assert!(err.is_invalid_document(), "{err:?}");
+    bed.fail_next("StartSession", "AccessDeniedException", 1);
+    let err = rt
+        .block_on(
+            ssm.start_session()
+                .target(&ids[0])
+                .document_name("AWS-StartSSHSession")
+                .send(),
+        )
+        .expect_err("injected")
+        .into_service_error();
+    assert_eq!(err.code(), Some("AccessDeniedException"));
+    assert!(
+        err.message()
+            .is_some_and(|m| m.contains("ssm:StartSession")),
+        "{err:?}"
+    );
+    let done = rt
+        .block_on(ssm.terminate_session().session_id(&id).send())
+        .expect("TerminateSession");
+    assert_eq!(done.session_id(), Some(id.as_str()));
+    assert!(bed.ssm_session(&id).unwrap().terminate_api_called);
+    assert!(
+        bed.signature_failures().is_empty(),
+        "{:?}",
+        bed.signature_failures()
+    );
 }

@@ -338,7 +338,9 @@ pub fn path_verdict(
             };
             // 1. An endpoint in the VPC that reaches this address family.
             let reaching: Vec<Endpoint> = match endpoints {
-                Endpoints::Found(found) => found.iter().filter(|e| e.reaches(v4)).cloned().collect(),
+                Endpoints::Found(found) => {
+                    found.iter().filter(|e| e.reaches(v4)).cloned().collect()
+                }
                 _ => Vec::new(),
             };
             let no_endpoint = match endpoints {

@@ -741,7 +741,10 @@ mod tests {
     fn endpoints_reach_the_address_family_they_serve() {
         let endpoint = |kind: Option<&str>| Endpoint {
             id: "eice-0123456789abcdef0".into(),
-            dns_name: Some("eice-0123456789abcdef0.ec2-instance-connect-endpoint.us-east-1.amazonaws.com".into()),
+            dns_name: Some(
+                "eice-0123456789abcdef0.ec2-instance-connect-endpoint.us-east-1.amazonaws.com"
+                    .into(),
+            ),
             ip_address_type: kind.map(str::to_owned),
             ..Endpoint::default()
         };
