@@ -333,7 +333,7 @@ pub fn handle(
     params: &BTreeMap<String, String>,
 ) -> Result<Response, ApiError> {
     match action {
-        "StartSession" => start_session(api, st, params),
+        "StartSession" => start_session(st, params),
         "TerminateSession" => terminate_session(st, params),
         "DescribeInstanceInformation" => describe_instance_information(api, st, params),
         other => Err(err(
@@ -392,11 +392,7 @@ fn is_port_number(s: &str) -> bool {
         && s.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
 }
 
-fn start_session(
-    api: &Api,
-    st: &mut State,
-    params: &BTreeMap<String, String>,
-) -> Result<Response, ApiError> {
+fn start_session(st: &mut State, params: &BTreeMap<String, String>) -> Result<Response, ApiError> {
     let target = params
         .get("Target")
         .ok_or_else(|| {
@@ -531,7 +527,6 @@ fn start_session(
         "wss://127.0.0.1:{}/v1/data-channel/{session_id}?role=publish_subscribe&cell-number={cell}",
         st.ssm.stream_port
     );
-    let _ = api;
     st.ssm.sessions.push(SsmSession {
         session_id: session_id.clone(),
         target,
