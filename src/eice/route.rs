@@ -327,6 +327,7 @@ pub async fn plan(
             m = &mut managed_lookup, if managed.is_none() => managed = Some(m),
         }
     };
+    let mut warnings = Vec::new();
     let endpoint = match (found, decision) {
         (Ok(Some(endpoint)), _) => Some(endpoint),
         (Ok(None), Decision::Fallback) => {
@@ -337,7 +338,7 @@ pub async fn plan(
         // The lookup only improves an automatic choice: when it fails, the
         // other paths are still there.
         (Err(err), Decision::Fallback) if path.eice_id.is_none() => {
-            note_failed_lookup(&err, "look up endpoints", &instance.id);
+            note_failed_lookup(&err, "look up endpoints", &mut warnings);
             None
         }
         (Err(err), _) => return Err(err),
@@ -370,6 +371,7 @@ pub async fn plan(
                 agent_version = m.agent_version.as_deref().unwrap_or("unknown"),
                 "Session Manager manages the instance and its agent is online: connecting through Session Manager"
             );
+            warn_failed_lookups(&warnings, &instance.id, "through Session Manager");
             return Ok(Some(session_manager(instance, port)));
         }
         Some(Ok(Some(m))) => tracing::debug!(
@@ -377,12 +379,15 @@ pub async fn plan(
             "Session Manager manages the instance, but its agent is not online"
         ),
         Some(Ok(None)) => tracing::debug!("Session Manager does not manage the instance"),
-        Some(Err(err)) => {
-            note_failed_lookup(&err, "ask Session Manager about the instance", &instance.id)
-        }
+        Some(Err(err)) => note_failed_lookup(
+            &err,
+            "ask Session Manager about the instance",
+            &mut warnings,
+        ),
         None => {}
     }
     tracing::debug!("connecting directly to the chosen address");
+    warn_failed_lookups(&warnings, &instance.id, "directly");
     Ok(None)
 }
 
@@ -394,17 +399,22 @@ fn session_manager(instance: &InstanceInfo, port: u16) -> Route {
 }
 
 /// A lookup of the fallback chain failed: a missing permission is a normal
-/// setup (said with -v); anything else is a warning, and the chain goes on.
-fn note_failed_lookup(err: &anyhow::Error, what: &str, instance_id: &str) {
+/// setup (said with -v); anything else becomes a warning once the way is
+/// chosen ([`warn_failed_lookups`]), and the chain goes on.
+fn note_failed_lookup(err: &anyhow::Error, what: &str, warnings: &mut Vec<String>) {
     if crate::error::is_kind(err, FailureKind::NotAuthorized) {
         tracing::debug!(error = %err, "cannot {what}: going on without");
     } else {
         let shown = crate::error::render(err);
         let first = shown.lines().next().unwrap_or_default();
-        eprintln!(
-            "eic-connect: warning: {}; going on without it to reach {instance_id}",
-            first.trim_start_matches("eic-connect: error: "),
-        );
+        warnings.push(first.trim_start_matches("eic-connect: error: ").to_owned());
+    }
+}
+
+/// The failed lookups' warnings, each saying which way was taken instead.
+fn warn_failed_lookups(warnings: &[String], instance_id: &str, way: &str) {
+    for warning in warnings {
+        eprintln!("eic-connect: warning: {warning}; connecting to {instance_id} {way}");
     }
 }
 
