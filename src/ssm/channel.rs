@@ -858,6 +858,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever arrives from the network, decoding never panics, and
+        /// the channel takes any bytes without panicking.
+        #[test]
+        fn any_bytes_are_refused_or_taken_calmly(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = Message::decode(&raw);
+            let mut channel = Channel::default();
+            let _ = channel.receive(&raw, Instant::now());
+        }
+
+        /// A message with a valid header but any payload and fields round-trips.
+        #[test]
+        fn messages_round_trip(
+            kind in "[a-z_]{1,32}",
+            sequence in proptest::num::i64::ANY,
+            flags in proptest::num::u64::ANY,
+            payload_type in proptest::num::u32::ANY,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+        ) {
+            let mut m = Message::new(&kind, sequence, payload_type, payload);
+            m.flags = flags;
+            proptest::prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+
+        /// Stream messages in any order, with any duplicates, come out once
+        /// each and in sequence.
+        #[test]
+        fn any_arrival_order_delivers_in_sequence(order in proptest::collection::vec(0usize..12, 0..60)) {
+            let now = Instant::now();
+            let mut channel = Channel::default();
+            ready(&mut channel, now);
+            let mut got = Vec::new();
+            for n in order.iter().copied().chain(0..12usize) {
+                let raw = from_agent(n as i64 + 2, payload::OUTPUT, &[n as u8]);
+                got.extend(data(&channel.receive(&raw, now)));
+            }
+            proptest::prop_assert_eq!(got, (0..12u8).collect::<Vec<_>>());
+        }
+    }
+
     fn ack_for(kind: &str, sequence: i64) -> Vec<u8> {
         let content = Acknowledgement {
             kind: kind.into(),
