@@ -189,6 +189,27 @@ fn bench_rtt(rtt_ms: u64, runs: usize, tools: &Tools) -> Vec<Row> {
             Outcome::Absent("not available (no --reuse)".into())
         },
     });
+    // Session Manager: StartSession, the data channel (behind the same
+    // delay as the API: the agent is reached through AWS) and ssh over it;
+    // the ssh columns count the data channel's connections and turns.
+    let managed = bed.add_instance(
+        InstanceSpec::named("bench-ssm")
+            .public_ip(false)
+            .managed(true),
+    );
+    let ssm_ctx = Ctx {
+        bed: &bed,
+        runs,
+        ssh_proxy: bed.ssm_proxy().expect("the data channel's delay proxy"),
+    };
+    rows.push(Row {
+        label: "`eic-connect --connect ssm ID echo x` (Session Manager)",
+        outcome: ssm_ctx.measure(Until::FirstOutput, false, || {
+            let mut c = bed.command();
+            c.args(["-l", &user, "--connect", "ssm", &managed.id, "echo", "x"]);
+            c
+        }),
+    });
     let floor_key = bed.generate_key("floor");
     rows.push(Row {
         label: "floor: DescribeInstances ∥ SendSSHPublicKey, fresh process (to exit)",

@@ -19,7 +19,8 @@ use crate::target::{AddressChoice, Target};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectVia {
-    /// Straight to a public address; through an endpoint when the instance has none
+    /// Straight to a public (or routable IPv6) address; else through an endpoint, else
+    /// Session Manager, else straight
     #[default]
     Auto,
     /// Straight to the chosen address

@@ -13,7 +13,7 @@
 //! profile = "dev"
 //! user = "ubuntu"
 //! address = "private"       # auto | public | private | ipv6
-//! connect = "auto"          # auto | direct | eice
+//! connect = "auto"          # auto | direct | eice | ssm
 //! reuse = "10m"             # keep master connections (true | false | duration)
 //!
 //! [alias.db]

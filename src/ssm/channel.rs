@@ -193,7 +193,7 @@ impl Message {
 }
 
 /// A random (version 4) UUID.
-fn new_uuid() -> [u8; 16] {
+pub fn new_uuid() -> [u8; 16] {
     let mut id = [0u8; 16];
     ssh_key::rand_core::RngCore::fill_bytes(&mut ssh_key::rand_core::OsRng, &mut id);
     id[6] = (id[6] & 0x0f) | 0x40;

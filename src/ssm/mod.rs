@@ -84,9 +84,9 @@ impl Session<'_> {
                 .await?;
             let open = serde_json::json!({
                 "MessageSchemaVersion": "1.0",
-                "RequestId": channel::uuid_text(&random_id()),
+                "RequestId": channel::uuid_text(&channel::new_uuid()),
                 "TokenValue": started.token.0,
-                "ClientId": channel::uuid_text(&random_id()),
+                "ClientId": channel::uuid_text(&channel::new_uuid()),
                 "ClientVersion": env!("CARGO_PKG_VERSION"),
             });
             ws.send(WsMessage::text(open.to_string()))
@@ -291,10 +291,6 @@ impl Session<'_> {
         }
         Ok(ending)
     }
-}
-
-fn random_id() -> [u8; 16] {
-    channel::Message::new("", 0, 0, Vec::new()).id
 }
 
 fn broke(err: &dyn std::fmt::Display) -> anyhow::Error {

@@ -348,6 +348,10 @@ pub struct TestBed {
     ssm: Option<ssm_agent::StreamServer>,
     /// The delay proxy in front of the API stand-in ([`BedOptions::api_latency`]).
     api_proxy: Option<latency::DelayProxy>,
+    /// The delay proxy in front of the Session Manager stream server (with
+    /// [`BedOptions::api_latency`]: the data channel is as far away as the
+    /// API).
+    ssm_proxy: Option<Arc<latency::DelayProxy>>,
     /// Delay proxies in front of instances' sshd, by instance id.
     ssh_proxies: Mutex<Vec<(String, Arc<latency::DelayProxy>)>>,
     /// HTTPS mode: the API CA's PEM file, and the bundle of it and the
@@ -499,6 +503,17 @@ impl TestBed {
             )
             .expect("start the API stand-in's delay proxy")
         });
+        let ssm_proxy = opts.api_latency.map(|delay| {
+            let stream_port = api.lock().ssm.stream_port;
+            let proxy = latency::DelayProxy::start(
+                ([127, 0, 0, 1], 0).into(),
+                ([127, 0, 0, 1], stream_port).into(),
+                delay,
+            )
+            .expect("start the stream server's delay proxy");
+            api.lock().ssm.url_port = Some(proxy.addr().port());
+            Arc::new(proxy)
+        });
         let scheme = if opts.https { "https" } else { "http" };
         let endpoint_port = api_proxy.as_ref().map_or(port, |p| p.addr().port());
 
@@ -510,6 +525,7 @@ impl TestBed {
             eice: Some(eice),
             ssm: Some(ssm),
             api_proxy,
+            ssm_proxy,
             ssh_proxies: Mutex::default(),
             api_ca_pem,
             ca_bundle,
@@ -534,6 +550,12 @@ impl TestBed {
     }
     /// The delay proxy in front of an instance's sshd
     /// ([`InstanceSpec::latency`]).
+    /// The delay proxy in front of the Session Manager stream server
+    /// ([`BedOptions::api_latency`]).
+    pub fn ssm_proxy(&self) -> Option<Arc<latency::DelayProxy>> {
+        self.ssm_proxy.clone()
+    }
+
     pub fn ssh_proxy(&self, instance_id: &str) -> Option<Arc<latency::DelayProxy>> {
         self.ssh_proxies
             .lock()

@@ -244,6 +244,9 @@ pub struct SsmState {
     pub page_size: Option<usize>,
     /// The stream server's port (0 until it runs).
     pub stream_port: u16,
+    /// The port StreamUrls name, when not the stream server's own: a delay
+    /// proxy in front of it (`BedOptions::api_latency`).
+    pub url_port: Option<u16>,
     pub rejections: Vec<StreamRejection>,
 }
 
@@ -525,7 +528,7 @@ fn start_session(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
     let cell = base64_std(&api::random_bytes::<32>()).replace('=', "%3D");
     let stream_url = format!(
         "wss://127.0.0.1:{}/v1/data-channel/{session_id}?role=publish_subscribe&cell-number={cell}",
-        st.ssm.stream_port
+        st.ssm.url_port.unwrap_or(st.ssm.stream_port)
     );
     st.ssm.sessions.push(SsmSession {
         session_id: session_id.clone(),
