@@ -468,6 +468,11 @@ pub struct ProxyArgs {
     /// error, so that no pipe of the first ssh's caller is held open
     #[arg(long)]
     pub master: bool,
+    /// Reach HOST's address through this jump host ([USER@]HOST[:PORT]): an
+    /// EC2 instance gets a key of its own pushed; any other host is reached
+    /// with your ssh config (see ssh-config --jump)
+    #[arg(long, value_name = "JUMP")]
+    pub jump: Option<String>,
 }
 
 /// `eic-connect ssh-config`.
@@ -488,6 +493,12 @@ pub struct SshConfigArgs {
     /// Write the block without connection reuse
     #[arg(long, overrides_with = "reuse")]
     pub no_reuse: bool,
+    /// A block whose hosts are reached through this jump host
+    /// ([USER@]HOST[:PORT]; an EC2 instance gets a key of its own pushed):
+    /// only names with the prefix match it, so give it a prefix of its own
+    /// (--prefix eic-via-bastion-)
+    #[arg(long, value_name = "JUMP")]
+    pub jump: Option<String>,
 }
 
 /// `eic-connect scp|sftp [ARGS...]`: the tool's own arguments, passed on.

@@ -25,6 +25,11 @@
 //! ssh can only ever be offered the key pushed for the host it talks to,
 //! each key's 60 seconds follow its own push, and the agent keeps its rule
 //! of one key released by one push (`agent.rs`) unchanged.
+//!
+//! The ssh-config block's proxy goes through a jump host the same way
+//! (`eic-connect proxy --jump`, [`for_proxy`]): there the hop's ssh is run
+//! by the proxy itself, `-W` to the instance's address, on the proxy's
+//! standard input and output.
 
 use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +69,8 @@ pub struct Hop {
 /// `-o ProxyJump=`, as ssh reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requested {
+    /// The option that named it (`-J`, `--jump`), for messages.
+    pub flag: &'static str,
     /// The value as given (for messages; shown terminal-safe).
     pub value: String,
     pub hops: Vec<Hop>,
@@ -72,7 +79,32 @@ pub struct Requested {
 impl Requested {
     /// `-J VALUE`, terminal-safe, for messages.
     fn shown(&self) -> String {
-        format!("-J {}", terminal_safe(&self.value))
+        format!("{} {}", self.flag, terminal_safe(&self.value))
+    }
+}
+
+/// A jump host named on its own, as `eic-connect proxy --jump` and
+/// `ssh-config --jump` take it: read as ssh reads `-J`, refused as a usage
+/// error if ssh would refuse it (or take it for an option).
+pub fn parse(value: &str) -> Result<Requested, Failure> {
+    let hops: Option<Vec<Hop>> = value.split(',').map(parse_hop).collect();
+    match hops {
+        Some(hops)
+            if !value.eq_ignore_ascii_case("none")
+                && !value.chars().any(char::is_control)
+                && hops.iter().all(|h| !h.host.starts_with('-')) =>
+        {
+            Ok(Requested {
+                flag: "--jump",
+                value: value.to_owned(),
+                hops,
+            })
+        }
+        _ => Err(Failure::usage(format!(
+            "--jump {:?} does not name a jump host",
+            terminal_safe(value)
+        ))
+        .hint("give [USER@]HOST[:PORT]: an instance id, a Name tag, a DNS name or an address, or a host of your ssh config")),
     }
 }
 
@@ -95,7 +127,11 @@ pub fn requested(options: &[OsString]) -> Result<Option<Requested>, Failure> {
         return Ok(None);
     }
     let hops: Option<Vec<Hop>> = value.split(',').map(parse_hop).collect();
-    Ok(hops.map(|hops| Requested { value, hops }))
+    Ok(hops.map(|hops| Requested {
+        flag: "-J",
+        value,
+        hops,
+    }))
 }
 
 /// The first `-J V` or `-o ProxyJump=V` (`-o "ProxyJump V"`).
@@ -590,6 +626,308 @@ pub async fn fleet_hop(
         &options,
         0,
     )
+}
+
+/// ssh options for the hop's ssh under `eic-connect proxy --jump`: no
+/// prompt (nobody could answer one), a bounded connect, errors only (the
+/// proxy's standard error is the user's ssh's), and no connection sharing
+/// from the user's config (the hop carries this one connection).
+const PROXY_HOP_OPTIONS: [&str; 8] = [
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=15",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ControlPath=none",
+];
+
+/// How `eic-connect proxy --jump` reaches the target's address: the hop's
+/// ssh, `-W ADDRESS:PORT`, on the proxy's standard input and output.
+pub struct ProxyJump {
+    /// `--jump VALUE`, for messages.
+    shown: String,
+    ssh_program: OsString,
+    way: ProxyWay,
+}
+
+enum ProxyWay {
+    /// An EC2 jump host: a session of its own (its agent, its host keys
+    /// under its instance id) and its key's push, still to be made.
+    Ec2(Box<Ec2Hop>),
+    /// Not an EC2 instance: ssh reaches it with the user's own ssh
+    /// configuration, as with ssh's own `-J`.
+    Ssh(Requested),
+}
+
+/// An EC2 jump host's session and the push its agent waits for.
+struct Ec2Hop {
+    session: Session,
+    push: PendingPush,
+}
+
+/// A push to the jump host, made while the relay starts: its agent offers
+/// the key once it is done.
+struct PendingPush {
+    clients: Clients,
+    instance_id: String,
+    user: String,
+    public_key: String,
+    tell: watch::Sender<Push>,
+}
+
+/// For `eic-connect proxy --jump`: the jump host looked up, as `-J` looks
+/// it up, before anything is pushed (unknown, ambiguous or stopped: an
+/// error here), made ready, and its session prepared with a fresh key for
+/// its own OS user, pushed by [`ProxyJump::relay`].
+pub async fn for_proxy(reach: &Reach, requested: &Requested) -> anyhow::Result<ProxyJump> {
+    let config = aws::load_config(&reach.aws).await?;
+    let clients = Clients::new(&config, &reach.aws);
+    let shown = requested.shown();
+    let ssh_program = reach.ssh_program.clone();
+    let Some(instance) = find(&clients, requested).await? else {
+        tracing::debug!(
+            jump = %shown,
+            "no EC2 instance matches the jump host: ssh reaches it with your own ssh configuration"
+        );
+        return Ok(ProxyJump {
+            shown,
+            ssh_program,
+            way: ProxyWay::Ssh(requested.clone()),
+        });
+    };
+    check_combinations(reach, &[], requested)?;
+    if !reach.start {
+        ec2::ensure_running(&instance).map_err(|e| about(requested, e))?;
+    }
+    let jump = ready(&clients, reach, requested, instance)
+        .await
+        .map_err(|e| about(requested, e))?;
+    let host_keys = session::host_keys(reach, &clients, &jump.instance.id, None).await?;
+    let key = EphemeralKey::generate()?;
+    let public_key = key.public_openssh().to_owned();
+    let (tell, push) = watch::channel(Push::InFlight);
+    let options: Vec<OsString> = PROXY_HOP_OPTIONS.iter().map(Into::into).collect();
+    let host = jump.address.to_string();
+    let session = Session::prepare(key, push, &hop_spec(&jump, &host, host_keys, &options, 0))?;
+    Ok(ProxyJump {
+        shown,
+        ssh_program,
+        way: ProxyWay::Ec2(Box::new(Ec2Hop {
+            session,
+            push: PendingPush {
+                clients,
+                instance_id: jump.instance.id,
+                user: jump.user,
+                public_key,
+                tell,
+            },
+        })),
+    })
+}
+
+impl ProxyJump {
+    /// Whether a key is pushed for the jump host: one more thing to be done
+    /// before a master's proxy lets standard error go.
+    pub fn pushes(&self) -> bool {
+        matches!(self.way, ProxyWay::Ec2(_))
+    }
+
+    /// Relays standard input and output to `to` through the jump host,
+    /// pushing the jump host's key alongside: the hop's ssh runs with the
+    /// proxy's standard input, its output and errors copied on by this
+    /// process. Errors go through this process's standard error, so that
+    /// [`crate::ssh::QuietWhen`] lets them go with the proxy's own (a
+    /// master's hop never holds its first caller's pipe); its first byte
+    /// of output (the instance's ssh banner) is being connected.
+    pub async fn relay(
+        self,
+        to: SocketAddr,
+        quiet: Option<std::sync::Arc<ssh::QuietWhen>>,
+    ) -> anyhow::Result<ExitCode> {
+        let ProxyJump {
+            shown,
+            ssh_program,
+            way,
+        } = self;
+        let (args, pending, _session) = match way {
+            ProxyWay::Ec2(hop) => {
+                let Ec2Hop { session, push } = *hop;
+                (relay_args(session.args(), to), Some(push), Some(session))
+            }
+            ProxyWay::Ssh(requested) => (pass_through_args(&requested, to), None, None),
+        };
+        let pushes = pending.is_some();
+        tracing::debug!(
+            command = %ssh::display_command(&ssh_program, &args),
+            "relaying through the jump host"
+        );
+        let pushing = async {
+            let Some(p) = pending else {
+                return anyhow::Ok(());
+            };
+            let result = push_key(&p.clients, &p.instance_id, &p.user, &p.public_key).await;
+            let _ = p.tell.send(match &result {
+                Ok(at) => Push::Done(*at),
+                Err(_) => Push::Failed,
+            });
+            result
+                .map(|_| ())
+                .with_context(|| format!("jump host {shown} ({})", p.instance_id))
+        };
+        let mut command = tokio::process::Command::new(&ssh_program);
+        command
+            .args(&args)
+            .stdin(std::process::Stdio::inherit())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        ssh::end_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|err| {
+            let program = ssh_program.to_string_lossy();
+            anyhow::Error::new(
+                Failure::new(format!("cannot run {program}: {err}"))
+                    .hint("install the OpenSSH client, or set EIC_CONNECT_SSH to its path"),
+            )
+        })?;
+        let mut stop = StopOnDrop(child.id());
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            anyhow::bail!("the jump host's ssh has no output to relay");
+        };
+        let mut streams =
+            std::pin::pin!(async { tokio::join!(copy_out(out, quiet.clone()), copy_err(err)) });
+        let mut pushing = std::pin::pin!(pushing);
+        let (mut pushed, mut streamed) = (false, false);
+        let status = loop {
+            tokio::select! {
+                result = &mut pushing, if !pushed => {
+                    pushed = true;
+                    // A refused push ends the hop (its ssh is stopped).
+                    result?;
+                    if let (true, Some(quiet)) = (pushes, &quiet) {
+                        quiet.done();
+                    }
+                }
+                (result, ()) = &mut streams, if !streamed => {
+                    streamed = true;
+                    if let Err(err) = result {
+                        tracing::debug!("relaying the jump host's output: {err}");
+                    }
+                }
+                status = child.wait() => break status.context("waiting for the jump host's ssh")?,
+            }
+        };
+        // Reaped: its pid is no longer its own.
+        stop.0 = None;
+        if !streamed {
+            // The rest of its errors; bounded, as a ProxyCommand of the
+            // user's may still hold the pipes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut streams).await;
+        }
+        if !pushed {
+            pushing.await?;
+        }
+        if status.success() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let how = status.code().map_or_else(
+            || "on a signal".to_owned(),
+            |c| format!("with exit status {c}"),
+        );
+        fail(Failure::new(format!(
+            "jump host {shown}: the hop's ssh ended {how}, so the connection through it did too"
+        )))
+    }
+}
+
+/// A session's ssh arguments (ending `-- ADDRESS`) with `-W [IP]:PORT`
+/// before that `--`: the hop's ssh relays to `to`.
+fn relay_args(args: &[OsString], to: SocketAddr) -> Vec<OsString> {
+    let split = args.iter().rposition(|a| a == "--").unwrap_or(args.len());
+    let mut out = args[..split].to_vec();
+    out.extend(["-W".into(), format!("[{}]:{}", to.ip(), to.port()).into()]);
+    out.extend_from_slice(&args[split..]);
+    out
+}
+
+/// `ssh [-J FIRST…] [-l USER] [-p PORT] -W [IP]:PORT -- HOST` for a jump
+/// host that is not an EC2 instance: the last hop as ssh's destination,
+/// any before it as its `-J`.
+fn pass_through_args(requested: &Requested, to: SocketAddr) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let Some((last, before)) = requested.hops.split_last() else {
+        return out;
+    };
+    if !before.is_empty()
+        && let Some((first, _)) = requested.value.rsplit_once(',')
+    {
+        out.extend(["-J".into(), first.into()]);
+    }
+    if let Some(user) = &last.user {
+        out.extend(["-l".into(), user.into()]);
+    }
+    if let Some(port) = last.port {
+        out.extend(["-p".into(), port.to_string().into()]);
+    }
+    out.extend([
+        "-W".into(),
+        format!("[{}]:{}", to.ip(), to.port()).into(),
+        "--".into(),
+        last.host.clone().into(),
+    ]);
+    out
+}
+
+/// Stops the hop's ssh (SIGTERM) when the relay is dropped: the proxy was
+/// told to end, or the session is over.
+struct StopOnDrop(Option<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: a signal to our own child, which is not yet reaped
+            // (the tokio handle is dropped after this guard).
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// The hop's output to standard output; its first byte is being connected.
+async fn copy_out(
+    mut from: tokio::process::ChildStdout,
+    quiet: Option<std::sync::Arc<ssh::QuietWhen>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = tokio::io::stdout();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut connected = quiet;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return out.flush().await;
+        }
+        out.write_all(&buf[..n]).await?;
+        out.flush().await?;
+        if let Some(quiet) = connected.take() {
+            quiet.done();
+        }
+    }
+}
+
+/// The hop's errors to this process's standard error, wherever that points
+/// now (the user's, or /dev/null once a master's proxy let it go).
+async fn copy_err(mut from: tokio::process::ChildStderr) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        let _ = std::io::stderr().write_all(&buf[..n]);
+    }
 }
 
 /// Ctrl-C, SIGTERM and SIGHUP while preparing.
@@ -1102,6 +1440,68 @@ mod tests {
             os(&["-A", "-p", "22", "-o", "User=u", "-F", "/cfg", "-E", "-J"])
         );
         assert_eq!(hop_options(&options), os(&["-F", "/cfg"]));
+    }
+
+    #[test]
+    fn a_jump_host_named_on_its_own_is_read_as_ssh_reads_j() {
+        let one = parse("admin@bastion-1:2222").unwrap();
+        assert_eq!(one.hops, [hop(Some("admin"), "bastion-1", Some(2222))]);
+        assert_eq!(one.shown(), "--jump admin@bastion-1:2222");
+        assert_eq!(parse("gw1,i-0123456789abcdef0").unwrap().hops.len(), 2);
+        for bad in ["", "none", "a,", "user@", "-oProxyCommand=x", "gw\nHost *"] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("does not name a jump host"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_proxys_hop_relays_to_the_instances_address() {
+        let to: SocketAddr = "10.0.0.5:2222".parse().unwrap();
+        let session = os(&[
+            "-o",
+            "HostKeyAlias=i-1",
+            "-l",
+            "ubuntu",
+            "--",
+            "203.0.113.9",
+        ]);
+        assert_eq!(
+            relay_args(&session, to),
+            os(&[
+                "-o",
+                "HostKeyAlias=i-1",
+                "-l",
+                "ubuntu",
+                "-W",
+                "[10.0.0.5]:2222",
+                "--",
+                "203.0.113.9"
+            ])
+        );
+        let v6: SocketAddr = "[2600::5]:22".parse().unwrap();
+        assert_eq!(
+            pass_through_args(&parse("gw.corp.example").unwrap(), v6),
+            os(&["-W", "[2600::5]:22", "--", "gw.corp.example"])
+        );
+        // The last hop is ssh's destination; those before it its -J.
+        assert_eq!(
+            pass_through_args(&parse("gw1,admin@gw2:2200").unwrap(), to),
+            os(&[
+                "-J",
+                "gw1",
+                "-l",
+                "admin",
+                "-p",
+                "2200",
+                "-W",
+                "[10.0.0.5]:2222",
+                "--",
+                "gw2"
+            ])
+        );
     }
 
     fn addrs(public: bool) -> Addresses {

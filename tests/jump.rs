@@ -5,10 +5,13 @@
 
 mod support;
 
-use support::cmd::{assert_signed as assert_clean, eic, run, server_address, stderr, stdout};
+use support::cmd::{
+    assert_signed as assert_clean, block_ssh, eic, run, server_address, stderr, stdout,
+};
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use support::{InstanceSpec, TestBed};
 
@@ -129,10 +132,7 @@ fn connects_through_an_ec2_jump_host_by_id_and_by_name_and_runs_a_command() {
         );
         for push in [to_bastion, to_web] {
             assert!(
-                bed.wait_for_sshd_log(
-                    &fingerprint(&push.public_key),
-                    std::time::Duration::from_secs(5)
-                ),
+                bed.wait_for_sshd_log(&fingerprint(&push.public_key), Duration::from_secs(5)),
                 "round {round}: no login with the key pushed to {}:\n{log}",
                 push.instance_id
             );
@@ -597,4 +597,316 @@ fn run_goes_through_an_ec2_jump_host() {
             .is_empty()
     );
     assert_clean(&bed);
+}
+
+// ------------------------------------------ through the ssh-config block
+
+/// The output of a command that must end, pipes and all, within `limit`:
+/// a master's proxy (or its hop) holding a pipe of its first caller's
+/// would keep it open for the master's life.
+fn output_within(mut c: Command, limit: Duration) -> Output {
+    use std::io::Read;
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("start");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for (n, mut pipe) in pipes.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send((n, buf));
+        });
+    }
+    let deadline = Instant::now() + limit;
+    let mut got = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, buf) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("output still open after {limit:?}: a pipe is held"));
+        got[n] = buf;
+    }
+    let status = child.wait().unwrap();
+    let [stdout, stderr] = got;
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The jump block's prefix: short, as the bed's socket directories are
+/// long (ssh's master socket path must fit in a Unix socket's).
+const VIA: &str = "eic-j-";
+
+/// An ssh config holding the block through the jump host `jump` (prefix
+/// `eic-j-`, with `extra` options), above the plain block (prefix `eic-`,
+/// which matches those names too): the two side by side.
+fn jump_block_config(bed: &TestBed, jump: &str, extra: &[&str]) -> PathBuf {
+    let mut c = bed.command();
+    c.args(["ssh-config", "--os-user", &bed.os_user(), "--prefix", VIA])
+        .args(["--jump", jump])
+        .args(extra);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let block = stdout(&out);
+    assert!(
+        block.contains(&format!(" --jump {jump} ")),
+        "the block's ProxyCommand goes through the jump host: {block}"
+    );
+    let plain = std::fs::read_to_string(support::cmd::ssh_config(bed)).unwrap();
+    let path = bed.dir().join("ssh_config_via_bastion");
+    std::fs::write(&path, format!("{block}\n{plain}")).unwrap();
+    path
+}
+
+/// Ends the masters the block's ssh left, when the test ends, passed or
+/// failed.
+struct StopMasters<'a>(&'a TestBed);
+
+impl Drop for StopMasters<'_> {
+    fn drop(&mut self) {
+        let mut c = self.0.command();
+        c.args(["reuse", "stop"]);
+        let _ = c.stdin(Stdio::null()).output();
+    }
+}
+
+#[test]
+fn plain_ssh_through_the_jump_block_reaches_the_private_address_with_two_pushes() {
+    let bed = TestBed::start();
+    let bastion = bed.add_instance(InstanceSpec::named("bastion-1"));
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let bastion_public = bastion.public_ip.clone().unwrap();
+    let web_public = web.public_ip.clone().unwrap();
+    let config = jump_block_config(&bed, &jump(&bed, "bastion-1"), &[]);
+    let _masters = StopMasters(&bed);
+    let ssh = |host: &str| {
+        let mut c = block_ssh(&bed, &config);
+        c.args([host, "echo $SSH_CONNECTION"]);
+        // Reuse is on: the first ssh becomes a master, which must not hold
+        // this caller's pipes.
+        let out = output_within(c, Duration::from_secs(30));
+        assert!(out.status.success(), "{host}: {}", stderr(&out));
+        out
+    };
+    let host = format!("{VIA}web-1");
+    let out = ssh(&host);
+    assert_eq!(server_address(&out), web.private_ip, "{}", stderr(&out));
+
+    // Two pushes: the bastion's own key for its own OS user (USER@ in
+    // --jump), web-1's for the block's user (%r).
+    let pushes = bed.pushes();
+    assert_eq!(pushes.len(), 2, "{pushes:?}");
+    let to = |id: &str| pushes.iter().find(|p| p.instance_id == id).unwrap();
+    let (to_bastion, to_web) = (to(&bastion.id), to(&web.id));
+    assert_eq!(to_bastion.os_user, bed.os_user());
+    assert_eq!(to_web.os_user, bed.os_user());
+    assert_ne!(to_bastion.public_key, to_web.public_key);
+    for push in [to_bastion, to_web] {
+        assert!(
+            bed.wait_for_sshd_log(&fingerprint(&push.public_key), Duration::from_secs(5)),
+            "no login with the key pushed to {}:\n{}",
+            push.instance_id,
+            bed.sshd_log()
+        );
+    }
+    // sshd saw a connection on the bastion's address and one on web-1's
+    // private address; none on web-1's public one.
+    let log = bed.sshd_log();
+    assert!(connected_on(&bed, &bastion_public), "{log}");
+    assert!(connected_on(&bed, &web.private_ip), "{log}");
+    assert!(!connected_on(&bed, &web_public), "{log}");
+    // Both host keys are kept under the instance ids.
+    assert!(known_host_entry(&bed, &bastion.id));
+    assert!(known_host_entry(&bed, &web.id));
+    assert!(!known_host_entry(&bed, &bastion_public));
+
+    // The next ssh joins the master: nothing pushed, nothing looked up.
+    bed.clear_records();
+    let out = ssh(&host);
+    assert_eq!(server_address(&out), web.private_ip);
+    assert!(bed.requests().is_empty(), "{:?}", bed.requests());
+
+    // By instance id with the prefix, through the bastion too; and the
+    // plain block beside it still goes straight to web-1.
+    let out = ssh(&format!("{VIA}{}", web.id));
+    assert_eq!(server_address(&out), web.private_ip);
+    assert_eq!(bed.pushes().len(), 2, "{:?}", bed.pushes());
+    let out = ssh("eic-web-1");
+    assert_eq!(server_address(&out), web_public);
+    let pushes = bed.pushes();
+    assert_eq!(pushes.len(), 3, "{pushes:?}");
+    assert_eq!(pushes[2].instance_id, web.id);
+    // Each name got its own agent socket and master.
+    let masters = std::fs::read_dir(bed.dir().join("run/eic-connect-reuse"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    for name in [host.clone(), format!("{VIA}{}", web.id), "eic-web-1".into()] {
+        assert!(
+            masters.iter().any(|m| m.contains(&format!("@{name}:"))),
+            "{name}: {masters:?}"
+        );
+    }
+    support::cmd::assert_no_private_key_file(&bed, "after ssh through the jump block");
+    assert_clean(&bed);
+}
+
+#[test]
+fn scp_through_the_jump_block_copies_bytes_intact() {
+    let bed = TestBed::start();
+    let bastion = bed.add_instance(InstanceSpec::named("bastion-1"));
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    // No reuse: every scp is a connection of its own through the bastion.
+    let config = jump_block_config(&bed, &jump(&bed, &bastion.id), &["--no-reuse"]);
+    let src = bed.dir().join("src.bin");
+    let mut data: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+    data.extend(b"tail\n\x00\xff");
+    std::fs::write(&src, &data).unwrap();
+    let remote = bed.dir().join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    let scp = |from: String, to: String| {
+        let mut c = Command::new("scp");
+        bed.apply_env(&mut c);
+        c.arg("-F").arg(&config).args([
+            "-P",
+            &bed.sshd_port().to_string(),
+            "-o",
+            "BatchMode=yes",
+            &from,
+            &to,
+        ]);
+        let out = output_within(c, Duration::from_secs(30));
+        assert!(out.status.success(), "scp {from} {to}: {}", stderr(&out));
+    };
+    scp(
+        src.display().to_string(),
+        format!("{VIA}web-1:{}/up.bin", remote.display()),
+    );
+    assert_eq!(std::fs::read(remote.join("up.bin")).unwrap(), data);
+    let back = bed.dir().join("back.bin");
+    scp(
+        format!("{VIA}web-1:{}/up.bin", remote.display()),
+        back.display().to_string(),
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert!(connected_on(&bed, &web.private_ip), "{}", bed.sshd_log());
+    assert!(!connected_on(&bed, web.public_ip.as_deref().unwrap()));
+    // The bastion gets a key per connection; web-1's key, pushed seconds
+    // ago for the same name, is reused by the second scp's proxy.
+    let pushes = bed.pushes();
+    let count = |id: &str| pushes.iter().filter(|p| p.instance_id == id).count();
+    assert_eq!(count(&bastion.id), 2, "{pushes:?}");
+    assert_eq!(count(&web.id), 1, "{pushes:?}");
+    assert_clean(&bed);
+}
+
+#[test]
+fn through_the_jump_block_a_bastion_whose_host_key_changed_is_refused() {
+    let bed = TestBed::start();
+    let bastion = bed.add_instance(InstanceSpec::named("bastion-1"));
+    let web = bed.add_instance(InstanceSpec::named("web-1"));
+    let config = jump_block_config(&bed, &jump(&bed, "bastion-1"), &[]);
+    let _masters = StopMasters(&bed);
+    let other = bed.generate_key("not-the-host-key");
+    let file = own_known_hosts(&bed);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    // The key recorded for the bastion's id is not the one it shows now.
+    std::fs::write(&file, format!("{} {}\n", bastion.id, other.public_key)).unwrap();
+    let connect = || {
+        let mut c = block_ssh(&bed, &config);
+        c.args([&format!("{VIA}web-1"), "echo", "reached"]);
+        output_within(c, Duration::from_secs(30))
+    };
+    let out = connect();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(!stdout(&out).contains("reached"));
+    assert!(
+        err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("Host key for {} has changed", bastion.id)),
+        "{err}"
+    );
+    assert!(
+        err.contains("eic-connect: error: jump host --jump"),
+        "{err}"
+    );
+    assert!(
+        !bed.sshd_log().contains("Accepted publickey"),
+        "{}",
+        bed.sshd_log()
+    );
+    assert!(
+        !connected_on(&bed, &web.private_ip),
+        "nothing reached the instance: {}",
+        bed.sshd_log()
+    );
+    // With the key the bastion does show under its id, it goes through.
+    std::fs::write(&file, format!("{} {}\n", bastion.id, bed.host_public_key())).unwrap();
+    let out = connect();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "reached\n");
+}
+
+#[test]
+fn through_the_jump_block_an_unknown_stopped_or_ambiguous_jump_host_is_a_clear_error() {
+    let bed = TestBed::start();
+    let stopped = bed.add_instance(InstanceSpec::named("bastion-1").state("stopped"));
+    bed.add_instance(InstanceSpec::named("bastion-2"));
+    bed.add_instance(InstanceSpec::named("bastion-2"));
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let unknown = "i-0123456789abcdef0";
+    for (value, says) in [
+        (
+            unknown.to_owned(),
+            format!("eic-connect: error: jump host --jump {unknown}: no instance matches instance id {unknown}"),
+        ),
+        (
+            "bastion-1".to_owned(),
+            format!("eic-connect: error: jump host --jump bastion-1: instance {} is stopped", stopped.id),
+        ),
+        (
+            "bastion-2".to_owned(),
+            "eic-connect: error: jump host --jump bastion-2: Name tag \"bastion-2\" matches 2 instances".to_owned(),
+        ),
+    ] {
+        let config = jump_block_config(&bed, &value, &[]);
+        bed.clear_records();
+        let connections = bed.sshd_log().matches("Connection from").count();
+        let mut c = block_ssh(&bed, &config);
+        c.args([&format!("{VIA}web-1"), "echo", "reached"]);
+        let out = output_within(c, Duration::from_secs(30));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "{value}: {err}");
+        assert!(err.contains(&says), "{value}: {err}");
+        assert_eq!(err.matches("eic-connect: error:").count(), 1, "{err}");
+        assert!(stdout(&out).is_empty());
+        assert!(bed.pushes().is_empty(), "{value}: {:?}", bed.pushes());
+        assert_eq!(
+            bed.sshd_log().matches("Connection from").count(),
+            connections,
+            "{value}: nothing was relayed"
+        );
+    }
+    // The block refuses what cannot go with a jump host.
+    let mut c = bed.command();
+    c.args(["--connect", "eice", "ssh-config", "--jump", "bastion-1"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--connect eice and --jump"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -12,6 +12,15 @@
 //! a terminal) until its 60 seconds are over or a newer proxy takes the
 //! socket's place. Every key pushed for the instance and user is valid, so
 //! whichever agent answers at the socket, ssh logs in.
+//!
+//! With `--jump JUMP` (`ssh-config --jump`), the relay is the hop's ssh,
+//! `-W ADDRESS:PORT` through the jump host, as `-J` builds it for the
+//! connect command (`jump.rs`): an EC2 jump host gets a key of its own,
+//! pushed for its own OS user and served by its own agent, and its host key
+//! is kept under its instance id. ssh's own `-J` cannot do this through the
+//! block: its ProxyJump takes the place of the block's ProxyCommand, so the
+//! instance's key would never be pushed, and the jump host would be asked
+//! for the block's name, which only eic-connect resolves.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -65,15 +74,27 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
         ensure_private_dir(&settings.reach.reuse_dir)?;
     }
     let slot = Slot::new(&settings.key_dir, &settings.host, &settings.user)?;
-    // With --master, standard error goes once connected and the key pushed.
-    let quiet = settings.master.then(|| crate::ssh::QuietWhen::after(2));
+    // The jump host is looked up before anything is pushed: one that is
+    // unknown, ambiguous or stopped ends this proxy here.
+    let mut through = match &settings.jump {
+        Some(requested) => Some(crate::jump::for_proxy(&settings.reach, requested).await?),
+        None => None,
+    };
+    // With --master, standard error goes once connected and the key (and
+    // the jump host's) pushed.
+    let steps = if through.as_ref().is_some_and(|t| t.pushes()) {
+        3
+    } else {
+        2
+    };
+    let quiet = settings.master.then(|| crate::ssh::QuietWhen::after(steps));
     // The relay starts as soon as the way to the instance is known; the
     // push may still be in flight (the agent holds the key until it is
     // done, and a refused push ends this proxy with its error).
     let (hop_tx, hop_rx) = oneshot::channel();
     let mut serving = std::pin::pin!(async {
         let _lock = slot.lock()?;
-        match slot.reusable().await {
+        match slot.reusable(settings.jump.is_some()).await {
             Some(state) => {
                 tracing::debug!(instance = %state.instance_id, "reusing the key pushed {}s ago", now_secs() - state.pushed_at);
                 let _ = hop_tx.send(state.hop);
@@ -109,7 +130,8 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut relaying = std::pin::pin!(relay(&hop, &settings, quiet.clone()));
+    // Boxed, so that it can end (with a jump host's ssh) before serving on.
+    let mut relaying = Box::pin(relay(&hop, &settings, through.take(), quiet.clone()));
     let (relayed, linger) = loop {
         tokio::select! {
             result = &mut serving, if !serving_done => {
@@ -126,13 +148,15 @@ pub async fn run(settings: Proxy) -> anyhow::Result<ExitCode> {
             _ = terminate.recv() => break (Ok(ExitCode::SUCCESS), false),
         }
     };
+    drop(relaying);
     if !serving_done {
         // The session ended before the push did (ssh gave up): the push's
         // outcome still decides what this proxy reports.
         served = serving.await?;
     }
     if let Some(served) = served {
-        if linger {
+        // A relay that failed is reported now, while ssh still shows it.
+        if linger && relayed.is_ok() {
             served.linger(&slot, &mut terminate).await;
         } else {
             served.retire(&slot);
@@ -154,6 +178,8 @@ enum Hop {
     Ssm {
         instance_id: String,
     },
+    /// This address, through the proxy's `--jump` host.
+    Jump(IpAddr),
 }
 
 impl Hop {
@@ -167,10 +193,14 @@ impl Hop {
                 private_ip,
             } => format!("eice,{endpoint_id},{host},{private_ip}"),
             Hop::Ssm { instance_id } => format!("ssm,{instance_id}"),
+            Hop::Jump(ip) => format!("jump,{ip}"),
         }
     }
 
     fn parse(word: &str) -> Option<Hop> {
+        if let Some(ip) = word.strip_prefix("jump,") {
+            return ip.parse().ok().map(Hop::Jump);
+        }
         if let Some(id) = word.strip_prefix("ssm,") {
             return crate::target::is_instance_id(id).then(|| Hop::Ssm {
                 instance_id: id.to_owned(),
@@ -203,6 +233,16 @@ async fn push_and_serve(
     let reach = &settings.reach;
     let config = aws::load_config(&reach.aws).await?;
     let clients = Clients::new(&config, &reach.aws);
+    // Through a jump host nothing is probed from here: --start waits for
+    // the instance to run, not for its port (which may not route here).
+    let mut behind_jump = reach.clone();
+    behind_jump.path.via = crate::eice::ConnectVia::Auto;
+    behind_jump.address = AddressChoice::Private;
+    let reach = if settings.jump.is_some() {
+        &behind_jump
+    } else {
+        reach
+    };
     let key = EphemeralKey::generate()?;
     let public_key = key.public_openssh().to_owned();
     let user = OsUser {
@@ -247,31 +287,41 @@ async fn push_and_serve(
             },
         });
     };
-    let chosen = choose_address(&instance.addresses, AddressChoice::Auto, &settings.target)?;
-    let decision = route::decide(reach.path.via, false, chosen, &instance);
-    let mut planning = std::pin::pin!(route::plan(
-        decision,
-        &reach.path,
-        &config,
-        &clients,
-        &instance,
-        Some(settings.port),
-        None,
-    ));
-    let planned = loop {
-        tokio::select! {
-            planned = &mut planning => break planned?,
-            result = &mut resolving, if resolved.is_none() => resolved = Some(result?),
+    let hop = if settings.jump.is_some() {
+        // The address the jump host reaches: the private one, unless the
+        // host named another of the instance's addresses.
+        Hop::Jump(crate::jump::target_address(
+            &instance.addresses,
+            settings.reach.address,
+            &settings.target,
+        )?)
+    } else {
+        let chosen = choose_address(&instance.addresses, AddressChoice::Auto, &settings.target)?;
+        let decision = route::decide(reach.path.via, false, chosen, &instance);
+        let mut planning = std::pin::pin!(route::plan(
+            decision,
+            &reach.path,
+            &config,
+            &clients,
+            &instance,
+            Some(settings.port),
+            None,
+        ));
+        let planned = loop {
+            tokio::select! {
+                planned = &mut planning => break planned?,
+                result = &mut resolving, if resolved.is_none() => resolved = Some(result?),
+            }
+        };
+        match planned {
+            Some(route::Route::Endpoint { target, .. }) => Hop::Eice {
+                endpoint_id: target.endpoint_id,
+                host: target.host,
+                private_ip: target.private_ip,
+            },
+            Some(route::Route::SessionManager { instance_id, .. }) => Hop::Ssm { instance_id },
+            None => Hop::Direct(chosen),
         }
-    };
-    let hop = match planned {
-        Some(route::Route::Endpoint { target, .. }) => Hop::Eice {
-            endpoint_id: target.endpoint_id,
-            host: target.host,
-            private_ip: target.private_ip,
-        },
-        Some(route::Route::SessionManager { instance_id, .. }) => Hop::Ssm { instance_id },
-        None => Hop::Direct(chosen),
     };
     // Bound beside the final name, then moved over it: a proxy asking at
     // the same moment finds the old agent or the new one, never none.
@@ -380,13 +430,23 @@ fn detach_stdio() {
     }
 }
 
-/// Relays stdin/stdout to the instance over `hop`.
+/// Relays stdin/stdout to the instance over `hop` (`through` the jump
+/// host, with `--jump`).
 async fn relay(
     hop: &Hop,
     settings: &Proxy,
+    through: Option<crate::jump::ProxyJump>,
     quiet: Option<Arc<crate::ssh::QuietWhen>>,
 ) -> anyhow::Result<ExitCode> {
     match hop {
+        Hop::Jump(ip) => {
+            let Some(through) = through else {
+                anyhow::bail!("no jump host to reach {ip} through");
+            };
+            through
+                .relay(std::net::SocketAddr::new(*ip, settings.port), quiet)
+                .await
+        }
         Hop::Direct(ip) => {
             relay_direct(*ip, settings.port, quiet).await?;
             Ok(ExitCode::SUCCESS)
@@ -556,10 +616,13 @@ impl Slot {
         Ok(file)
     }
 
-    /// The state of a key still young enough to reuse, whose agent answers.
-    async fn reusable(&self) -> Option<State> {
+    /// The state of a key still young enough to reuse, whose agent answers,
+    /// left by a proxy that went the same way (`through_jump`: through the
+    /// jump host, or not).
+    async fn reusable(&self, through_jump: bool) -> Option<State> {
         let text = std::fs::read_to_string(self.with_ext(".state")).ok()?;
-        let state = State::parse(&text)?;
+        let state =
+            State::parse(&text).filter(|s| matches!(s.hop, Hop::Jump(_)) == through_jump)?;
         let age = now_secs() - state.pushed_at;
         if !(0..REUSE_WINDOW.as_secs() as i64).contains(&age) {
             return None;
@@ -614,6 +677,9 @@ mod tests {
         };
         assert_eq!(Hop::parse(&ssm.render()), Some(ssm));
         assert_eq!(Hop::parse("ssm,web-1"), None);
+        let behind = Hop::Jump("10.0.0.5".parse().unwrap());
+        assert_eq!(Hop::parse(&behind.render()), Some(behind));
+        assert_eq!(Hop::parse("jump,bastion-1"), None);
     }
 
     #[test]

@@ -51,14 +51,20 @@ pub fn render(
     // One line per option: a line break in a value would end it and start
     // a directive of the value's choosing.
     let globals = settings.globals.args();
-    for word in globals.iter().chain([&settings.prefix, &settings.os_user]) {
+    for word in globals
+        .iter()
+        .chain([&settings.prefix, &settings.os_user])
+        .chain(&settings.jump)
+    {
         if word.chars().any(char::is_control) {
             return Err(anyhow::Error::new(
                 crate::error::Failure::usage(format!(
                     "{:?} cannot go into an ssh config: it holds a control character",
                     crate::sanitize::terminal_safe(word)
                 ))
-                .hint("check --profile, --region, --prefix and --os-user (and AWS_PROFILE)"),
+                .hint(
+                    "check --profile, --region, --prefix, --os-user and --jump (and AWS_PROFILE)",
+                ),
             ));
         }
     }
@@ -70,6 +76,9 @@ pub fn render(
         "--key-dir".into(),
         quote(&key_dir.to_string_lossy()),
     ]);
+    if let Some(jump) = &settings.jump {
+        proxy.extend(["--jump".into(), quote(jump)]);
+    }
     // Reuse: ssh keeps each connection as a master for later ssh, scp,
     // rsync and git runs, its socket named as eic-connect names its own
     // (so `eic-connect --reuse i-…` joins it too).
@@ -85,6 +94,9 @@ pub fn render(
                 persist.as_secs().max(1)
             )
         }
+        // A block through a jump host shares no connection, even with a
+        // broader block below it that does.
+        None if settings.jump.is_some() => "ControlPath none\n    ".to_owned(),
         None => String::new(),
     };
     proxy.extend(["--".into(), "'%h' '%p' '%r'".into()]);
@@ -112,21 +124,47 @@ pub fn render(
             known_hosts_word.to_string_lossy()
         )
     };
+    // Through a jump host, only names with the prefix: `i-*` is the plain
+    // block's, and the first block to match a host sets its ProxyCommand.
+    let (intro, patterns, matched) = match &settings.jump {
+        Some(jump) => (
+            format!(
+                "# eic-connect: reach EC2 instances through the jump host {jump}, by Name\n\
+                 # tag or id with the prefix (ssh {prefix}web-1, ssh {prefix}i-0abc…).\n\
+                 # Keys are pushed per connection by EC2 Instance Connect (the jump\n\
+                 # host, if an instance, gets one of its own), live at most 60 seconds\n\
+                 # and are never written to disk: eic-connect serves them from its own\n\
+                 # agent sockets. Put this block above any block whose Host patterns\n\
+                 # also match {prefix}* (ssh takes each option from the first block\n\
+                 # that sets it).\n",
+                prefix = settings.prefix
+            ),
+            format!("{}*", settings.prefix),
+            format!("{}*", settings.prefix),
+        ),
+        None => (
+            format!(
+                "# eic-connect: reach EC2 instances by id (ssh i-0abc…) or by Name tag\n\
+                 # with the prefix (ssh {}web-1). Keys are pushed per connection by\n\
+                 # EC2 Instance Connect, live at most 60 seconds and are never written\n\
+                 # to disk: eic-connect serves them from its own agent socket.\n",
+                settings.prefix
+            ),
+            format!("i-* {}*", settings.prefix),
+            format!("i-*,{}*", settings.prefix),
+        ),
+    };
     Ok(format!(
-        "# eic-connect: reach EC2 instances by id (ssh i-0abc…) or by Name tag\n\
-         # with the prefix (ssh {prefix}web-1). Keys are pushed per connection by\n\
-         # EC2 Instance Connect, live at most 60 seconds and are never written\n\
-         # to disk: eic-connect serves them from its own agent socket.\n\
+        "{intro}\
          # A user name holding a quote could break out of the ProxyCommand's\n\
          # quotes with ssh older than 9.6, which does not refuse it: no proxy.\n\
-         Match host \"i-*,{prefix}*\" user \"*'*\"\n    \
+         Match host \"{matched}\" user \"*'*\"\n    \
              ProxyCommand none\n\
-         Host i-* {prefix}* \"!*'*\"\n    \
+         Host {patterns} \"!*'*\"\n    \
              User {user}\n    \
              ProxyCommand {proxy}\n    \
              IdentityAgent {agent}\n    \
              {reuse}{host_keys}",
-        prefix = settings.prefix,
         user = settings.os_user,
         proxy = proxy.join(" "),
     ))
@@ -183,7 +221,59 @@ mod tests {
                 region: Some("eu-west-1".into()),
                 ..CommandLineGlobals::default()
             },
+            jump: None,
         }
+    }
+
+    /// A block through a jump host matches only its own prefix, so that it
+    /// can sit beside the plain block (and blocks for other jump hosts):
+    /// `i-*` stays the plain block's, and the agent sockets and master
+    /// sockets are named by the host as typed, prefix included.
+    #[test]
+    fn a_block_through_a_jump_host_keeps_to_its_prefix() {
+        let exe = Path::new("/opt/eic-connect");
+        let known_hosts = Path::new("/k/known_hosts");
+        let mut settings = settings_for_test();
+        settings.prefix = "eic-via-bastion-".into();
+        settings.jump = Some("admin@bastion-1:2222".into());
+        let block = render(exe, known_hosts, &settings, true).unwrap();
+        let lines: Vec<&str> = block.lines().collect();
+        assert!(
+            lines[0].contains("through the jump host admin@bastion-1:2222"),
+            "{block}"
+        );
+        assert!(
+            lines.contains(&"Match host \"eic-via-bastion-*\" user \"*'*\""),
+            "{block}"
+        );
+        assert!(
+            lines.contains(&"Host eic-via-bastion-* \"!*'*\""),
+            "{block}"
+        );
+        assert!(!block.contains("i-*"), "{block}");
+        assert!(
+            lines.contains(&"    ProxyCommand /opt/eic-connect proxy --region eu-west-1 --prefix eic-via-bastion- --key-dir /run/user/1000/eic-connect-proxy --jump admin@bastion-1:2222 --master -- '%h' '%p' '%r'"),
+            "{block}"
+        );
+        assert!(
+            lines.contains(&"    IdentityAgent /run/user/1000/eic-connect-proxy/%r@%h.sock"),
+            "{block}"
+        );
+        assert!(
+            lines.contains(&"    ControlPath /run/user/1000/eic-connect-reuse/%r@%h:%p:auto"),
+            "{block}"
+        );
+        // Without reuse it shares no connection, whatever a block below says.
+        settings.reuse = None;
+        let block = render(exe, known_hosts, &settings, true).unwrap();
+        assert!(block.contains("\n    ControlPath none\n"), "{block}");
+        assert!(!block.contains("--master"), "{block}");
+        // The plain block is as it was: no ControlPath line without reuse.
+        let mut plain = settings_for_test();
+        plain.reuse = None;
+        let block = render(exe, known_hosts, &plain, true).unwrap();
+        assert!(!block.contains("ControlPath"), "{block}");
+        assert!(block.contains("Host i-* eic-* "), "{block}");
     }
 
     #[test]
@@ -246,6 +336,10 @@ mod tests {
             reuse: None,
             reuse_dir: dir.path().join("r e%u"),
             globals: CommandLineGlobals::default(),
+            jump: Some(format!(
+                "u@gw$(touch {})%h",
+                dir.path().join("pwned").display()
+            )),
         };
         let args_file = dir.path().join("args");
         // A stand-in for eic-connect that records its arguments.
@@ -310,6 +404,8 @@ mod tests {
                 args.contains(&settings.key_dir.to_str().unwrap()),
                 "{args:?}"
             );
+            let jump = args.iter().position(|a| *a == "--jump").unwrap();
+            assert_eq!(args[jump + 1], settings.jump.as_deref().unwrap());
         }
     }
 

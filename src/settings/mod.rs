@@ -153,6 +153,8 @@ pub struct Proxy {
     pub key_dir: PathBuf,
     /// `--master`: stop writing to standard error once connected.
     pub master: bool,
+    /// `--jump`: the target's address is reached through this jump host.
+    pub jump: Option<crate::jump::Requested>,
 }
 
 /// `eic-connect ssh-config`.
@@ -167,6 +169,8 @@ pub struct SshConfig {
     pub reuse: Option<Duration>,
     pub reuse_dir: PathBuf,
     pub globals: CommandLineGlobals,
+    /// `--jump`: the block's proxy goes through this jump host.
+    pub jump: Option<String>,
 }
 
 /// `eic-connect scp|sftp`.
@@ -398,6 +402,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 user: args.user,
                 key_dir: args.key_dir.unwrap_or_else(|| dirs::proxy_dir(&ProcessEnv)),
                 master: args.master,
+                jump: args.jump.as_deref().map(crate::jump::parse).transpose()?,
             })
         }
         S::SshConfig(args) => {
@@ -413,6 +418,17 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                     crate::sanitize::terminal_safe(&args.prefix)
                 )));
             }
+            let globals = CommandLineGlobals::from_args(&cli.aws, &cli.path)?;
+            if let Some(jump) = &args.jump {
+                crate::jump::parse(jump)?;
+                if let Some(via @ (ConnectVia::Eice | ConnectVia::Ssm)) = globals.via {
+                    return Err(Failure::usage(format!(
+                        "--connect {} and --jump are two ways to the instances",
+                        via.as_str()
+                    ))
+                    .hint("choose one: a block for each, with a prefix of its own"));
+                }
+            }
             Command::SshConfig(SshConfig {
                 prefix: args.prefix,
                 state_dir: dirs::state_dir(&ProcessEnv),
@@ -420,7 +436,8 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 key_dir: dirs::proxy_dir(&ProcessEnv),
                 reuse: reuse_choice(args.reuse, args.no_reuse, &general, Setting::On),
                 reuse_dir: dirs::reuse_dir(&ProcessEnv),
-                globals: CommandLineGlobals::from_args(&cli.aws, &cli.path)?,
+                globals,
+                jump: args.jump,
             })
         }
         S::Scp(args) => Command::Copy(Copy {
