@@ -475,11 +475,14 @@ pub struct ProxyArgs {
     pub jump: Option<String>,
 }
 
+/// The ssh-config block's default prefix for Name tags.
+pub const DEFAULT_PREFIX: &str = "eic-";
+
 /// `eic-connect ssh-config`.
 #[derive(Debug, Clone, Args)]
 pub struct SshConfigArgs {
     /// Prefix that marks a Name tag: `ssh eic-web-1` reaches the instance named web-1
-    #[arg(long, value_name = "PREFIX", default_value = "eic-")]
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
     pub prefix: String,
     /// Default OS user for these hosts
     #[arg(long, value_name = "USER", default_value = crate::osuser::DEFAULT_OS_USER)]

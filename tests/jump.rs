@@ -909,4 +909,14 @@ fn through_the_jump_block_an_unknown_stopped_or_ambiguous_jump_host_is_a_clear_e
         "{}",
         stderr(&out)
     );
+    // The default prefix would take the plain block's names: said.
+    let mut c = bed.command();
+    c.args(["ssh-config", "--jump", "bastion-1"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: with --jump and the default prefix"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -19,6 +19,13 @@ pub fn run(settings: &SshConfig) -> anyhow::Result<ExitCode> {
     let known_hosts = crate::dirs::known_hosts_file(&settings.state_dir)?;
     let keyed_by_id = ssh_has_known_hosts_command(&crate::settings::ssh_program());
     let block = render(&exe, &known_hosts, settings, keyed_by_id)?;
+    if settings.jump.is_some() && settings.prefix == crate::cli::DEFAULT_PREFIX {
+        eprintln!(
+            "eic-connect: warning: with --jump and the default prefix, this block takes the plain block's names ({}web-1); \
+             give it a prefix of its own, e.g. --prefix eic-via-bastion-",
+            settings.prefix
+        );
+    }
     crate::error::print_stdout(&block)?;
     Ok(ExitCode::SUCCESS)
 }
