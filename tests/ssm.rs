@@ -653,3 +653,66 @@ fn a_reused_connection_keeps_one_session_and_makes_no_call() {
     assert!(session[0].terminate_api_called, "{session:#?}");
     assert_clean(&bed);
 }
+
+// ------------------------------------------------------------- overlap
+
+#[test]
+fn by_id_the_session_starts_while_the_lookup_runs() {
+    // The lookup is what an early start does not wait for (the push
+    // overlaps ssh on every path).
+    const LOOKUP_TAKES: Duration = Duration::from_millis(2500);
+    let bed = TestBed::start();
+    let db = bed.add_instance(managed("db-1"));
+    bed.set_delay("DescribeInstances", LOOKUP_TAKES);
+    let mut c = eic(&bed);
+    c.args(["--connect", "ssm", &db.id, "echo", "overlapped"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = c.spawn().unwrap();
+    // The session, its data channel and sshd's banner come while the push
+    // is still held.
+    let seen = loop {
+        if bed
+            .ssm_sessions()
+            .iter()
+            .any(|s| s.connected_to_instance && s.bytes_down > 0)
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < LOOKUP_TAKES + Duration::from_secs(5),
+            "no session came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "overlapped\n");
+    assert!(
+        seen < LOOKUP_TAKES - Duration::from_millis(500),
+        "the session came up {seen:?} after the start; the lookup takes {LOOKUP_TAKES:?}"
+    );
+    assert_clean(&bed);
+}
+
+#[test]
+fn by_id_a_stopped_instance_is_reported_and_the_early_ssh_is_never_heard() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(managed("db-1").state("stopped"));
+    let mut c = eic(&bed);
+    c.args(["--connect", "ssm", &db.id, "echo", "never"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is stopped"), "{err}");
+    assert!(
+        !err.contains("Session Manager cannot reach"),
+        "the early ssh's tunnel was heard: {err}"
+    );
+    assert!(
+        !err.contains("ssh:") && !err.contains("kex_exchange"),
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "");
+}

@@ -59,8 +59,8 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     {
         return Ok(code);
     }
-    if let Some((ip, user)) = early_start(&settings)
-        && let Some(code) = speculative(&settings, ip, user).await?
+    if let Some((way, user)) = early_start(&settings)
+        && let Some(code) = speculative(&settings, way, user).await?
     {
         return Ok(code);
     }
@@ -157,17 +157,26 @@ pub async fn run(settings: Connect) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The address and OS user ssh may start with before the lookup: an
-/// instance id whose address an earlier direct connection remembered, with
+/// Where ssh may start before the lookup answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    /// The address an earlier direct connection remembered.
+    Address(IpAddr),
+    /// Through Session Manager (`--connect ssm`), which needs no address.
+    SessionManager,
+}
+
+/// Where and as whom ssh may start before the lookup: an instance id, with
 /// the user known without a call (given or remembered), host keys on first
-/// use and nothing to start or tunnel.
-fn early_start(settings: &Connect) -> Option<(IpAddr, String)> {
+/// use, nothing to start, and either `--connect ssm` or an address an
+/// earlier direct connection remembered.
+fn early_start(settings: &Connect) -> Option<(Early, String)> {
     let reach = &settings.reach;
     let Target::InstanceId(id) = &settings.target else {
         return None;
     };
     if reach.start
-        || matches!(reach.path.via, ConnectVia::Eice | ConnectVia::Ssm)
+        || reach.path.via == ConnectVia::Eice
         || !matches!(reach.host_keys, HostKeyPolicy::FirstUse)
     {
         return None;
@@ -177,8 +186,11 @@ fn early_start(settings: &Connect) -> Option<(IpAddr, String)> {
     } else {
         crate::osuser::remembered(&reach.state_dir, id)?
     };
+    if reach.path.via == ConnectVia::Ssm {
+        return Some((Early::SessionManager, user));
+    }
     let ip = remembered_address(&reach.state_dir, id, reach.address)?;
-    Some((ip, user))
+    Some((Early::Address(ip), user))
 }
 
 /// The lookup showed the instance elsewhere than remembered.
@@ -193,19 +205,29 @@ impl std::fmt::Display for Moved {
 
 impl std::error::Error for Moved {}
 
-/// ssh starts at once at the remembered address while the lookup and the
-/// push run. ssh's messages are held until the lookup confirms the address
-/// (host keys are kept under the instance id, so an address now another
-/// instance's cannot be trusted by mistake either way). If the lookup shows
-/// another address or a route other than direct, this ssh is stopped
-/// unheard and `None` returned: the caller connects the usual way.
+/// ssh starts at once — at the remembered address, or through Session
+/// Manager (whose session then starts alongside the lookup and the push) —
+/// while the lookup and the push run. ssh's messages are held until the
+/// lookup confirms the way (host keys are kept under the instance id, so an
+/// address now another instance's cannot be trusted by mistake either
+/// way). If the lookup shows another address, a route other than direct,
+/// or no running instance, this ssh is stopped unheard and `None`
+/// returned: the caller connects the usual way (and reports the lookup's
+/// error).
 async fn speculative(
     settings: &Connect,
-    ip: IpAddr,
+    way: Early,
     user: String,
 ) -> anyhow::Result<Option<ExitCode>> {
     let reach = &settings.reach;
-    tracing::debug!(%ip, os_user = %user, "starting ssh at the remembered address while the lookup confirms it");
+    match way {
+        Early::Address(ip) => {
+            tracing::debug!(%ip, os_user = %user, "starting ssh at the remembered address while the lookup confirms it")
+        }
+        Early::SessionManager => {
+            tracing::debug!(os_user = %user, "starting ssh through Session Manager while the lookup and the push run")
+        }
+    }
     let config = aws::load_config(&reach.aws).await?;
     let clients = Clients::new(&config, &reach.aws);
     let key = EphemeralKey::generate()?;
@@ -244,7 +266,25 @@ async fn speculative(
             persist,
         )?);
     }
-    let host = ip.to_string();
+    let host = match way {
+        Early::Address(ip) => ip.to_string(),
+        Early::SessionManager => {
+            let route = route::Route::SessionManager {
+                instance_id: id.clone(),
+                port: ssh_port.unwrap_or(22),
+            };
+            let (host, options) = route::ssh_target(
+                Some(&route),
+                IpAddr::from([0, 0, 0, 0]),
+                &clients.scope,
+                &reach.aws,
+                id,
+                reach.reuse.is_some(),
+            )?;
+            path_options.splice(0..0, options);
+            host
+        }
+    };
     let spec = Spec {
         user_options: &settings.ssh_options,
         path_options,
@@ -270,15 +310,18 @@ async fn speculative(
                 result = &mut resolving, if done.is_none() => done = Some(result),
             }
         };
-        let confirmed = match ready {
-            Ok((instance, _)) => {
+        let confirmed = match (ready, way) {
+            // The lookup named the running instance: Session Manager
+            // reaches it by its id.
+            (Ok(_), Early::SessionManager) => true,
+            (Ok((instance, _)), Early::Address(ip)) => {
                 let chosen = choose_address(&instance.addresses, reach.address, &settings.target);
                 let direct = reach.path.via == ConnectVia::Direct
                     || instance.addresses.public_ip.map(IpAddr::V4) == Some(ip);
                 chosen.ok() == Some(ip) && direct
             }
             // The lookup failed: its error is what the user sees.
-            Err(_) => false,
+            (Err(_), _) => false,
         };
         tracing::debug!(
             confirmed,
@@ -300,7 +343,9 @@ async fn speculative(
     match outcome {
         Ok(status) => Ok(Some(child_exit_code(status))),
         Err(err) => {
-            remember_address(&reach.state_dir, id, reach.address, None);
+            if let Early::Address(_) = way {
+                remember_address(&reach.state_dir, id, reach.address, None);
+            }
             if err.is::<Moved>() {
                 tracing::debug!("the remembered address was stale; connecting the usual way");
                 Ok(None)
