@@ -85,7 +85,9 @@ pub async fn run(program: &OsStr, args: &[OsString]) -> anyhow::Result<ExitStatu
 /// ssh is stopped and its error is the outcome. If ssh ends first, it is
 /// still awaited, and if ssh failed, a failed push is the outcome: a
 /// refused push is reported as such, never as ssh's bare "Permission
-/// denied".
+/// denied". Not when ssh was stopped — a signal killed it, or the user
+/// sent one (Ctrl-C, SIGTERM, SIGHUP): then its status is returned at
+/// once, and the push is abandoned.
 ///
 /// With `hold`, ssh's standard error is held back until `hold` says
 /// whether it counts: shown (and followed) on `true`, dropped on `false` —
@@ -130,13 +132,24 @@ pub async fn run_beside(
     };
     let mut beside = std::pin::pin!(beside);
     let mut beside_done = false;
+    // The user (or ssh's own end) asked to stop: a push still in flight is
+    // not waited for then.
+    let mut stopping = false;
     loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status.context("waiting for ssh")?;
-                // Never cut a push short (what follows it, such as
-                // remembering the OS user, would be lost); it also decides
-                // whether held output is shown.
+                use std::os::unix::process::ExitStatusExt;
+                if !beside_done && (stopping || status.signal().is_some()) {
+                    tracing::debug!(?status, "ssh was stopped; not waiting for the push");
+                    if let Some(held) = held {
+                        held.abort();
+                    }
+                    return Ok(status);
+                }
+                // Otherwise never cut a push short (what follows it, such
+                // as remembering the OS user, would be lost); it also
+                // decides whether held output is shown.
                 let result = if beside_done { Ok(()) } else { beside.await };
                 if let Some(held) = held {
                     let _ = held.await;
@@ -160,10 +173,17 @@ pub async fn run_beside(
                     return Err(err);
                 }
             }
-            _ = interrupt.recv() => {}
-            _ = quit.recv() => {}
-            _ = terminate.recv() => forward(pid, libc::SIGTERM),
-            _ = hangup.recv() => forward(pid, libc::SIGHUP),
+            // Ctrl-C and Ctrl-\ reach ssh from the terminal itself.
+            _ = interrupt.recv() => stopping = true,
+            _ = quit.recv() => stopping = true,
+            _ = terminate.recv() => {
+                stopping = true;
+                forward(pid, libc::SIGTERM);
+            }
+            _ = hangup.recv() => {
+                stopping = true;
+                forward(pid, libc::SIGHUP);
+            }
         }
     }
 }

@@ -415,3 +415,39 @@ fn the_tunnel_killed_mid_transfer() {
     let tunnels = bed.wait_for_tunnels_closed(SIGNALS.len(), Duration::from_secs(10));
     assert_eq!(tunnels.len(), SIGNALS.len());
 }
+
+/// ssh started while the push is held (the overlap), then eic-connect is
+/// told to stop: it stops ssh and ends at once, without waiting out the
+/// push.
+#[test]
+fn a_signal_while_ssh_runs_beside_a_held_push_ends_at_once() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("web-1"));
+    let (script, marker) = slow_ssh(&bed);
+    for (name, signal) in [("SIGHUP", libc::SIGHUP), ("SIGTERM", libc::SIGTERM)] {
+        let _ = std::fs::remove_file(&marker);
+        bed.inject(
+            "SendSSHPublicKey",
+            Fault::Latency(Duration::from_secs(30)),
+            1,
+        );
+        let mut c = bed.command();
+        c.env("EIC_CONNECT_SSH", &script)
+            .args(["-l", &bed.os_user(), "web-1", "true"]);
+        let mut child = start(c);
+        wait_for(
+            "ssh to start beside the held push",
+            Duration::from_secs(15),
+            || marker.exists(),
+        );
+        let sent = Instant::now();
+        send(child.id() as i32, signal);
+        wait_for(
+            &format!("{name}: eic-connect to end"),
+            Duration::from_secs(5),
+            || child.try_wait().expect("wait").is_some(),
+        );
+        assert!(sent.elapsed() < Duration::from_secs(5));
+        next_run_cleans(&bed, name);
+    }
+}
