@@ -50,6 +50,25 @@ fn only_session(bed: &TestBed) -> SsmSession {
     sessions.into_iter().next().unwrap()
 }
 
+/// Waits until `TerminateSession` was called for the session: the
+/// TerminateSession flag ends its channel first, the API call follows (from
+/// the ProxyCommand, which may outlive ssh by a moment).
+#[track_caller]
+fn wait_terminated(bed: &TestBed, session_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bed
+        .ssm_session(session_id)
+        .is_some_and(|s| s.terminate_api_called)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "TerminateSession was not called: {:#?}",
+            bed.ssm_session(session_id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn connect_ssm_runs_a_command_and_passes_its_status() {
     let bed = TestBed::start();
@@ -86,7 +105,7 @@ fn connect_ssm_runs_a_command_and_passes_its_status() {
     assert_eq!(response["ProcessedClientActions"][0]["ActionStatus"], 1);
     assert!(session.connected_to_instance);
     assert!(session.bytes_up > 0 && session.bytes_down > 0);
-    assert!(session.terminate_api_called, "{session:#?}");
+    wait_terminated(&bed, &session.session_id);
     // The key still went through EC2 Instance Connect, for the right user.
     let pushes = bed.pushes();
     assert_eq!(pushes.len(), 1);
@@ -650,7 +669,7 @@ fn a_reused_connection_keeps_one_session_and_makes_no_call() {
     c.args(["reuse", "stop"]);
     assert!(run(c).status.success());
     let session = bed.wait_for_ssm_sessions_closed(1, Duration::from_secs(10));
-    assert!(session[0].terminate_api_called, "{session:#?}");
+    wait_terminated(&bed, &session[0].session_id);
     assert_clean(&bed);
 }
 
