@@ -735,3 +735,48 @@ fn by_id_a_stopped_instance_is_reported_and_the_early_ssh_is_never_heard() {
     );
     assert_eq!(stdout(&out), "");
 }
+
+// ------------------------------------------------------------ host keys
+
+#[test]
+fn host_keys_through_session_manager_are_kept_under_the_instance_id_and_checked() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(managed("db-1"));
+    let known_hosts = bed.home().join(".local/state/eic-connect/known_hosts");
+    // First use: recorded under the instance id, not an address.
+    let mut c = eic(&bed);
+    c.args(["--connect", "ssm", "db-1", "true"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (ssh may hash the names: ask ssh-keygen.)
+    let has = |name: &str| {
+        Command::new("ssh-keygen")
+            .arg("-F")
+            .arg(name)
+            .arg("-f")
+            .arg(&known_hosts)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(has(&db.id), "no entry for {}", db.id);
+    assert!(!has(&db.private_ip), "an entry for the address");
+    // A different key under that id: refused, nothing logs in.
+    let other = bed.generate_key("not-the-host-key");
+    std::fs::write(&known_hosts, format!("{} {}\n", db.id, other.public_key)).unwrap();
+    let logins = bed.sshd_log().matches("Accepted publickey").count();
+    let mut c = eic(&bed);
+    c.args(["--connect", "ssm", "db-1", "echo", "reached"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(!stdout(&out).contains("reached"));
+    assert!(
+        err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{err}"
+    );
+    assert_eq!(bed.sshd_log().matches("Accepted publickey").count(), logins);
+    assert_no_private_key_file(&bed, "after a refused host key");
+    assert_clean(&bed);
+}
