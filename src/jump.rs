@@ -1338,13 +1338,7 @@ pub async fn dry_run(settings: &Connect, requested: &Requested) -> anyhow::Resul
         host_keys: host_keys(),
         command: &settings.command,
     };
-    let args = session::ssh_args(
-        &spec,
-        Path::new("<runtime dir>/id.pub"),
-        Path::new("<runtime dir>/agent.sock"),
-        Path::new("<runtime dir>/host-key-report"),
-    )?;
-    out.push_str(&ssh::display_command(&reach.ssh_program, &args));
+    out.push_str(&session::dry_run_command(&reach.ssh_program, &spec)?);
     out.push('\n');
     crate::error::print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)

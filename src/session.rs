@@ -108,6 +108,18 @@ pub fn user_agent() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// `--dry-run`: ssh's command line for `spec`, with placeholders for the
+/// paths a real session makes.
+pub fn dry_run_command(program: &OsStr, spec: &Spec<'_>) -> anyhow::Result<String> {
+    let args = ssh_args(
+        spec,
+        Path::new("<runtime dir>/id.pub"),
+        Path::new("<runtime dir>/agent.sock"),
+        Path::new("<runtime dir>/host-key-report"),
+    )?;
+    Ok(crate::ssh::display_command(program, &args))
+}
+
 /// ssh's arguments for `spec` (without the program name).
 pub fn ssh_args(
     spec: &Spec<'_>,

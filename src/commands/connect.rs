@@ -1,7 +1,6 @@
 //! The main job: target → instance and address → ephemeral key → pushed → ssh.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -598,13 +597,7 @@ async fn dry_run(settings: &Connect) -> anyhow::Result<ExitCode> {
         },
         command: &settings.command,
     };
-    let args = session::ssh_args(
-        &spec,
-        Path::new("<runtime dir>/id.pub"),
-        Path::new("<runtime dir>/agent.sock"),
-        Path::new("<runtime dir>/host-key-report"),
-    )?;
-    out.push_str(&ssh::display_command(&reach.ssh_program, &args));
+    out.push_str(&session::dry_run_command(&reach.ssh_program, &spec)?);
     out.push('\n');
     crate::error::print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
