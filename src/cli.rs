@@ -230,6 +230,14 @@ pub enum Subcommand {
     Serial(SerialArgs),
     /// Show or end master connections kept for reuse: eic-connect reuse list
     Reuse(ReuseArgs),
+    /// Who connected to which instance, and when (from CloudTrail): eic-connect audit web-1
+    Audit(AuditArgs),
+    /// Print a least-privilege IAM policy for connecting: eic-connect policy --tag Team=web
+    Policy(PolicyArgs),
+    /// List, create or delete EC2 Instance Connect Endpoints
+    Endpoint(EndpointArgs),
+    /// Open an instance in the AWS console's browser-based EC2 Instance Connect
+    Console(ConsoleArgs),
     /// (internal) ssh's KnownHostsCommand for pinned host keys
     #[command(name = "__known-hosts", hide = true)]
     KnownHosts(KnownHostsArgs),
@@ -402,6 +410,48 @@ pub struct SerialArgs {
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
 }
+
+// ---- audit ----
+
+/// `eic-connect audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Print the events as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---- policy ----
+
+/// `eic-connect policy`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Print the policy on one line
+    #[arg(long)]
+    pub compact: bool,
+}
+
+// ---- endpoint ----
+
+/// `eic-connect endpoint`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointArgs {
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---- console ----
+
+/// `eic-connect console`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Instance id, Name tag, DNS name or IP address
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+}
+
+// ---- end of the administrative commands ----
 
 /// `eic-connect __known-hosts … -- %I %H %t %K`, run by ssh.
 #[derive(Debug, Clone, Args)]

@@ -74,6 +74,10 @@ fn dispatch(command: settings::Command) -> anyhow::Result<ExitCode> {
         C::Serial(settings) => block_on(commands::serial::run(settings)),
         C::KnownHosts(settings) => commands::known_hosts::run(&settings),
         C::Reuse(settings) => commands::reuse::run(&settings),
+        C::Audit(settings) => block_on(commands::audit::run(*settings)),
+        C::Policy(settings) => block_on(commands::policy::run(*settings)),
+        C::Endpoint(settings) => block_on(commands::endpoint::run(*settings)),
+        C::Console(settings) => block_on(commands::console::run(*settings)),
     }
 }
 

@@ -282,6 +282,12 @@ enum Meaning {
     SsmDocument,
     SsmSessionGone,
     SsmFilterRejected,
+    // CloudTrail (LookupEvents).
+
+    // IAM and STS (GetCallerIdentity, GetRole, SimulatePrincipalPolicy).
+
+    // EC2 administration (endpoints, security groups, instance metadata).
+
     // Any API.
     NotAuthorized,
     Throttled,
@@ -359,6 +365,13 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
         Meaning::SsmFilterRejected,
     ),
     ("InternalServerError", Meaning::InternalError),
+    // ---- CloudTrail ----
+
+    // ---- IAM and STS ----
+
+    // ---- EC2 administration ----
+
+    // ---- Any API ----
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),
     ("AccessDeniedException", Meaning::NotAuthorized),
@@ -400,6 +413,19 @@ fn is_ssm(op: &str) -> bool {
         op,
         "StartSession" | "TerminateSession" | "ResumeSession" | "DescribeInstanceInformation"
     )
+}
+
+/// The IAM action an operation needs: `service:Operation`.
+fn action_of(op: &str) -> String {
+    let service = match op {
+        "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => "ec2-instance-connect",
+        "LookupEvents" => "cloudtrail",
+        "GetCallerIdentity" => "sts",
+        "GetRole" | "GetUser" | "SimulatePrincipalPolicy" => "iam",
+        _ if is_ssm(op) => "ssm",
+        _ => "ec2",
+    };
+    format!("{service}:{op}")
 }
 
 /// EC2 Instance Connect's key pushes.
@@ -519,13 +545,16 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
         Meaning::SsmFilterRejected => Failure::new(format!("Session Manager rejected the {op} request{said}"))
             .hint("if the target you gave is valid, this is a bug in eic-connect: please report it"),
 
+        // ---- CloudTrail ----
+
+        // ---- IAM and STS ----
+
+        // ---- EC2 administration ----
+
+
         // ---- Any API ----
         Meaning::NotAuthorized => {
-            let action = match op {
-                "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey" => format!("ec2-instance-connect:{op}"),
-                _ if is_ssm(op) => format!("ssm:{op}"),
-                _ => format!("ec2:{op}"),
-            };
+            let action = action_of(op);
             Failure::new(format!("not authorized to call {op} ({where_})"))
                 .hint(format!("your IAM identity needs {action}"))
                 .hint("check which identity is in use: aws sts get-caller-identity")

@@ -56,6 +56,25 @@ pub struct Clients {
     pub eic: aws_sdk_ec2instanceconnect::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub scope: Scope,
+    /// For the clients only some commands need, made on first use.
+    pub config: SdkConfig,
+}
+
+impl Clients {
+    /// CloudTrail (`audit`).
+    pub fn cloudtrail(&self) -> aws_sdk_cloudtrail::Client {
+        aws_sdk_cloudtrail::Client::new(&self.config)
+    }
+
+    /// IAM (`doctor`'s permission check).
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.config)
+    }
+
+    /// STS (who the caller is).
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.config)
+    }
 }
 
 /// Resolves region and credentials the standard way (environment, shared
@@ -109,6 +128,7 @@ impl Clients {
             eic,
             ssm: aws_sdk_ssm::Client::new(config),
             scope: Scope::of(config, settings),
+            config: config.clone(),
         }
     }
 }

@@ -42,6 +42,20 @@ pub enum Command {
     Serial(Serial),
     KnownHosts(KnownHosts),
     Reuse(ReuseCommand),
+    Audit(Box<Admin<cli::AuditArgs>>),
+    Policy(Box<Admin<cli::PolicyArgs>>),
+    Endpoint(Box<Admin<cli::EndpointArgs>>),
+    Console(Box<Admin<cli::ConsoleArgs>>),
+}
+
+/// The administrative commands (`audit`, `policy`, `endpoint`, `console`):
+/// AWS settings and their own arguments.
+#[derive(Debug, Clone)]
+pub struct Admin<A> {
+    pub aws: AwsSettings,
+    pub args: A,
+    /// The config file's defaults that applied (a target's alias section).
+    pub defaults: Defaults,
 }
 
 /// How the ssh session is to treat host keys.
@@ -478,6 +492,33 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             })
         }
         S::KnownHosts(args) => Command::KnownHosts(known_hosts(args)),
+        S::Audit(args) => Command::Audit(Box::new(Admin {
+            aws: aws_settings(&cli.aws, &general)?,
+            args,
+            defaults: general.clone(),
+        })),
+        // (policy)
+        S::Policy(args) => Command::Policy(Box::new(Admin {
+            aws: aws_settings(&cli.aws, &general)?,
+            args,
+            defaults: general.clone(),
+        })),
+        // (endpoint)
+        S::Endpoint(args) => Command::Endpoint(Box::new(Admin {
+            aws: aws_settings(&cli.aws, &general)?,
+            args,
+            defaults: general.clone(),
+        })),
+        // (console)
+        S::Console(args) => {
+            let (target, defaults) = layers.expand(&args.target);
+            let args = cli::ConsoleArgs { target, ..args };
+            Command::Console(Box::new(Admin {
+                aws: aws_settings(&cli.aws, &defaults)?,
+                args,
+                defaults,
+            }))
+        }
         S::Reuse(args) => Command::Reuse(ReuseCommand {
             action: args.action,
             dir: dirs::reuse_dir(&ProcessEnv),

@@ -48,6 +48,14 @@ pub enum Service {
     /// Systems Manager, AWS JSON 1.1 (`X-Amz-Target: AmazonSSM.<Operation>`,
     /// signing name `ssm`).
     Ssm,
+    /// CloudTrail, AWS JSON 1.1 (`X-Amz-Target:
+    /// com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.<Operation>`,
+    /// signing name `cloudtrail`).
+    CloudTrail,
+    /// IAM, Query protocol (`Version=2010-05-08`, signing name `iam`).
+    Iam,
+    /// STS, Query protocol (`Version=2011-06-15`, signing name `sts`).
+    Sts,
 }
 
 impl Service {
@@ -56,6 +64,9 @@ impl Service {
             Service::Ec2 => "ec2",
             Service::InstanceConnect => "ec2-instance-connect",
             Service::Ssm => "ssm",
+            Service::CloudTrail => "cloudtrail",
+            Service::Iam => "iam",
+            Service::Sts => "sts",
         }
     }
 }
@@ -516,6 +527,16 @@ impl Api {
                     code.clone(),
                     super::ssm::injected_message(&code, &action, &params),
                 ),
+                Service::CloudTrail => (
+                    super::cloudtrail::status(&code),
+                    code.clone(),
+                    default_message(&code),
+                ),
+                Service::Iam | Service::Sts => (
+                    super::iam::status(&code),
+                    code.clone(),
+                    default_message(&code),
+                ),
             })
         } else {
             // 4. The operation itself.
@@ -555,6 +576,10 @@ impl Api {
                     format!("Unknown operation {other:?}"),
                 )),
                 (Service::Ssm, a) => super::ssm::handle(self, &mut st, a, &params),
+                (Service::CloudTrail, a) => super::cloudtrail::handle(self, &mut st, a, &params),
+                (Service::Iam | Service::Sts, a) => {
+                    super::iam::handle(self, &mut st, service, a, &params)
+                }
             }
         };
 
@@ -566,6 +591,10 @@ impl Api {
                     Service::Ec2 => ec2_error_response(status, &code, &msg),
                     Service::InstanceConnect => json_error_response(status, &code, &msg),
                     Service::Ssm => super::ssm::error_response(status, &code, &msg),
+                    Service::CloudTrail => super::cloudtrail::error_response(status, &code, &msg),
+                    Service::Iam | Service::Sts => {
+                        super::iam::error_response(service, status, &code, &msg)
+                    }
                 }
             }
         };
@@ -1089,6 +1118,8 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
         // anything else is taken as EC2 Instance Connect.
         let (service, prefix) = if target.starts_with(super::ssm::TARGET_PREFIX) {
             (Service::Ssm, super::ssm::TARGET_PREFIX)
+        } else if target.starts_with(super::cloudtrail::TARGET_PREFIX) {
+            (Service::CloudTrail, super::cloudtrail::TARGET_PREFIX)
         } else {
             (Service::InstanceConnect, EIC_TARGET_PREFIX)
         };
@@ -1147,7 +1178,13 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
             }
         }
         let action = params.get("Action").cloned().unwrap_or_default();
-        (Service::Ec2, action, params, None)
+        // Query services tell themselves apart by their API version.
+        let service = match params.get("Version").map(String::as_str) {
+            Some(super::iam::IAM_VERSION) => Service::Iam,
+            Some(super::iam::STS_VERSION) => Service::Sts,
+            _ => Service::Ec2,
+        };
+        (service, action, params, None)
     }
 }
 
@@ -1503,6 +1540,12 @@ pub fn json_error_response(status: u16, code: &str, msg: &str) -> Response {
 /// How each service reports a failed signature check.
 fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
     use sigv4::AuthError as A;
+    // IAM and STS answer as the Query protocol does.
+    let service = match service {
+        Service::Iam | Service::Sts => Service::Ec2,
+        Service::CloudTrail => Service::Ssm,
+        other => other,
+    };
     match (service, e) {
         (Service::Ec2, A::Missing(_)) => err(
             401,
@@ -1544,6 +1587,7 @@ fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         ),
+        (Service::CloudTrail | Service::Iam | Service::Sts, _) => unreachable!(),
     }
 }
 
@@ -1554,12 +1598,15 @@ fn auth_error(service: Service, e: &sigv4::AuthError) -> ApiError {
 fn throttling_error(service: Service) -> ApiError {
     let code = match service {
         Service::Ec2 => "RequestLimitExceeded",
-        Service::InstanceConnect | Service::Ssm => "ThrottlingException",
+        Service::InstanceConnect | Service::Ssm | Service::CloudTrail => "ThrottlingException",
+        Service::Iam | Service::Sts => "Throttling",
     };
     let status = match service {
         Service::Ec2 => ec2_status(code),
         Service::InstanceConnect => eic_status(code),
         Service::Ssm => super::ssm::status(code),
+        Service::CloudTrail => super::cloudtrail::status(code),
+        Service::Iam | Service::Sts => super::iam::status(code),
     };
     err(status, code, default_message(code))
 }

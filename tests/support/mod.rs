@@ -70,10 +70,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod cloudtrail;
 pub mod cmd;
 pub mod diag;
 pub mod eice;
 pub mod http;
+pub mod iam;
 pub mod latency;
 pub mod load;
 pub mod sigv4;
