@@ -426,9 +426,65 @@ pub struct AuditArgs {
 /// `eic-connect policy`.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
+    /// Instances the policy is for: instance ids, Name tags, DNS names or IP addresses [default: any instance]
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+
+    /// Only instances carrying this tag (repeat: all of them; `*` and `?` match as in IAM's StringLike)
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+
+    /// OS users keys may be pushed for (repeat) [default: any]
+    #[arg(short = 'l', long = "os-user", value_name = "USER")]
+    pub os_users: Vec<String>,
+
+    /// Allow tunnels through this EC2 Instance Connect Endpoint (repeat; `any` for every endpoint)
+    #[arg(long = "endpoint", value_name = "EICE-ID")]
+    pub endpoints: Vec<String>,
+
+    /// Ports tunnels may reach (repeat) [default: 22]
+    #[arg(long = "tunnel-port", value_name = "PORT", requires = "endpoints")]
+    pub tunnel_ports: Vec<u16>,
+
+    /// Addresses tunnels may reach (repeat) [default: any]
+    #[arg(long = "private-ip", value_name = "CIDR", requires = "endpoints")]
+    pub private_ips: Vec<ipnet::IpNet>,
+
+    /// Allow Session Manager as a way in (--connect ssm)
+    #[arg(long)]
+    pub session_manager: bool,
+
+    /// Allow starting stopped instances (--start)
+    #[arg(long)]
+    pub start: bool,
+
+    /// Allow reading host keys from the console output (--verify-host-key)
+    #[arg(long)]
+    pub verify_host_key: bool,
+
+    /// Allow the serial console (eic-connect serial)
+    #[arg(long)]
+    pub serial: bool,
+
+    /// Allow reading who connected (eic-connect audit)
+    #[arg(long)]
+    pub audit: bool,
+
+    /// Account the instances are in [default: the caller's, from sts:GetCallerIdentity]
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+
+    /// For every region rather than the current one
+    #[arg(long)]
+    pub all_regions: bool,
+
     /// Print the policy on one line
     #[arg(long)]
     pub compact: bool,
+
+    /// From --max-tunnel-duration or the config file.
+    #[arg(skip)]
+    pub max_tunnel_duration: Option<u32>,
 }
 
 // ---- endpoint ----

@@ -18,6 +18,7 @@ pub mod jump;
 pub mod key;
 pub mod osuser;
 pub mod picker;
+pub mod policy;
 pub mod progress;
 pub mod resolve;
 pub mod reuse;

@@ -498,11 +498,17 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             defaults: general.clone(),
         })),
         // (policy)
-        S::Policy(args) => Command::Policy(Box::new(Admin {
-            aws: aws_settings(&cli.aws, &general)?,
-            args,
-            defaults: general.clone(),
-        })),
+        S::Policy(args) => {
+            let max_tunnel_duration = cli.path.max_tunnel_duration.or(general.max_tunnel_duration);
+            Command::Policy(Box::new(Admin {
+                aws: aws_settings(&cli.aws, &general)?,
+                args: cli::PolicyArgs {
+                    max_tunnel_duration,
+                    ..args
+                },
+                defaults: general.clone(),
+            }))
+        }
         // (endpoint)
         S::Endpoint(args) => Command::Endpoint(Box::new(Admin {
             aws: aws_settings(&cli.aws, &general)?,
