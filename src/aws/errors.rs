@@ -428,6 +428,18 @@ fn action_of(op: &str) -> String {
     format!("{service}:{op}")
 }
 
+/// The `eic-connect policy` command line whose policy allows a refused push.
+fn policy_command(at: &Attempt<'_>) -> String {
+    let mut words = vec!["eic-connect policy".to_owned()];
+    words.extend(at.instance_id.map(str::to_owned));
+    if at.op == "SendSerialConsoleSSHPublicKey" {
+        words.push("--serial".to_owned());
+    } else if let Some(user) = at.os_user {
+        words.push(format!("--os-user {user}"));
+    }
+    words.join(" ")
+}
+
 /// EC2 Instance Connect's key pushes.
 fn is_push(op: &str) -> bool {
     matches!(op, "SendSSHPublicKey" | "SendSerialConsoleSSHPublicKey")
@@ -462,10 +474,12 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
         // ---- EC2 Instance Connect (SendSSHPublicKey and friends) ----
         Meaning::PushNotAllowed => Failure::new(format!("not allowed to push a key to {id} as OS user {user}{said}"))
             .hint(format!(
-                "your IAM identity needs ec2-instance-connect:{op} on arn:aws:ec2:{}:<account>:instance/{id}",
+                "your IAM identity needs ec2-instance-connect:{op} on arn:{}:ec2:{}:<account>:instance/{id}",
+                crate::policy::partition(&at.scope.region),
                 at.scope.region
             ))
             .hint(format!("if the policy has an ec2:osuser condition, it must allow \"{user}\" (choose another with --os-user)"))
+            .hint(format!("a policy that allows it: {}", policy_command(at)))
             .hint("check which identity is in use: aws sts get-caller-identity"),
         Meaning::PushInstanceNotFound => {
             Failure::new(format!("EC2 Instance Connect cannot find instance {id} ({where_}){said}"))
@@ -658,6 +672,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A refused push names the ARN in the region's partition and the
+    /// `eic-connect policy` command that prints a policy allowing it.
+    #[test]
+    fn a_refused_push_says_which_policy_allows_it() {
+        let scope = Scope {
+            region: "cn-north-1".into(),
+            profile: None,
+        };
+        let f = explain("AuthException", "", &at("SendSSHPublicKey", &scope));
+        let hints = f.hints.join("\n");
+        assert!(
+            hints.contains("on arn:aws-cn:ec2:cn-north-1:<account>:instance/i-0123456789abcdef0"),
+            "{hints}"
+        );
+        assert!(
+            hints.contains("eic-connect policy i-0123456789abcdef0 --os-user ec2-user"),
+            "{hints}"
+        );
+        let f = explain(
+            "AuthException",
+            "",
+            &at("SendSerialConsoleSSHPublicKey", &scope),
+        );
+        let hints = f.hints.join("\n");
+        assert!(
+            hints.contains("eic-connect policy i-0123456789abcdef0 --serial"),
+            "{hints}"
+        );
     }
 
     /// Codes that mean the same are explained alike; codes that do not,
