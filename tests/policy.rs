@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use support::api::Service;
 use support::cmd::{assert_signed, eic, run, stderr, stdout};
 use support::eice::EndpointSpec;
+use support::policy_eval::allows;
 use support::{InstanceSpec, TestBed};
 
 const ACCOUNT: &str = "123456789012";
@@ -399,4 +400,141 @@ fn unknown_and_ambiguous_names_print_no_policy() {
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
         assert!(stdout(&out).is_empty());
     }
+}
+
+/// A policy narrowed to one team's instances, one OS user, one endpoint
+/// and one address allows every call eic-connect made for each capability
+/// (each with the resource and condition keys AWS authorises it by), and
+/// refuses the same calls for another user, another team's instance,
+/// another port, another address or another endpoint.
+#[test]
+fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
+    let bed = TestBed::start();
+    let user = bed.os_user();
+    let web = bed.add_instance(InstanceSpec::named("web-1").tag("Team", "web"));
+    let db = bed.add_instance(
+        InstanceSpec::named("db-1")
+            .tag("Team", "web")
+            .public_ip(false),
+    );
+    let endpoint = bed.add_endpoint(EndpointSpec::default());
+    bed.add_instance(
+        InstanceSpec::named("app-1")
+            .tag("Team", "web")
+            .public_ip(false)
+            .managed(true),
+    );
+    bed.set_console_output(&web.id, &bed.host_key_console());
+    let mut steps: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["web-1", "--", "echo", "direct"], "direct\n"),
+        (
+            vec!["--verify-host-key", "web-1", "--", "echo", "pinned"],
+            "pinned\n",
+        ),
+        (vec!["db-1", "--", "echo", "tunnelled"], "tunnelled\n"),
+        (
+            vec!["--connect", "ssm", "app-1", "--", "echo", "managed"],
+            "managed\n",
+        ),
+    ];
+    for (args, expect) in steps.drain(..) {
+        let mut c = login(&bed);
+        if !args.contains(&"db-1") && !args.contains(&"app-1") {
+            c.args(["-p", &bed.sshd_port().to_string()]);
+        }
+        c.args(&args);
+        assert_ran(c, expect);
+    }
+    bed.set_state(&web.id, "stopped");
+    let mut c = eic(&bed);
+    c.args(["--start", "web-1", "--", "echo", "started"]);
+    assert_ran(c, "started\n");
+    let mut c = bed.command();
+    c.env(
+        "EIC_CONNECT_SERIAL_HOST",
+        format!("127.0.2.1:{}", bed.sshd_port()),
+    )
+    .env("EIC_CONNECT_SERIAL_FINGERPRINT", bed.host_key_fingerprint())
+    .stdin(Stdio::null())
+    .args(["serial", "web-1"]);
+    run(c);
+    bed.wait_for_ssm_sessions_closed(1, std::time::Duration::from_secs(10));
+    assert_signed(&bed);
+
+    let mut c = bed.command();
+    let cidr = format!("{}/32", db.private_ip);
+    c.args(["policy", "--tag", "Team=web", "-l", &user])
+        .args(["--endpoint", &endpoint.id, "--private-ip", &cidr])
+        .args([
+            "--session-manager",
+            "--start",
+            "--verify-host-key",
+            "--serial",
+        ]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    // The account came from GetCallerIdentity.
+    assert!(
+        stdout(&out).contains(&format!(":{}:instance/*", bed.account_id())),
+        "{printed:#}"
+    );
+
+    let vars = std::collections::BTreeMap::from([("aws:username", "test")]);
+    let authorizations = bed.authorizations();
+    let actions: BTreeSet<&str> = authorizations.iter().map(|a| a.action.as_str()).collect();
+    for needed in [
+        "ec2-instance-connect:SendSSHPublicKey",
+        "ec2-instance-connect:OpenTunnel",
+        "ec2-instance-connect:SendSerialConsoleSSHPublicKey",
+        "ec2:StartInstances",
+        "ec2:GetConsoleOutput",
+        "ssm:StartSession",
+        "ssm:TerminateSession",
+    ] {
+        assert!(
+            actions.contains(needed),
+            "{needed} was not called: {actions:?}"
+        );
+    }
+    let mut refused = 0;
+    for auth in &authorizations {
+        assert!(
+            allows(&printed, auth, &vars),
+            "refused: {auth:#?}\n{printed:#}"
+        );
+        let mut others = Vec::new();
+        for (key, other) in [
+            ("ec2:osuser", "someone-else"),
+            ("aws:ResourceTag/Team", "payroll"),
+            ("ssm:resourceTag/Team", "payroll"),
+            ("ec2-instance-connect:remotePort", "23"),
+            ("ec2-instance-connect:privateIpAddress", "10.9.9.9"),
+            ("ec2-instance-connect:maxTunnelDuration", "3601"),
+        ] {
+            if auth.context.contains_key(key) && key != "ec2-instance-connect:maxTunnelDuration" {
+                others.push(auth.with(key, other));
+            }
+        }
+        if auth.resource.contains(&endpoint.id) {
+            let mut other = auth.clone();
+            other.resource = auth
+                .resource
+                .replace(&endpoint.id, "eice-0aaaaaaaaaaaaaaaa");
+            others.push(other);
+        }
+        if auth.resource.contains(":session/") {
+            let mut other = auth.clone();
+            other.resource = auth.resource.replace("session/test-", "session/someone-");
+            others.push(other);
+        }
+        for other in others {
+            refused += 1;
+            assert!(
+                !allows(&printed, &other, &vars),
+                "allowed: {other:#?}\n{printed:#}"
+            );
+        }
+    }
+    assert!(refused >= 6, "{refused} refusals checked");
 }

@@ -78,6 +78,7 @@ pub mod http;
 pub mod iam;
 pub mod latency;
 pub mod load;
+pub mod policy_eval;
 pub mod sigv4;
 pub mod sshd;
 pub mod ssm;

@@ -1,0 +1,262 @@
+//! IAM policy evaluation for the test bed: which calls the bed saw a
+//! policy document allows, each with the resource and condition keys AWS
+//! authorises it by (the instance and its tags, the OS user, the tunnel's
+//! port, address and duration, the session document).
+//!
+//! Covers the policy grammar the tests need: `Allow`/`Deny`, `Action` and
+//! `Resource` (string or list, `*`/`?` wildcards, `${aws:…}` variables) and
+//! the operators `StringEquals`, `StringLike`, `NumericEquals`,
+//! `NumericLessThanEquals` and `IpAddress`. Anything else panics, so a
+//! policy using it cannot pass unnoticed.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::TestBed;
+use super::api::{Service, wildcard_match};
+
+/// One authorisation AWS makes: an action on a resource, with its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub action: String,
+    pub resource: String,
+    pub context: BTreeMap<String, String>,
+}
+
+impl Authorization {
+    /// The same request with one context key changed (or added).
+    pub fn with(&self, key: &str, value: &str) -> Authorization {
+        let mut other = self.clone();
+        other.context.insert(key.to_owned(), value.to_owned());
+        other
+    }
+}
+
+/// Whether `policy` allows the authorisation: some statement allows it and
+/// none denies it. `vars` fills `${aws:username}` and the like.
+pub fn allows(policy: &Value, auth: &Authorization, vars: &BTreeMap<&str, &str>) -> bool {
+    let statements = policy["Statement"].as_array().expect("Statement is a list");
+    let mut allowed = false;
+    for s in statements {
+        if !listed(&s["Action"])
+            .iter()
+            .any(|a| wildcard_match(&a.to_ascii_lowercase(), &auth.action.to_ascii_lowercase()))
+        {
+            continue;
+        }
+        if !listed(&s["Resource"])
+            .iter()
+            .any(|r| substitute(r, vars).is_some_and(|r| wildcard_match(&r, &auth.resource)))
+        {
+            continue;
+        }
+        if !conditions_hold(&s["Condition"], &auth.context) {
+            continue;
+        }
+        match s["Effect"].as_str() {
+            Some("Allow") => allowed = true,
+            Some("Deny") => return false,
+            other => panic!("Effect {other:?}"),
+        }
+    }
+    allowed
+}
+
+fn listed(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().expect("strings").to_owned())
+            .collect(),
+        other => panic!("not a string or a list: {other}"),
+    }
+}
+
+/// The pattern with its variables filled in; `None` when the request has
+/// no value for one (AWS then treats the element as not matching).
+fn substitute(pattern: &str, vars: &BTreeMap<&str, &str>) -> Option<String> {
+    let mut out = pattern.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("${{{name}}}"), value);
+    }
+    (!out.contains("${")).then_some(out)
+}
+
+/// Every operator holds; within one, every key; for a key, any value. A
+/// key the request does not have fails its condition (no `…IfExists`).
+fn conditions_hold(conditions: &Value, context: &BTreeMap<String, String>) -> bool {
+    let Some(ops) = conditions.as_object() else {
+        assert!(conditions.is_null(), "Condition {conditions}");
+        return true;
+    };
+    ops.iter().all(|(op, keys)| {
+        keys.as_object()
+            .expect("a condition maps keys to values")
+            .iter()
+            .all(|(key, values)| {
+                let Some(actual) = context.get(key) else {
+                    return false;
+                };
+                listed(values).iter().any(|want| holds(op, want, actual))
+            })
+    })
+}
+
+fn holds(op: &str, want: &str, actual: &str) -> bool {
+    let number = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+    match op {
+        "StringEquals" => want == actual,
+        "StringLike" => wildcard_match(want, actual),
+        "NumericEquals" => number(actual) == number(want),
+        "NumericLessThanEquals" => number(actual) <= number(want),
+        "IpAddress" => {
+            let net: ipnet::IpNet = want
+                .parse()
+                .or_else(|_| want.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .expect("a CIDR");
+            actual
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| net.contains(&ip))
+        }
+        other => panic!("condition operator {other} is not modelled"),
+    }
+}
+
+impl TestBed {
+    fn arn(&self, service: &str, resource: &str) -> String {
+        format!(
+            "arn:aws:{service}:{}:{}:{resource}",
+            self.region(),
+            self.account_id()
+        )
+    }
+
+    fn instance_authorization(&self, action: &str, id: &str, tag_prefix: &str) -> Authorization {
+        let tags = self
+            .api
+            .lock()
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.tags.clone())
+            .unwrap_or_default();
+        Authorization {
+            action: action.to_owned(),
+            resource: self.arn("ec2", &format!("instance/{id}")),
+            context: tags
+                .into_iter()
+                .map(|(k, v)| (format!("{tag_prefix}/{k}"), v))
+                .collect(),
+        }
+    }
+
+    /// The authorisations AWS would have made for every call the bed saw
+    /// (and every tunnel it opened or refused).
+    pub fn authorizations(&self) -> Vec<Authorization> {
+        let mut out = Vec::new();
+        for call in self.requests() {
+            let p = |k: &str| call.params.get(k).cloned().unwrap_or_default();
+            let action = call.action.as_str();
+            let auth = match (call.service, action) {
+                (Service::InstanceConnect, "SendSSHPublicKey") => {
+                    let mut auth = self.instance_authorization(
+                        "ec2-instance-connect:SendSSHPublicKey",
+                        &p("InstanceId"),
+                        "aws:ResourceTag",
+                    );
+                    auth.context
+                        .insert("ec2:osuser".into(), p("InstanceOSUser"));
+                    auth
+                }
+                (Service::InstanceConnect, "SendSerialConsoleSSHPublicKey") => self
+                    .instance_authorization(
+                        "ec2-instance-connect:SendSerialConsoleSSHPublicKey",
+                        &p("InstanceId"),
+                        "aws:ResourceTag",
+                    ),
+                (Service::Ec2, "GetConsoleOutput") => self.instance_authorization(
+                    "ec2:GetConsoleOutput",
+                    &p("InstanceId"),
+                    "aws:ResourceTag",
+                ),
+                (Service::Ec2, "StartInstances") => {
+                    for id in call.list("InstanceId") {
+                        out.push(self.instance_authorization(
+                            "ec2:StartInstances",
+                            &id,
+                            "aws:ResourceTag",
+                        ));
+                    }
+                    continue;
+                }
+                (Service::Ssm, "StartSession") => {
+                    out.push(self.instance_authorization(
+                        "ssm:StartSession",
+                        &p("Target"),
+                        "ssm:resourceTag",
+                    ));
+                    Authorization {
+                        action: "ssm:StartSession".into(),
+                        resource: format!(
+                            "arn:aws:ssm:{}::document/{}",
+                            self.region(),
+                            p("DocumentName")
+                        ),
+                        context: BTreeMap::new(),
+                    }
+                }
+                (Service::Ssm, "TerminateSession") => Authorization {
+                    action: "ssm:TerminateSession".into(),
+                    resource: self.arn("ssm", &format!("session/{}", p("SessionId"))),
+                    context: BTreeMap::new(),
+                },
+                (service, _) => {
+                    let prefix = match service {
+                        Service::Ec2 => "ec2",
+                        Service::InstanceConnect => "ec2-instance-connect",
+                        Service::Ssm => "ssm",
+                        Service::CloudTrail => "cloudtrail",
+                        Service::Iam => "iam",
+                        Service::Sts => "sts",
+                    };
+                    // Lookups that AWS does not scope by resource.
+                    Authorization {
+                        action: format!("{prefix}:{action}"),
+                        resource: "*".into(),
+                        context: BTreeMap::new(),
+                    }
+                }
+            };
+            out.push(auth);
+        }
+        for tunnel in self.tunnels() {
+            let mut context = BTreeMap::from([
+                (
+                    "ec2-instance-connect:remotePort".to_owned(),
+                    tunnel.remote_port.to_string(),
+                ),
+                (
+                    "ec2-instance-connect:privateIpAddress".to_owned(),
+                    tunnel.private_ip.clone(),
+                ),
+            ]);
+            if let Some(max) = tunnel.max_duration {
+                context.insert(
+                    "ec2-instance-connect:maxTunnelDuration".to_owned(),
+                    max.to_string(),
+                );
+            }
+            out.push(Authorization {
+                action: "ec2-instance-connect:OpenTunnel".into(),
+                resource: self.arn(
+                    "ec2",
+                    &format!("instance-connect-endpoint/{}", tunnel.endpoint_id),
+                ),
+                context,
+            });
+        }
+        out
+    }
+}
