@@ -25,7 +25,9 @@ fn connect(bed: &TestBed, args: &[&str]) -> Output {
 /// eic-connect endpoint connection (port 22, which the endpoint maps).
 fn connect_eice(bed: &TestBed, args: &[&str]) -> Output {
     let mut c = bed.command();
-    c.args(["-l", &bed.os_user()]).args(args).stdin(Stdio::null());
+    c.args(["-l", &bed.os_user()])
+        .args(args)
+        .stdin(Stdio::null());
     run(c)
 }
 
@@ -233,10 +235,7 @@ fn endpoint_tunnels_are_mapped_to_instances_by_private_address() {
         instances,
         [db.id.clone(), "?".into(), format!("{}?", db.id)]
     );
-    assert_eq!(
-        rows[0][6],
-        format!("{} {}:22", endpoint.id, db.private_ip)
-    );
+    assert_eq!(rows[0][6], format!("{} {}:22", endpoint.id, db.private_ip));
     let err = stderr(&out);
     assert!(err.contains("no instance holds 10.9.9.9"), "{err}");
     assert!(err.contains("launched after the tunnel"), "{err}");
@@ -262,7 +261,10 @@ fn pages_are_read_once_each_and_paced_under_the_rate_limit() {
     let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let all = events(&doc);
     assert_eq!(all.len(), 120);
-    let ids: BTreeSet<&str> = all.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let ids: BTreeSet<&str> = all
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 120, "every event once");
     let users: Vec<String> = all
         .iter()
@@ -279,7 +281,11 @@ fn pages_are_read_once_each_and_paced_under_the_rate_limit() {
         assert_eq!(call.error_code, None);
     }
     assert!(!calls[0].params.contains_key("NextToken"));
-    assert!(calls[1..].iter().all(|c| c.params.contains_key("NextToken")));
+    assert!(
+        calls[1..]
+            .iter()
+            .all(|c| c.params.contains_key("NextToken"))
+    );
     for pair in calls.windows(2) {
         let gap = pair[1]
             .received
@@ -297,7 +303,11 @@ fn pages_are_read_once_each_and_paced_under_the_rate_limit() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(rows(&out).len(), 10);
     assert_eq!(rows(&out)[0][5], "u0");
-    assert!(stderr(&out).contains("showing the newest 10 events"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("showing the newest 10 events"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(lookups(&bed).len(), 1);
 }
 
@@ -310,10 +320,26 @@ fn the_time_range_principal_user_and_kind_filters() {
     let account = bed.account_id().to_owned();
     let alice = assumed_role(&account, "Admin", "alice");
     let bob = iam_user(&account, "bob", "AKIAEXAMPLEBOB000001");
-    bed.add_trail_event(EventSpec::push(&web.id, "ec2-user").identity(alice.clone()).at(now - 7200));
-    bed.add_trail_event(EventSpec::push(&web.id, "ubuntu").identity(bob.clone()).at(now - 30 * 3600));
-    bed.add_trail_event(EventSpec::push(&db.id, "ec2-user").identity(bob.clone()).at(now - 600));
-    bed.add_trail_event(EventSpec::serial(&db.id).identity(alice.clone()).at(now - 300));
+    bed.add_trail_event(
+        EventSpec::push(&web.id, "ec2-user")
+            .identity(alice.clone())
+            .at(now - 7200),
+    );
+    bed.add_trail_event(
+        EventSpec::push(&web.id, "ubuntu")
+            .identity(bob.clone())
+            .at(now - 30 * 3600),
+    );
+    bed.add_trail_event(
+        EventSpec::push(&db.id, "ec2-user")
+            .identity(bob.clone())
+            .at(now - 600),
+    );
+    bed.add_trail_event(
+        EventSpec::serial(&db.id)
+            .identity(alice.clone())
+            .at(now - 300),
+    );
 
     // Default: the last 24 hours, sent to CloudTrail as StartTime/EndTime.
     let doc = audit_json(&bed, &[]);
@@ -334,7 +360,10 @@ fn the_time_range_principal_user_and_kind_filters() {
     let doc = audit_json(&bed, &["--since", &since, "--until", &until]);
     let shown: Vec<Value> = events(&doc).iter().map(|e| e["os_user"].clone()).collect();
     assert_eq!(shown, ["ec2-user", "ubuntu"]);
-    assert_eq!(number(&lookups(&bed)[0], "StartTime"), (now - 31 * 3600) as f64);
+    assert_eq!(
+        number(&lookups(&bed)[0], "StartTime"),
+        (now - 31 * 3600) as f64
+    );
     assert_eq!(number(&lookups(&bed)[0], "EndTime"), (now - 3600) as f64);
     assert_eq!(doc["since"], since.as_str());
 
@@ -381,7 +410,12 @@ fn json_field_names_are_stable() {
             .at(now - 60),
     );
     let doc = audit_json(&bed, &[]);
-    let keys: BTreeSet<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = doc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         keys,
         BTreeSet::from(["events", "region", "since", "until", "truncated"])
@@ -454,8 +488,17 @@ fn hostile_values_from_cloudtrail_never_reach_the_terminal_raw() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(clean(&stdout(&out)), "{:?}", stdout(&out));
     assert!(clean(&stderr(&out)), "{:?}", stderr(&out));
-    assert_eq!(rows(&out).len(), 4, "one line per event: {:?}", stdout(&out));
-    assert!(rows(&out).iter().all(|r| r.len() == 8), "{:?}", stdout(&out));
+    assert_eq!(
+        rows(&out).len(),
+        4,
+        "one line per event: {:?}",
+        stdout(&out)
+    );
+    assert!(
+        rows(&out).iter().all(|r| r.len() == 8),
+        "{:?}",
+        stdout(&out)
+    );
 
     // JSON: escaped on the terminal, exact for a parser.
     let out = audit(&bed, &["--json"]);
@@ -473,7 +516,10 @@ fn hostile_values_from_cloudtrail_never_reach_the_terminal_raw() {
         !without_erase.contains('\x1b') && !without_erase.contains('\x07'),
         "{seen:?}"
     );
-    assert!(seen.contains("TIME (UTC)") && seen.contains("PRINCIPAL"), "{seen:?}");
+    assert!(
+        seen.contains("TIME (UTC)") && seen.contains("PRINCIPAL"),
+        "{seen:?}"
+    );
     assert!(seen.contains("\\u{1b}"), "escapes are shown: {seen:?}");
 
     // An error message from CloudTrail, likewise.
@@ -493,7 +539,11 @@ fn hostile_values_from_cloudtrail_never_reach_the_terminal_raw() {
     let out = audit(&bed, &[]);
     assert_eq!(out.status.code(), Some(255));
     assert!(clean(&stderr(&out)), "{:?}", stderr(&out));
-    assert!(stderr(&out).contains("cloudtrail:LookupEvents"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cloudtrail:LookupEvents"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Runs eic-connect on a pseudo-terminal (util-linux `script`) and returns
@@ -537,7 +587,10 @@ fn every_lookup_error_has_a_message_and_a_hint() {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(255), "{code}: {err}");
         assert!(err.starts_with("eic-connect: error: "), "{code}: {err}");
-        assert!(err.contains("\nhint: ") || err.contains("hint:"), "{code}: {err}");
+        assert!(
+            err.contains("\nhint: ") || err.contains("hint:"),
+            "{code}: {err}"
+        );
         assert!(err.contains(needle), "{code}: {err}");
         assert!(!err.contains("failed with AWS error"), "{code}: {err}");
     }
@@ -546,7 +599,11 @@ fn every_lookup_error_has_a_message_and_a_hint() {
     bed.set_rate_limit("LookupEvents", 0.0, 0);
     let out = audit(&bed, &[]);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("CloudTrail is throttling LookupEvents"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CloudTrail is throttling LookupEvents"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(bed.throttled("LookupEvents"), 1);
 }
 
@@ -555,7 +612,10 @@ fn bad_input_makes_no_cloudtrail_call() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("web-1"));
     let usage = [
-        (vec!["--since", "yesterday"], "neither a duration nor a time"),
+        (
+            vec!["--since", "yesterday"],
+            "neither a duration nor a time",
+        ),
         (vec!["--since", "2h", "--until", "3h"], "not before"),
         (vec!["--since", "100d"], "90 days"),
         (vec!["--until", "2026-13-01T00:00:00Z"], "neither"),
@@ -573,10 +633,18 @@ fn bad_input_makes_no_cloudtrail_call() {
     }
     let out = audit(&bed, &["nosuch"]);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("no instance matches"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no instance matches"),
+        "{}",
+        stderr(&out)
+    );
     let out = audit(&bed, &["-f", "tag:Team=none"]);
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("no instance matches"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no instance matches"),
+        "{}",
+        stderr(&out)
+    );
     assert!(lookups(&bed).is_empty());
     assert!(bed.trail_events().is_empty(), "nothing was pushed");
 }
@@ -598,6 +666,10 @@ fn no_events_is_success_with_a_note() {
     );
     let doc = audit_json(&bed, &[]);
     assert_eq!(events(&doc).len(), 0);
-    assert_eq!(audit_json(&bed, &["--since", "3d"])["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        audit_json(&bed, &["--since", "3d"])["events"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
-

@@ -222,7 +222,11 @@ pub fn principal(identity: &Value) -> (Option<String>, Option<String>) {
     };
     let name = name
         .or_else(|| text(identity, &["userName"]))
-        .or_else(|| arn.as_deref().and_then(|a| a.rsplit(':').next()).map(str::to_owned))
+        .or_else(|| {
+            arn.as_deref()
+                .and_then(|a| a.rsplit(':').next())
+                .map(str::to_owned)
+        })
         .or(principal_id)
         .or_else(|| (!kind.is_empty()).then_some(kind));
     (name, arn)
@@ -303,7 +307,10 @@ pub fn map_event(event: &Event, holders: &[Holder]) -> Mapping {
     let Some(ip) = event.address() else {
         return Mapping::Unknown;
     };
-    let holding: Vec<&Holder> = holders.iter().filter(|h| h.addresses.contains(&ip)).collect();
+    let holding: Vec<&Holder> = holders
+        .iter()
+        .filter(|h| h.addresses.contains(&ip))
+        .collect();
     match holding.as_slice() {
         [] => Mapping::NoHolder,
         [one] => match (one.launch_time, event.time) {
@@ -342,7 +349,10 @@ pub fn keep(event: &Event, query: &Query, selected: Option<&Selected>) -> bool {
     }
     if let Some(text) = &query.principal {
         let text = text.to_lowercase();
-        let has = |s: &Option<String>| s.as_deref().is_some_and(|s| s.to_lowercase().contains(&text));
+        let has = |s: &Option<String>| {
+            s.as_deref()
+                .is_some_and(|s| s.to_lowercase().contains(&text))
+        };
         if !has(&event.principal) && !has(&event.principal_arn) {
             return false;
         }
@@ -353,7 +363,9 @@ pub fn keep(event: &Event, query: &Query, selected: Option<&Selected>) -> bool {
             .as_deref()
             .is_some_and(|id| selected.ids.contains(id));
         let by_address = event.instance_id.is_none()
-            && event.address().is_some_and(|ip| selected.addresses.contains(&ip));
+            && event
+                .address()
+                .is_some_and(|ip| selected.addresses.contains(&ip));
         if !by_id && !by_address {
             return false;
         }
@@ -416,7 +428,9 @@ pub fn row(event: &Event, mapping: &Mapping) -> Vec<String> {
                 (Some(p), _) => format!("{ip}:{p}"),
                 (None, _) => ip.into_owned(),
             };
-            format!("{} {at}", cell(endpoint.as_deref())).trim().to_owned()
+            format!("{} {at}", cell(endpoint.as_deref()))
+                .trim()
+                .to_owned()
         }
     };
     vec![

@@ -70,7 +70,9 @@ fn reads_a_tunnel_and_a_failure() {
 fn names_principals_as_people_say_them() {
     let p = |v: serde_json::Value| principal(&v).0;
     assert_eq!(
-        p(serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::1:user/ops/bob", "userName": "bob"})),
+        p(
+            serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::1:user/ops/bob", "userName": "bob"})
+        ),
         Some("bob".into())
     );
     assert_eq!(
@@ -82,15 +84,20 @@ fn names_principals_as_people_say_them() {
         Some("root".into())
     );
     assert_eq!(
-        p(serde_json::json!({"type": "AssumedRole", "principalId": "AROA:s1",
-            "sessionContext": {"sessionIssuer": {"userName": "R"}}})),
+        p(
+            serde_json::json!({"type": "AssumedRole", "principalId": "AROA:s1",
+            "sessionContext": {"sessionIssuer": {"userName": "R"}}})
+        ),
         Some("R/s1".into())
     );
     assert_eq!(
         p(serde_json::json!({"type": "AWSService", "invokedBy": "ec2.amazonaws.com"})),
         Some("ec2.amazonaws.com".into())
     );
-    assert_eq!(p(serde_json::json!({"type": "Weird"})), Some("Weird".into()));
+    assert_eq!(
+        p(serde_json::json!({"type": "Weird"})),
+        Some("Weird".into())
+    );
     assert_eq!(p(serde_json::json!({})), None);
 }
 
@@ -102,7 +109,14 @@ fn missing_or_odd_records_fall_back_to_the_outer_fields() {
         event_time: Some(1_700_000_000),
         username: Some("carol".into()),
     };
-    for text in [None, Some(""), Some("not json"), Some("[1,2]"), Some("\"s\""), Some("null")] {
+    for text in [
+        None,
+        Some(""),
+        Some("not json"),
+        Some("[1,2]"),
+        Some("\"s\""),
+        Some("null"),
+    ] {
         let e = parse_event(&outer, text);
         assert!(e.unreadable, "{text:?}");
         assert_eq!(e.time, Some(1_700_000_000));
@@ -118,7 +132,10 @@ fn missing_or_odd_records_fall_back_to_the_outer_fields() {
     let e = parse_event(&outer, Some(&odd.to_string()));
     assert!(!e.unreadable);
     assert_eq!(e.time, Some(1_700_000_000));
-    assert_eq!((e.instance_id, e.port, e.private_ip, e.error_code), (None, None, None, None));
+    assert_eq!(
+        (e.instance_id, e.port, e.private_ip, e.error_code),
+        (None, None, None, None)
+    );
     assert_eq!(e.principal.as_deref(), Some("carol"));
 }
 
@@ -144,17 +161,32 @@ fn tunnels_map_by_address_and_say_when_unsure() {
         holder("i-00000003", 500, &["10.0.0.3"]),
         holder("i-00000004", 500, &["10.0.0.3", "2600::1"]),
     ];
-    assert_eq!(map_event(&tunnel("10.0.0.1"), &holders), Mapping::ByAddress("i-00000001".into()));
-    assert_eq!(map_event(&tunnel("10.0.0.2"), &holders), Mapping::LaunchedAfter("i-00000002".into()));
+    assert_eq!(
+        map_event(&tunnel("10.0.0.1"), &holders),
+        Mapping::ByAddress("i-00000001".into())
+    );
+    assert_eq!(
+        map_event(&tunnel("10.0.0.2"), &holders),
+        Mapping::LaunchedAfter("i-00000002".into())
+    );
     assert_eq!(map_event(&tunnel("10.0.0.9"), &holders), Mapping::NoHolder);
     assert_eq!(
         map_event(&tunnel("10.0.0.3"), &holders),
         Mapping::Several(vec!["i-00000003".into(), "i-00000004".into()])
     );
-    assert_eq!(map_event(&tunnel("2600:0::1"), &holders), Mapping::ByAddress("i-00000004".into()));
+    assert_eq!(
+        map_event(&tunnel("2600:0::1"), &holders),
+        Mapping::ByAddress("i-00000004".into())
+    );
     assert_eq!(map_event(&tunnel("not an ip"), &holders), Mapping::Unknown);
-    let push = Event { instance_id: Some("i-00000009".into()), ..tunnel("10.0.0.1") };
-    assert_eq!(map_event(&push, &holders), Mapping::Recorded("i-00000009".into()));
+    let push = Event {
+        instance_id: Some("i-00000009".into()),
+        ..tunnel("10.0.0.1")
+    };
+    assert_eq!(
+        map_event(&push, &holders),
+        Mapping::Recorded("i-00000009".into())
+    );
     assert_eq!(Mapping::NoHolder.cell(), "?");
     assert_eq!(Mapping::LaunchedAfter("i-1".into()).cell(), "i-1?");
     let events: Vec<(Event, Mapping)> = ["10.0.0.2", "10.0.0.9", "10.0.0.9", "10.0.0.1"]
@@ -172,17 +204,45 @@ fn times_and_ranges() {
     assert_eq!(time::parse_when("2h", now), Some(now - 7200));
     assert_eq!(time::parse_when("7d", now), Some(now - 7 * 86400));
     assert_eq!(time::parse_when("1w", now), Some(now - 7 * 86400));
-    assert_eq!(time::parse_when("2026-12-01T02:00:00+02:00", now), Some(now - 86400));
+    assert_eq!(
+        time::parse_when("2026-12-01T02:00:00+02:00", now),
+        Some(now - 86400)
+    );
     assert_eq!(time::parse_when("2026-12-01", now), Some(now - 86400));
-    for bad in ["", "h", "2x", "-2h", "yesterday", "2026-13-01", "9999999999999999999d"] {
+    for bad in [
+        "",
+        "h",
+        "2x",
+        "-2h",
+        "yesterday",
+        "2026-13-01",
+        "9999999999999999999d",
+    ] {
         assert_eq!(time::parse_when(bad, now), None, "{bad:?}");
     }
     assert_eq!(time::range(None, None, now).unwrap(), (now - 86400, now));
-    assert_eq!(time::range(Some("90d"), None, now).unwrap().0, now - 90 * 86400);
-    assert!(time::range(Some("91d"), None, now).unwrap_err().message.contains("90 days"));
-    assert!(time::range(Some("1h"), Some("2h"), now).unwrap_err().message.contains("not before"));
+    assert_eq!(
+        time::range(Some("90d"), None, now).unwrap().0,
+        now - 90 * 86400
+    );
+    assert!(
+        time::range(Some("91d"), None, now)
+            .unwrap_err()
+            .message
+            .contains("90 days")
+    );
+    assert!(
+        time::range(Some("1h"), Some("2h"), now)
+            .unwrap_err()
+            .message
+            .contains("not before")
+    );
     let e = time::range(Some("\x1b[2J"), None, now).unwrap_err();
-    assert!(!e.message.contains('\x1b') && e.exit == crate::error::EXIT_USAGE, "{}", e.message);
+    assert!(
+        !e.message.contains('\x1b') && e.exit == crate::error::EXIT_USAGE,
+        "{}",
+        e.message
+    );
     assert_eq!(time::format(now), "2026-12-02T00:00:00Z");
 }
 

@@ -66,7 +66,9 @@ pub fn range(since: Option<&str>, until: Option<&str>, now: i64) -> Result<(i64,
                 "{flag} {:?} is neither a duration nor a time",
                 terminal_safe(text).as_ref()
             ))
-            .hint("use a duration ago such as 30m, 2h or 7d, or a time such as 2026-11-30T08:00:00Z")
+            .hint(
+                "use a duration ago such as 30m, 2h or 7d, or a time such as 2026-11-30T08:00:00Z",
+            )
         })
     };
     let until = match until {

@@ -383,7 +383,6 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     ("InvalidEventCategoryException", Meaning::TrailEventCategory),
     ("OperationNotPermittedException", Meaning::TrailNotPermitted),
     ("UnsupportedOperationException", Meaning::TrailUnsupported),
-
     // ---- IAM and STS ----
 
     // ---- EC2 administration ----

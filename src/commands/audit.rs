@@ -217,11 +217,20 @@ async fn lookup(
             }
             found.push(event);
         }
+        let plural = |n: usize, word: &str| match n {
+            1 => format!("1 {word}"),
+            n => format!("{n} {word}s"),
+        };
         progress.show(&format!(
-            "reading CloudTrail: {pages} pages, {read} events, {} shown",
+            "reading CloudTrail: {}, {}, {} shown",
+            plural(pages, "page"),
+            plural(read, "event"),
             found.len()
         ));
-        let next = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+        let next = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
         match next {
             // A service that hands back the same token would page forever.
             Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),

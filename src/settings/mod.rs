@@ -496,7 +496,10 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             let (selection, defaults) = match (&args.target, args.filters.is_empty()) {
                 (Some(target), _) => {
                     let (target, defaults) = layers.expand(target);
-                    (crate::audit::Selection::Target(parse_target(&target)?), defaults)
+                    (
+                        crate::audit::Selection::Target(parse_target(&target)?),
+                        defaults,
+                    )
                 }
                 (None, false) => (
                     crate::audit::Selection::Filters(crate::fleet::parse_filters(&args.filters)?),

@@ -588,7 +588,10 @@ impl Api {
 
         // CloudTrail records every EC2 Instance Connect call it authenticated.
         if service == Service::InstanceConnect && st.requests[idx].auth_error.is_none() {
-            let error = result.as_ref().err().map(|(_, c, m)| (c.clone(), m.clone()));
+            let error = result
+                .as_ref()
+                .err()
+                .map(|(_, c, m)| (c.clone(), m.clone()));
             super::cloudtrail::record_push(self, &mut st, &action, &params, &req.headers, error);
         }
         let mut resp = match result {

@@ -227,11 +227,19 @@ fn add(api: &Api, st: &mut State, spec: EventSpec) -> String {
         .unwrap_or_else(|| iam_user(&config.account_id, BED_USER, &config.access_key_id));
     let event_id = super::api::uuid_like();
     let mut resources: Vec<(String, String)> = Vec::new();
-    let str_param = |k: &str| spec.params.get(k).and_then(Value::as_str).map(str::to_owned);
+    let str_param = |k: &str| {
+        spec.params
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     if let Some(id) = str_param("instanceId") {
         resources.push((
             "AWS::EC2::Instance".into(),
-            format!("arn:aws:ec2:{}:{}:instance/{id}", config.region, config.account_id),
+            format!(
+                "arn:aws:ec2:{}:{}:instance/{id}",
+                config.region, config.account_id
+            ),
         ));
     }
     if let Some(id) = str_param("instanceConnectEndpointId") {
@@ -253,9 +261,7 @@ fn add(api: &Api, st: &mut State, spec: EventSpec) -> String {
         "sourceIPAddress": spec.source_ip,
         "userAgent": spec.user_agent,
         "requestParameters": spec.params,
-        "responseElements": if spec.error.is_some() {
-            Value::Null
-        } else if spec.name == "OpenTunnel" {
+        "responseElements": if spec.error.is_some() || spec.name == "OpenTunnel" {
             Value::Null
         } else {
             json!({"requestId": super::api::uuid_like(), "success": true})
@@ -429,7 +435,10 @@ fn lookup_events(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
     let mut attribute: Option<(String, String)> = None;
     if let Some(a) = attributes.first() {
         let key = a.get("AttributeKey").and_then(Value::as_str).unwrap_or("");
-        let value = a.get("AttributeValue").and_then(Value::as_str).unwrap_or("");
+        let value = a
+            .get("AttributeValue")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if !ATTRIBUTE_KEYS.contains(&key) || value.is_empty() || value.len() > 2000 {
             return Err(err(
                 "InvalidLookupAttributesException",
@@ -455,7 +464,10 @@ fn lookup_events(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
         match json_param(params, name) {
             None => Ok(None),
             Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                err("InvalidTimeRangeException", format!("{name} {v} is not a time"))
+                err(
+                    "InvalidTimeRangeException",
+                    format!("{name} {v} is not a time"),
+                )
             }),
         }
     };
@@ -477,7 +489,10 @@ fn lookup_events(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
             format!("The event category {category:?} is not valid."),
         ));
     }
-    let fingerprint = format!("{attribute:?}|{start:?}|{end:?}|{max}|{:?}", params.get("EventCategory"));
+    let fingerprint = format!(
+        "{attribute:?}|{start:?}|{end:?}|{max}|{:?}",
+        params.get("EventCategory")
+    );
     let offset = match params.get("NextToken") {
         None => 0,
         Some(token) => match st.cloudtrail.tokens.get(token) {
@@ -516,7 +531,7 @@ fn lookup_events(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
         .collect();
     // Newest first; of equal times, the later recorded first.
     matching.reverse();
-    matching.sort_by(|a, b| b.event_time.cmp(&a.event_time));
+    matching.sort_by_key(|e| std::cmp::Reverse(e.event_time));
     let end_at = offset.saturating_add(max).min(matching.len());
     let page: Vec<Value> = matching[offset.min(end_at)..end_at]
         .iter()

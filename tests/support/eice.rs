@@ -554,7 +554,12 @@ fn check_handshake(
     let agent: Vec<(String, String)> = req
         .headers()
         .get("user-agent")
-        .map(|v| ("user-agent".to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|v| {
+            (
+                "user-agent".to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .into_iter()
         .collect();
     let mut st = api.lock();
