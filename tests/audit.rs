@@ -248,6 +248,30 @@ fn endpoint_tunnels_are_mapped_to_instances_by_private_address() {
 }
 
 #[test]
+fn a_refused_tunnel_is_shown_with_its_error() {
+    let bed = TestBed::start();
+    let db = bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    let endpoint = bed.add_endpoint(EndpointSpec::default());
+    bed.fail_next_tunnel(
+        "AccessDeniedException",
+        "User is not authorized to perform: ec2-instance-connect:OpenTunnel",
+    );
+    let out = connect_eice(&bed, &["--connect", "eice", "db-1", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc = audit_json(&bed, &["--failures"]);
+    let all = events(&doc);
+    assert!(!all.is_empty(), "{doc}");
+    for e in &all {
+        assert_eq!(e["event"], "OpenTunnel", "{doc}");
+        assert_eq!(e["error_code"], "AccessDeniedException");
+        assert_eq!(e["endpoint_id"], endpoint.id.as_str());
+        assert_eq!(e["private_ip"], db.private_ip.as_str());
+        assert_eq!(e["instance_id"], db.id.as_str());
+        assert_eq!(e["instance_mapping"], "by-address");
+    }
+}
+
+#[test]
 fn pages_are_read_once_each_and_paced_under_the_rate_limit() {
     let bed = TestBed::start();
     let now = bed.now();
@@ -521,6 +545,11 @@ fn hostile_values_from_cloudtrail_never_reach_the_terminal_raw() {
         "{seen:?}"
     );
     assert!(seen.contains("\\u{1b}"), "escapes are shown: {seen:?}");
+    // The progress line was shown, then erased before the table.
+    let progress = seen.find("reading CloudTrail").expect("a progress line");
+    let erased = seen.rfind("\r\x1b[2K").expect("erased");
+    let table = seen.find("TIME (UTC)").expect("a table");
+    assert!(progress < erased && erased < table, "{seen:?}");
 
     // An error message from CloudTrail, likewise.
     bed.inject(
