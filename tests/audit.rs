@@ -702,3 +702,149 @@ fn no_events_is_success_with_a_note() {
         Some(1)
     );
 }
+
+type Lookup = Result<
+    aws_sdk_cloudtrail::operation::lookup_events::LookupEventsOutput,
+    aws_sdk_cloudtrail::error::SdkError<
+        aws_sdk_cloudtrail::operation::lookup_events::LookupEventsError,
+        aws_sdk_cloudtrail::config::http::HttpResponse,
+    >,
+>;
+
+/// `ok`, or the error code a LookupEvents call met.
+fn code(result: Lookup) -> String {
+    use aws_sdk_cloudtrail::error::ProvideErrorMetadata;
+    match result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e
+            .as_service_error()
+            .and_then(|s| s.code())
+            .unwrap_or("no code")
+            .to_owned(),
+    }
+}
+
+fn cloudtrail_client(bed: &TestBed) -> aws_sdk_cloudtrail::Client {
+    use aws_sdk_cloudtrail::config::{BehaviorVersion, Credentials, Region};
+    let creds = Credentials::new(
+        bed.access_key_id(),
+        bed.secret_access_key(),
+        bed.session_token().map(str::to_owned),
+        None,
+        "testbed",
+    );
+    let conf = aws_sdk_cloudtrail::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(bed.region().to_owned()))
+        .endpoint_url(bed.endpoint())
+        .credentials_provider(creds)
+        .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_cloudtrail::Client::from_conf(conf)
+}
+
+/// The stand-in refuses what CloudTrail refuses, with CloudTrail's codes,
+/// and pages with tokens bound to their query.
+#[test]
+// The SDK's error type is large; these are a test's few calls.
+#[allow(clippy::result_large_err)]
+fn the_cloudtrail_stand_in_checks_lookups_as_cloudtrail_does() {
+    use aws_sdk_cloudtrail::operation::lookup_events::builders::LookupEventsFluentBuilder;
+    use aws_sdk_cloudtrail::types::{LookupAttribute, LookupAttributeKey};
+    use aws_smithy_types::DateTime;
+    let bed = TestBed::start();
+    let now = bed.now();
+    for n in 0..3 {
+        bed.add_trail_event(EventSpec::push("i-0123456789abcdef0", "ec2-user").at(now - n));
+    }
+    let client = cloudtrail_client(&bed);
+    let source = LookupAttribute::builder()
+        .attribute_key(LookupAttributeKey::EventSource)
+        .attribute_value("ec2-instance-connect.amazonaws.com")
+        .build()
+        .unwrap();
+    let name = LookupAttribute::builder()
+        .attribute_key(LookupAttributeKey::EventName)
+        .attribute_value("SendSSHPublicKey")
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lookup = || client.lookup_events().lookup_attributes(source.clone());
+    let call = |req: LookupEventsFluentBuilder| {
+        bed.pass_rate_limit_time("LookupEvents", Duration::from_secs(1));
+        rt.block_on(req.send())
+    };
+    assert_eq!(
+        code(call(lookup().lookup_attributes(name.clone()))),
+        "InvalidLookupAttributesException"
+    );
+    assert_eq!(
+        code(call(lookup().max_results(51))),
+        "InvalidMaxResultsException"
+    );
+    assert_eq!(
+        code(call(
+            lookup()
+                .start_time(DateTime::from_secs(now))
+                .end_time(DateTime::from_secs(now - 60))
+        )),
+        "InvalidTimeRangeException"
+    );
+    assert_eq!(
+        code(call(lookup().next_token("not-issued"))),
+        "InvalidNextTokenException"
+    );
+    assert_eq!(
+        code(call(lookup().event_category(
+            aws_sdk_cloudtrail::types::EventCategory::from("bogus")
+        ))),
+        "InvalidEventCategoryException"
+    );
+    // Pages: newest first, a token good for its own query only.
+    let first = call(lookup().max_results(2)).unwrap();
+    let times: Vec<i64> = first
+        .events()
+        .iter()
+        .map(|e| e.event_time().unwrap().secs())
+        .collect();
+    assert_eq!(times, [now, now - 1]);
+    let token = first.next_token().unwrap().to_owned();
+    assert_eq!(
+        code(call(lookup().max_results(3).next_token(&token))),
+        "InvalidNextTokenException"
+    );
+    let second = call(lookup().max_results(2).next_token(&token)).unwrap();
+    assert_eq!(second.events().len(), 1);
+    assert_eq!(second.next_token(), None);
+    let record: Value =
+        serde_json::from_str(second.events()[0].cloud_trail_event().unwrap()).unwrap();
+    for key in [
+        "eventVersion",
+        "userIdentity",
+        "eventTime",
+        "eventSource",
+        "eventName",
+        "awsRegion",
+        "sourceIPAddress",
+        "userAgent",
+        "requestParameters",
+        "responseElements",
+        "requestID",
+        "eventID",
+        "readOnly",
+        "resources",
+        "eventType",
+        "managementEvent",
+        "recipientAccountId",
+        "eventCategory",
+    ] {
+        assert!(record.get(key).is_some(), "{key} missing: {record}");
+    }
+    // Two calls a second, a burst of two: the third at once is throttled.
+    bed.set_rate_limit("LookupEvents", 2.0, 2);
+    let codes: Vec<String> = (0..3).map(|_| code(rt.block_on(lookup().send()))).collect();
+    assert_eq!(codes, ["ok", "ok", "ThrottlingException"]);
+}
