@@ -519,6 +519,11 @@ fn hostile_values_from_cloudtrail_never_reach_the_terminal_raw() {
         stdout(&out)
     );
     assert!(
+        stderr(&out).contains("1 of these events came with a record that is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
         rows(&out).iter().all(|r| r.len() == 8),
         "{:?}",
         stdout(&out)

@@ -499,10 +499,17 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// A note for each uncertain address (once per address and instance).
+/// A note for each uncertain address (once per address and instance), and
+/// one for records that could not be read.
 pub fn notes(events: &[(Event, Mapping)]) -> Vec<String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
+    let unreadable = events.iter().filter(|(e, _)| e.unreadable).count();
+    if unreadable > 0 {
+        out.push(format!(
+            "{unreadable} of these events came with a record that is not JSON: shown with what LookupEvents says outside it"
+        ));
+    }
     for (event, mapping) in events {
         if !mapping.uncertain() {
             continue;

@@ -244,6 +244,20 @@ fn times_and_ranges() {
         e.message
     );
     assert_eq!(time::format(now), "2026-12-02T00:00:00Z");
+    // Without --since: a day before --until, never before the history.
+    assert_eq!(
+        time::range(None, Some("89d12h"), now).ok(),
+        None,
+        "not a duration"
+    );
+    assert_eq!(
+        time::range(None, Some("2148h"), now).unwrap(),
+        (now - 90 * 86400, now - 2148 * 3600)
+    );
+    assert_eq!(
+        time::range(None, Some("2d"), now).unwrap(),
+        (now - 3 * 86400, now - 2 * 86400)
+    );
 }
 
 #[test]

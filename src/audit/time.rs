@@ -57,8 +57,8 @@ pub fn format(secs: i64) -> String {
         .unwrap_or_else(|_| secs.to_string())
 }
 
-/// `--since` and `--until` as a range: default the last 24 hours; the
-/// start before the end, and within CloudTrail's 90 days.
+/// `--since` and `--until` as a range: by default the 24 hours before the
+/// end (now); the start before the end, and within CloudTrail's 90 days.
 pub fn range(since: Option<&str>, until: Option<&str>, now: i64) -> Result<(i64, i64), Failure> {
     let parse = |flag: &str, text: &str| {
         parse_when(text, now).ok_or_else(|| {
@@ -75,9 +75,11 @@ pub fn range(since: Option<&str>, until: Option<&str>, now: i64) -> Result<(i64,
         Some(text) => parse("--until", text)?,
         None => now,
     };
+    let oldest = now - RETENTION_DAYS * DAY;
     let since = match since {
         Some(text) => parse("--since", text)?,
-        None => until - DAY,
+        // A day before the end, but not before the history begins.
+        None => (until - DAY).max(oldest),
     };
     if since >= until {
         return Err(Failure::usage(format!(
@@ -87,7 +89,6 @@ pub fn range(since: Option<&str>, until: Option<&str>, now: i64) -> Result<(i64,
         ))
         .hint("give --since an earlier time than --until"));
     }
-    let oldest = now - RETENTION_DAYS * DAY;
     if since < oldest {
         return Err(Failure::usage(format!(
             "CloudTrail keeps {RETENTION_DAYS} days of events; --since {} is older (the oldest is {})",
