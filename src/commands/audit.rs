@@ -120,8 +120,8 @@ async fn select(
             let found = ec2::find(clients, target).await?;
             if found.is_empty() {
                 // Says "no instance matches …" with its hints.
-                ec2::exactly_one(found, target, &clients.scope)?;
-                unreachable!("exactly_one fails on no instance");
+                let one = ec2::exactly_one(found, target, &clients.scope)?;
+                return Ok(Some(selected(&[one])));
             }
             found
         }
@@ -143,8 +143,13 @@ async fn select(
             found
         }
     };
+    Ok(Some(selected(&instances)))
+}
+
+/// The ids and private addresses of `instances`.
+fn selected(instances: &[InstanceInfo]) -> Selected {
     let mut selected = Selected::default();
-    for i in &instances {
+    for i in instances {
         selected.ids.insert(i.id.clone());
         selected
             .addresses
@@ -153,7 +158,7 @@ async fn select(
             .addresses
             .extend(i.addresses.ipv6.iter().copied().map(IpAddr::V6));
     }
-    Ok(Some(selected))
+    selected
 }
 
 /// Every event in the range that passes the filters, newest first, up to
