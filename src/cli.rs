@@ -415,10 +415,63 @@ pub struct SerialArgs {
 
 /// `eic-connect audit`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = concat!(
+    "WHEN is a duration ago (30m, 2h, 7d, 1w) or an RFC 3339 time (2026-11-30T08:00:00Z, or a date:\n\
+     2026-11-30). CloudTrail keeps 90 days of events, per region. Newest events first.\n\n",
+    filter_help!()
+))]
 pub struct AuditArgs {
-    /// Print the events as JSON
+    /// Instance id, Name tag, DNS name or IP address (tunnels through an
+    /// endpoint are matched by the instance's private address)
+    #[arg(value_name = "TARGET", conflicts_with = "filters")]
+    pub target: Option<String>,
+
+    /// Select instances by filter (repeat: all must match) and show their events
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+
+    /// Start of the time range [default: 24h]
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// End of the time range [default: now]
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// Only key pushes for this OS user
+    #[arg(short = 'l', long = "os-user", value_name = "USER")]
+    pub os_user: Option<String>,
+
+    /// Only calls by this principal (text contained in its ARN or name)
+    #[arg(long, value_name = "TEXT")]
+    pub principal: Option<String>,
+
+    /// Only failed attempts
+    #[arg(long)]
+    pub failures: bool,
+
+    /// Only events of this kind (repeatable)
+    #[arg(long = "event", value_name = "KIND", value_enum)]
+    pub events: Vec<AuditEventKind>,
+
+    /// Show at most this many events (the newest)
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+
+    /// Print one JSON document (field names are stable; see the README)
     #[arg(long)]
     pub json: bool,
+}
+
+/// `audit --event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditEventKind {
+    /// SendSSHPublicKey
+    SendSshPublicKey,
+    /// SendSerialConsoleSSHPublicKey
+    Serial,
+    /// OpenTunnel (EC2 Instance Connect Endpoint)
+    OpenTunnel,
 }
 
 // ---- policy ----

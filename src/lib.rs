@@ -4,6 +4,7 @@
 //! fuzz targets and benchmarks reach the parsers directly.
 
 pub mod agent;
+pub mod audit;
 pub mod aws;
 pub mod cli;
 pub mod commands;

@@ -283,6 +283,13 @@ enum Meaning {
     SsmSessionGone,
     SsmFilterRejected,
     // CloudTrail (LookupEvents).
+    TrailLookupAttribute,
+    TrailTimeRange,
+    TrailPageSize,
+    TrailToken,
+    TrailEventCategory,
+    TrailNotPermitted,
+    TrailUnsupported,
 
     // IAM and STS (GetCallerIdentity, GetRole, SimulatePrincipalPolicy).
 
@@ -366,7 +373,16 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     ),
     ("InternalServerError", Meaning::InternalError),
     // ---- CloudTrail ----
-
+    (
+        "InvalidLookupAttributesException",
+        Meaning::TrailLookupAttribute,
+    ),
+    ("InvalidTimeRangeException", Meaning::TrailTimeRange),
+    ("InvalidMaxResultsException", Meaning::TrailPageSize),
+    ("InvalidNextTokenException", Meaning::TrailToken),
+    ("InvalidEventCategoryException", Meaning::TrailEventCategory),
+    ("OperationNotPermittedException", Meaning::TrailNotPermitted),
+    ("UnsupportedOperationException", Meaning::TrailUnsupported),
     // ---- IAM and STS ----
 
     // ---- EC2 administration ----
@@ -491,6 +507,9 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("try again in a few seconds; if it just started, give it a minute to boot"),
         Meaning::PushRejected => Failure::new(format!("EC2 Instance Connect rejected the request{said}"))
             .hint(format!("check the OS user name \"{user}\" (1-32 characters) and the instance id {id}")),
+        Meaning::PushThrottled if op == "LookupEvents" => Failure::new(format!("CloudTrail is throttling {op}{said}"))
+            .hint("CloudTrail allows about 2 LookupEvents calls a second per account and region, shared by every tool using it: wait a few seconds and try again")
+            .hint("a narrower --since/--until or a --limit needs fewer calls"),
         Meaning::PushThrottled if !is_push(op) => Failure::new(format!("{op} is being throttled by AWS{said}"))
             .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)"),
         Meaning::PushThrottled => Failure::new(format!("too many key pushes: {op} is being throttled{said}"))
@@ -560,6 +579,22 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("if the target you gave is valid, this is a bug in eic-connect: please report it"),
 
         // ---- CloudTrail ----
+        Meaning::TrailLookupAttribute => Failure::new(format!("CloudTrail refused the lookup attribute of {op}{said}"))
+            .hint("eic-connect asks for one attribute, EventSource = ec2-instance-connect.amazonaws.com; if CloudTrail refuses that, please report it"),
+        Meaning::TrailTimeRange => Failure::new(format!("CloudTrail refused the time range{said}"))
+            .hint("--since must come before --until, and both within the last 90 days (CloudTrail's event history)"),
+        Meaning::TrailPageSize => Failure::new(format!("CloudTrail refused the page size of {op}{said}"))
+            .hint("eic-connect asks for at most 50 events a page, CloudTrail's limit; if it refuses that, please report it"),
+        Meaning::TrailToken => Failure::new(format!("CloudTrail no longer accepts the token for the next page{said}"))
+            .hint("paging tokens last a limited time and belong to one query: run the command again"),
+        Meaning::TrailEventCategory => Failure::new(format!("CloudTrail refused the event category of {op}{said}"))
+            .hint("eic-connect asks for management events (no category); if CloudTrail refuses that, please report it"),
+        Meaning::TrailNotPermitted => Failure::new(format!("CloudTrail does not permit {op} for this account ({where_}){said}"))
+            .hint("an organization policy or the account's CloudTrail setup may forbid it: ask your AWS administrator")
+            .hint("or look the events up in the CloudTrail console of the account that owns the trail"),
+        Meaning::TrailUnsupported => Failure::new(format!("CloudTrail does not support {op} here ({where_}){said}"))
+            .hint("check --region: event history exists in every commercial region")
+            .hint("if AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_CLOUDTRAIL is set, check that it points at CloudTrail"),
 
         // ---- IAM and STS ----
 
@@ -579,7 +614,11 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
                 .hint("eic-connect retried with backoff; wait a few seconds and try again (AWS_MAX_ATTEMPTS raises the retries)")
         }
         Meaning::InternalError => {
-            let service = if is_ssm(op) { "Session Manager" } else { "the EC2 API" };
+            let service = match op {
+                _ if is_ssm(op) => "Session Manager",
+                "LookupEvents" => "CloudTrail",
+                _ => "the EC2 API",
+            };
             Failure::new(format!("{service} had an internal error during {op}{said}"))
                 .hint("this is on the AWS side and usually passes: try again shortly")
         }
@@ -637,6 +676,7 @@ mod tests {
             "StartInstances",
             "StartSession",
             "DescribeInstanceInformation",
+            "LookupEvents",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
         assert!(

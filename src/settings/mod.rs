@@ -42,7 +42,7 @@ pub enum Command {
     Serial(Serial),
     KnownHosts(KnownHosts),
     Reuse(ReuseCommand),
-    Audit(Box<Admin<cli::AuditArgs>>),
+    Audit(Box<Admin<crate::audit::Query>>),
     Policy(Box<Admin<cli::PolicyArgs>>),
     Endpoint(Box<Admin<cli::EndpointArgs>>),
     Console(Box<Admin<cli::ConsoleArgs>>),
@@ -492,11 +492,45 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             })
         }
         S::KnownHosts(args) => Command::KnownHosts(known_hosts(args)),
-        S::Audit(args) => Command::Audit(Box::new(Admin {
-            aws: aws_settings(&cli.aws, &general)?,
-            args,
-            defaults: general.clone(),
-        })),
+        S::Audit(args) => {
+            let (selection, defaults) = match (&args.target, args.filters.is_empty()) {
+                (Some(target), _) => {
+                    let (target, defaults) = layers.expand(target);
+                    (
+                        crate::audit::Selection::Target(parse_target(&target)?),
+                        defaults,
+                    )
+                }
+                (None, false) => (
+                    crate::audit::Selection::Filters(crate::fleet::parse_filters(&args.filters)?),
+                    general.clone(),
+                ),
+                (None, true) => (crate::audit::Selection::All, general.clone()),
+            };
+            if let Some(user) = &args.os_user {
+                validate_user(user)?;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let (since, until) =
+                crate::audit::time::range(args.since.as_deref(), args.until.as_deref(), now)?;
+            Command::Audit(Box::new(Admin {
+                aws: aws_settings(&cli.aws, &defaults)?,
+                args: crate::audit::Query {
+                    selection,
+                    since,
+                    until,
+                    os_user: args.os_user,
+                    principal: args.principal.filter(|p| !p.is_empty()),
+                    failures: args.failures,
+                    kinds: args.events.into_iter().map(Into::into).collect(),
+                    limit: args.limit as usize,
+                    json: args.json,
+                },
+                defaults,
+            }))
+        }
         // (policy)
         S::Policy(args) => {
             let max_tunnel_duration = cli.path.max_tunnel_duration.or(general.max_tunnel_duration);

@@ -356,6 +356,8 @@ pub struct State {
     pub throttled: HashMap<String, usize>,
     /// Set when the bed shuts down: no more address-file writes.
     pub closed: bool,
+    /// CloudTrail's event history (`cloudtrail.rs`).
+    pub cloudtrail: super::cloudtrail::TrailState,
 }
 
 pub struct Api {
@@ -406,6 +408,7 @@ impl Api {
             config,
             state: Mutex::new(State {
                 start_delay: DEFAULT_START_DELAY,
+                rate_limits: super::cloudtrail::rate_limits(),
                 ..State::default()
             }),
             me: me.clone(),
@@ -583,6 +586,14 @@ impl Api {
             }
         };
 
+        // CloudTrail records every EC2 Instance Connect call it authenticated.
+        if service == Service::InstanceConnect && st.requests[idx].auth_error.is_none() {
+            let error = result
+                .as_ref()
+                .err()
+                .map(|(_, c, m)| (c.clone(), m.clone()));
+            super::cloudtrail::record_push(self, &mut st, &action, &params, &req.headers, error);
+        }
         let mut resp = match result {
             Ok(r) => r,
             Err((status, code, msg)) => {
@@ -1120,6 +1131,8 @@ fn decode(req: &Request) -> (Service, String, BTreeMap<String, String>, Option<A
             (Service::Ssm, super::ssm::TARGET_PREFIX)
         } else if target.starts_with(super::cloudtrail::TARGET_PREFIX) {
             (Service::CloudTrail, super::cloudtrail::TARGET_PREFIX)
+        } else if target.starts_with(super::cloudtrail::SHORT_TARGET_PREFIX) {
+            (Service::CloudTrail, super::cloudtrail::SHORT_TARGET_PREFIX)
         } else {
             (Service::InstanceConnect, EIC_TARGET_PREFIX)
         };

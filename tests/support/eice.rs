@@ -550,8 +550,24 @@ fn check_handshake(
     resp: Response,
 ) -> (Verdict, Result<Response, ErrorResponse>) {
     let query = req.uri().query().unwrap_or_default().to_owned();
+    // CloudTrail records every /openTunnel handshake, with its User-Agent.
+    let agent: Vec<(String, String)> = req
+        .headers()
+        .get("user-agent")
+        .map(|v| {
+            (
+                "user-agent".to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .into_iter()
+        .collect();
     let mut st = api.lock();
     let reject = |st: &mut State, status: u16, code: &str, message: String, injected: bool| {
+        if req.uri().path() == "/openTunnel" {
+            let error = Some((code.to_owned(), message.clone()));
+            super::cloudtrail::record_tunnel(api, st, &query, &agent, error);
+        }
         st.eice.rejections.push(Rejection {
             status,
             code: code.to_owned(),
@@ -709,6 +725,7 @@ fn check_handshake(
             return reject(&mut st, 400, "InvalidParameter", message, false);
         }
     };
+    super::cloudtrail::record_tunnel(api, &mut st, &query, &agent, None);
     drop(st);
     (
         Verdict::Accept(Accepted {
