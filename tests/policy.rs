@@ -179,7 +179,7 @@ fn every_combination_grants_exactly_the_actions_called() {
         ("start", &["--start"][..]),
         ("verify-host-key", &["--verify-host-key"][..]),
         ("serial", &["--serial"][..]),
-        //("audit", &["--audit"][..]),
+        ("audit", &["--audit"][..]),
     ];
     let base = observe("connect");
     let seen: Vec<BTreeSet<String>> = optional.iter().map(|(name, _)| observe(name)).collect();
