@@ -24,6 +24,7 @@ pub mod reuse;
 pub mod sanitize;
 pub mod serial;
 pub mod session;
+pub mod table;
 pub mod settings;
 pub mod ssh;
 pub mod ssm;
