@@ -482,13 +482,19 @@ impl TestBed {
         self.api.config.security_group_id.clone()
     }
 
-    /// Replace a security group's inbound rules (creating the group).
+    /// Replace a security group's inbound rules (creating the group; the
+    /// bed's own group keeps its name, `default`).
     pub fn set_security_group(&self, id: &str, rules: Vec<SgRule>) {
+        let name = if id == self.api.config.security_group_id {
+            "default"
+        } else {
+            "eic-test"
+        };
         self.api
             .lock()
             .diag
             .groups
-            .insert(id.to_owned(), ("eic-test".to_owned(), rules));
+            .insert(id.to_owned(), (name.to_owned(), rules));
     }
 
     /// Id of the `com.amazonaws.<region>.ec2-instance-connect` prefix list.
