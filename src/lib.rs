@@ -24,10 +24,10 @@ pub mod reuse;
 pub mod sanitize;
 pub mod serial;
 pub mod session;
-pub mod table;
 pub mod settings;
 pub mod ssh;
 pub mod ssm;
+pub mod table;
 pub mod target;
 pub mod trust;
 

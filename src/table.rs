@@ -65,6 +65,10 @@ mod tests {
         assert!(cut.ends_with('…'));
         assert_eq!(truncate("short", 40), "short");
         let text = render(&["A", "B"], &[vec![long, "b".into()]], Some((0, 10)));
-        assert_eq!(text.lines().nth(1).map(|l| l.starts_with("xxxxxxxxx…  b")), Some(true), "{text}");
+        assert_eq!(
+            text.lines().nth(1).map(|l| l.starts_with("xxxxxxxxx…  b")),
+            Some(true),
+            "{text}"
+        );
     }
 }

@@ -48,7 +48,10 @@ fn prints_the_url_for_a_public_instance_open_to_the_prefix_list() {
     // -l wins, and values are percent-encoded.
     let out = console(&bed, &["web-1", "-l", "deploy.user_1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), expected_url(&bed, &web.id, "deploy.user_1") + "\n");
+    assert_eq!(
+        stdout(&out),
+        expected_url(&bed, &web.id, "deploy.user_1") + "\n"
+    );
     assert!(bed.requests_for("DescribeManagedPrefixLists").len() >= 2);
     assert_signed(&bed);
 }
@@ -62,7 +65,10 @@ fn a_private_instance_is_refused_with_the_way_that_works() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
-    assert!(err.contains(&format!("instance {} has no public IPv4 address", db.id)), "{err}");
+    assert!(
+        err.contains(&format!("instance {} has no public IPv4 address", db.id)),
+        "{err}"
+    );
     assert!(err.contains(&format!("`eic-connect {}`", db.id)), "{err}");
     assert!(err.contains("Session Manager"), "{err}");
 }
@@ -88,7 +94,13 @@ fn a_missing_rule_is_refused_with_the_command_that_adds_it() {
         )),
         "{err}"
     );
-    assert!(err.contains(&format!("com.amazonaws.{}.ec2-instance-connect", bed.region())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "com.amazonaws.{}.ec2-instance-connect",
+            bed.region()
+        )),
+        "{err}"
+    );
     // --force prints it anyway, with a warning.
     let out = console(&bed, &["web-1", "-l", "ec2-user", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -160,7 +172,11 @@ fn open_hands_the_url_to_the_desktop_opener_as_one_argument() {
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{url}\n"));
-    assert!(stderr(&out).contains("open the URL above yourself"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("open the URL above yourself"),
+        "{}",
+        stderr(&out)
+    );
 
     // Refused: the opener is not run.
     bed.set_security_group(&bed.security_group_id(), vec![]);
@@ -171,13 +187,17 @@ fn open_hands_the_url_to_the_desktop_opener_as_one_argument() {
         .stdin(Stdio::null());
     let out = run(c);
     assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
-    assert!(!bin.join("argv.txt").exists(), "the opener ran for a refused instance");
+    assert!(
+        !bin.join("argv.txt").exists(),
+        "the opener ran for a refused instance"
+    );
 }
 
 #[test]
 fn hostile_names_and_users_are_refused_or_encoded() {
     let bed = TestBed::start();
-    let web = bed.add_instance(InstanceSpec::named("web\x1b]0;x\x07-1").tag("Owner", "\x1b[2Jroot"));
+    let web =
+        bed.add_instance(InstanceSpec::named("web\x1b]0;x\x07-1").tag("Owner", "\x1b[2Jroot"));
     open_to_console(&bed);
     let out = console(&bed, &[&web.id, "-l", "ec2-user"]);
     assert!(out.status.success(), "{}", stderr(&out));

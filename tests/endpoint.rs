@@ -64,12 +64,21 @@ fn list_shows_every_endpoint_across_pages_sanitised() {
     assert_eq!(ja["state"], "create-complete");
     assert_eq!(ja["vpc_id"], bed.vpc_id());
     assert_eq!(ja["subnet_id"], bed.subnet_id());
-    assert_eq!(ja["security_group_ids"], serde_json::json!(a.security_group_ids));
+    assert_eq!(
+        ja["security_group_ids"],
+        serde_json::json!(a.security_group_ids)
+    );
     assert_eq!(ja["preserve_client_ip"], false);
     assert_eq!(ja["ip_address_type"], "ipv4");
-    assert!(ja["created_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{ja}");
+    assert!(
+        ja["created_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{ja}"
+    );
     let name = ja["name"].as_str().expect("name");
-    assert!(name.starts_with("bastion") && !name.contains('\x1b') && !name.contains('\x07'), "{name:?}");
+    assert!(
+        name.starts_with("bastion") && !name.contains('\x1b') && !name.contains('\x07'),
+        "{name:?}"
+    );
     let jb = by_id(&b.id);
     assert_eq!(jb["state"], "create-failed");
     assert_eq!(jb["vpc_id"], "vpc-0aaaaaaaaaaaaaaaa");
@@ -83,14 +92,22 @@ fn list_shows_every_endpoint_across_pages_sanitised() {
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    let first: Vec<&str> = lines.iter().find(|l| l.starts_with(&a.id)).expect("a").split('\t').collect();
+    let first: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with(&a.id))
+        .expect("a")
+        .split('\t')
+        .collect();
     assert_eq!(first[1], "create-complete");
     assert_eq!(first[2], bed.vpc_id());
     assert_eq!(first[4], a.security_group_ids.join(","));
     assert!(!text.contains(&b.id), "--vpc lists only that VPC: {text}");
     let last = bed.requests_for("DescribeInstanceConnectEndpoints");
     let filters = last.last().expect("call").filters();
-    assert!(filters.contains(&("vpc-id".to_owned(), vec![bed.vpc_id().to_owned()])), "{filters:?}");
+    assert!(
+        filters.contains(&("vpc-id".to_owned(), vec![bed.vpc_id().to_owned()])),
+        "{filters:?}"
+    );
     assert_signed(&bed);
 }
 
@@ -112,22 +129,38 @@ fn create_waits_for_create_complete_and_connect_uses_the_endpoint() {
     let started = Instant::now();
     let out = endpoint(
         &bed,
-        &["create", "db-1", "--security-group", eice_sg, "--preserve-client-ip", "--yes"],
+        &[
+            "create",
+            "db-1",
+            "--security-group",
+            eice_sg,
+            "--preserve-client-ip",
+            "--yes",
+        ],
     );
     let took = started.elapsed();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(took >= Duration::from_millis(1500), "returned before create-complete: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "returned before create-complete: {took:?}"
+    );
 
     let creates = bed.requests_for("CreateInstanceConnectEndpoint");
     assert_eq!(creates.len(), 1);
     let p = &creates[0].params;
     assert_eq!(p.get("SubnetId").map(String::as_str), Some(bed.subnet_id()));
-    assert_eq!(p.get("SecurityGroupId.1").map(String::as_str), Some(eice_sg));
+    assert_eq!(
+        p.get("SecurityGroupId.1").map(String::as_str),
+        Some(eice_sg)
+    );
     assert!(!p.contains_key("SecurityGroupId.2"));
     assert_eq!(p.get("PreserveClientIp").map(String::as_str), Some("true"));
     let token = p.get("ClientToken").expect("ClientToken");
-    assert!(token.starts_with("eic-connect-") && token.len() > 20, "{token}");
+    assert!(
+        token.starts_with("eic-connect-") && token.len() > 20,
+        "{token}"
+    );
 
     let endpoints = bed.endpoints();
     assert_eq!(endpoints.len(), 1);
@@ -143,7 +176,10 @@ fn create_waits_for_create_complete_and_connect_uses_the_endpoint() {
     assert!(polls >= 3, "{polls} polls");
     // Progress, the cost, the rule the instance lacks, and that connect uses it.
     assert!(err.contains(&format!("creating {}", e.id)), "{err}");
-    assert!(err.contains(&format!("created {}: create-complete", e.id)), "{err}");
+    assert!(
+        err.contains(&format!("created {}: create-complete", e.id)),
+        "{err}"
+    );
     assert!(err.contains("no hourly or data-processing charge"), "{err}");
     assert!(
         err.contains(&format!(
@@ -152,12 +188,23 @@ fn create_waits_for_create_complete_and_connect_uses_the_endpoint() {
         )),
         "{err}"
     );
-    assert!(err.contains(&format!("`eic-connect {}` now uses the endpoint", db.id)), "{err}");
+    assert!(
+        err.contains(&format!("`eic-connect {}` now uses the endpoint", db.id)),
+        "{err}"
+    );
 
     // And a connection really goes through it.
     let mut c = bed.command();
-    c.args(["-l", &bed.os_user(), "db-1", "--", "sh", "-c", "echo $SSH_CONNECTION"])
-        .stdin(Stdio::null());
+    c.args([
+        "-l",
+        &bed.os_user(),
+        "db-1",
+        "--",
+        "sh",
+        "-c",
+        "echo $SSH_CONNECTION",
+    ])
+    .stdin(Stdio::null());
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(server_address(&out), db.private_ip);
@@ -175,17 +222,26 @@ fn create_uses_the_vpcs_default_group_and_says_the_rule_is_there() {
         vec![SgRule::tcp(22, 22).allow_group(&bed.security_group_id())],
     );
     // The bed's own group is the VPC's "default" one.
-    let out = endpoint(&bed, &["create", &db.id, "--yes", "--ip-address-type", "dualstack"]);
+    let out = endpoint(
+        &bed,
+        &["create", &db.id, "--yes", "--ip-address-type", "dualstack"],
+    );
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("using the VPC's default security group {}", bed.security_group_id())),
+        err.contains(&format!(
+            "using the VPC's default security group {}",
+            bed.security_group_id()
+        )),
         "{err}"
     );
     let p = &bed.requests_for("CreateInstanceConnectEndpoint")[0].params;
     assert!(!p.keys().any(|k| k.starts_with("SecurityGroupId")), "{p:?}");
     assert_eq!(p.get("PreserveClientIp").map(String::as_str), Some("false"));
-    assert_eq!(p.get("IpAddressType").map(String::as_str), Some("dualstack"));
+    assert_eq!(
+        p.get("IpAddressType").map(String::as_str),
+        Some("dualstack")
+    );
     assert!(
         err.contains(&format!(
             "already admits TCP 22 from the endpoint's security group {}",
@@ -203,8 +259,14 @@ fn create_without_a_terminal_or_yes_changes_nothing() {
     let out = endpoint(&bed, &["create", "db-1"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("not confirmed") && err.contains("--yes"), "{err}");
-    assert!(err.contains("will create an EC2 Instance Connect Endpoint in subnet"), "{err}");
+    assert!(
+        err.contains("not confirmed") && err.contains("--yes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("will create an EC2 Instance Connect Endpoint in subnet"),
+        "{err}"
+    );
     assert_eq!(mutating_calls(&bed), 0);
     assert!(bed.endpoints().is_empty());
     assert!(stdout(&out).is_empty());
@@ -219,11 +281,18 @@ fn an_existing_endpoint_in_the_vpc_is_named_not_duplicated() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(
-        err.contains(&format!("{} already has an EC2 Instance Connect Endpoint: {}", bed.vpc_id(), there.id)),
+        err.contains(&format!(
+            "{} already has an EC2 Instance Connect Endpoint: {}",
+            bed.vpc_id(),
+            there.id
+        )),
         "{err}"
     );
     assert!(err.contains("one endpoint per VPC"), "{err}");
-    assert!(err.contains(&format!("eic-connect endpoint delete {}", there.id)), "{err}");
+    assert!(
+        err.contains(&format!("eic-connect endpoint delete {}", there.id)),
+        "{err}"
+    );
     assert_eq!(mutating_calls(&bed), 0);
 }
 
@@ -237,9 +306,17 @@ fn create_failed_reports_the_state_message() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     let id = &bed.endpoints()[0].id;
-    assert!(err.contains(&format!("{id} ended create-failed: Insufficient free IP addresses in subnet")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{id} ended create-failed: Insufficient free IP addresses in subnet"
+        )),
+        "{err}"
+    );
     assert!(!err.contains('\x1b'), "{err:?}");
-    assert!(err.contains(&format!("eic-connect endpoint delete {id}")), "{err}");
+    assert!(
+        err.contains(&format!("eic-connect endpoint delete {id}")),
+        "{err}"
+    );
     assert!(!err.contains("no hourly"), "{err}");
 }
 
@@ -250,7 +327,10 @@ fn a_missing_egress_rule_is_reported_with_the_fix_before_creating() {
     let eice_sg = "sg-0e1c0e1c0e1c0e1c1";
     bed.set_security_group(eice_sg, vec![]);
     bed.set_security_group_egress(eice_sg, vec![SgRule::tcp(443, 443).allow_cidr("0.0.0.0/0")]);
-    let out = endpoint(&bed, &["create", "db-1", "--security-group", eice_sg, "--yes"]);
+    let out = endpoint(
+        &bed,
+        &["create", "db-1", "--security-group", eice_sg, "--yes"],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(
@@ -272,8 +352,21 @@ fn a_missing_egress_rule_is_reported_with_the_fix_before_creating() {
     assert_eq!(mutating_calls(&bed), 0);
 
     // With port 22 allowed to the instance's group, --rdp still wants 3389.
-    bed.set_security_group_egress(eice_sg, vec![SgRule::tcp(22, 22).allow_group(&bed.security_group_id())]);
-    let out = endpoint(&bed, &["create", "db-1", "--security-group", eice_sg, "--rdp", "--yes"]);
+    bed.set_security_group_egress(
+        eice_sg,
+        vec![SgRule::tcp(22, 22).allow_group(&bed.security_group_id())],
+    );
+    let out = endpoint(
+        &bed,
+        &[
+            "create",
+            "db-1",
+            "--security-group",
+            eice_sg,
+            "--rdp",
+            "--yes",
+        ],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(err.contains("does not allow outbound TCP 3389"), "{err}");
@@ -300,13 +393,25 @@ fn create_errors_come_from_the_error_table() {
     let bed = TestBed::start();
     bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
     // An unknown subnet: DescribeSubnets says so.
-    let out = endpoint(&bed, &["create", "--subnet", "subnet-0123456789abcdef0", "--yes"]);
+    let out = endpoint(
+        &bed,
+        &["create", "--subnet", "subnet-0123456789abcdef0", "--yes"],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(err.contains("no such subnet"), "{err}");
     assert!(err.contains("hint: check --subnet"), "{err}");
     // An unknown security group.
-    let out = endpoint(&bed, &["create", "db-1", "--security-group", "sg-0123456789abcdef0", "--yes"]);
+    let out = endpoint(
+        &bed,
+        &[
+            "create",
+            "db-1",
+            "--security-group",
+            "sg-0123456789abcdef0",
+            "--yes",
+        ],
+    );
     let err = stderr(&out);
     assert!(err.contains("no such security group"), "{err}");
     // Not allowed: the hint names the permissions creating needs.
@@ -315,7 +420,10 @@ fn create_errors_come_from_the_error_table() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("ec2:CreateInstanceConnectEndpoint"), "{err}");
-    assert!(err.contains("ec2:CreateNetworkInterface") && err.contains("iam:CreateServiceLinkedRole"), "{err}");
+    assert!(
+        err.contains("ec2:CreateNetworkInterface") && err.contains("iam:CreateServiceLinkedRole"),
+        "{err}"
+    );
     // Bad ids never reach AWS.
     let before = bed.requests().len();
     let out = endpoint(&bed, &["create", "--subnet", "subnet-\x1b[2J", "--yes"]);
@@ -339,7 +447,10 @@ fn delete_waits_for_delete_complete() {
     assert!(started.elapsed() >= Duration::from_millis(1000));
     let deletes = bed.requests_for("DeleteInstanceConnectEndpoint");
     assert_eq!(deletes.len(), 1);
-    assert_eq!(deletes[0].params.get("InstanceConnectEndpointId"), Some(&e.id));
+    assert_eq!(
+        deletes[0].params.get("InstanceConnectEndpointId"),
+        Some(&e.id)
+    );
     assert_eq!(bed.endpoints()[0].state, "delete-complete");
     assert!(err.contains(&format!("deleting {}", e.id)), "{err}");
     assert!(err.contains(&format!("deleted {}", e.id)), "{err}");
@@ -353,7 +464,10 @@ fn delete_refuses_unknown_ids_and_unconfirmed_requests() {
     let out = endpoint(&bed, &["delete", "eice-0123456789abcdef0", "--yes"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(255), "{err}");
-    assert!(err.contains("no EC2 Instance Connect Endpoint eice-0123456789abcdef0"), "{err}");
+    assert!(
+        err.contains("no EC2 Instance Connect Endpoint eice-0123456789abcdef0"),
+        "{err}"
+    );
     assert_eq!(mutating_calls(&bed), 0);
 
     let before = bed.requests().len();
@@ -364,7 +478,10 @@ fn delete_refuses_unknown_ids_and_unconfirmed_requests() {
     let out = endpoint(&bed, &["delete", &e.id]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("not confirmed") && err.contains("--yes"), "{err}");
+    assert!(
+        err.contains("not confirmed") && err.contains("--yes"),
+        "{err}"
+    );
     assert_eq!(mutating_calls(&bed), 0);
     assert_eq!(bed.endpoints()[0].state, "create-complete");
 }

@@ -388,7 +388,6 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     ("IncorrectState", Meaning::EndpointBusy),
     ("IdempotentParameterMismatch", Meaning::TokenReused),
     ("DryRunOperation", Meaning::DryRun),
-
     // ---- Any API ----
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),

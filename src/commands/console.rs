@@ -61,7 +61,11 @@ pub async fn run(settings: Admin<ConsoleArgs>) -> anyhow::Result<ExitCode> {
             .user
     };
     let region = &clients.scope.region;
-    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return fail(Failure::usage(format!(
             "{:?} is not a region name that can be part of a console URL",
             terminal_safe(region)
@@ -77,7 +81,10 @@ pub async fn run(settings: Admin<ConsoleArgs>) -> anyhow::Result<ExitCode> {
 
 /// Why the browser client cannot reach the instance, with the fix; `None`
 /// when it can.
-async fn prerequisites(clients: &Clients, instance: &InstanceInfo) -> anyhow::Result<Option<Failure>> {
+async fn prerequisites(
+    clients: &Clients,
+    instance: &InstanceInfo,
+) -> anyhow::Result<Option<Failure>> {
     let id = &instance.id;
     if instance.addresses.public_ip.is_none() {
         return Ok(Some(
@@ -117,14 +124,30 @@ fn port_problem(
     let opened = if open.is_empty() {
         "to nothing".to_owned()
     } else {
-        let mut to: Vec<String> = open.cidrs.iter().map(|c| terminal_safe(c).into_owned()).collect();
-        to.extend(open.groups.iter().map(|g| format!("group {}", terminal_safe(g))));
-        to.extend(open.prefix_lists.iter().map(|p| format!("prefix list {}", terminal_safe(p))));
+        let mut to: Vec<String> = open
+            .cidrs
+            .iter()
+            .map(|c| terminal_safe(c).into_owned())
+            .collect();
+        to.extend(
+            open.groups
+                .iter()
+                .map(|g| format!("group {}", terminal_safe(g))),
+        );
+        to.extend(
+            open.prefix_lists
+                .iter()
+                .map(|p| format!("prefix list {}", terminal_safe(p))),
+        );
         format!("only to {}", to.join(", "))
     };
     let mut failure = Failure::new(format!(
         "instance {instance_id}'s security groups ({}) open port {PORT} {opened}, not to the EC2 Instance Connect range of {region}: the browser-based client cannot connect",
-        if ids.is_empty() { "none".to_owned() } else { ids.join(", ") }
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.join(", ")
+        }
     ));
     failure = match prefix_list {
         Some(pl) => failure.hint(format!(
@@ -195,15 +218,15 @@ fn open(url: &str) {
         Ok(status) if status.success() => {
             eprintln!("eic-connect: opened the console page in the browser ({program})");
         }
-        Ok(status) => eprintln!(
-            "eic-connect: {program} failed ({status}): open the URL above yourself"
-        ),
+        Ok(status) => {
+            eprintln!("eic-connect: {program} failed ({status}): open the URL above yourself")
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => eprintln!(
             "eic-connect: no {program} on PATH to open a browser: open the URL above yourself"
         ),
-        Err(err) => eprintln!(
-            "eic-connect: could not run {program} ({err}): open the URL above yourself"
-        ),
+        Err(err) => {
+            eprintln!("eic-connect: could not run {program} ({err}): open the URL above yourself")
+        }
     }
 }
 
@@ -218,7 +241,9 @@ mod tests {
             console_url("eu-west-1", "i-0123456789abcdef0", "ec2-user", 22),
             "https://eu-west-1.console.aws.amazon.com/ec2-instance-connect/ssh?region=eu-west-1&connType=standard&instanceId=i-0123456789abcdef0&osUser=ec2-user&sshPort=22"
         );
-        assert!(console_url("cn-north-1", "i-1", "u", 22).starts_with("https://console.amazonaws.cn/"));
+        assert!(
+            console_url("cn-north-1", "i-1", "u", 22).starts_with("https://console.amazonaws.cn/")
+        );
         assert!(
             console_url("us-gov-west-1", "i-1", "u", 22)
                 .starts_with("https://console.amazonaws-us-gov.com/")
@@ -262,10 +287,16 @@ mod tests {
             ..tcp22()
         });
         let f = port_problem(&office, pl, "us-east-1", "i-1").expect("refused");
-        assert!(f.message.contains("only to 203.0.113.0/24"), "{}", f.message);
         assert!(
-            f.hints.iter().any(|h| h.contains("PrefixListIds=[{PrefixListId=pl-1}]")
-                && h.contains("--group-id sg-1")),
+            f.message.contains("only to 203.0.113.0/24"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.hints
+                .iter()
+                .any(|h| h.contains("PrefixListIds=[{PrefixListId=pl-1}]")
+                    && h.contains("--group-id sg-1")),
             "{:?}",
             f.hints
         );

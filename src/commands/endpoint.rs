@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::{self, Clients};
-use crate::cli::{EndpointAction, EndpointArgs, EndpointCreateArgs, EndpointDeleteArgs, EndpointListArgs};
+use crate::cli::{
+    EndpointAction, EndpointArgs, EndpointCreateArgs, EndpointDeleteArgs, EndpointListArgs,
+};
 use crate::doctor::rules::Openings;
 use crate::eice::admin::{self, CreateRequest, EndpointInfo, Group};
 use crate::error::{Failure, FailureKind, fail};
@@ -63,7 +65,10 @@ fn row(e: &EndpointInfo) -> Vec<String> {
         cell(e.vpc_id),
         cell(e.subnet_id),
         cell(Some(e.security_group_ids.join(","))),
-        cell(e.preserve_client_ip.map(|b| if b { "yes" } else { "no" }.to_owned())),
+        cell(
+            e.preserve_client_ip
+                .map(|b| if b { "yes" } else { "no" }.to_owned()),
+        ),
         e.ip_address_type,
         cell(e.created_at),
         cell(e.name),
@@ -160,7 +165,9 @@ async fn placement(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Resu
         });
     }
     let Some(target) = &args.target else {
-        return fail(Failure::usage("name an instance (TARGET) or a subnet (--subnet)"));
+        return fail(Failure::usage(
+            "name an instance (TARGET) or a subnet (--subnet)",
+        ));
     };
     let target = parse_target(target)?;
     let instance = ec2::exactly_one(ec2::find(clients, &target).await?, &target, &clients.scope)?;
@@ -202,13 +209,20 @@ fn reachable_address(instance: &InstanceInfo, ip_type: &str) -> Option<IpAddr> {
 
 /// Checks the endpoint's groups let `port` out to the instance; the fix
 /// when they do not.
-fn egress_problem(groups: &[Group], instance: &InstanceInfo, ip_type: &str, port: u16) -> Option<Failure> {
+fn egress_problem(
+    groups: &[Group],
+    instance: &InstanceInfo,
+    ip_type: &str,
+    port: u16,
+) -> Option<Failure> {
     let ip = reachable_address(instance, ip_type);
     let outbound: Vec<_> = groups.iter().flat_map(|g| g.outbound.clone()).collect();
     if admin::admits(&outbound, port, ip, &instance.security_group_ids).is_some() {
         return None;
     }
-    let eice_sg = groups.first().map_or("<endpoint security group>", |g| g.id.as_str());
+    let eice_sg = groups
+        .first()
+        .map_or("<endpoint security group>", |g| g.id.as_str());
     let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
     let to = match (ip, instance.security_group_ids.first()) {
         (Some(ip), Some(sg)) => format!("{ip} or its security group {sg}"),
@@ -235,7 +249,11 @@ fn egress_problem(groups: &[Group], instance: &InstanceInfo, ip_type: &str, port
 }
 
 /// What in the instance's groups lets `port` in from the endpoint, if anything.
-fn ingress_from(instance_groups: &[Group], port: u16, endpoint_groups: &[String]) -> Option<String> {
+fn ingress_from(
+    instance_groups: &[Group],
+    port: u16,
+    endpoint_groups: &[String],
+) -> Option<String> {
     let as_diag: Vec<crate::aws::diag::SecurityGroup> = instance_groups
         .iter()
         .map(|g| crate::aws::diag::SecurityGroup {
@@ -271,7 +289,9 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
             e.state,
             e.subnet_id.as_deref().unwrap_or("-")
         ))
-        .hint("AWS allows one endpoint per VPC by default, and one reaches every subnet of its VPC");
+        .hint(
+            "AWS allows one endpoint per VPC by default, and one reaches every subnet of its VPC",
+        );
         if let Some(i) = &place.instance {
             failure = failure.hint(format!(
                 "eic-connect {} already connects through it when the instance has no public address",
@@ -386,7 +406,14 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
             "creating {id}: {} (this usually takes a few minutes)",
             terminal_safe(&created.state)
         ));
-        let last = admin::wait(clients, &created.id, "create-in-progress", &mut line, "creating").await?;
+        let last = admin::wait(
+            clients,
+            &created.id,
+            "create-in-progress",
+            &mut line,
+            "creating",
+        )
+        .await?;
         match last {
             Some(e) if e.state == "create-complete" => {
                 line.finish(&format!("created {id}: create-complete"));
@@ -411,14 +438,18 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
             None => {
                 line.clear();
                 return fail(
-                    Failure::new(format!("EC2 Instance Connect Endpoint {id} disappeared while being created"))
-                        .hint("list the endpoints with: eic-connect endpoint list"),
+                    Failure::new(format!(
+                        "EC2 Instance Connect Endpoint {id} disappeared while being created"
+                    ))
+                    .hint("list the endpoints with: eic-connect endpoint list"),
                 );
             }
         }
     }
 
-    say("cost: EC2 Instance Connect Endpoints have no hourly or data-processing charge; data transfer is charged as usual");
+    say(
+        "cost: EC2 Instance Connect Endpoints have no hourly or data-processing charge; data transfer is charged as usual",
+    );
     if let Some(instance) = &place.instance {
         advise_ingress(clients, instance, &sgs, ports).await;
     } else {
@@ -433,7 +464,12 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
 
 /// Says whether the instance's groups admit the endpoint, and the command
 /// that adds the rule when not.
-async fn advise_ingress(clients: &Clients, instance: &InstanceInfo, endpoint_sgs: &[String], ports: &[u16]) {
+async fn advise_ingress(
+    clients: &Clients,
+    instance: &InstanceInfo,
+    endpoint_sgs: &[String],
+    ports: &[u16],
+) {
     let eice_sg = endpoint_sgs.first().map_or("<endpoint sg>", String::as_str);
     let instance_sg = instance
         .security_group_ids
@@ -444,7 +480,10 @@ async fn advise_ingress(clients: &Clients, instance: &InstanceInfo, endpoint_sgs
         Err(err) => {
             say(&format!(
                 "warning: could not check the instance's security groups: {}",
-                crate::error::render(&err).lines().next().unwrap_or_default()
+                crate::error::render(&err)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             ));
             None
         }
@@ -453,7 +492,10 @@ async fn advise_ingress(clients: &Clients, instance: &InstanceInfo, endpoint_sgs
         let command = format!(
             "aws ec2 authorize-security-group-ingress --group-id {instance_sg} --protocol tcp --port {port} --source-group {eice_sg}"
         );
-        match groups.as_deref().and_then(|g| ingress_from(g, port, endpoint_sgs)) {
+        match groups
+            .as_deref()
+            .and_then(|g| ingress_from(g, port, endpoint_sgs))
+        {
             Some(how) => say(&format!(
                 "instance {} already admits TCP {port} {how}",
                 instance.id
@@ -510,14 +552,18 @@ async fn delete(clients: &Clients, args: &EndpointDeleteArgs) -> anyhow::Result<
     )?;
     admin::delete(clients, id).await?;
     if args.no_wait {
-        say(&format!("deleting {id}: not waiting (check with: eic-connect endpoint list)"));
+        say(&format!(
+            "deleting {id}: not waiting (check with: eic-connect endpoint list)"
+        ));
         return Ok(ExitCode::SUCCESS);
     }
     let mut line = progress::Line::stderr();
     line.show(&format!("deleting {id}: delete-in-progress"));
     match admin::wait(clients, id, "delete-in-progress", &mut line, "deleting").await? {
         None => line.finish(&format!("deleted {id}")),
-        Some(e) if e.state == "delete-complete" => line.finish(&format!("deleted {id}: delete-complete")),
+        Some(e) if e.state == "delete-complete" => {
+            line.finish(&format!("deleted {id}: delete-complete"))
+        }
         Some(e) => {
             line.clear();
             let message = e
@@ -525,11 +571,15 @@ async fn delete(clients: &Clients, args: &EndpointDeleteArgs) -> anyhow::Result<
                 .as_deref()
                 .map(|m| format!(": {}", terminal_safe(m)))
                 .unwrap_or_default();
-            return fail(Failure::new(format!(
-                "deleting {id} ended {}{message}",
-                terminal_safe(&e.state)
-            ))
-            .hint("try again shortly; if it keeps failing, check the endpoint in the VPC console"));
+            return fail(
+                Failure::new(format!(
+                    "deleting {id} ended {}{message}",
+                    terminal_safe(&e.state)
+                ))
+                .hint(
+                    "try again shortly; if it keeps failing, check the endpoint in the VPC console",
+                ),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -128,9 +128,10 @@ pub async fn describe(clients: &Clients, id: &str) -> anyhow::Result<Option<Endp
             .filter_map(EndpointInfo::from_sdk)
             .find(|e| e.id == id)),
         Err(err)
-            if err.as_service_error().and_then(|e| {
-                aws_smithy_types::error::metadata::ProvideErrorMetadata::code(e)
-            }) == Some("InvalidInstanceConnectEndpointId.NotFound") =>
+            if err
+                .as_service_error()
+                .and_then(|e| aws_smithy_types::error::metadata::ProvideErrorMetadata::code(e))
+                == Some("InvalidInstanceConnectEndpointId.NotFound") =>
         {
             Ok(None)
         }
@@ -184,10 +185,10 @@ pub async fn create(clients: &Clients, req: &CreateRequest) -> anyhow::Result<En
         .and_then(EndpointInfo::from_sdk)
     {
         Some(e) => Ok(e),
-        None => fail(Failure::new(
-            "CreateInstanceConnectEndpoint answered without an endpoint id",
-        )
-        .hint("list the endpoints with: eic-connect endpoint list")),
+        None => fail(
+            Failure::new("CreateInstanceConnectEndpoint answered without an endpoint id")
+                .hint("list the endpoints with: eic-connect endpoint list"),
+        ),
     }
 }
 
@@ -268,8 +269,11 @@ pub async fn subnet_vpc(clients: &Clients, subnet_id: &str) -> anyhow::Result<St
     {
         Some(vpc) => Ok(vpc.to_owned()),
         None => fail(
-            Failure::new(format!("no subnet {subnet_id} ({})", clients.scope.describe()))
-                .hint("check --subnet, --region and --profile"),
+            Failure::new(format!(
+                "no subnet {subnet_id} ({})",
+                clients.scope.describe()
+            ))
+            .hint("check --subnet, --region and --profile"),
         ),
     }
 }
@@ -314,7 +318,9 @@ fn rule(p: &IpPermission) -> InboundRule {
     }
 }
 
-fn groups_of(out: &aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput) -> Vec<Group> {
+fn groups_of(
+    out: &aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput,
+) -> Vec<Group> {
     out.security_groups()
         .iter()
         .map(|g| Group {
@@ -349,7 +355,12 @@ pub async fn default_group(clients: &Clients, vpc_id: &str) -> anyhow::Result<Op
         .ec2
         .describe_security_groups()
         .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-        .filters(Filter::builder().name("group-name").values("default").build())
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
         .send()
         .await
         .map_err(|e| from_sdk(e, &attempt(clients, "DescribeSecurityGroups")))?;
@@ -360,7 +371,12 @@ pub async fn default_group(clients: &Clients, vpc_id: &str) -> anyhow::Result<Op
 
 /// What in `rules` lets TCP `port` reach an instance at `ip` in `groups`
 /// (a block containing the address, or one of its groups); `None`: nothing.
-pub fn admits(rules: &[InboundRule], port: u16, ip: Option<IpAddr>, groups: &[String]) -> Option<String> {
+pub fn admits(
+    rules: &[InboundRule],
+    port: u16,
+    ip: Option<IpAddr>,
+    groups: &[String],
+) -> Option<String> {
     use crate::doctor::rules::{cidr_contains, rule_covers};
     for r in rules.iter().filter(|r| rule_covers(r, port)) {
         if let Some(ip) = ip
@@ -408,9 +424,18 @@ mod tests {
             admits(&[tcp(22, 22, &[], &["sg-1"])], 22, ip, &mine).as_deref(),
             Some("group sg-1")
         );
-        assert_eq!(admits(&[tcp(443, 443, &["0.0.0.0/0"], &[])], 22, ip, &mine), None);
-        assert_eq!(admits(&[tcp(22, 22, &["10.9.0.0/16"], &["sg-2"])], 22, ip, &mine), None);
-        assert_eq!(admits(&[tcp(22, 22, &["10.0.0.0/16"], &[])], 3389, ip, &mine), None);
+        assert_eq!(
+            admits(&[tcp(443, 443, &["0.0.0.0/0"], &[])], 22, ip, &mine),
+            None
+        );
+        assert_eq!(
+            admits(&[tcp(22, 22, &["10.9.0.0/16"], &["sg-2"])], 22, ip, &mine),
+            None
+        );
+        assert_eq!(
+            admits(&[tcp(22, 22, &["10.0.0.0/16"], &[])], 3389, ip, &mine),
+            None
+        );
         assert_eq!(admits(&[], 22, ip, &mine), None);
     }
 

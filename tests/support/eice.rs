@@ -255,8 +255,10 @@ impl EiceState {
     /// Applies the state changes that are due.
     pub fn advance(&mut self) {
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) =
-            self.transitions.drain(..).partition(|(_, at, _, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .transitions
+            .drain(..)
+            .partition(|(_, at, _, _)| *at <= now);
         self.transitions = later;
         for (id, _, state, message) in due {
             if let Some(e) = self.endpoints.iter_mut().find(|e| e.id == id) {
@@ -467,7 +469,11 @@ fn endpoint_xml(api: &Api, x: &mut String, e: &Endpoint) {
     el(
         x,
         "preserveClientIp",
-        if e.preserve_client_ip { "true" } else { "false" },
+        if e.preserve_client_ip {
+            "true"
+        } else {
+            "false"
+        },
     );
     x.push_str("<securityGroupIdSet>");
     for sg in &e.security_group_ids {
@@ -588,7 +594,12 @@ fn create(
             ));
         }
         let e = e.clone();
-        return Ok(endpoint_response(api, "CreateInstanceConnectEndpoint", &e, Some(&token)));
+        return Ok(endpoint_response(
+            api,
+            "CreateInstanceConnectEndpoint",
+            &e,
+            Some(&token),
+        ));
     }
     if let Some(e) = st
         .eice
@@ -680,7 +691,10 @@ fn delete(
         return Err(err(
             400,
             "IncorrectState",
-            format!("The instance connect endpoint '{id}' is in state {}", e.state),
+            format!(
+                "The instance connect endpoint '{id}' is in state {}",
+                e.state
+            ),
         ));
     }
     e.state = "delete-in-progress".to_owned();
@@ -692,11 +706,19 @@ fn delete(
         "delete-complete".to_owned(),
         String::new(),
     ));
-    Ok(endpoint_response(api, "DeleteInstanceConnectEndpoint", &e, None))
+    Ok(endpoint_response(
+        api,
+        "DeleteInstanceConnectEndpoint",
+        &e,
+        None,
+    ))
 }
 
 /// `DescribeSubnets` by id: the bed's one subnet.
-fn describe_subnets(api: &Api, params: &BTreeMap<String, String>) -> Result<HttpResponse, ApiError> {
+fn describe_subnets(
+    api: &Api,
+    params: &BTreeMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
     let cfg = &api.config;
     let ids: Vec<String> = api::indexed(params, "SubnetId")
         .into_iter()
@@ -710,7 +732,10 @@ fn describe_subnets(api: &Api, params: &BTreeMap<String, String>) -> Result<Http
         ));
     }
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    x.push_str(&format!("<DescribeSubnetsResponse xmlns=\"{}\">", api::EC2_XMLNS));
+    x.push_str(&format!(
+        "<DescribeSubnetsResponse xmlns=\"{}\">",
+        api::EC2_XMLNS
+    ));
     el(&mut x, "requestId", &api::uuid_like());
     x.push_str("<subnetSet><item>");
     el(&mut x, "subnetId", &cfg.subnet_id);
