@@ -6,7 +6,8 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::cmd::{assert_signed, run, server_address, stderr, stdout};
@@ -22,6 +23,35 @@ fn endpoint(bed: &TestBed, args: &[&str]) -> Output {
         .env("EIC_CONNECT_ENDPOINT_POLL_MS", "100")
         .stdin(Stdio::null());
     run(c)
+}
+
+/// `eic-connect endpoint ARGS…` on a pseudo-terminal (util-linux
+/// `script`), with `typed` as what the user types; stdout and stderr come
+/// back together in `stdout`.
+fn endpoint_on_terminal(bed: &TestBed, args: &[&str], typed: &str) -> Output {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = quote(&support::eic_connect_bin().to_string_lossy());
+    line.push_str(" endpoint");
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut c = Command::new("script");
+    bed.apply_env(&mut c);
+    c.args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("EIC_CONNECT_ENDPOINT_POLL_MS", "100")
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("util-linux script runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(typed.as_bytes()).expect("type");
+    // Keep typing open until the command is done (EOF would end the pty).
+    let out = std::thread::spawn(move || child.wait_with_output().expect("script"));
+    let out = out.join().expect("join");
+    drop(stdin);
+    out
 }
 
 fn mutating_calls(bed: &TestBed) -> usize {
@@ -270,6 +300,42 @@ fn create_without_a_terminal_or_yes_changes_nothing() {
     assert_eq!(mutating_calls(&bed), 0);
     assert!(bed.endpoints().is_empty());
     assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn on_a_terminal_create_asks_and_list_is_a_table() {
+    let bed = TestBed::start();
+    bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+    let out = endpoint_on_terminal(&bed, &["create", "db-1"], "n\n");
+    let text = stdout(&out);
+    assert!(text.contains("create the endpoint? [y/N]"), "{text}");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert_eq!(mutating_calls(&bed), 0);
+
+    let out = endpoint_on_terminal(&bed, &["create", "db-1"], "y\n");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(bed.requests_for("CreateInstanceConnectEndpoint").len(), 1);
+    let e = &bed.endpoints()[0];
+    assert!(
+        text.contains(&format!("created {}: create-complete", e.id)),
+        "{text}"
+    );
+
+    let out = endpoint_on_terminal(&bed, &["list"], "");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let header = text.lines().find(|l| l.starts_with("ID")).expect("header");
+    assert!(
+        header.contains("STATE")
+            && header.contains("SECURITY GROUPS")
+            && header.contains("CREATED"),
+        "{header}"
+    );
+    let row = text.lines().find(|l| l.starts_with(&e.id)).expect("row");
+    // Columns line up under the header.
+    assert_eq!(row.find("create-complete"), header.find("STATE"), "{text}");
 }
 
 #[test]

@@ -575,7 +575,7 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
         Meaning::GroupIdMalformed => Failure::usage(format!("not a valid security group id{said}"))
             .hint("security group ids look like sg-0123456789abcdef0"),
         Meaning::EndpointQuota => Failure::new(format!("{op}: an EC2 Instance Connect Endpoint quota is reached ({where_}){said}"))
-            .hint("by default AWS allows one endpoint per VPC and five per account and region: list them with `eic-connect endpoint list`, delete one you do not need, or request more in Service Quotas"),
+            .hint("by default AWS allows one endpoint per VPC and a few per account and region: list them with `eic-connect endpoint list`, delete one you do not need, or request more in Service Quotas"),
         Meaning::SubnetFull => Failure::new(format!("the subnet has no free address for the endpoint's network interface{said}"))
             .hint("choose another subnet of the VPC with --subnet, or free addresses in this one"),
         Meaning::EndpointBusy => Failure::new(format!("{op} is not possible in the resource's current state{said}"))

@@ -373,11 +373,8 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
 
     let request = CreateRequest {
         subnet_id: subnet.clone(),
-        security_group_ids: if args.security_groups.is_empty() {
-            Vec::new()
-        } else {
-            group_ids.clone()
-        },
+        // As given, in the order given; none: AWS takes the VPC's default.
+        security_group_ids: args.security_groups.clone(),
         preserve_client_ip: args.preserve_client_ip,
         ip_address_type: args.ip_address_type.map(|t| t.as_str().to_owned()),
         client_token: admin::client_token(),

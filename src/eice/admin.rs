@@ -216,6 +216,9 @@ pub fn poll_interval() -> Duration {
 /// Longest wait for a state.
 const MAX_WAIT: Duration = Duration::from_secs(20 * 60);
 
+/// How long a new endpoint may be missing from DescribeInstanceConnectEndpoints.
+const NOT_LISTED_YET: Duration = Duration::from_secs(60);
+
 /// Polls an endpoint until it leaves `in_progress`; the endpoint as last
 /// seen (`None`: it is gone, which is what deleting ends in).
 pub async fn wait(
@@ -228,11 +231,14 @@ pub async fn wait(
     let started = Instant::now();
     loop {
         let now = describe(clients, id).await?;
+        let waited = started.elapsed();
         match &now {
             Some(e) if e.state == in_progress => {}
+            // EC2 is eventually consistent: a new endpoint may not be
+            // listed yet right after CreateInstanceConnectEndpoint.
+            None if in_progress == "create-in-progress" && waited < NOT_LISTED_YET => {}
             _ => return Ok(now),
         }
-        let waited = started.elapsed();
         if waited > MAX_WAIT {
             return fail(
                 Failure::new(format!(
