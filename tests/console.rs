@@ -203,6 +203,20 @@ fn hostile_names_and_users_are_refused_or_encoded() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    // Hostile values in the rules are shown escaped in the refusal.
+    bed.set_security_group(
+        &bed.security_group_id(),
+        vec![
+            SgRule::tcp(22, 22)
+                .allow_cidr("10.0.0.0/8\x1b]0;owned\x07")
+                .allow_group("sg-\x1b[2J"),
+        ],
+    );
+    let out = console(&bed, &[&web.id, "-l", "ec2-user"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("group sg-\\u{1b}[2J"), "{err}");
     // A user that is not a valid login name never reaches a URL.
     let out = console(&bed, &[&web.id, "-l", "a&b=c"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

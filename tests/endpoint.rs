@@ -417,6 +417,24 @@ fn a_missing_egress_rule_is_reported_with_the_fix_before_creating() {
     );
     assert_eq!(mutating_calls(&bed), 0);
 
+    // Hostile rule values from AWS reach no terminal raw.
+    bed.set_security_group_egress(
+        eice_sg,
+        vec![
+            SgRule::tcp(22, 22)
+                .allow_cidr("\x1b]0;owned\x07")
+                .allow_group("sg-\x1b[2J"),
+        ],
+    );
+    let out = endpoint(
+        &bed,
+        &["create", "db-1", "--security-group", eice_sg, "--yes"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert_eq!(mutating_calls(&bed), 0);
+
     // With port 22 allowed to the instance's group, --rdp still wants 3389.
     bed.set_security_group_egress(
         eice_sg,

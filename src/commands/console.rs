@@ -35,6 +35,17 @@ pub async fn run(settings: Admin<ConsoleArgs>) -> anyhow::Result<ExitCode> {
     let clients = Clients::new(&config, &settings.aws);
     let instance = ec2::exactly_one(ec2::find(&clients, &target).await?, &target, &clients.scope)?;
     ec2::ensure_running(&instance)?;
+    let region = &clients.scope.region;
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return fail(Failure::usage(format!(
+            "{:?} is not a region name that can be part of a console URL",
+            terminal_safe(region)
+        )));
+    }
 
     let problem = match prerequisites(&clients, &instance).await? {
         None => None,
@@ -60,17 +71,6 @@ pub async fn run(settings: Admin<ConsoleArgs>) -> anyhow::Result<ExitCode> {
             .await
             .user
     };
-    let region = &clients.scope.region;
-    if region.is_empty()
-        || !region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return fail(Failure::usage(format!(
-            "{:?} is not a region name that can be part of a console URL",
-            terminal_safe(region)
-        )));
-    }
     let url = console_url(region, &instance.id, &user, PORT);
     crate::error::print_stdout(&format!("{url}\n"))?;
     if args.open {
@@ -118,8 +118,11 @@ fn port_problem(
     if open.open_to_any_address() || prefix_list.is_some_and(|pl| open.admits_prefix_list(pl)) {
         return None;
     }
-    let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-    let group = ids.first().copied().unwrap_or("<security group id>");
+    let ids: Vec<String> = groups
+        .iter()
+        .map(|g| terminal_safe(&g.id).into_owned())
+        .collect();
+    let group = ids.first().map_or("<security group id>", String::as_str);
     let list_name = format!("com.amazonaws.{region}.ec2-instance-connect");
     let opened = if open.is_empty() {
         "to nothing".to_owned()
@@ -149,7 +152,7 @@ fn port_problem(
             ids.join(", ")
         }
     ));
-    failure = match prefix_list {
+    failure = match prefix_list.map(terminal_safe) {
         Some(pl) => failure.hint(format!(
             "admit the AWS-managed prefix list {list_name}: aws ec2 authorize-security-group-ingress --group-id {group} --ip-permissions 'IpProtocol=tcp,FromPort={PORT},ToPort={PORT},PrefixListIds=[{{PrefixListId={pl}}}]'"
         )),

@@ -160,7 +160,7 @@ async fn placement(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Resu
         let vpc_id = admin::subnet_vpc(clients, subnet).await?;
         return Ok(Placement {
             subnet_id: subnet.clone(),
-            vpc_id,
+            vpc_id: terminal_safe(&vpc_id).into_owned(),
             instance: None,
         });
     }
@@ -181,9 +181,18 @@ async fn placement(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Resu
             .hint("connect directly with --connect direct"),
         );
     };
+    // These ids reach messages and commands to paste: terminal-safe (a real
+    // id is unchanged by it).
+    let safe = |s: &str| terminal_safe(s).into_owned();
+    let mut instance = instance;
+    instance.security_group_ids = instance
+        .security_group_ids
+        .iter()
+        .map(|g| safe(g))
+        .collect();
     Ok(Placement {
-        subnet_id,
-        vpc_id,
+        subnet_id: safe(&subnet_id),
+        vpc_id: safe(&vpc_id),
         instance: Some(instance),
     })
 }
@@ -389,7 +398,7 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
     let sgs = if created.security_group_ids.is_empty() {
         group_ids.clone()
     } else {
-        created.security_group_ids.clone()
+        created.sanitized().security_group_ids
     };
 
     if args.no_wait {

@@ -324,17 +324,31 @@ fn rule(p: &IpPermission) -> InboundRule {
     }
 }
 
+/// The groups in an answer. Their ids, names and rule values are shown in
+/// messages and commands to paste: they are made terminal-safe here (a
+/// real id is unchanged).
 fn groups_of(
     out: &aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput,
 ) -> Vec<Group> {
+    let safe = |s: &str| terminal_safe(s).into_owned();
+    let safe_rule = |p: &IpPermission| {
+        let r = rule(p);
+        InboundRule {
+            protocol: safe(&r.protocol),
+            cidrs: r.cidrs.iter().map(|c| safe(c)).collect(),
+            group_ids: r.group_ids.iter().map(|g| safe(g)).collect(),
+            prefix_list_ids: r.prefix_list_ids.iter().map(|l| safe(l)).collect(),
+            ..r
+        }
+    };
     out.security_groups()
         .iter()
         .map(|g| Group {
-            id: g.group_id().unwrap_or_default().to_owned(),
-            name: g.group_name().unwrap_or_default().to_owned(),
-            vpc_id: g.vpc_id().map(str::to_owned),
-            inbound: g.ip_permissions().iter().map(rule).collect(),
-            outbound: g.ip_permissions_egress().iter().map(rule).collect(),
+            id: safe(g.group_id().unwrap_or_default()),
+            name: safe(g.group_name().unwrap_or_default()),
+            vpc_id: g.vpc_id().map(safe),
+            inbound: g.ip_permissions().iter().map(safe_rule).collect(),
+            outbound: g.ip_permissions_egress().iter().map(safe_rule).collect(),
         })
         .collect()
 }
