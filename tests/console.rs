@@ -106,6 +106,29 @@ fn a_missing_rule_is_refused_with_the_command_that_adds_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), expected_url(&bed, &web.id, "ec2-user") + "\n");
     assert!(stderr(&out).contains("warning:"), "{}", stderr(&out));
+    // A block that covers the prefix list's addresses is enough.
+    bed.set_security_group(
+        &bed.security_group_id(),
+        vec![SgRule::tcp(22, 22).allow_cidr("18.206.0.0/16")],
+    );
+    let out = console(&bed, &["web-1", "-l", "ec2-user"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), expected_url(&bed, &web.id, "ec2-user") + "\n");
+    let entries = bed.requests_for("GetManagedPrefixListEntries");
+    assert_eq!(
+        entries
+            .last()
+            .and_then(|c| c.params.get("PrefixListId"))
+            .map(String::as_str),
+        Some(bed.console_prefix_list_id())
+    );
+    // One that covers part of it is not.
+    bed.set_security_group(
+        &bed.security_group_id(),
+        vec![SgRule::tcp(22, 22).allow_cidr("18.206.107.24/30")],
+    );
+    let out = console(&bed, &["web-1", "-l", "ec2-user"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
     // Port 22 open to any address is enough.
     bed.set_security_group(
         &bed.security_group_id(),

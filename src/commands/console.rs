@@ -3,7 +3,8 @@
 //! needs (protocols.md §9): the instance runs, has a public IPv4 address,
 //! and a security group admits port 22 from the EC2 Instance Connect
 //! range of the region (the managed prefix list
-//! `com.amazonaws.<region>.ec2-instance-connect`, or any address).
+//! `com.amazonaws.<region>.ec2-instance-connect`, blocks covering all of
+//! its addresses, or any address).
 //!
 //! The URL goes to standard output; `--open` hands it to the desktop's
 //! opener (`xdg-open`, `open` on macOS) as one argument, without a shell.
@@ -99,12 +100,66 @@ async fn prerequisites(
     }
     let groups = diag::security_groups(clients, &instance.security_group_ids).await?;
     let prefix_list = diag::console_prefix_list(clients).await?;
-    Ok(port_problem(
-        &groups,
-        prefix_list.as_deref(),
-        &clients.scope.region,
-        id,
-    ))
+    let problem = port_problem(&groups, prefix_list.as_deref(), &clients.scope.region, id);
+    // Blocks that cover every address of the prefix list admit the console too.
+    let open = Openings::of(&groups, PORT);
+    if let (Some(failure), Some(pl)) = (&problem, &prefix_list)
+        && !open.cidrs.is_empty()
+    {
+        match prefix_list_entries(clients, pl).await {
+            Ok(entries) if covers_all(&open.cidrs, &entries) => return Ok(None),
+            Ok(_) => {}
+            Err(err) => {
+                let why = crate::error::render(&err);
+                let why = why.lines().next().unwrap_or_default().to_owned();
+                return Ok(Some(failure.clone().hint(format!(
+                    "the prefix list's addresses could not be read to compare with those blocks ({why})"
+                ))));
+            }
+        }
+    }
+    Ok(problem)
+}
+
+/// The address blocks of a managed prefix list (GetManagedPrefixListEntries).
+async fn prefix_list_entries(clients: &Clients, id: &str) -> anyhow::Result<Vec<String>> {
+    let mut pages = clients
+        .ec2
+        .get_managed_prefix_list_entries()
+        .prefix_list_id(id)
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            crate::aws::errors::from_sdk(
+                e,
+                &crate::aws::errors::Attempt {
+                    op: "GetManagedPrefixListEntries",
+                    scope: &clients.scope,
+                    instance_id: None,
+                    os_user: None,
+                },
+            )
+        })?;
+        out.extend(
+            page.entries()
+                .iter()
+                .filter_map(|e| e.cidr().map(str::to_owned)),
+        );
+    }
+    Ok(out)
+}
+
+/// Whether every one of `entries` lies inside one of `open` (pure; blocks
+/// that do not parse cover nothing, and no entries is not "covered").
+fn covers_all(open: &[String], entries: &[String]) -> bool {
+    let open: Vec<ipnet::IpNet> = open.iter().filter_map(|c| c.parse().ok()).collect();
+    !entries.is_empty()
+        && entries.iter().all(|e| {
+            e.parse::<ipnet::IpNet>()
+                .is_ok_and(|e| open.iter().any(|o| o.contains(&e)))
+        })
 }
 
 /// Whether the groups admit port 22 from the console's range (pure).
@@ -160,7 +215,7 @@ fn port_problem(
             "admit the EC2_INSTANCE_CONNECT range of {region} from https://ip-ranges.amazonaws.com/ip-ranges.json: aws ec2 authorize-security-group-ingress --group-id {group} --protocol tcp --port {PORT} --cidr <range>"
         )),
     };
-    if !open.cidrs.is_empty() {
+    if !open.cidrs.is_empty() && prefix_list.is_none() {
         failure = failure.hint(
             "if one of those blocks covers the region's EC2 Instance Connect range, print the URL anyway with --force",
         );
@@ -270,6 +325,29 @@ mod tests {
             to_port: Some(22),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn blocks_must_cover_every_entry() {
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert!(covers_all(
+            &s(&["18.206.0.0/16"]),
+            &s(&["18.206.107.24/29"])
+        ));
+        assert!(covers_all(
+            &s(&["18.206.107.24/29", "3.0.5.32/29"]),
+            &s(&["18.206.107.24/29", "3.0.5.32/29"])
+        ));
+        assert!(!covers_all(
+            &s(&["18.206.107.24/30"]),
+            &s(&["18.206.107.24/29"])
+        ));
+        assert!(!covers_all(
+            &s(&["18.206.0.0/16"]),
+            &s(&["18.206.107.24/29", "3.0.5.32/29"])
+        ));
+        assert!(!covers_all(&s(&["0.0.0.0/0"]), &[]));
+        assert!(!covers_all(&s(&["junk"]), &s(&["18.206.107.24/29"])));
     }
 
     #[test]

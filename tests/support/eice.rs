@@ -279,6 +279,7 @@ pub fn handles(action: &str) -> bool {
             | "CreateInstanceConnectEndpoint"
             | "DeleteInstanceConnectEndpoint"
             | "DescribeSubnets"
+            | "GetManagedPrefixListEntries"
     )
 }
 
@@ -306,6 +307,7 @@ pub fn handle(
         Some("CreateInstanceConnectEndpoint") => create(api, st, params),
         Some("DeleteInstanceConnectEndpoint") => delete(api, st, params),
         Some("DescribeSubnets") => describe_subnets(api, params),
+        Some("GetManagedPrefixListEntries") => prefix_list_entries(params),
         _ => describe(api, st, params),
     }
 }
@@ -712,6 +714,34 @@ fn delete(
         &e,
         None,
     ))
+}
+
+/// The address block of the bed's `com.amazonaws.<region>.ec2-instance-connect`
+/// prefix list (us-east-1's real one).
+pub const CONSOLE_RANGE: &str = "18.206.107.24/29";
+
+/// `GetManagedPrefixListEntries` for the console's prefix list (what the
+/// browser-based client connects from: see `eic-connect console`).
+fn prefix_list_entries(params: &BTreeMap<String, String>) -> Result<HttpResponse, ApiError> {
+    let id = params.get("PrefixListId").cloned().unwrap_or_default();
+    if id != super::diag::CONSOLE_PREFIX_LIST_ID {
+        return Err(err(
+            400,
+            "InvalidPrefixListID.NotFound",
+            format!("The prefix list ID '{id}' does not exist"),
+        ));
+    }
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<GetManagedPrefixListEntriesResponse xmlns=\"{}\">",
+        api::EC2_XMLNS
+    ));
+    el(&mut x, "requestId", &api::uuid_like());
+    x.push_str("<entrySet><item>");
+    el(&mut x, "cidr", CONSOLE_RANGE);
+    el(&mut x, "description", "EC2 Instance Connect");
+    x.push_str("</item></entrySet></GetManagedPrefixListEntriesResponse>");
+    Ok(HttpResponse::new(200, "text/xml;charset=UTF-8", x))
 }
 
 /// `DescribeSubnets` by id: the bed's one subnet.
