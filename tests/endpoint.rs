@@ -290,7 +290,7 @@ fn create_without_a_terminal_or_yes_changes_nothing() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("not confirmed") && err.contains("--yes"),
+        err.contains("without confirmation") && err.contains("--yes"),
         "{err}"
     );
     assert!(
@@ -563,7 +563,7 @@ fn delete_refuses_unknown_ids_and_unconfirmed_requests() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("not confirmed") && err.contains("--yes"),
+        err.contains("without confirmation") && err.contains("--yes"),
         "{err}"
     );
     assert_eq!(mutating_calls(&bed), 0);

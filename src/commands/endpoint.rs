@@ -122,27 +122,30 @@ async fn list(clients: &Clients, args: &EndpointListArgs) -> anyhow::Result<Exit
 // ------------------------------------------------------------ confirming
 
 /// Goes on only if the user says yes: `--yes`, or "y" at a terminal
-/// prompt. Without a terminal and without `--yes`, refuses.
-fn confirm(question: &str, yes: bool, flag_hint: &str) -> anyhow::Result<()> {
+/// prompt. Without a terminal and without `--yes`, refuses. `action` is
+/// what will be done ("create the endpoint").
+fn confirm(action: &str, yes: bool) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         return fail(
             Failure::usage(format!(
-                "not confirmed: {question} (standard input is not a terminal, so nobody could be asked)"
+                "will not {action} without confirmation: standard input is not a terminal, so nobody could be asked"
             ))
-            .hint(format!("nothing was changed; to go ahead without a prompt: {flag_hint}")),
+            .hint("nothing was changed; run the same command with --yes to go ahead without a prompt"),
         );
     }
-    eprint!("eic-connect: {question} [y/N] ");
+    eprint!("eic-connect: {action}? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
         Ok(())
     } else {
-        fail(Failure::new("not confirmed: nothing was changed"))
+        fail(Failure::new(format!(
+            "did not {action}: nothing was changed"
+        )))
     }
 }
 
@@ -374,11 +377,7 @@ async fn create(clients: &Clients, args: &EndpointCreateArgs) -> anyhow::Result<
         plan.push_str(&format!("\n  for instance: {}", i.summary()));
     }
     say(&plan);
-    confirm(
-        "create the endpoint?",
-        args.yes,
-        "eic-connect endpoint create … --yes",
-    )?;
+    confirm("create the endpoint", args.yes)?;
 
     let request = CreateRequest {
         subnet_id: subnet.clone(),
@@ -551,11 +550,7 @@ async fn delete(clients: &Clients, args: &EndpointDeleteArgs) -> anyhow::Result<
         e.vpc_id.as_deref().unwrap_or("-"),
         e.subnet_id.as_deref().unwrap_or("-")
     ));
-    confirm(
-        "delete the endpoint?",
-        args.yes,
-        &format!("eic-connect endpoint delete {id} --yes"),
-    )?;
+    confirm(&format!("delete {id}"), args.yes)?;
     admin::delete(clients, id).await?;
     if args.no_wait {
         say(&format!(
