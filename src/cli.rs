@@ -542,12 +542,108 @@ pub struct PolicyArgs {
 
 // ---- endpoint ----
 
-/// `eic-connect endpoint`.
+/// `eic-connect endpoint list|create|delete`.
 #[derive(Debug, Clone, Args)]
 pub struct EndpointArgs {
-    /// Print the results as JSON
+    #[command(subcommand)]
+    pub action: EndpointAction,
+}
+
+/// What `eic-connect endpoint` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum EndpointAction {
+    /// List the region's EC2 Instance Connect Endpoints
+    List(EndpointListArgs),
+    /// Create an endpoint in an instance's subnet: eic-connect endpoint create db-1
+    Create(EndpointCreateArgs),
+    /// Delete an endpoint: eic-connect endpoint delete eice-0123456789abcdef0
+    Delete(EndpointDeleteArgs),
+}
+
+/// `eic-connect endpoint list`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointListArgs {
+    /// Only the endpoints in this VPC
+    #[arg(long, value_name = "VPC")]
+    pub vpc: Option<String>,
+
+    /// Print the endpoints as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `eic-connect endpoint create`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointCreateArgs {
+    /// The instance to reach (instance id, Name tag, DNS name or IP address): the endpoint goes in its subnet
+    #[arg(
+        value_name = "TARGET",
+        required_unless_present = "subnet",
+        conflicts_with = "subnet"
+    )]
+    pub target: Option<String>,
+
+    /// Create the endpoint in this subnet instead of an instance's
+    #[arg(long, value_name = "SUBNET")]
+    pub subnet: Option<String>,
+
+    /// The endpoint's security group (repeat for more) [default: the VPC's default group]
+    #[arg(long = "security-group", value_name = "SG")]
+    pub security_groups: Vec<String>,
+
+    /// Let instances see the client's address instead of the endpoint's
+    #[arg(long)]
+    pub preserve_client_ip: bool,
+
+    /// Which instance addresses the endpoint reaches [default: ipv4]
+    #[arg(long, value_name = "TYPE", value_enum)]
+    pub ip_address_type: Option<EndpointIpType>,
+
+    /// Also check the rules for RDP (TCP 3389), not only SSH (TCP 22)
+    #[arg(long)]
+    pub rdp: bool,
+
+    /// Return once AWS accepted the request, without waiting for create-complete
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Do not ask for confirmation (needed without a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `--ip-address-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointIpType {
+    Ipv4,
+    Dualstack,
+    Ipv6,
+}
+
+impl EndpointIpType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointIpType::Ipv4 => "ipv4",
+            EndpointIpType::Dualstack => "dualstack",
+            EndpointIpType::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// `eic-connect endpoint delete`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointDeleteArgs {
+    /// The endpoint's id (eice-…)
+    #[arg(value_name = "EICE-ID")]
+    pub id: String,
+
+    /// Return once AWS accepted the request, without waiting for delete-complete
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Do not ask for confirmation (needed without a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 // ---- console ----
@@ -558,6 +654,18 @@ pub struct ConsoleArgs {
     /// Instance id, Name tag, DNS name or IP address
     #[arg(value_name = "TARGET")]
     pub target: String,
+
+    /// OS user to log in as [default: as for connecting: remembered, else guessed from the AMI]
+    #[arg(short = 'l', long = "os-user", value_name = "USER")]
+    pub os_user: Option<String>,
+
+    /// Open the URL in the desktop's browser (xdg-open, open)
+    #[arg(long)]
+    pub open: bool,
+
+    /// Print the URL even when the browser client's prerequisites are not met
+    #[arg(long)]
+    pub force: bool,
 }
 
 // ---- end of the administrative commands ----

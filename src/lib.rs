@@ -29,6 +29,7 @@ pub mod session;
 pub mod settings;
 pub mod ssh;
 pub mod ssm;
+pub mod table;
 pub mod target;
 pub mod trust;
 

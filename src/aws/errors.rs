@@ -294,6 +294,15 @@ enum Meaning {
     // IAM and STS (GetCallerIdentity, GetRole, SimulatePrincipalPolicy).
 
     // EC2 administration (endpoints, security groups, instance metadata).
+    // endpoints
+    SubnetNotFound,
+    GroupNotFound,
+    GroupIdMalformed,
+    EndpointQuota,
+    SubnetFull,
+    EndpointBusy,
+    TokenReused,
+    DryRun,
 
     // Any API.
     NotAuthorized,
@@ -386,7 +395,15 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     // ---- IAM and STS ----
 
     // ---- EC2 administration ----
-
+    // endpoints
+    ("InvalidSubnetID.NotFound", Meaning::SubnetNotFound),
+    ("InvalidGroup.NotFound", Meaning::GroupNotFound),
+    ("InvalidGroupId.Malformed", Meaning::GroupIdMalformed),
+    ("ResourceLimitExceeded", Meaning::EndpointQuota),
+    ("InsufficientFreeAddressesInSubnet", Meaning::SubnetFull),
+    ("IncorrectState", Meaning::EndpointBusy),
+    ("IdempotentParameterMismatch", Meaning::TokenReused),
+    ("DryRunOperation", Meaning::DryRun),
     // ---- Any API ----
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),
@@ -599,6 +616,23 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
         // ---- IAM and STS ----
 
         // ---- EC2 administration ----
+        // endpoints
+        Meaning::SubnetNotFound => Failure::new(format!("no such subnet ({where_}){said}"))
+            .hint("check --subnet, --region and --profile; list subnets with: aws ec2 describe-subnets"),
+        Meaning::GroupNotFound => Failure::new(format!("no such security group ({where_}){said}"))
+            .hint("check --security-group, --region and --profile: the group must be in the endpoint's VPC"),
+        Meaning::GroupIdMalformed => Failure::usage(format!("not a valid security group id{said}"))
+            .hint("security group ids look like sg-0123456789abcdef0"),
+        Meaning::EndpointQuota => Failure::new(format!("{op}: an EC2 Instance Connect Endpoint quota is reached ({where_}){said}"))
+            .hint("by default AWS allows one endpoint per VPC and a few per account and region: list them with `eic-connect endpoint list`, delete one you do not need, or request more in Service Quotas"),
+        Meaning::SubnetFull => Failure::new(format!("the subnet has no free address for the endpoint's network interface{said}"))
+            .hint("choose another subnet of the VPC with --subnet, or free addresses in this one"),
+        Meaning::EndpointBusy => Failure::new(format!("{op} is not possible in the resource's current state{said}"))
+            .hint("an endpoint that is being created or deleted must finish first: check it with `eic-connect endpoint list` and try again"),
+        Meaning::TokenReused => Failure::new(format!("{op} was retried with the same client token but different parameters{said}"))
+            .hint("run the command again: each run uses a new client token"),
+        Meaning::DryRun => Failure::new(format!("{op} would have succeeded, but it was a dry run{said}"))
+            .hint("nothing was changed; run it without the dry-run option to make the change"),
 
 
         // ---- Any API ----
@@ -677,6 +711,9 @@ mod tests {
             "StartSession",
             "DescribeInstanceInformation",
             "LookupEvents",
+            "CreateInstanceConnectEndpoint",
+            "DeleteInstanceConnectEndpoint",
+            "DescribeInstanceConnectEndpoints",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
         assert!(

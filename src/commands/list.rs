@@ -4,8 +4,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use unicode_width::UnicodeWidthStr;
-
 use crate::aws::ec2::{self, InstanceInfo};
 use crate::aws::{self, Clients};
 use crate::fleet;
@@ -67,53 +65,15 @@ fn row(i: &InstanceInfo, user: Option<&Choice>) -> Vec<String> {
     ]
 }
 
-/// Rows aligned under a header, by display width (names may be wide).
+/// Rows aligned under the header, names cut to [`NAME_WIDTH`].
 fn table(rows: &[Vec<String>]) -> String {
-    let mut shown: Vec<Vec<String>> = vec![HEADER.iter().map(|h| (*h).to_owned()).collect()];
-    shown.extend(rows.iter().map(|r| {
-        let mut r = r.clone();
-        r[0] = truncate(&r[0], NAME_WIDTH);
-        r
-    }));
-    let mut widths = vec![0; HEADER.len()];
-    for r in &shown {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.width());
-        }
-    }
-    let mut out = String::new();
-    for r in &shown {
-        let mut line = String::new();
-        for (n, (cell, w)) in r.iter().zip(&widths).enumerate() {
-            line.push_str(cell);
-            if n + 1 < r.len() {
-                line.push_str(&" ".repeat(w - cell.width() + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.width() <= max {
-        return s.to_owned();
-    }
-    let mut out = String::new();
-    for c in s.chars() {
-        if out.width() + c.to_string().width() > max - 1 {
-            break;
-        }
-        out.push(c);
-    }
-    out.push('…');
-    out
+    crate::table::render(&HEADER, rows, Some((0, NAME_WIDTH)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unicode_width::UnicodeWidthStr;
 
     #[test]
     fn table_aligns_by_display_width() {
@@ -135,14 +95,5 @@ mod tests {
             lines[0].find("INSTANCE").map(|b| lines[0][..b].width()),
             Some(col(lines[1]))
         );
-    }
-
-    #[test]
-    fn long_names_are_cut() {
-        let long = "x".repeat(60);
-        let cut = truncate(&long, NAME_WIDTH);
-        assert_eq!(cut.width(), NAME_WIDTH);
-        assert!(cut.ends_with('…'));
-        assert_eq!(truncate("short", NAME_WIDTH), "short");
     }
 }

@@ -26,7 +26,7 @@
 
 mod checks;
 pub mod report;
-mod rules;
+pub(crate) mod rules;
 mod session;
 
 use std::net::IpAddr;

@@ -3,6 +3,7 @@
 //! go through (`relay`), and whether a connection takes a tunnel at all
 //! (`route`).
 
+pub mod admin;
 pub mod endpoint;
 pub mod relay;
 pub mod route;

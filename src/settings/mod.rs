@@ -544,14 +544,19 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             }))
         }
         // (endpoint)
-        S::Endpoint(args) => Command::Endpoint(Box::new(Admin {
-            aws: aws_settings(&cli.aws, &general)?,
-            args,
-            defaults: general.clone(),
-        })),
+        S::Endpoint(args) => {
+            let (args, defaults) = endpoint_args(args, layers, &general)?;
+            Command::Endpoint(Box::new(Admin {
+                aws: aws_settings(&cli.aws, &defaults)?,
+                args,
+                defaults,
+            }))
+        }
         // (console)
         S::Console(args) => {
             let (target, defaults) = layers.expand(&args.target);
+            parse_target(&target)?;
+            choose_os_user(None, args.os_user.clone(), None, None, &defaults)?;
             let args = cli::ConsoleArgs { target, ..args };
             Command::Console(Box::new(Admin {
                 aws: aws_settings(&cli.aws, &defaults)?,
@@ -565,6 +570,61 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
             ssh_program: ssh_program(),
         }),
     })
+}
+
+/// `endpoint`'s arguments checked before any call: a TARGET is expanded
+/// (an alias may name the region and profile) and must parse; ids must
+/// have their shape.
+fn endpoint_args(
+    mut args: cli::EndpointArgs,
+    layers: &layers::Layers,
+    general: &Defaults,
+) -> Result<(cli::EndpointArgs, Defaults), Failure> {
+    use cli::EndpointAction as A;
+    let mut defaults = general.clone();
+    match &mut args.action {
+        A::List(list) => {
+            if let Some(vpc) = &list.vpc {
+                check_id("VPC", "vpc-", vpc)?;
+            }
+        }
+        A::Create(create) => {
+            if let Some(target) = &create.target {
+                let (expanded, d) = layers.expand(target);
+                parse_target(&expanded)?;
+                create.target = Some(expanded);
+                defaults = d;
+            }
+            if let Some(subnet) = &create.subnet {
+                check_id("subnet", "subnet-", subnet)?;
+            }
+            for sg in &create.security_groups {
+                check_id("security group", "sg-", sg)?;
+            }
+        }
+        A::Delete(delete) => crate::eice::endpoint::validate_endpoint_id(&delete.id)?,
+    }
+    Ok((args, defaults))
+}
+
+/// Checks that `id` looks like an EC2 resource id (`prefix` and 8 or 17
+/// hex digits) before it is sent anywhere.
+fn check_id(what: &str, prefix: &str, id: &str) -> Result<(), Failure> {
+    let ok = id.strip_prefix(prefix).is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "{:?} is not a valid {what} id",
+            crate::sanitize::terminal_safe(id)
+        ))
+        .hint(format!("{what} ids look like {prefix}0123456789abcdef0")))
+    }
 }
 
 fn known_hosts(args: cli::KnownHostsArgs) -> KnownHosts {

@@ -272,12 +272,17 @@ fn describe_security_groups(
             format!("The security group '{missing}' does not exist"),
         ));
     }
+    // Filters: group-name and vpc-id (every group is in the bed's VPC).
+    let names = filter_values(p, "group-name");
+    let vpcs = filter_values(p, "vpc-id");
+    let in_vpc = vpcs.is_none_or(|v| v.contains(&api.config.vpc_id));
     let mut body = String::from("<securityGroupInfo>");
     for (id, (name, rules)) in st
         .diag
         .groups
         .iter()
         .filter(|(id, _)| ids.is_empty() || ids.contains(id))
+        .filter(|(_, (name, _))| in_vpc && names.as_ref().is_none_or(|n| n.contains(name)))
     {
         body.push_str("<item>");
         el(&mut body, "ownerId", &api.config.account_id);
@@ -286,50 +291,62 @@ fn describe_security_groups(
         el(&mut body, "groupDescription", &format!("{name} group"));
         el(&mut body, "vpcId", &api.config.vpc_id);
         body.push_str("<ipPermissions>");
-        for rule in rules {
-            body.push_str("<item>");
-            el(&mut body, "ipProtocol", &rule.protocol);
-            if let Some(from) = rule.from_port {
-                el(&mut body, "fromPort", &from.to_string());
-            }
-            if let Some(to) = rule.to_port {
-                el(&mut body, "toPort", &to.to_string());
-            }
-            body.push_str("<groups>");
-            for g in &rule.groups {
-                body.push_str("<item>");
-                el(&mut body, "userId", &api.config.account_id);
-                el(&mut body, "groupId", g);
-                body.push_str("</item>");
-            }
-            body.push_str("</groups><ipRanges>");
-            for c in rule.cidrs.iter().filter(|c| !c.contains(':')) {
-                body.push_str("<item>");
-                el(&mut body, "cidrIp", c);
-                body.push_str("</item>");
-            }
-            body.push_str("</ipRanges><ipv6Ranges>");
-            for c in rule.cidrs.iter().filter(|c| c.contains(':')) {
-                body.push_str("<item>");
-                el(&mut body, "cidrIpv6", c);
-                body.push_str("</item>");
-            }
-            body.push_str("</ipv6Ranges><prefixListIds>");
-            for pl in &rule.prefix_lists {
-                body.push_str("<item>");
-                el(&mut body, "prefixListId", pl);
-                body.push_str("</item>");
-            }
-            body.push_str("</prefixListIds></item>");
-        }
-        body.push_str("</ipPermissions>");
-        body.push_str(
-            "<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups/><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges/><prefixListIds/></item></ipPermissionsEgress>",
-        );
+        permissions_xml(&mut body, rules, &api.config.account_id);
+        body.push_str("</ipPermissions><ipPermissionsEgress>");
+        // Outbound: what the test set (`set_security_group_egress`), else
+        // AWS's default for a new group, everything to anywhere.
+        let everything = vec![SgRule {
+            protocol: "-1".into(),
+            cidrs: vec!["0.0.0.0/0".into()],
+            ..SgRule::default()
+        }];
+        let egress = st.eice.egress.get(id).unwrap_or(&everything);
+        permissions_xml(&mut body, egress, &api.config.account_id);
+        body.push_str("</ipPermissionsEgress>");
         body.push_str("</item>");
     }
     body.push_str("</securityGroupInfo>");
     Ok(xml_response("DescribeSecurityGroups", &body))
+}
+
+/// Rules as EC2 writes `ipPermissions` / `ipPermissionsEgress` items.
+fn permissions_xml(body: &mut String, rules: &[SgRule], account_id: &str) {
+    for rule in rules {
+        body.push_str("<item>");
+        el(body, "ipProtocol", &rule.protocol);
+        if let Some(from) = rule.from_port {
+            el(body, "fromPort", &from.to_string());
+        }
+        if let Some(to) = rule.to_port {
+            el(body, "toPort", &to.to_string());
+        }
+        body.push_str("<groups>");
+        for g in &rule.groups {
+            body.push_str("<item>");
+            el(body, "userId", account_id);
+            el(body, "groupId", g);
+            body.push_str("</item>");
+        }
+        body.push_str("</groups><ipRanges>");
+        for c in rule.cidrs.iter().filter(|c| !c.contains(':')) {
+            body.push_str("<item>");
+            el(body, "cidrIp", c);
+            body.push_str("</item>");
+        }
+        body.push_str("</ipRanges><ipv6Ranges>");
+        for c in rule.cidrs.iter().filter(|c| c.contains(':')) {
+            body.push_str("<item>");
+            el(body, "cidrIpv6", c);
+            body.push_str("</item>");
+        }
+        body.push_str("</ipv6Ranges><prefixListIds>");
+        for pl in &rule.prefix_lists {
+            body.push_str("<item>");
+            el(body, "prefixListId", pl);
+            body.push_str("</item>");
+        }
+        body.push_str("</prefixListIds></item>");
+    }
 }
 
 fn describe_prefix_lists(api: &Api, p: &BTreeMap<String, String>) -> Result<Response, ApiError> {
@@ -465,13 +482,19 @@ impl TestBed {
         self.api.config.security_group_id.clone()
     }
 
-    /// Replace a security group's inbound rules (creating the group).
+    /// Replace a security group's inbound rules (creating the group; the
+    /// bed's own group keeps its name, `default`).
     pub fn set_security_group(&self, id: &str, rules: Vec<SgRule>) {
+        let name = if id == self.api.config.security_group_id {
+            "default"
+        } else {
+            "eic-test"
+        };
         self.api
             .lock()
             .diag
             .groups
-            .insert(id.to_owned(), ("eic-test".to_owned(), rules));
+            .insert(id.to_owned(), (name.to_owned(), rules));
     }
 
     /// Id of the `com.amazonaws.<region>.ec2-instance-connect` prefix list.

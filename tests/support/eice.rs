@@ -1,4 +1,5 @@
-//! The EC2 Instance Connect Endpoint stand-in: `DescribeInstanceConnectEndpoints`
+//! The EC2 Instance Connect Endpoint stand-in: `DescribeInstanceConnectEndpoints`,
+//! `CreateInstanceConnectEndpoint`, `DeleteInstanceConnectEndpoint`, `DescribeSubnets`
 //! (EC2 Query/XML, served by the API stand-in) and a TLS WebSocket server
 //! that plays the endpoints' `/openTunnel`.
 //!
@@ -70,7 +71,15 @@ pub struct Endpoint {
     pub vpc_id: String,
     pub subnet_id: String,
     pub availability_zone: String,
-    pub security_group_id: String,
+    /// Its security groups (given at creation, else the VPC's default).
+    pub security_group_ids: Vec<String>,
+    pub preserve_client_ip: bool,
+    /// Why it failed (create-failed, delete-failed), else empty.
+    pub state_message: String,
+    /// The `Name` tag, if any (may hold anything).
+    pub name: Option<String>,
+    /// The ClientToken it was created with (empty for `add_endpoint`).
+    pub client_token: String,
     /// `<id>.ec2-instance-connect-endpoint.<region>.amazonaws.com`
     pub dns_name: String,
     /// `<id>.fips.ec2-instance-connect-endpoint.<region>.amazonaws.com`
@@ -94,9 +103,21 @@ pub struct EndpointSpec {
     pub id: Option<String>,
     /// Default: ipv4.
     pub ip_address_type: Option<String>,
+    /// Default: one random `sg-` id.
+    pub security_groups: Vec<String>,
+    /// A `Name` tag.
+    pub name: Option<String>,
 }
 
 impl EndpointSpec {
+    pub fn security_group(mut self, sg: &str) -> Self {
+        self.security_groups.push(sg.to_owned());
+        self
+    }
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
     pub fn ip_address_type(mut self, kind: &str) -> Self {
         self.ip_address_type = Some(kind.to_owned());
         self
@@ -219,13 +240,47 @@ pub struct EiceState {
     pub max_open: usize,
     /// Force pages of at most this many endpoints.
     pub page_size: Option<usize>,
+    /// How long create-in-progress and delete-in-progress last (real time).
+    pub create_delay: Duration,
+    pub delete_delay: Duration,
+    /// State messages for the next creations to end in create-failed.
+    pub create_failures: VecDeque<String>,
+    /// State changes due: (endpoint id, when, new state, state message).
+    pub transitions: Vec<(String, Instant, String, String)>,
+    /// Security group id -> outbound rules (default: everything anywhere).
+    pub egress: BTreeMap<String, Vec<super::diag::SgRule>>,
+}
+
+impl EiceState {
+    /// Applies the state changes that are due.
+    pub fn advance(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .transitions
+            .drain(..)
+            .partition(|(_, at, _, _)| *at <= now);
+        self.transitions = later;
+        for (id, _, state, message) in due {
+            if let Some(e) = self.endpoints.iter_mut().find(|e| e.id == id) {
+                e.state = state;
+                e.state_message = message;
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------- Query API
 
 /// Whether this module serves an EC2 action.
 pub fn handles(action: &str) -> bool {
-    action == "DescribeInstanceConnectEndpoints"
+    matches!(
+        action,
+        "DescribeInstanceConnectEndpoints"
+            | "CreateInstanceConnectEndpoint"
+            | "DeleteInstanceConnectEndpoint"
+            | "DescribeSubnets"
+            | "GetManagedPrefixListEntries"
+    )
 }
 
 type ApiError = (u16, String, String);
@@ -234,10 +289,33 @@ fn err(status: u16, code: &str, msg: impl Into<String>) -> ApiError {
     (status, code.to_owned(), msg.into())
 }
 
+/// Answers one of [`handles`]'s actions (named by the `Action` parameter).
+pub fn handle(
+    api: &Api,
+    st: &mut State,
+    params: &BTreeMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
+    st.eice.advance();
+    if params.get("DryRun").is_some_and(|v| v == "true") {
+        return Err(err(
+            412,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        ));
+    }
+    match params.get("Action").map(String::as_str) {
+        Some("CreateInstanceConnectEndpoint") => create(api, st, params),
+        Some("DeleteInstanceConnectEndpoint") => delete(api, st, params),
+        Some("DescribeSubnets") => describe_subnets(api, params),
+        Some("GetManagedPrefixListEntries") => prefix_list_entries(params),
+        _ => describe(api, st, params),
+    }
+}
+
 /// `DescribeInstanceConnectEndpoints`: ids, filters (`state`, `vpc-id`,
 /// `subnet-id`, `instance-connect-endpoint-id`), MaxResults (1-50) and
 /// NextToken.
-pub fn handle(
+fn describe(
     api: &Api,
     st: &mut State,
     params: &BTreeMap<String, String>,
@@ -362,26 +440,7 @@ pub fn handle(
     x.push_str("<instanceConnectEndpointSet>");
     for e in slice {
         x.push_str("<item>");
-        el(&mut x, "ownerId", &api.config.account_id);
-        el(&mut x, "instanceConnectEndpointId", &e.id);
-        el(&mut x, "instanceConnectEndpointArn", &e.arn);
-        el(&mut x, "state", &e.state);
-        el(&mut x, "stateMessage", "");
-        el(&mut x, "dnsName", &e.dns_name);
-        el(&mut x, "fipsDnsName", &e.fips_dns_name);
-        x.push_str("<networkInterfaceIdSet><item>");
-        x.push_str(&format!("eni-{}", &e.id[5..]));
-        x.push_str("</item></networkInterfaceIdSet>");
-        el(&mut x, "vpcId", &e.vpc_id);
-        el(&mut x, "availabilityZone", &e.availability_zone);
-        el(&mut x, "createdAt", &super::timefmt::iso8601(e.created_at));
-        el(&mut x, "subnetId", &e.subnet_id);
-        el(&mut x, "preserveClientIp", "false");
-        x.push_str("<securityGroupIdSet><item>");
-        x.push_str(&api::xml_escape(&e.security_group_id));
-        x.push_str("</item></securityGroupIdSet>");
-        el(&mut x, "ipAddressType", &e.ip_address_type);
-        x.push_str("<tagSet/>");
+        endpoint_xml(api, &mut x, e);
         x.push_str("</item>");
     }
     x.push_str("</instanceConnectEndpointSet>");
@@ -389,6 +448,333 @@ pub fn handle(
         el(&mut x, "nextToken", &tok);
     }
     x.push_str("</DescribeInstanceConnectEndpointsResponse>");
+    Ok(HttpResponse::new(200, "text/xml;charset=UTF-8", x))
+}
+
+/// An endpoint's fields, as EC2 writes them inside an `item` or an
+/// `instanceConnectEndpoint` element.
+fn endpoint_xml(api: &Api, x: &mut String, e: &Endpoint) {
+    el(x, "ownerId", &api.config.account_id);
+    el(x, "instanceConnectEndpointId", &e.id);
+    el(x, "instanceConnectEndpointArn", &e.arn);
+    el(x, "state", &e.state);
+    el(x, "stateMessage", &e.state_message);
+    el(x, "dnsName", &e.dns_name);
+    el(x, "fipsDnsName", &e.fips_dns_name);
+    x.push_str("<networkInterfaceIdSet><item>");
+    x.push_str(&format!("eni-{}", &e.id[5..]));
+    x.push_str("</item></networkInterfaceIdSet>");
+    el(x, "vpcId", &e.vpc_id);
+    el(x, "availabilityZone", &e.availability_zone);
+    el(x, "createdAt", &super::timefmt::iso8601(e.created_at));
+    el(x, "subnetId", &e.subnet_id);
+    el(
+        x,
+        "preserveClientIp",
+        if e.preserve_client_ip {
+            "true"
+        } else {
+            "false"
+        },
+    );
+    x.push_str("<securityGroupIdSet>");
+    for sg in &e.security_group_ids {
+        x.push_str("<item>");
+        x.push_str(&api::xml_escape(sg));
+        x.push_str("</item>");
+    }
+    x.push_str("</securityGroupIdSet>");
+    el(x, "ipAddressType", &e.ip_address_type);
+    match &e.name {
+        Some(name) => {
+            x.push_str("<tagSet><item>");
+            el(x, "key", "Name");
+            el(x, "value", name);
+            x.push_str("</item></tagSet>");
+        }
+        None => x.push_str("<tagSet/>"),
+    }
+}
+
+fn endpoint_response(api: &Api, action: &str, e: &Endpoint, token: Option<&str>) -> HttpResponse {
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!("<{action}Response xmlns=\"{}\">", api::EC2_XMLNS));
+    el(&mut x, "requestId", &api::uuid_like());
+    x.push_str("<instanceConnectEndpoint>");
+    endpoint_xml(api, &mut x, e);
+    x.push_str("</instanceConnectEndpoint>");
+    if let Some(token) = token {
+        el(&mut x, "clientToken", token);
+    }
+    x.push_str(&format!("</{action}Response>"));
+    HttpResponse::new(200, "text/xml;charset=UTF-8", x)
+}
+
+/// Whether a security group exists (the bed's default one always does).
+fn group_exists(api: &Api, st: &State, id: &str) -> bool {
+    id == api.config.security_group_id || st.diag.groups.contains_key(id)
+}
+
+/// `CreateInstanceConnectEndpoint`: SubnetId (the bed's subnet),
+/// SecurityGroupId.N (existing groups; default: the VPC's default group),
+/// PreserveClientIp, IpAddressType, ClientToken (a repeat with the same
+/// parameters returns the same endpoint, with others is refused). One
+/// endpoint per VPC. The endpoint starts create-in-progress and turns
+/// create-complete (or create-failed, see [`TestBed::fail_next_endpoint_create`])
+/// after [`TestBed::set_endpoint_create_delay`].
+fn create(
+    api: &Api,
+    st: &mut State,
+    params: &BTreeMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = &api.config;
+    let Some(subnet) = params.get("SubnetId") else {
+        return Err(err(
+            400,
+            "MissingParameter",
+            "The request must contain the parameter SubnetId",
+        ));
+    };
+    if *subnet != cfg.subnet_id {
+        return Err(err(
+            400,
+            "InvalidSubnetID.NotFound",
+            format!("The subnet ID '{subnet}' does not exist"),
+        ));
+    }
+    let groups: Vec<String> = api::indexed(params, "SecurityGroupId")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    if let Some(missing) = groups.iter().find(|g| !group_exists(api, st, g)) {
+        return Err(err(
+            400,
+            "InvalidGroup.NotFound",
+            format!("The security group '{missing}' does not exist"),
+        ));
+    }
+    let preserve = match params.get("PreserveClientIp").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(err(
+                400,
+                "InvalidParameterValue",
+                format!("Invalid value '{other}' for PreserveClientIp"),
+            ));
+        }
+    };
+    let ip_type = params
+        .get("IpAddressType")
+        .cloned()
+        .unwrap_or_else(|| "ipv4".to_owned());
+    if !matches!(ip_type.as_str(), "ipv4" | "dualstack" | "ipv6") {
+        return Err(err(
+            400,
+            "InvalidParameterValue",
+            format!("Invalid value '{ip_type}' for IpAddressType"),
+        ));
+    }
+    let token = params.get("ClientToken").cloned().unwrap_or_default();
+    let groups = if groups.is_empty() {
+        vec![cfg.security_group_id.clone()]
+    } else {
+        groups
+    };
+    if !token.is_empty()
+        && let Some(e) = st.eice.endpoints.iter().find(|e| e.client_token == token)
+    {
+        let same = e.subnet_id == *subnet
+            && e.security_group_ids == groups
+            && e.preserve_client_ip == preserve
+            && e.ip_address_type == ip_type;
+        if !same {
+            return Err(err(
+                400,
+                "IdempotentParameterMismatch",
+                "The client token you have provided is associated with a resource that has different parameters.",
+            ));
+        }
+        let e = e.clone();
+        return Ok(endpoint_response(
+            api,
+            "CreateInstanceConnectEndpoint",
+            &e,
+            Some(&token),
+        ));
+    }
+    if let Some(e) = st
+        .eice
+        .endpoints
+        .iter()
+        .find(|e| e.vpc_id == cfg.vpc_id && e.state != "delete-complete")
+    {
+        return Err(err(
+            400,
+            "ResourceLimitExceeded",
+            format!(
+                "You have reached the maximum number of EC2 Instance Connect Endpoints for VPC {} ({} exists).",
+                cfg.vpc_id, e.id
+            ),
+        ));
+    }
+    let id = format!("eice-{}", api::random_hex(17));
+    let region = &cfg.region;
+    let endpoint = Endpoint {
+        arn: format!(
+            "arn:aws:ec2:{region}:{}:instance-connect-endpoint/{id}",
+            cfg.account_id
+        ),
+        state: "create-in-progress".to_owned(),
+        vpc_id: cfg.vpc_id.clone(),
+        subnet_id: subnet.clone(),
+        availability_zone: format!("{region}a"),
+        security_group_ids: groups,
+        preserve_client_ip: preserve,
+        state_message: String::new(),
+        name: None,
+        client_token: token.clone(),
+        dns_name: format!("{id}.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
+        fips_dns_name: format!("{id}.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
+        created_at: api.now(st),
+        ip_address_type: ip_type,
+        id: id.clone(),
+    };
+    let (to, message) = match st.eice.create_failures.pop_front() {
+        Some(message) => ("create-failed".to_owned(), message),
+        None => ("create-complete".to_owned(), String::new()),
+    };
+    let at = Instant::now() + st.eice.create_delay;
+    st.eice.transitions.push((id, at, to, message));
+    st.eice.endpoints.push(endpoint.clone());
+    Ok(endpoint_response(
+        api,
+        "CreateInstanceConnectEndpoint",
+        &endpoint,
+        Some(&token),
+    ))
+}
+
+/// `DeleteInstanceConnectEndpoint`: delete-in-progress, then
+/// delete-complete after [`TestBed::set_endpoint_delete_delay`].
+fn delete(
+    api: &Api,
+    st: &mut State,
+    params: &BTreeMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(id) = params.get("InstanceConnectEndpointId") else {
+        return Err(err(
+            400,
+            "MissingParameter",
+            "The request must contain the parameter InstanceConnectEndpointId",
+        ));
+    };
+    if !is_endpoint_id(id) {
+        return Err(err(
+            400,
+            "InvalidInstanceConnectEndpointId.Malformed",
+            format!("Invalid id: \"{id}\""),
+        ));
+    }
+    let delay = st.eice.delete_delay;
+    let Some(e) = st
+        .eice
+        .endpoints
+        .iter_mut()
+        .find(|e| &e.id == id && e.state != "delete-complete")
+    else {
+        return Err(err(
+            400,
+            "InvalidInstanceConnectEndpointId.NotFound",
+            format!("The instanceConnectEndpoint ID '{id}' does not exist"),
+        ));
+    };
+    if e.state == "create-in-progress" || e.state == "delete-in-progress" {
+        return Err(err(
+            400,
+            "IncorrectState",
+            format!(
+                "The instance connect endpoint '{id}' is in state {}",
+                e.state
+            ),
+        ));
+    }
+    e.state = "delete-in-progress".to_owned();
+    e.state_message = String::new();
+    let e = e.clone();
+    st.eice.transitions.push((
+        id.clone(),
+        Instant::now() + delay,
+        "delete-complete".to_owned(),
+        String::new(),
+    ));
+    Ok(endpoint_response(
+        api,
+        "DeleteInstanceConnectEndpoint",
+        &e,
+        None,
+    ))
+}
+
+/// The address block of the bed's `com.amazonaws.<region>.ec2-instance-connect`
+/// prefix list (us-east-1's real one).
+pub const CONSOLE_RANGE: &str = "18.206.107.24/29";
+
+/// `GetManagedPrefixListEntries` for the console's prefix list (what the
+/// browser-based client connects from: see `eic-connect console`).
+fn prefix_list_entries(params: &BTreeMap<String, String>) -> Result<HttpResponse, ApiError> {
+    let id = params.get("PrefixListId").cloned().unwrap_or_default();
+    if id != super::diag::CONSOLE_PREFIX_LIST_ID {
+        return Err(err(
+            400,
+            "InvalidPrefixListID.NotFound",
+            format!("The prefix list ID '{id}' does not exist"),
+        ));
+    }
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<GetManagedPrefixListEntriesResponse xmlns=\"{}\">",
+        api::EC2_XMLNS
+    ));
+    el(&mut x, "requestId", &api::uuid_like());
+    x.push_str("<entrySet><item>");
+    el(&mut x, "cidr", CONSOLE_RANGE);
+    el(&mut x, "description", "EC2 Instance Connect");
+    x.push_str("</item></entrySet></GetManagedPrefixListEntriesResponse>");
+    Ok(HttpResponse::new(200, "text/xml;charset=UTF-8", x))
+}
+
+/// `DescribeSubnets` by id: the bed's one subnet.
+fn describe_subnets(
+    api: &Api,
+    params: &BTreeMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = &api.config;
+    let ids: Vec<String> = api::indexed(params, "SubnetId")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    if let Some(missing) = ids.iter().find(|id| **id != cfg.subnet_id) {
+        return Err(err(
+            400,
+            "InvalidSubnetID.NotFound",
+            format!("The subnet ID '{missing}' does not exist"),
+        ));
+    }
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<DescribeSubnetsResponse xmlns=\"{}\">",
+        api::EC2_XMLNS
+    ));
+    el(&mut x, "requestId", &api::uuid_like());
+    x.push_str("<subnetSet><item>");
+    el(&mut x, "subnetId", &cfg.subnet_id);
+    el(&mut x, "vpcId", &cfg.vpc_id);
+    el(&mut x, "state", "available");
+    el(&mut x, "availabilityZone", &format!("{}a", cfg.region));
+    el(&mut x, "cidrBlock", "10.0.1.0/24");
+    el(&mut x, "ownerId", &cfg.account_id);
+    x.push_str("</item></subnetSet></DescribeSubnetsResponse>");
     Ok(HttpResponse::new(200, "text/xml;charset=UTF-8", x))
 }
 
@@ -563,6 +949,7 @@ fn check_handshake(
         .into_iter()
         .collect();
     let mut st = api.lock();
+    st.eice.advance();
     let reject = |st: &mut State, status: u16, code: &str, message: String, injected: bool| {
         if req.uri().path() == "/openTunnel" {
             let error = Some((code.to_owned(), message.clone()));
@@ -1096,7 +1483,15 @@ impl TestBed {
             vpc_id: spec.vpc_id.unwrap_or_else(|| cfg.vpc_id.clone()),
             subnet_id: spec.subnet_id.unwrap_or_else(|| cfg.subnet_id.clone()),
             availability_zone: format!("{region}a"),
-            security_group_id: format!("sg-{}", api::random_hex(17)),
+            security_group_ids: if spec.security_groups.is_empty() {
+                vec![format!("sg-{}", api::random_hex(17))]
+            } else {
+                spec.security_groups
+            },
+            preserve_client_ip: false,
+            state_message: String::new(),
+            name: spec.name,
+            client_token: String::new(),
             dns_name: format!("{id}.ec2-instance-connect-endpoint.{region}.amazonaws.com"),
             fips_dns_name: format!(
                 "{id}.fips.ec2-instance-connect-endpoint.{region}.amazonaws.com"
@@ -1125,6 +1520,41 @@ impl TestBed {
     /// Force DescribeInstanceConnectEndpoints pages of at most `n` (0: off).
     pub fn set_endpoint_page_size(&self, n: usize) {
         self.api.lock().eice.page_size = (n > 0).then_some(n);
+    }
+
+    /// How long created endpoints stay create-in-progress (default 0: the
+    /// next look sees create-complete).
+    pub fn set_endpoint_create_delay(&self, d: Duration) {
+        self.api.lock().eice.create_delay = d;
+    }
+
+    /// How long deleted endpoints stay delete-in-progress.
+    pub fn set_endpoint_delete_delay(&self, d: Duration) {
+        self.api.lock().eice.delete_delay = d;
+    }
+
+    /// The next CreateInstanceConnectEndpoint ends in create-failed with
+    /// this state message.
+    pub fn fail_next_endpoint_create(&self, message: &str) {
+        self.api
+            .lock()
+            .eice
+            .create_failures
+            .push_back(message.to_owned());
+    }
+
+    /// Every endpoint, with due state changes applied.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut st = self.api.lock();
+        st.eice.advance();
+        st.eice.endpoints.clone()
+    }
+
+    /// Replace a security group's outbound rules (default: everything to
+    /// anywhere). The group itself must exist for DescribeSecurityGroups
+    /// ([`TestBed::set_security_group`], or the bed's own).
+    pub fn set_security_group_egress(&self, id: &str, rules: Vec<super::diag::SgRule>) {
+        self.api.lock().eice.egress.insert(id.to_owned(), rules);
     }
 
     /// Refuse the next `/openTunnel` handshake (after its signature checks
