@@ -448,57 +448,6 @@ pub fn row(event: &Event, mapping: &Mapping) -> Vec<String> {
     ]
 }
 
-/// Rows aligned under a header by display width; cells of the columns in
-/// `caps` are cut to that width.
-pub fn table(header: &[&str], rows: &[Vec<String>], caps: &[(usize, usize)]) -> String {
-    use unicode_width::UnicodeWidthStr;
-    let mut shown: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
-    shown.extend(rows.iter().map(|r| {
-        let mut r = r.clone();
-        for &(column, max) in caps {
-            if let Some(c) = r.get_mut(column) {
-                *c = truncate(c, max);
-            }
-        }
-        r
-    }));
-    let mut widths = vec![0; header.len()];
-    for r in &shown {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.width());
-        }
-    }
-    let mut out = String::new();
-    for r in &shown {
-        let mut line = String::new();
-        for (n, (cell, w)) in r.iter().zip(&widths).enumerate() {
-            line.push_str(cell);
-            if n + 1 < r.len() {
-                line.push_str(&" ".repeat(w.saturating_sub(cell.width()) + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    use unicode_width::UnicodeWidthStr;
-    if s.width() <= max || max == 0 {
-        return s.to_owned();
-    }
-    let mut out = String::new();
-    for c in s.chars() {
-        if out.width() + c.to_string().width() > max - 1 {
-            break;
-        }
-        out.push(c);
-    }
-    out.push('…');
-    out
-}
-
 /// A note for each uncertain address (once per address and instance), and
 /// one for records that could not be read.
 pub fn notes(events: &[(Event, Mapping)]) -> Vec<String> {

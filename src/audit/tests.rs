@@ -274,7 +274,7 @@ fn rows_are_terminal_safe() {
     for cell in &r {
         assert!(!cell.chars().any(crate::sanitize::needs_escape), "{cell:?}");
     }
-    let t = table(&HEADER, &[r], &[(2, PRINCIPAL_WIDTH)]);
+    let t = crate::table::render(&HEADER, &[r], Some((2, PRINCIPAL_WIDTH)));
     assert_eq!(t.lines().count(), 2, "{t}");
 }
 

@@ -78,7 +78,7 @@ pub async fn run(settings: Admin<Query>) -> anyhow::Result<ExitCode> {
     } else if !events.is_empty() {
         let rows: Vec<Vec<String>> = events.iter().map(|(e, m)| audit::row(e, m)).collect();
         let text = if std::io::stdout().is_terminal() {
-            audit::table(&audit::HEADER, &rows, &[(2, audit::PRINCIPAL_WIDTH)])
+            crate::table::render(&audit::HEADER, &rows, Some((2, audit::PRINCIPAL_WIDTH)))
         } else {
             rows.iter().map(|r| r.join("\t") + "\n").collect()
         };
