@@ -285,8 +285,16 @@ enum Meaning {
     // CloudTrail (LookupEvents).
 
     // IAM and STS (GetCallerIdentity, GetRole, SimulatePrincipalPolicy).
-
+    IamNoSuchEntity,
+    IamServiceFailure,
+    IamInvalidInput,
+    IamPolicyEvaluation,
     // EC2 administration (endpoints, security groups, instance metadata).
+    RuleExists,
+    GroupNotFound,
+    GroupIdMalformed,
+    RuleLimit,
+    PermissionMalformed,
 
     // Any API.
     NotAuthorized,
@@ -368,9 +376,16 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     // ---- CloudTrail ----
 
     // ---- IAM and STS ----
-
+    ("NoSuchEntity", Meaning::IamNoSuchEntity),
+    ("ServiceFailure", Meaning::IamServiceFailure),
+    ("InvalidInput", Meaning::IamInvalidInput),
+    ("PolicyEvaluation", Meaning::IamPolicyEvaluation),
     // ---- EC2 administration ----
-
+    ("InvalidPermission.Duplicate", Meaning::RuleExists),
+    ("InvalidGroup.NotFound", Meaning::GroupNotFound),
+    ("InvalidGroupId.Malformed", Meaning::GroupIdMalformed),
+    ("RulesPerSecurityGroupLimitExceeded", Meaning::RuleLimit),
+    ("InvalidPermission.Malformed", Meaning::PermissionMalformed),
     // ---- Any API ----
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),
@@ -548,8 +563,30 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
         // ---- CloudTrail ----
 
         // ---- IAM and STS ----
+        Meaning::IamNoSuchEntity => Failure::new(format!("IAM has no such entity for {op}{said}"))
+            .hint("the role or user in use may have been deleted or renamed: check it with aws sts get-caller-identity")
+            .hint("for an assumed role, check that the role still exists: aws iam get-role --role-name ROLE"),
+        Meaning::IamServiceFailure => Failure::new(format!("IAM had an internal error during {op}{said}"))
+            .hint("this is on the AWS side and usually passes: try again shortly"),
+        Meaning::IamInvalidInput => Failure::new(format!("IAM rejected the {op} request as invalid{said}"))
+            .hint("if the instance and OS user you gave are valid, this is a bug in eic-connect: please report it"),
+        Meaning::IamPolicyEvaluation => Failure::new(format!("IAM could not evaluate the policies during {op}{said}"))
+            .hint("a policy attached to the identity may be malformed: check it with the IAM policy simulator in the console")
+            .hint("try again shortly; if it persists, the simulation cannot answer for this identity"),
 
         // ---- EC2 administration ----
+        Meaning::RuleExists => Failure::new(format!("the security group already has this rule{said}"))
+            .hint("nothing to add: if the port still seems closed, check the network ACL and the route table"),
+        Meaning::GroupNotFound => Failure::new(format!("no such security group ({where_}){said}"))
+            .hint("it may have been deleted meanwhile: list the instance's groups with aws ec2 describe-instances --instance-ids INSTANCE")
+            .hint("check --region and --profile: security groups are per account and region"),
+        Meaning::GroupIdMalformed => Failure::usage(format!("not a valid security group id{said}"))
+            .hint("security group ids look like sg-0123456789abcdef0"),
+        Meaning::RuleLimit => Failure::new(format!("the security group has as many rules as it may hold{said}"))
+            .hint("remove rules that are no longer needed, or ask for a higher limit (Service Quotas: inbound or outbound rules per security group)")
+            .hint("or put the instance in one more security group that opens the port"),
+        Meaning::PermissionMalformed => Failure::new(format!("EC2 rejected the security group rule as malformed{said}"))
+            .hint("check the port and the address block; if they are right, this is a bug in eic-connect: please report it"),
 
 
         // ---- Any API ----
@@ -623,6 +660,11 @@ mod tests {
             "StartInstances",
             "StartSession",
             "DescribeInstanceInformation",
+            "GetCallerIdentity",
+            "GetRole",
+            "SimulatePrincipalPolicy",
+            "AuthorizeSecurityGroupIngress",
+            "ModifyInstanceMetadataOptions",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
         assert!(

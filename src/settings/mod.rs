@@ -213,6 +213,10 @@ pub struct Doctor {
     pub source_ip: Option<IpAddr>,
     pub address: AddressChoice,
     pub json: bool,
+    /// `--fix`: offer the changes that fix failed checks.
+    pub fix: bool,
+    /// `--yes`: apply them without asking.
+    pub yes: bool,
 }
 
 /// `eic-connect serial`.
@@ -479,6 +483,8 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 source_ip: args.source_ip,
                 address: args.address.choice(defaults.address),
                 json: args.json,
+                fix: args.fix,
+                yes: args.yes,
             }))
         }
         S::Serial(args) => {
