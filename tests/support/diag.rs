@@ -670,6 +670,15 @@ impl TestBed {
         }
     }
 
+    /// An instance's metadata `HttpEndpoint` as the bed holds it now.
+    pub fn api_instance_metadata_endpoint(&self, instance_id: &str) -> Option<String> {
+        let st = self.api.lock();
+        st.instances
+            .iter()
+            .find(|i| i.id == instance_id)
+            .map(|i| i.metadata_http_endpoint.clone())
+    }
+
     /// How many inbound rules a security group may hold.
     pub fn set_rule_limit(&self, n: usize) {
         self.api.lock().diag.rule_limit = Some(n);
