@@ -112,7 +112,10 @@ fn fix_yes_opens_the_port_to_the_caller_then_doctor_passes() {
         )),
         "{text}"
     );
-    let after = text.split("After the changes:\n").nth(1).expect("a second report");
+    let after = text
+        .split("After the changes:\n")
+        .nth(1)
+        .expect("a second report");
     assert!(
         after.contains(&format!(
             "PASS  security-group  port {port} is open to {CALLER} via {CALLER}/32"
@@ -148,13 +151,19 @@ fn without_a_terminal_or_yes_nothing_changes_and_the_output_says_so() {
         "{text}"
     );
     assert!(!text.contains("After the changes"), "{text}");
-    assert!(same(&bed.security_group_rules(&bed.security_group_id()), &before));
+    assert!(same(
+        &bed.security_group_rules(&bed.security_group_id()),
+        &before
+    ));
     for mutating in [
         "AuthorizeSecurityGroupIngress",
         "ModifyInstanceMetadataOptions",
         "StartInstances",
     ] {
-        assert!(bed.requests_for(mutating).is_empty(), "{mutating} was called");
+        assert!(
+            bed.requests_for(mutating).is_empty(),
+            "{mutating} was called"
+        );
     }
     // --yes alone is a usage error, and changes nothing either.
     let out = doctor(&bed, &["--yes", "web-1"]);
@@ -208,10 +217,16 @@ fn fix_starts_a_stopped_instance_and_checks_it_again() {
     );
     let starts = bed.requests_for("StartInstances");
     assert_eq!(starts.len(), 1);
-    assert_eq!(starts[0].list("InstanceId"), [web.id.clone()]);
+    assert_eq!(starts[0].list("InstanceId"), [web.id.as_str()]);
     assert_eq!(bed.instance(&web.id).unwrap().state, "running");
-    let after = text.split("After the changes:\n").nth(1).expect("a second report");
-    assert!(after.contains(&format!("PASS  instance        {} is running", web.id)), "{after}");
+    let after = text
+        .split("After the changes:\n")
+        .nth(1)
+        .expect("a second report");
+    assert!(
+        after.contains(&format!("PASS  instance        {} is running", web.id)),
+        "{after}"
+    );
     assert!(after.ends_with("All checks passed.\n"), "{after}");
 }
 
@@ -228,7 +243,13 @@ fn fix_enables_instance_metadata() {
         InstanceSpec::named("web-1").metadata_http_endpoint("disabled"),
     );
     let out = doctor(&bed, &["--fix", "--yes", "--json", "web-1"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["ok"], true);
     assert_eq!(json["fixes"].as_array().unwrap().len(), 1, "{json}");
@@ -298,7 +319,10 @@ fn a_failing_fix_reports_its_error_and_hint() {
         "{text}"
     );
     assert!(!text.contains("After the changes"), "{text}");
-    assert!(same(&bed.security_group_rules(&bed.security_group_id()), &before));
+    assert!(same(
+        &bed.security_group_rules(&bed.security_group_id()),
+        &before
+    ));
 
     // A full group: the bed's real refusal.
     bed.set_rule_limit(1);
@@ -311,12 +335,22 @@ fn a_failing_fix_reports_its_error_and_hint() {
         error.contains("the security group has as many rules as it may hold"),
         "{error}"
     );
-    assert!(error.contains("hint: remove rules that are no longer needed"), "{error}");
-    assert!(same(&bed.security_group_rules(&bed.security_group_id()), &before));
+    assert!(
+        error.contains("hint: remove rules that are no longer needed"),
+        "{error}"
+    );
+    assert!(same(
+        &bed.security_group_rules(&bed.security_group_id()),
+        &before
+    ));
 
     // A rule that exists already counts as done.
     bed.set_rule_limit(60);
-    bed.fail_next("AuthorizeSecurityGroupIngress", "InvalidPermission.Duplicate", 1);
+    bed.fail_next(
+        "AuthorizeSecurityGroupIngress",
+        "InvalidPermission.Duplicate",
+        1,
+    );
     let out = doctor(&bed, &["--fix", "--yes", "web-1"]);
     assert!(
         stdout(&out).contains("    already so: the security group has this rule\n"),
@@ -343,6 +377,9 @@ fn a_check_that_passes_offers_no_fix() {
         "ModifyInstanceMetadataOptions",
         "StartInstances",
     ] {
-        assert!(bed.requests_for(mutating).is_empty(), "{mutating} was called");
+        assert!(
+            bed.requests_for(mutating).is_empty(),
+            "{mutating} was called"
+        );
     }
 }

@@ -122,7 +122,10 @@ fn allowed_names_the_statement_and_sends_the_real_context() {
     assert_eq!(sim.list("ActionNames.member"), [PUSH]);
     assert_eq!(
         sim.list("ResourceArns.member"),
-        [format!("arn:aws:ec2:us-east-1:123456789012:instance/{}", web.id)]
+        [format!(
+            "arn:aws:ec2:us-east-1:123456789012:instance/{}",
+            web.id
+        )]
     );
     let ctx = context(sim);
     for want in [
@@ -145,10 +148,7 @@ fn allowed_names_the_statement_and_sends_the_real_context() {
 fn no_allowing_statement_is_an_implicit_deny_with_the_policy_to_attach() {
     let bed = bed();
     let web = healthy(&bed, InstanceSpec::named("web-1"));
-    bed.iam_policy(
-        "read-only",
-        vec![Stmt::allow(&["ec2:Describe*"], &["*"])],
-    );
+    bed.iam_policy("read-only", vec![Stmt::allow(&["ec2:Describe*"], &["*"])]);
     let (code, json) = doctor_json(&bed, &["web-1"]);
     assert_eq!(code, Some(1), "{json}");
     let (status, detail, fix) = check(&json, "iam");
@@ -168,7 +168,10 @@ fn no_allowing_statement_is_an_implicit_deny_with_the_policy_to_attach() {
         )),
         "{fix}"
     );
-    assert!(fix.contains("arn:aws:iam::123456789012:user/eic-test"), "{fix}");
+    assert!(
+        fix.contains("arn:aws:iam::123456789012:user/eic-test"),
+        "{fix}"
+    );
 }
 
 #[test]
@@ -179,7 +182,11 @@ fn an_explicit_deny_names_the_statement() {
         "no-prod-ssh",
         vec![
             Stmt::allow(&["ec2:DescribeInstances"], &["*"]).sid("Look"),
-            Stmt::deny(&["ec2-instance-connect:Send*"], &["arn:aws:ec2:*:*:instance/*"]).sid("NoSsh"),
+            Stmt::deny(
+                &["ec2-instance-connect:Send*"],
+                &["arn:aws:ec2:*:*:instance/*"],
+            )
+            .sid("NoSsh"),
         ],
     );
     let (code, json) = doctor_json(&bed, &["web-1"]);
@@ -227,8 +234,11 @@ fn tag_conditions_see_the_instances_tags() {
     bed.iam_policy(
         "team-web",
         vec![
-            Stmt::allow(&[PUSH], &["arn:aws:ec2:us-east-1:123456789012:instance/*"])
-                .when("StringLike", "aws:ResourceTag/team", &["we*"]),
+            Stmt::allow(&[PUSH], &["arn:aws:ec2:us-east-1:123456789012:instance/*"]).when(
+                "StringLike",
+                "aws:ResourceTag/team",
+                &["we*"],
+            ),
         ],
     );
     let (_, json) = doctor_json(&bed, &["web-1"]);
@@ -289,9 +299,21 @@ fn through_an_endpoint_the_tunnel_is_simulated_with_its_port_address_and_duratio
         vec![
             Stmt::allow(&[PUSH], &["*"]),
             Stmt::allow(&[TUNNEL], &["arn:aws:ec2:*:*:instance-connect-endpoint/*"])
-                .when("NumericLessThanEquals", "ec2-instance-connect:remotePort", &["22"])
-                .when("IpAddress", "ec2-instance-connect:privateIpAddress", &["127.0.0.0/8"])
-                .when("NumericLessThanEquals", "ec2-instance-connect:maxTunnelDuration", &["3600"]),
+                .when(
+                    "NumericLessThanEquals",
+                    "ec2-instance-connect:remotePort",
+                    &["22"],
+                )
+                .when(
+                    "IpAddress",
+                    "ec2-instance-connect:privateIpAddress",
+                    &["127.0.0.0/8"],
+                )
+                .when(
+                    "NumericLessThanEquals",
+                    "ec2-instance-connect:maxTunnelDuration",
+                    &["3600"],
+                ),
         ],
     );
     let (code, json) = doctor_22(&bed, &["db-1"]);
@@ -340,31 +362,38 @@ fn through_an_endpoint_the_tunnel_is_simulated_with_its_port_address_and_duratio
         "tunnel-to-10",
         vec![
             Stmt::allow(&[PUSH], &["*"]),
-            Stmt::allow(&[TUNNEL], &["*"])
-                .when("IpAddress", "ec2-instance-connect:privateIpAddress", &["10.0.0.0/8"]),
+            Stmt::allow(&[TUNNEL], &["*"]).when(
+                "IpAddress",
+                "ec2-instance-connect:privateIpAddress",
+                &["10.0.0.0/8"],
+            ),
         ],
     );
     let (code, json) = doctor_22(&bed, &["db-1"]);
     assert_eq!(code, Some(1));
     let (status, detail, fix) = check(&json, "iam");
     assert_eq!(status, "fail");
-    assert!(detail.contains("as ubuntu: allowed by tunnel-to-10"), "{detail}");
+    assert!(
+        detail.contains("as ubuntu: allowed by tunnel-to-10"),
+        "{detail}"
+    );
     assert!(
         detail.ends_with("to port 22: denied: no statement allows it (implicit deny)"),
         "{detail}"
     );
-    assert!(
-        fix.unwrap().contains(&format!(
-            "(OpenTunnel goes on arn:aws:ec2:us-east-1:123456789012:instance-connect-endpoint/{})",
-            endpoint.id
-        ))
-    );
+    assert!(fix.unwrap().contains(&format!(
+        "(OpenTunnel goes on arn:aws:ec2:us-east-1:123456789012:instance-connect-endpoint/{})",
+        endpoint.id
+    )));
     bed.iam_policy(
         "short-tunnels",
         vec![
             Stmt::allow(&[PUSH], &["*"]),
-            Stmt::allow(&[TUNNEL], &["*"])
-                .when("NumericLessThanEquals", "ec2-instance-connect:maxTunnelDuration", &["600"]),
+            Stmt::allow(&[TUNNEL], &["*"]).when(
+                "NumericLessThanEquals",
+                "ec2-instance-connect:maxTunnelDuration",
+                &["600"],
+            ),
         ],
     );
     assert_eq!(check(&doctor_22(&bed, &["db-1"]).1, "iam").0, "fail");
@@ -402,7 +431,10 @@ fn without_permission_to_simulate_the_check_is_a_skip_not_a_failure() {
     assert_eq!(json["ok"], true);
     let (status, detail, _) = check(&json, "iam");
     assert_eq!(status, "skip");
-    assert_eq!(detail, "cannot simulate (missing iam:SimulatePrincipalPolicy)");
+    assert_eq!(
+        detail,
+        "cannot simulate (missing iam:SimulatePrincipalPolicy)"
+    );
     // Without iam:GetRole, an assumed role cannot be mapped: a skip too.
     bed.iam_assumed_role("eic-ops", "/", "alice");
     bed.fail_next("GetRole", "AccessDenied", 1);
@@ -427,7 +459,9 @@ fn an_iam_error_is_a_warning_with_its_explanation() {
     let (status, detail, fix) = check(&json, "iam");
     assert_eq!(status, "warn");
     assert!(
-        detail.contains("could not simulate: IAM could not evaluate the policies during SimulatePrincipalPolicy"),
+        detail.contains(
+            "could not simulate: IAM could not evaluate the policies during SimulatePrincipalPolicy"
+        ),
         "{detail}"
     );
     assert!(fix.unwrap().contains("policy simulator"));
@@ -435,7 +469,10 @@ fn an_iam_error_is_a_warning_with_its_explanation() {
     let (_, json) = doctor_json(&bed, &["web-1"]);
     let (status, detail, fix) = check(&json, "iam");
     assert_eq!(status, "warn");
-    assert!(detail.starts_with("cannot tell who you are: the AWS credentials or request have expired"), "{detail}");
+    assert!(
+        detail.starts_with("cannot tell who you are: the AWS credentials or request have expired"),
+        "{detail}"
+    );
     assert!(fix.unwrap().contains("aws sso login"));
 }
 
@@ -485,7 +522,9 @@ fn the_package_check_by_distribution() {
             "ubuntu/images/hvm-ssd/ubuntu-bionic-18.04-amd64-server-20230531",
             "Linux/UNIX",
             "warn",
-            Some("on the instance: sudo apt-get update && sudo apt-get install -y ec2-instance-connect"),
+            Some(
+                "on the instance: sudo apt-get update && sudo apt-get install -y ec2-instance-connect",
+            ),
         ),
         (
             "ami-0c000000000000004",

@@ -141,7 +141,9 @@ pub async fn run(settings: Doctor) -> anyhow::Result<ExitCode> {
                 });
             }
             if consent == Consent::NoTerminal {
-                say("nothing was changed: standard input is not a terminal to ask on; run again with --yes to apply the changes above\n")?;
+                say(
+                    "nothing was changed: standard input is not a terminal to ask on; run again with --yes to apply the changes above\n",
+                )?;
             }
             if !changed {
                 break;

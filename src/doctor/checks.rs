@@ -52,7 +52,7 @@ pub struct Check {
     pub detail: String,
     pub fix: Option<String>,
     /// The change `--fix` can make for a failed check.
-    pub action: Option<Fix>,
+    pub action: Option<Box<Fix>>,
 }
 
 impl Check {
@@ -74,7 +74,7 @@ impl Check {
     /// The fix as a change `--fix` can make; its command is the fix text.
     pub fn action(mut self, action: Fix) -> Check {
         self.fix = Some(action.aws_cli());
-        self.action = Some(action);
+        self.action = Some(Box::new(action));
         self
     }
 

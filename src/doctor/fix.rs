@@ -251,7 +251,7 @@ pub fn pending(checks: &[super::checks::Check], before: &[Fix]) -> Vec<(&'static
     let mut fixes: Vec<(&'static str, Fix)> = checks
         .iter()
         .filter(|c| c.status == super::checks::Status::Fail)
-        .filter_map(|c| Some((c.name, c.action.clone()?)))
+        .filter_map(|c| Some((c.name, *c.action.clone()?)))
         .filter(|(_, f)| !before.contains(f))
         .collect();
     fixes.sort_by_key(|(_, f)| !matches!(f, Fix::Start { .. }));
@@ -295,7 +295,10 @@ mod tests {
             port: 2222,
             from: Opening::Cidr("2001:db8::7/128".parse().unwrap()),
         };
-        assert!(v6.api_call().contains("Ipv6Ranges=[{CidrIpv6=2001:db8::7/128}]"));
+        assert!(
+            v6.api_call()
+                .contains("Ipv6Ranges=[{CidrIpv6=2001:db8::7/128}]")
+        );
         let group = Fix::OpenPort {
             group_id: "sg-1".into(),
             port: 22,
@@ -305,10 +308,16 @@ mod tests {
         let meta = Fix::EnableMetadata {
             instance_id: "i-1".into(),
         };
-        assert!(meta.aws_cli().ends_with("--instance-id i-1 --http-endpoint enabled"));
+        assert!(
+            meta.aws_cli()
+                .ends_with("--instance-id i-1 --http-endpoint enabled")
+        );
         let start = Fix::Start {
             instance_id: "i-1".into(),
         };
-        assert_eq!(start.aws_cli(), "aws ec2 start-instances --instance-ids i-1");
+        assert_eq!(
+            start.aws_cli(),
+            "aws ec2 start-instances --instance-ids i-1"
+        );
     }
 }

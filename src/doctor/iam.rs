@@ -522,7 +522,15 @@ mod tests {
 
     #[test]
     fn the_plan_carries_the_context_of_a_real_call() {
-        let direct = plan(&identity(), "eu-west-1", &instance(), "ubuntu", None, 22, None);
+        let direct = plan(
+            &identity(),
+            "eu-west-1",
+            &instance(),
+            "ubuntu",
+            None,
+            22,
+            None,
+        );
         assert_eq!(direct.len(), 1);
         assert_eq!(
             direct[0].resource,
@@ -568,7 +576,15 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let sims = plan(&identity(), "eu-west-1", &instance(), "ubuntu", None, 22, None);
+        let sims = plan(
+            &identity(),
+            "eu-west-1",
+            &instance(),
+            "ubuntu",
+            None,
+            22,
+            None,
+        );
         let outcome = |decision: &str, matched: Vec<Matched>| {
             vec![Answer::Outcome(Outcome {
                 decision: decision.into(),
@@ -582,7 +598,13 @@ mod tests {
             policy_type: "user".into(),
             at: Some((3, 5)),
         };
-        let ok = verdict(&caller, &sims, &outcome("allowed", vec![stmt.clone()]), "i-1", "ubuntu");
+        let ok = verdict(
+            &caller,
+            &sims,
+            &outcome("allowed", vec![stmt.clone()]),
+            "i-1",
+            "ubuntu",
+        );
         assert_eq!(ok.status, Status::Pass);
         assert!(
             ok.detail
@@ -590,7 +612,13 @@ mod tests {
             "{}",
             ok.detail
         );
-        let deny = verdict(&caller, &sims, &outcome("explicitDeny", vec![stmt]), "i-1", "ubuntu");
+        let deny = verdict(
+            &caller,
+            &sims,
+            &outcome("explicitDeny", vec![stmt]),
+            "i-1",
+            "ubuntu",
+        );
         assert_eq!(deny.status, Status::Fail);
         assert!(deny.detail.contains("denied: explicit deny in eic-users"));
         assert!(
@@ -598,8 +626,17 @@ mod tests {
                 .unwrap()
                 .contains("eic-connect policy --instance i-1 --os-user ubuntu")
         );
-        let none = verdict(&caller, &sims, &outcome("implicitDeny", vec![]), "i-1", "ubuntu");
-        assert!(none.detail.ends_with("no statement allows it (implicit deny)"));
+        let none = verdict(
+            &caller,
+            &sims,
+            &outcome("implicitDeny", vec![]),
+            "i-1",
+            "ubuntu",
+        );
+        assert!(
+            none.detail
+                .ends_with("no statement allows it (implicit deny)")
+        );
         let skip = verdict(&caller, &sims, &[Answer::Denied], "i-1", "ubuntu");
         assert_eq!(skip.status, Status::Skip);
         assert_eq!(

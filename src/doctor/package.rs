@@ -18,9 +18,14 @@ const NAME: &str = "package";
 /// What the AMI says about the distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Distro {
-    Al2023 { minimal: bool },
+    Al2023 {
+        minimal: bool,
+    },
     /// `None` when the release date is not in the name.
-    Al2 { minimal: bool, build: Option<u32> },
+    Al2 {
+        minimal: bool,
+        build: Option<u32>,
+    },
     AmazonLinux1,
     /// Major and minor version, when the name says.
     Ubuntu(Option<(u32, u32)>),
@@ -231,29 +236,110 @@ mod tests {
     fn which_amis_ship_the_package() {
         use Status::{Note, Pass, Warn};
         let linux = "Linux/UNIX";
-        assert_eq!(status("al2023-ami-2023.3.20240205.2-kernel-6.1-x86_64", "", linux).0, Pass);
-        let (s, fix) = status("al2023-ami-minimal-2023.3.20240205.2-kernel-6.1-x86_64", "", linux);
-        assert_eq!((s, fix.as_deref()), (Warn, Some("on the instance: sudo dnf install -y ec2-instance-connect")));
-        assert_eq!(status("amzn2-ami-kernel-5.10-hvm-2.0.20240131.0-x86_64-gp2", "", linux).0, Pass);
-        assert_eq!(status("amzn2-ami-hvm-2.0.20190618-x86_64-gp2", "", linux).0, Pass);
-        let (s, fix) = status("amzn2-ami-hvm-2.0.20190508-x86_64-gp2", "", linux);
-        assert_eq!((s, fix.unwrap().as_str()), (Warn, "on the instance: sudo yum install -y ec2-instance-connect"));
-        assert_eq!(status("amzn2-ami-minimal-hvm-2.0.20240131.0-x86_64-ebs", "", linux).0, Warn);
-        assert_eq!(status("amzn-ami-hvm-2018.03.0.20231218.0-x86_64-gp2", "", linux).0, Warn);
         assert_eq!(
-            status("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20230516", "", linux).0,
+            status("al2023-ami-2023.3.20240205.2-kernel-6.1-x86_64", "", linux).0,
             Pass
         );
-        let (s, fix) = status("ubuntu/images/hvm-ssd/ubuntu-bionic-18.04-amd64-server-20230531", "", linux);
+        let (s, fix) = status(
+            "al2023-ami-minimal-2023.3.20240205.2-kernel-6.1-x86_64",
+            "",
+            linux,
+        );
+        assert_eq!(
+            (s, fix.as_deref()),
+            (
+                Warn,
+                Some("on the instance: sudo dnf install -y ec2-instance-connect")
+            )
+        );
+        assert_eq!(
+            status(
+                "amzn2-ami-kernel-5.10-hvm-2.0.20240131.0-x86_64-gp2",
+                "",
+                linux
+            )
+            .0,
+            Pass
+        );
+        assert_eq!(
+            status("amzn2-ami-hvm-2.0.20190618-x86_64-gp2", "", linux).0,
+            Pass
+        );
+        let (s, fix) = status("amzn2-ami-hvm-2.0.20190508-x86_64-gp2", "", linux);
+        assert_eq!(
+            (s, fix.unwrap().as_str()),
+            (
+                Warn,
+                "on the instance: sudo yum install -y ec2-instance-connect"
+            )
+        );
+        assert_eq!(
+            status("amzn2-ami-minimal-hvm-2.0.20240131.0-x86_64-ebs", "", linux).0,
+            Warn
+        );
+        assert_eq!(
+            status("amzn-ami-hvm-2018.03.0.20231218.0-x86_64-gp2", "", linux).0,
+            Warn
+        );
+        assert_eq!(
+            status(
+                "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20230516",
+                "",
+                linux
+            )
+            .0,
+            Pass
+        );
+        let (s, fix) = status(
+            "ubuntu/images/hvm-ssd/ubuntu-bionic-18.04-amd64-server-20230531",
+            "",
+            linux,
+        );
         assert_eq!(s, Warn);
-        assert!(fix.unwrap().ends_with("sudo apt-get install -y ec2-instance-connect"));
+        assert!(
+            fix.unwrap()
+                .ends_with("sudo apt-get install -y ec2-instance-connect")
+        );
         assert_eq!(status("my-ubuntu-image", "", linux).0, Note);
-        assert_eq!(status("RHEL-9.3.0_HVM-20240117-x86_64-49-Hourly2-GP3", "", "Red Hat Enterprise Linux").0, Warn);
-        assert_eq!(status("debian-12-amd64-20240102-1614", "Debian 12 (20240102-1614)", linux).0, Warn);
-        assert_eq!(status("suse-sles-15-sp5-v20240129-hvm-ssd-x86_64", "", "SUSE Linux").0, Warn);
-        assert_eq!(status("amzn-ec2-macos-14.3-20240129-060044-arm64", "", linux).0, Pass);
-        assert_eq!(status("Windows_Server-2022-English-Full-Base", "", "Windows").0, Note);
-        assert_eq!(status("bitnami-wordpress-6.4.3-debian-12", "", linux).0, Note);
+        assert_eq!(
+            status(
+                "RHEL-9.3.0_HVM-20240117-x86_64-49-Hourly2-GP3",
+                "",
+                "Red Hat Enterprise Linux"
+            )
+            .0,
+            Warn
+        );
+        assert_eq!(
+            status(
+                "debian-12-amd64-20240102-1614",
+                "Debian 12 (20240102-1614)",
+                linux
+            )
+            .0,
+            Warn
+        );
+        assert_eq!(
+            status(
+                "suse-sles-15-sp5-v20240129-hvm-ssd-x86_64",
+                "",
+                "SUSE Linux"
+            )
+            .0,
+            Warn
+        );
+        assert_eq!(
+            status("amzn-ec2-macos-14.3-20240129-060044-arm64", "", linux).0,
+            Pass
+        );
+        assert_eq!(
+            status("Windows_Server-2022-English-Full-Base", "", "Windows").0,
+            Note
+        );
+        assert_eq!(
+            status("bitnami-wordpress-6.4.3-debian-12", "", linux).0,
+            Note
+        );
         assert_eq!(status("golden-image-42", "", linux).0, Note);
         let c = package_check(Some("ami-1"), &Ok(None));
         assert_eq!(c.status, Note);
@@ -266,8 +352,14 @@ mod tests {
     fn ubuntu_versions() {
         assert_eq!(ubuntu_version("ubuntu-jammy-22.04-amd64"), Some((22, 4)));
         assert_eq!(ubuntu_version("ubuntu 16.04 lts"), Some((16, 4)));
-        assert_eq!(ubuntu_version("ubuntu-noble-24.04-amd64-server-20240423"), Some((24, 4)));
+        assert_eq!(
+            ubuntu_version("ubuntu-noble-24.04-amd64-server-20240423"),
+            Some((24, 4))
+        );
         assert_eq!(ubuntu_version("nothing"), None);
-        assert_eq!(al2_build("amzn2-ami-hvm-2.0.20190618-x86_64"), Some(20190618));
+        assert_eq!(
+            al2_build("amzn2-ami-hvm-2.0.20190618-x86_64"),
+            Some(20190618)
+        );
     }
 }

@@ -421,12 +421,11 @@ fn authorize_ingress(
         // `IpRanges.N.CidrIp` and `Ipv6Ranges.N.CidrIpv6`.
         let mut cidrs = Vec::new();
         for (k, v) in p {
-            if let Some(rest) = k.strip_prefix(&format!("{base}.")) {
-                if rest.starts_with("IpRanges.") && rest.ends_with(".CidrIp")
-                    || rest.starts_with("Ipv6Ranges.") && rest.ends_with(".CidrIpv6")
-                {
-                    cidrs.push(v.clone());
-                }
+            if let Some(rest) = k.strip_prefix(&format!("{base}."))
+                && (rest.starts_with("IpRanges.") && rest.ends_with(".CidrIp")
+                    || rest.starts_with("Ipv6Ranges.") && rest.ends_with(".CidrIpv6"))
+            {
+                cidrs.push(v.clone());
             }
         }
         let mut groups = Vec::new();
@@ -459,7 +458,9 @@ fn authorize_ingress(
             prefix_lists,
         };
         let same_ports = |r: &SgRule| {
-            r.protocol == rule.protocol && r.from_port == rule.from_port && r.to_port == rule.to_port
+            r.protocol == rule.protocol
+                && r.from_port == rule.from_port
+                && r.to_port == rule.to_port
         };
         let duplicate = rules.iter().filter(|r| same_ports(r)).any(|r| {
             rule.cidrs.iter().any(|c| r.cidrs.contains(c))
@@ -472,7 +473,11 @@ fn authorize_ingress(
                 "InvalidPermission.Duplicate",
                 format!(
                     "the specified rule \"peer: {}, TCP, from port: {}, to port: {}, ALLOW\" already exists",
-                    rule.cidrs.first().or(rule.groups.first()).cloned().unwrap_or_default(),
+                    rule.cidrs
+                        .first()
+                        .or(rule.groups.first())
+                        .cloned()
+                        .unwrap_or_default(),
                     rule.from_port.unwrap_or(-1),
                     rule.to_port.unwrap_or(-1)
                 ),
