@@ -398,6 +398,11 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub fix: bool,
 
+    /// Check the security groups for the EC2 console's browser-based client
+    /// (port 22 from its prefix list) instead of for this machine
+    #[arg(long)]
+    pub console: bool,
+
     /// With --fix: apply the changes without asking (for scripts)
     #[arg(long, requires = "fix")]
     pub yes: bool,

@@ -383,3 +383,41 @@ fn a_check_that_passes_offers_no_fix() {
         );
     }
 }
+
+#[test]
+fn console_checks_and_opens_the_browser_clients_prefix_list() {
+    let bed = bed();
+    healthy(&bed, InstanceSpec::named("web-1"));
+    let before = closed_to_caller(&bed);
+    let sg = bed.security_group_id();
+    let pl = bed.console_prefix_list_id();
+    let out = doctor(&bed, &["--console", "--fix", "--yes", "web-1"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "FAIL  security-group  port 22 is not open to the EC2 console's prefix list {pl} (com.amazonaws.us-east-1.ec2-instance-connect)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "    command: aws ec2 authorize-security-group-ingress --group-id {sg} --ip-permissions 'IpProtocol=tcp,FromPort=22,ToPort=22,PrefixListIds=[{{PrefixListId={pl}}}]'\n"
+        )),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    let mut want = before;
+    want.push(SgRule::tcp(22, 22).allow_prefix_list(pl));
+    let now = bed.security_group_rules(&sg);
+    assert!(same(&now, &want), "{now:?}");
+    let after = text
+        .split("After the changes:\n")
+        .nth(1)
+        .expect("a second report");
+    assert!(
+        after.contains(&format!(
+            "PASS  security-group  port 22 is open to the EC2 console's prefix list {pl}"
+        )),
+        "{after}"
+    );
+}

@@ -45,6 +45,7 @@ pub async fn run(settings: Doctor) -> anyhow::Result<ExitCode> {
         eice_id: settings.path.eice_id.clone(),
         max_tunnel_duration: settings.path.max_tunnel_duration,
         source_ip: settings.source_ip,
+        console: settings.console,
     };
     let doctor = doctor::Doctor::new(&settings.aws, &request).await?;
     let mut report = doctor.run(&request).await;

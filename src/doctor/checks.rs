@@ -621,6 +621,61 @@ pub fn security_group_check(
     }
 }
 
+/// The security-group verdict for the EC2 console's browser-based client
+/// (`--console`): port 22 open to the AWS-managed prefix list
+/// `com.amazonaws.<region>.ec2-instance-connect`, or to any address.
+pub fn console_group_check(
+    groups: &[SecurityGroup],
+    console_prefix_list: anyhow::Result<Option<String>>,
+    region: &str,
+) -> Check {
+    const NAME: &str = "security-group";
+    let name = format!("com.amazonaws.{region}.ec2-instance-connect");
+    let open = Openings::of(groups, 22);
+    let pl = match console_prefix_list {
+        Ok(Some(pl)) => pl,
+        Ok(None) => {
+            return Check::new(
+                NAME,
+                Status::Warn,
+                format!(
+                    "the prefix list {name} does not exist here, so the console's browser-based client cannot be checked"
+                ),
+            );
+        }
+        Err(err) => return Check::from_failure(NAME, Status::Warn, &failure_of(&err)),
+    };
+    if open.admits_prefix_list(&pl) {
+        return Check::new(
+            NAME,
+            Status::Pass,
+            format!("port 22 is open to the EC2 console's prefix list {pl} ({name})"),
+        );
+    }
+    if open.open_to_any_address() {
+        return Check::new(
+            NAME,
+            Status::Pass,
+            "port 22 is open to any address, the EC2 console's included",
+        );
+    }
+    let check = Check::new(
+        NAME,
+        Status::Fail,
+        format!("port 22 is not open to the EC2 console's prefix list {pl} ({name})"),
+    );
+    match groups.first() {
+        Some(g) => check.action(Fix::OpenPort {
+            group_id: g.id.clone(),
+            port: 22,
+            from: Opening::PrefixList(pl),
+        }),
+        None => check.fix(format!(
+            "allow port 22 from the prefix list {pl} in the instance's security group"
+        )),
+    }
+}
+
 pub async fn port_check(ip: IpAddr, port: u16) -> Check {
     let started = Instant::now();
     let addr = std::net::SocketAddr::new(ip, port);
@@ -989,6 +1044,7 @@ mod tests {
             eice_id: None,
             max_tunnel_duration: None,
             source_ip: None,
+            console: false,
         }
     }
 

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use aws_sdk_ec2::types::{
-    InstanceMetadataEndpointState, IpPermission, IpRange, Ipv6Range, UserIdGroupPair,
+    InstanceMetadataEndpointState, IpPermission, IpRange, Ipv6Range, PrefixListId, UserIdGroupPair,
 };
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use ipnet::IpNet;
@@ -26,6 +26,8 @@ pub enum Opening {
     Cidr(IpNet),
     /// An endpoint's security group.
     Group(String),
+    /// A managed prefix list (the EC2 console's browser-based client).
+    PrefixList(String),
 }
 
 /// One change that makes a failed check pass.
@@ -66,6 +68,11 @@ impl Fix {
                 port,
                 from: Opening::Group(g),
             } => format!("open port {port} in {group_id} to the endpoint's security group {g}"),
+            Fix::OpenPort {
+                group_id,
+                port,
+                from: Opening::PrefixList(pl),
+            } => format!("open port {port} in {group_id} to the EC2 console's prefix list {pl}"),
             Fix::EnableMetadata { instance_id } => {
                 format!("enable instance metadata on {instance_id}")
             }
@@ -84,6 +91,11 @@ impl Fix {
                 let source = match from {
                     Opening::Cidr(net) => format!("--cidr {net}"),
                     Opening::Group(g) => format!("--source-group {g}"),
+                    Opening::PrefixList(pl) => {
+                        return format!(
+                            "aws ec2 authorize-security-group-ingress --group-id {group_id} --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},PrefixListIds=[{{PrefixListId={pl}}}]'"
+                        );
+                    }
                 };
                 format!(
                     "aws ec2 authorize-security-group-ingress --group-id {group_id} --protocol tcp --port {port} {source}"
@@ -112,6 +124,7 @@ impl Fix {
                         format!("Ipv6Ranges=[{{CidrIpv6={net}}}]")
                     }
                     Opening::Group(g) => format!("UserIdGroupPairs=[{{GroupId={g}}}]"),
+                    Opening::PrefixList(pl) => format!("PrefixListIds=[{{PrefixListId={pl}}}]"),
                 };
                 format!(
                     "ec2:AuthorizeSecurityGroupIngress GroupId={group_id} IpPermissions=[{{IpProtocol=tcp,FromPort={port},ToPort={port},{source}}}]"
@@ -158,6 +171,12 @@ impl Fix {
                     Opening::Group(g) => permission.user_id_group_pairs(
                         UserIdGroupPair::builder()
                             .group_id(g)
+                            .description(description)
+                            .build(),
+                    ),
+                    Opening::PrefixList(pl) => permission.prefix_list_ids(
+                        PrefixListId::builder()
+                            .prefix_list_id(pl)
                             .description(description)
                             .build(),
                     ),

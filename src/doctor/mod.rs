@@ -86,6 +86,9 @@ pub struct Request {
     pub max_tunnel_duration: Option<u32>,
     /// `--source-ip`: the caller's address as the instance sees it.
     pub source_ip: Option<IpAddr>,
+    /// `--console`: check the security groups for the EC2 console's
+    /// browser-based client (its prefix list) instead of for this machine.
+    pub console: bool,
 }
 
 /// The clients and the caller's address, set up once for every run of the
@@ -210,7 +213,7 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     let (session, groups) = tokio::join!(
         session::session_check(clients, &instance, request.port, through_ssm, &agent),
         async {
-            if through_ssm {
+            if through_ssm && !request.console {
                 None
             } else {
                 Some(tokio::join!(
@@ -223,6 +226,9 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     report.checks.push(session);
     report.checks.push(match groups {
         None => checks::no_inbound_rule_needed(request.port),
+        Some((Ok(groups), console_pl)) if request.console => {
+            checks::console_group_check(&groups, console_pl, &clients.scope.region)
+        }
         Some((Ok(groups), console_pl)) => checks::security_group_check(
             &groups,
             request.port,

@@ -217,6 +217,8 @@ pub struct Doctor {
     pub fix: bool,
     /// `--yes`: apply them without asking.
     pub yes: bool,
+    /// `--console`: check for the EC2 console's browser-based client.
+    pub console: bool,
 }
 
 /// `eic-connect serial`.
@@ -485,6 +487,7 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 json: args.json,
                 fix: args.fix,
                 yes: args.yes,
+                console: args.console,
             }))
         }
         S::Serial(args) => {
