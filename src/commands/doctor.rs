@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use crate::doctor::fix::{self, Applied, Fix, FixOutcome, FixResult};
 use crate::doctor::{self, Request};
+use crate::sanitize::terminal_safe;
 use crate::settings::Doctor;
 
 /// How each fix is decided on.
@@ -99,11 +100,12 @@ pub async fn run(settings: Doctor) -> anyhow::Result<ExitCode> {
             let mut changed = false;
             for (check, change) in fixes {
                 offered.push(change.clone());
+                // Group and prefix-list ids came from AWS.
                 say(&format!(
                     "  {check}: {}\n    command: {}\n    eic-connect calls: {}\n",
-                    change.summary(),
-                    change.aws_cli(),
-                    change.api_call()
+                    terminal_safe(&change.summary()),
+                    terminal_safe(&change.aws_cli()),
+                    terminal_safe(&change.api_call())
                 ))?;
                 let go = match consent {
                     Consent::Given => true,
