@@ -392,6 +392,20 @@ pub struct DoctorArgs {
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
+
+    /// Offer the changes that fix failed checks (open the port to you, enable
+    /// instance metadata, start the instance), each applied after a yes
+    #[arg(long)]
+    pub fix: bool,
+
+    /// Check the security groups for the EC2 console's browser-based client
+    /// (port 22 from its prefix list) instead of for this machine
+    #[arg(long)]
+    pub console: bool,
+
+    /// With --fix: apply the changes without asking (for scripts)
+    #[arg(long, requires = "fix")]
+    pub yes: bool,
 }
 
 /// `eic-connect serial`.

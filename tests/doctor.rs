@@ -164,6 +164,8 @@ fn json_output_has_a_stable_shape() {
             "port",
             "metadata",
             "os-user",
+            "package",
+            "iam",
             "push",
             "host-keys"
         ]
@@ -212,7 +214,7 @@ fn an_unknown_instance_fails_and_skips_the_rest() {
     assert!(text.contains("fix: check --region and --profile"), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("SKIP")).count(),
-        9,
+        11,
         "{text}"
     );
     assert!(text.ends_with("1 check failed.\n"), "{text}");

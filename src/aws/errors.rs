@@ -292,17 +292,24 @@ enum Meaning {
     TrailUnsupported,
 
     // IAM and STS (GetCallerIdentity, GetRole, SimulatePrincipalPolicy).
-
+    IamNoSuchEntity,
+    IamServiceFailure,
+    IamInvalidInput,
+    IamPolicyEvaluation,
     // EC2 administration (endpoints, security groups, instance metadata).
     // endpoints
     SubnetNotFound,
-    GroupNotFound,
-    GroupIdMalformed,
     EndpointQuota,
     SubnetFull,
     EndpointBusy,
     TokenReused,
     DryRun,
+    // security groups
+    RuleExists,
+    GroupNotFound,
+    GroupIdMalformed,
+    RuleLimit,
+    PermissionMalformed,
 
     // Any API.
     NotAuthorized,
@@ -393,17 +400,24 @@ const KNOWN_CODES: &[(&str, Meaning)] = &[
     ("OperationNotPermittedException", Meaning::TrailNotPermitted),
     ("UnsupportedOperationException", Meaning::TrailUnsupported),
     // ---- IAM and STS ----
-
+    ("NoSuchEntity", Meaning::IamNoSuchEntity),
+    ("ServiceFailure", Meaning::IamServiceFailure),
+    ("InvalidInput", Meaning::IamInvalidInput),
+    ("PolicyEvaluation", Meaning::IamPolicyEvaluation),
     // ---- EC2 administration ----
     // endpoints
     ("InvalidSubnetID.NotFound", Meaning::SubnetNotFound),
-    ("InvalidGroup.NotFound", Meaning::GroupNotFound),
-    ("InvalidGroupId.Malformed", Meaning::GroupIdMalformed),
     ("ResourceLimitExceeded", Meaning::EndpointQuota),
     ("InsufficientFreeAddressesInSubnet", Meaning::SubnetFull),
     ("IncorrectState", Meaning::EndpointBusy),
     ("IdempotentParameterMismatch", Meaning::TokenReused),
     ("DryRunOperation", Meaning::DryRun),
+    // security groups
+    ("InvalidPermission.Duplicate", Meaning::RuleExists),
+    ("InvalidGroup.NotFound", Meaning::GroupNotFound),
+    ("InvalidGroupId.Malformed", Meaning::GroupIdMalformed),
+    ("RulesPerSecurityGroupLimitExceeded", Meaning::RuleLimit),
+    ("InvalidPermission.Malformed", Meaning::PermissionMalformed),
     // ---- Any API ----
     ("UnauthorizedOperation", Meaning::NotAuthorized),
     ("AccessDenied", Meaning::NotAuthorized),
@@ -614,15 +628,21 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("if AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_CLOUDTRAIL is set, check that it points at CloudTrail"),
 
         // ---- IAM and STS ----
+        Meaning::IamNoSuchEntity => Failure::new(format!("IAM has no such entity for {op}{said}"))
+            .hint("the role or user in use may have been deleted or renamed: check it with aws sts get-caller-identity")
+            .hint("for an assumed role, check that the role still exists: aws iam get-role --role-name ROLE"),
+        Meaning::IamServiceFailure => Failure::new(format!("IAM had an internal error during {op}{said}"))
+            .hint("this is on the AWS side and usually passes: try again shortly"),
+        Meaning::IamInvalidInput => Failure::new(format!("IAM rejected the {op} request as invalid{said}"))
+            .hint("if the instance and OS user you gave are valid, this is a bug in eic-connect: please report it"),
+        Meaning::IamPolicyEvaluation => Failure::new(format!("IAM could not evaluate the policies during {op}{said}"))
+            .hint("a policy attached to the identity may be malformed: check it with the IAM policy simulator in the console")
+            .hint("try again shortly; if it persists, the simulation cannot answer for this identity"),
 
         // ---- EC2 administration ----
         // endpoints
         Meaning::SubnetNotFound => Failure::new(format!("no such subnet ({where_}){said}"))
             .hint("check --subnet, --region and --profile; list subnets with: aws ec2 describe-subnets"),
-        Meaning::GroupNotFound => Failure::new(format!("no such security group ({where_}){said}"))
-            .hint("check --security-group, --region and --profile: the group must be in the endpoint's VPC"),
-        Meaning::GroupIdMalformed => Failure::usage(format!("not a valid security group id{said}"))
-            .hint("security group ids look like sg-0123456789abcdef0"),
         Meaning::EndpointQuota => Failure::new(format!("{op}: an EC2 Instance Connect Endpoint quota is reached ({where_}){said}"))
             .hint("by default AWS allows one endpoint per VPC and a few per account and region: list them with `eic-connect endpoint list`, delete one you do not need, or request more in Service Quotas"),
         Meaning::SubnetFull => Failure::new(format!("the subnet has no free address for the endpoint's network interface{said}"))
@@ -633,6 +653,19 @@ pub fn explain(code: &str, message: &str, at: &Attempt<'_>) -> Failure {
             .hint("run the command again: each run uses a new client token"),
         Meaning::DryRun => Failure::new(format!("{op} would have succeeded, but it was a dry run{said}"))
             .hint("nothing was changed; run it without the dry-run option to make the change"),
+        // security groups
+        Meaning::RuleExists => Failure::new(format!("the security group already has this rule{said}"))
+            .hint("nothing to add: if the port still seems closed, check the network ACL and the route table"),
+        Meaning::GroupNotFound => Failure::new(format!("no such security group ({where_}){said}"))
+            .hint("check the group id, --region and --profile: security groups are per account and region, and an endpoint's must be in its VPC")
+            .hint("it may have been deleted meanwhile: list groups with aws ec2 describe-security-groups"),
+        Meaning::GroupIdMalformed => Failure::usage(format!("not a valid security group id{said}"))
+            .hint("security group ids look like sg-0123456789abcdef0"),
+        Meaning::RuleLimit => Failure::new(format!("the security group has as many rules as it may hold{said}"))
+            .hint("remove rules that are no longer needed, or ask for a higher limit (Service Quotas: inbound or outbound rules per security group)")
+            .hint("or put the instance in one more security group that opens the port"),
+        Meaning::PermissionMalformed => Failure::new(format!("EC2 rejected the security group rule as malformed{said}"))
+            .hint("check the port and the address block; if they are right, this is a bug in eic-connect: please report it"),
 
 
         // ---- Any API ----
@@ -714,6 +747,11 @@ mod tests {
             "CreateInstanceConnectEndpoint",
             "DeleteInstanceConnectEndpoint",
             "DescribeInstanceConnectEndpoints",
+            "GetCallerIdentity",
+            "GetRole",
+            "SimulatePrincipalPolicy",
+            "AuthorizeSecurityGroupIngress",
+            "ModifyInstanceMetadataOptions",
         ];
         let fallback = explain("SomethingNew", "", &at("DescribeInstances", &scope));
         assert!(

@@ -11,10 +11,11 @@ use crate::eice::endpoint::ALLOWED_PORTS;
 use crate::eice::route::{self, Decision};
 use crate::error::Failure;
 use crate::hostkeys::{self, ConsoleKeys};
-use crate::osuser;
+use crate::osuser::{self, ImageFacts};
 use crate::sanitize::terminal_safe;
 use crate::target::{AddressChoice, Addresses, choose_address};
 
+use super::fix::{Fix, Opening};
 use super::rules::{self, Openings};
 use super::session::Agent;
 use super::{Request, Route, Source};
@@ -50,6 +51,8 @@ pub struct Check {
     pub status: Status,
     pub detail: String,
     pub fix: Option<String>,
+    /// The change `--fix` can make for a failed check.
+    pub action: Option<Box<Fix>>,
 }
 
 impl Check {
@@ -59,11 +62,19 @@ impl Check {
             status,
             detail: detail.into(),
             fix: None,
+            action: None,
         }
     }
 
     pub fn fix(mut self, fix: impl Into<String>) -> Check {
         self.fix = Some(fix.into());
+        self
+    }
+
+    /// The fix as a change `--fix` can make; its command is the fix text.
+    pub fn action(mut self, action: Fix) -> Check {
+        self.fix = Some(action.aws_cli());
+        self.action = Some(Box::new(action));
         self
     }
 
@@ -74,6 +85,7 @@ impl Check {
             status,
             detail: failure.message.clone(),
             fix,
+            action: None,
         }
     }
 }
@@ -123,6 +135,9 @@ pub fn instance_check(instance: &InstanceInfo) -> Check {
             Status::Fail,
             format!("{id} is {}", instance.state),
         )
+        .action(Fix::Start {
+            instance_id: id.clone(),
+        })
         .fix(format!(
             "start it: aws ec2 start-instances --instance-ids {id}"
         )),
@@ -408,10 +423,18 @@ pub fn path_verdict(
 /// or public, else a placeholder (an assumed private address is not what
 /// the instance sees).
 fn cidr_to_allow(source: Option<&Source>) -> String {
-    match source {
-        Some(s) if s.given || rules::is_public(s.ip) => rules::host_cidr(s.ip).to_string(),
-        _ => "<your public address>/32".to_owned(),
+    match usable_cidr(source) {
+        Some(net) => net.to_string(),
+        None => "<your public address>/32".to_owned(),
     }
+}
+
+/// The caller's own block, when it is known well enough to open: given
+/// with `--source-ip`, or public.
+fn usable_cidr(source: Option<&Source>) -> Option<ipnet::IpNet> {
+    source
+        .filter(|s| s.given || rules::is_public(s.ip))
+        .map(|s| rules::host_cidr(s.ip))
 }
 
 fn describe_openings(o: &Openings) -> String {
@@ -463,7 +486,27 @@ pub fn security_group_check(
         Some(Route::Endpoint(e)) => e.security_group_ids.first(),
         _ => None,
     };
+    // What --fix can open: in the first group, to the endpoint's group or
+    // to the caller's own address.
+    let opening = |to_group: bool| -> Option<Fix> {
+        let group_id = ids.first()?.to_string();
+        let from = if to_group {
+            Opening::Group(endpoint_group?.clone())
+        } else {
+            Opening::Cidr(usable_cidr(source)?)
+        };
+        Some(Fix::OpenPort {
+            group_id,
+            port,
+            from,
+        })
+    };
+    let with = |check: Check, fix: Option<Fix>| match fix {
+        Some(fix) => check.action(fix),
+        None => check,
+    };
     if open.is_empty() {
+        let action = opening(endpoint_group.is_some());
         let fix = match endpoint_group {
             Some(g) => format!(
                 "aws ec2 authorize-security-group-ingress --group-id {first_group} --protocol tcp --port {port} --source-group {g}"
@@ -473,12 +516,15 @@ pub fn security_group_check(
                 cidr_to_allow(source)
             ),
         };
-        return Check::new(
-            NAME,
-            Status::Fail,
-            format!("port {port} is not open to any source in {shown_ids}"),
-        )
-        .fix(fix);
+        return with(
+            Check::new(
+                NAME,
+                Status::Fail,
+                format!("port {port} is not open to any source in {shown_ids}"),
+            )
+            .fix(fix),
+            action,
+        );
     }
     let any_address = open.open_to_any_address();
     match route {
@@ -510,15 +556,23 @@ pub fn security_group_check(
             } else {
                 Status::Warn
             };
-            Check::new(
-                NAME,
-                status,
-                format!(
-                    "port {port} is not open to the endpoint's security group; open to {}{console_note}",
-                    describe_openings(&open)
-                ),
+            let action = if status == Status::Fail {
+                opening(true)
+            } else {
+                None
+            };
+            with(
+                Check::new(
+                    NAME,
+                    status,
+                    format!(
+                        "port {port} is not open to the endpoint's security group; open to {}{console_note}",
+                        describe_openings(&open)
+                    ),
+                )
+                .fix(fix),
+                action,
             )
-            .fix(fix)
         }
         Some(Route::Direct(_) | Route::SessionManager) | None => {
             if let Some(source) = source {
@@ -557,8 +611,68 @@ pub fn security_group_check(
                 Some(s) if !s.given && !rules::is_public(s.ip) && !only_console => Status::Warn,
                 _ => Status::Fail,
             };
-            Check::new(NAME, status, detail).fix(fix)
+            let action = if status == Status::Fail {
+                opening(false)
+            } else {
+                None
+            };
+            with(Check::new(NAME, status, detail).fix(fix), action)
         }
+    }
+}
+
+/// The security-group verdict for the EC2 console's browser-based client
+/// (`--console`): port 22 open to the AWS-managed prefix list
+/// `com.amazonaws.<region>.ec2-instance-connect`, or to any address.
+pub fn console_group_check(
+    groups: &[SecurityGroup],
+    console_prefix_list: anyhow::Result<Option<String>>,
+    region: &str,
+) -> Check {
+    const NAME: &str = "security-group";
+    let name = format!("com.amazonaws.{region}.ec2-instance-connect");
+    let open = Openings::of(groups, 22);
+    let pl = match console_prefix_list {
+        Ok(Some(pl)) => pl,
+        Ok(None) => {
+            return Check::new(
+                NAME,
+                Status::Warn,
+                format!(
+                    "the prefix list {name} does not exist here, so the console's browser-based client cannot be checked"
+                ),
+            );
+        }
+        Err(err) => return Check::from_failure(NAME, Status::Warn, &failure_of(&err)),
+    };
+    if open.admits_prefix_list(&pl) {
+        return Check::new(
+            NAME,
+            Status::Pass,
+            format!("port 22 is open to the EC2 console's prefix list {pl} ({name})"),
+        );
+    }
+    if open.open_to_any_address() {
+        return Check::new(
+            NAME,
+            Status::Pass,
+            "port 22 is open to any address, the EC2 console's included",
+        );
+    }
+    let check = Check::new(
+        NAME,
+        Status::Fail,
+        format!("port 22 is not open to the EC2 console's prefix list {pl} ({name})"),
+    );
+    match groups.first() {
+        Some(g) => check.action(Fix::OpenPort {
+            group_id: g.id.clone(),
+            port: 22,
+            from: Opening::PrefixList(pl),
+        }),
+        None => check.fix(format!(
+            "allow port 22 from the prefix list {pl} in the instance's security group"
+        )),
     }
 }
 
@@ -592,9 +706,9 @@ pub fn metadata_check(instance: &InstanceInfo) -> Check {
             Status::Fail,
             "instance metadata is disabled, so the instance cannot fetch pushed keys",
         )
-        .fix(format!(
-            "aws ec2 modify-instance-metadata-options --instance-id {id} --http-endpoint enabled"
-        )),
+        .action(Fix::EnableMetadata {
+            instance_id: id.clone(),
+        }),
         Some(state) => Check::new(
             "metadata",
             Status::Pass,
@@ -608,13 +722,14 @@ pub fn metadata_check(instance: &InstanceInfo) -> Check {
     }
 }
 
-/// The OS user a connection would use, and the `os-user` check.
-pub async fn os_user_check(
-    clients: &Clients,
+/// The OS user a connection would use, and the `os-user` check, from the
+/// AMI lookup (the image, `None` when not visible, or the error's text).
+pub fn os_user_check(
     request: &Request,
     instance: &InstanceInfo,
+    found: &Result<Option<ImageFacts>, String>,
 ) -> (String, Check) {
-    let choice = osuser::choose_for_image(clients, instance.image_id.as_deref()).await;
+    let choice = osuser::Choice::from_lookup(instance.image_id.as_deref(), found.clone());
     let guessed = matches!(choice.source, osuser::UserSource::Guessed(_));
     if let Some((user, source)) = &request.explicit_user {
         let check = if guessed && choice.user != *user {
@@ -927,7 +1042,9 @@ mod tests {
             address_choice: choice,
             via,
             eice_id: None,
+            max_tunnel_duration: None,
             source_ip: None,
+            console: false,
         }
     }
 

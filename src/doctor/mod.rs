@@ -11,9 +11,12 @@
 //! ended at once; its security groups open the SSH port to the caller (or to
 //! the endpoint's security group; Session Manager needs no inbound rule);
 //! the port answers; instance metadata is enabled (the pushed key is
-//! delivered through it); the OS user; a real push of a throwaway key (the
-//! service's IAM and state checks); and whether the console shows host keys
-//! for `--verify-host-key`.
+//! delivered through it); the OS user; whether the AMI ships the EC2
+//! Instance Connect package; what IAM's policy simulator says about the
+//! push (and the endpoint's tunnel) for the caller; a real push of a
+//! throwaway key (the service's IAM and state checks); and whether the
+//! console shows host keys for `--verify-host-key`. With `--fix`, the
+//! failed checks one API call can fix are offered as changes ([`fix`]).
 //!
 //! Nothing in AWS tells a client its own public address. `--source-ip` says
 //! it; otherwise the local address used to reach the EC2 API is assumed and
@@ -21,10 +24,14 @@
 //!
 //! This module gathers what the checks need and runs them in order;
 //! [`checks`] holds the checks, [`session`] the Session Manager ones,
-//! [`rules`] the security-group logic and [`report`] the text and JSON
-//! output.
+//! [`iam`] the policy simulation, [`package`] the AMI's package,
+//! [`rules`] the security-group logic, [`fix`] the changes `--fix` makes
+//! and [`report`] the text and JSON output.
 
 mod checks;
+pub mod fix;
+mod iam;
+mod package;
 pub mod report;
 pub(crate) mod rules;
 mod session;
@@ -36,6 +43,7 @@ use crate::aws::diag;
 use crate::aws::ec2;
 use crate::aws::{self, AwsSettings, Clients};
 use crate::eice::ConnectVia;
+use crate::osuser;
 use crate::target::{AddressChoice, Target};
 
 use checks::{Check, Status};
@@ -74,32 +82,50 @@ pub struct Request {
     pub address_choice: AddressChoice,
     pub via: ConnectVia,
     pub eice_id: Option<String>,
+    /// `--max-tunnel-duration`, for the tunnel's simulation.
+    pub max_tunnel_duration: Option<u32>,
     /// `--source-ip`: the caller's address as the instance sees it.
     pub source_ip: Option<IpAddr>,
+    /// `--console`: check the security groups for the EC2 console's
+    /// browser-based client (its prefix list) instead of for this machine.
+    pub console: bool,
 }
 
-/// Runs every check for the request and returns what was found.
-pub async fn run(settings: &AwsSettings, request: &Request) -> anyhow::Result<Report> {
-    let config = aws::load_config(settings).await?;
-    let clients = Clients::new(&config, settings);
-    let source = match request.source_ip {
-        Some(ip) => Some(Source { ip, given: true }),
-        None => local_address_towards_ec2(&clients.scope.region)
-            .await
-            .map(|ip| Source { ip, given: false }),
-    };
-    let mut report = Report {
-        target: request.destination.clone(),
-        region: clients.scope.region.clone(),
-        source,
-        ..Report::default()
-    };
-    diagnose(&clients, request, &mut report).await;
-    Ok(report)
+/// The clients and the caller's address, set up once for every run of the
+/// checks (`--fix` runs them again after its changes).
+pub struct Doctor {
+    pub clients: Clients,
+    source: Option<Source>,
+}
+
+impl Doctor {
+    pub async fn new(settings: &AwsSettings, request: &Request) -> anyhow::Result<Doctor> {
+        let config = aws::load_config(settings).await?;
+        let clients = Clients::new(&config, settings);
+        let source = match request.source_ip {
+            Some(ip) => Some(Source { ip, given: true }),
+            None => local_address_towards_ec2(&clients.scope.region)
+                .await
+                .map(|ip| Source { ip, given: false }),
+        };
+        Ok(Doctor { clients, source })
+    }
+
+    /// Runs every check for the request and returns what was found.
+    pub async fn run(&self, request: &Request) -> Report {
+        let mut report = Report {
+            target: request.destination.clone(),
+            region: self.clients.scope.region.clone(),
+            source: self.source.clone(),
+            ..Report::default()
+        };
+        diagnose(&self.clients, request, &mut report).await;
+        report
+    }
 }
 
 /// The checks after `instance`, in the order they are shown.
-const AFTER_INSTANCE: [&str; 9] = [
+const AFTER_INSTANCE: [&str; 11] = [
     "path",
     "session-manager",
     "session",
@@ -107,15 +133,25 @@ const AFTER_INSTANCE: [&str; 9] = [
     "port",
     "metadata",
     "os-user",
+    "package",
+    "iam",
     "push",
     "host-keys",
 ];
 
 async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
-    // 1. The instance.
-    let found = ec2::find(clients, &request.target)
-        .await
-        .and_then(|found| ec2::exactly_one(found, &request.target, &clients.scope));
+    // 1. The instance, and meanwhile who the caller is.
+    let (found, caller) = tokio::join!(
+        async {
+            ec2::find(clients, &request.target)
+                .await
+                .and_then(|found| ec2::exactly_one(found, &request.target, &clients.scope))
+        },
+        iam::whoami(clients)
+    );
+    if let iam::Caller::Known(identity) = &caller {
+        report.caller = Some(identity.principal_arn.clone());
+    }
     let instance = match found {
         Ok(instance) => instance,
         Err(err) => {
@@ -134,12 +170,13 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     report.checks.push(checks::instance_check(&instance));
 
     // 2. The path, as connect decides it; the endpoint lookup it may need
-    // and Session Manager's view of the instance are asked at once.
+    // and Session Manager's view of the instance are asked at once, with
+    // the AMI (for the OS user and the package).
     let start = checks::path_start(request, &instance);
     let wants_endpoints = start
         .as_ref()
         .is_ok_and(|s| checks::wants_endpoints(s, request.port));
-    let (endpoints, agent) = tokio::join!(
+    let (endpoints, agent, image) = tokio::join!(
         async {
             if wants_endpoints {
                 checks::find_endpoints(clients, request, &instance).await
@@ -147,7 +184,15 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
                 checks::Endpoints::NotAsked
             }
         },
-        session::ask(clients, &instance)
+        session::ask(clients, &instance),
+        async {
+            match instance.image_id.as_deref() {
+                Some(id) => osuser::describe_image(clients, id)
+                    .await
+                    .map_err(|e| checks::failure_of(&e).message),
+                None => Ok(None),
+            }
+        }
     );
     let (route, path_check) = match start {
         Ok(start) => checks::path_verdict(request, &instance, start, &endpoints, &agent),
@@ -168,7 +213,7 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     let (session, groups) = tokio::join!(
         session::session_check(clients, &instance, request.port, through_ssm, &agent),
         async {
-            if through_ssm {
+            if through_ssm && !request.console {
                 None
             } else {
                 Some(tokio::join!(
@@ -181,6 +226,9 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     report.checks.push(session);
     report.checks.push(match groups {
         None => checks::no_inbound_rule_needed(request.port),
+        Some((Ok(groups), console_pl)) if request.console => {
+            checks::console_group_check(&groups, console_pl, &clients.scope.region)
+        }
         Some((Ok(groups), console_pl)) => checks::security_group_check(
             &groups,
             request.port,
@@ -215,16 +263,46 @@ async fn diagnose(clients: &Clients, request: &Request, report: &mut Report) {
     // 6. Instance metadata.
     report.checks.push(checks::metadata_check(&instance));
 
-    // 7. The OS user.
-    let (user, user_check) = checks::os_user_check(clients, request, &instance).await;
+    // 7. The OS user, and the package the AMI ships.
+    let (user, user_check) = checks::os_user_check(request, &instance, &image);
     report.os_user = Some(user.clone());
     report.checks.push(user_check);
+    report
+        .checks
+        .push(package::package_check(instance.image_id.as_deref(), &image));
 
-    // 8. A real push, and 9. the console's host keys.
-    let (push, keys) = tokio::join!(
+    // 8. IAM's simulation, 9. a real push, and 10. the console's host keys,
+    // at once.
+    let sims = match &caller {
+        iam::Caller::Known(identity) => iam::plan(
+            identity,
+            &clients.scope.region,
+            &instance,
+            &user,
+            route.as_ref(),
+            request.port,
+            request.max_tunnel_duration,
+        ),
+        _ => Vec::new(),
+    };
+    let (answers, push, keys) = tokio::join!(
+        async {
+            match &caller {
+                iam::Caller::Known(identity) => {
+                    futures_util::future::join_all(
+                        sims.iter().map(|sim| iam::simulate(clients, identity, sim)),
+                    )
+                    .await
+                }
+                _ => Vec::new(),
+            }
+        },
         checks::push_check(clients, &instance, &user, running),
         checks::host_keys_check(clients, &instance)
     );
+    report
+        .checks
+        .push(iam::verdict(&caller, &sims, &answers, &instance.id, &user));
     report.checks.push(push);
     report.checks.push(keys);
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::sanitize::terminal_safe;
 
 use super::checks::{Check, Status};
+use super::fix::FixOutcome;
 use super::{Route, Source};
 
 /// Everything doctor found.
@@ -18,7 +19,11 @@ pub struct Report {
     pub route: Option<Route>,
     pub source: Option<Source>,
     pub os_user: Option<String>,
+    /// The IAM principal the policies were simulated for.
+    pub caller: Option<String>,
     pub checks: Vec<Check>,
+    /// With `--fix`: what was offered and what became of it.
+    pub fixes: Option<Vec<FixOutcome>>,
 }
 
 impl Report {
@@ -109,7 +114,7 @@ pub fn to_json(report: &Report) -> String {
             })
         })
         .collect();
-    let value = json!({
+    let mut value = json!({
         "target": report.target,
         "instance_id": report.instance_id,
         "name": report.name,
@@ -119,9 +124,25 @@ pub fn to_json(report: &Report) -> String {
         "endpoint": endpoint,
         "source": source,
         "os_user": report.os_user,
+        "caller": report.caller,
         "ok": !report.failed(),
         "checks": checks,
     });
+    if let Some(fixes) = &report.fixes {
+        value["fixes"] = fixes
+            .iter()
+            .map(|f| {
+                json!({
+                    "check": f.check,
+                    "change": f.fix.summary(),
+                    "aws_cli": f.fix.aws_cli(),
+                    "call": f.fix.api_call(),
+                    "result": f.result.as_str(),
+                    "error": f.error,
+                })
+            })
+            .collect();
+    }
     // Tag values and messages: terminal-safe, yet exact once decoded.
     crate::fleet::json_text(&value)
 }
@@ -147,6 +168,7 @@ mod tests {
                 Check::new("instance", Status::Pass, "i-0abc is running"),
                 Check::new("metadata", Status::Fail, "disabled").fix("enable it"),
             ],
+            ..Report::default()
         };
         let text = render(&report);
         assert!(

@@ -213,6 +213,12 @@ pub struct Doctor {
     pub source_ip: Option<IpAddr>,
     pub address: AddressChoice,
     pub json: bool,
+    /// `--fix`: offer the changes that fix failed checks.
+    pub fix: bool,
+    /// `--yes`: apply them without asking.
+    pub yes: bool,
+    /// `--console`: check for the EC2 console's browser-based client.
+    pub console: bool,
 }
 
 /// `eic-connect serial`.
@@ -479,6 +485,9 @@ pub fn resolve(mut cli: Cli, layers: &Layers) -> Result<Command, Failure> {
                 source_ip: args.source_ip,
                 address: args.address.choice(defaults.address),
                 json: args.json,
+                fix: args.fix,
+                yes: args.yes,
+                console: args.console,
             }))
         }
         S::Serial(args) => {

@@ -1,7 +1,10 @@
 //! Stand-in handlers for the calls behind host-key verification, OS-user
 //! guessing and `doctor`: EC2 `GetConsoleOutput`, `DescribeImages`,
 //! `DescribeSecurityGroups` and `DescribeManagedPrefixLists` (Query protocol,
-//! XML), plus the [`TestBed`] methods that set up what they answer.
+//! XML), the changes `doctor --fix` makes (`AuthorizeSecurityGroupIngress`,
+//! `ModifyInstanceMetadataOptions`), plus the [`TestBed`] methods that set
+//! up what they answer. (The IAM and STS state lives here too, in
+//! [`DiagState::iam`]; its handlers are in `iam.rs`.)
 //! (`SendSerialConsoleSSHPublicKey` lives in `api.rs` with the other EC2
 //! Instance Connect calls; see [`TestBed::serial_pushes`].)
 //!
@@ -78,6 +81,11 @@ pub struct DiagState {
     /// Security group id -> (name, inbound rules). The bed's default group
     /// is added on first use if not set.
     pub groups: BTreeMap<String, (String, Vec<SgRule>)>,
+    /// Inbound rules a group may hold (RulesPerSecurityGroupLimitExceeded
+    /// beyond); 60 when unset.
+    pub rule_limit: Option<usize>,
+    /// The IAM and STS stand-ins' caller and policies.
+    pub iam: super::iam::IamState,
 }
 
 /// Whether `action` is one of these handlers'.
@@ -88,6 +96,8 @@ pub fn handles(action: &str) -> bool {
             | "DescribeImages"
             | "DescribeSecurityGroups"
             | "DescribeManagedPrefixLists"
+            | "AuthorizeSecurityGroupIngress"
+            | "ModifyInstanceMetadataOptions"
     )
 }
 
@@ -148,6 +158,8 @@ pub fn handle(
         "DescribeImages" => describe_images(st, params),
         "DescribeSecurityGroups" => describe_security_groups(api, st, params),
         "DescribeManagedPrefixLists" => describe_prefix_lists(api, params),
+        "AuthorizeSecurityGroupIngress" => authorize_ingress(api, st, params),
+        "ModifyInstanceMetadataOptions" => modify_metadata_options(api, st, params),
         other => Err(err(
             400,
             "InvalidAction",
@@ -384,6 +396,182 @@ fn describe_prefix_lists(api: &Api, p: &BTreeMap<String, String>) -> Result<Resp
     Ok(xml_response("DescribeManagedPrefixLists", &body))
 }
 
+/// `AuthorizeSecurityGroupIngress` with `IpPermissions.N.*`: adds the
+/// rules, refusing duplicates (`InvalidPermission.Duplicate`) and groups
+/// past the rule limit.
+fn authorize_ingress(
+    api: &Api,
+    st: &mut State,
+    p: &BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (default_id, default) = default_group(api);
+    st.diag.groups.entry(default_id).or_insert(default);
+    let Some(group_id) = p.get("GroupId") else {
+        return Err(err(
+            400,
+            "MissingParameter",
+            "The request must contain the parameter GroupId",
+        ));
+    };
+    if !group_id.starts_with("sg-") {
+        return Err(err(
+            400,
+            "InvalidGroupId.Malformed",
+            format!("Invalid id: \"{group_id}\""),
+        ));
+    }
+    let limit = st.diag.rule_limit.unwrap_or(60);
+    let Some((_, rules)) = st.diag.groups.get_mut(group_id) else {
+        return Err(err(
+            400,
+            "InvalidGroup.NotFound",
+            format!("The security group '{group_id}' does not exist"),
+        ));
+    };
+    let mut new = Vec::new();
+    for n in 1.. {
+        let base = format!("IpPermissions.{n}");
+        let Some(protocol) = p.get(&format!("{base}.IpProtocol")) else {
+            break;
+        };
+        let port = |k: &str| p.get(&format!("{base}.{k}")).and_then(|v| v.parse().ok());
+        // `IpRanges.N.CidrIp` and `Ipv6Ranges.N.CidrIpv6`.
+        let mut cidrs = Vec::new();
+        for (k, v) in p {
+            if let Some(rest) = k.strip_prefix(&format!("{base}."))
+                && (rest.starts_with("IpRanges.") && rest.ends_with(".CidrIp")
+                    || rest.starts_with("Ipv6Ranges.") && rest.ends_with(".CidrIpv6"))
+            {
+                cidrs.push(v.clone());
+            }
+        }
+        let mut groups = Vec::new();
+        let mut prefix_lists = Vec::new();
+        for (k, v) in p {
+            if let Some(rest) = k.strip_prefix(&format!("{base}.")) {
+                if (rest.starts_with("Groups.") || rest.starts_with("UserIdGroupPairs."))
+                    && rest.ends_with(".GroupId")
+                {
+                    groups.push(v.clone());
+                }
+                if rest.starts_with("PrefixListIds.") && rest.ends_with(".PrefixListId") {
+                    prefix_lists.push(v.clone());
+                }
+            }
+        }
+        if cidrs.is_empty() && groups.is_empty() && prefix_lists.is_empty() {
+            return Err(err(
+                400,
+                "InvalidPermission.Malformed",
+                "No source given for the permission",
+            ));
+        }
+        let rule = SgRule {
+            protocol: protocol.clone(),
+            from_port: port("FromPort"),
+            to_port: port("ToPort"),
+            cidrs,
+            groups,
+            prefix_lists,
+        };
+        let same_ports = |r: &SgRule| {
+            r.protocol == rule.protocol
+                && r.from_port == rule.from_port
+                && r.to_port == rule.to_port
+        };
+        let duplicate = rules.iter().filter(|r| same_ports(r)).any(|r| {
+            rule.cidrs.iter().any(|c| r.cidrs.contains(c))
+                || rule.groups.iter().any(|g| r.groups.contains(g))
+                || rule.prefix_lists.iter().any(|l| r.prefix_lists.contains(l))
+        });
+        if duplicate {
+            return Err(err(
+                400,
+                "InvalidPermission.Duplicate",
+                format!(
+                    "the specified rule \"peer: {}, TCP, from port: {}, to port: {}, ALLOW\" already exists",
+                    rule.cidrs
+                        .first()
+                        .or(rule.groups.first())
+                        .cloned()
+                        .unwrap_or_default(),
+                    rule.from_port.unwrap_or(-1),
+                    rule.to_port.unwrap_or(-1)
+                ),
+            ));
+        }
+        new.push(rule);
+    }
+    if new.is_empty() {
+        return Err(err(
+            400,
+            "MissingParameter",
+            "The request must contain the parameter IpPermissions",
+        ));
+    }
+    if rules.len() + new.len() > limit {
+        return Err(err(
+            400,
+            "RulesPerSecurityGroupLimitExceeded",
+            "The maximum number of rules per security group has been reached.",
+        ));
+    }
+    rules.extend(new);
+    let mut body = String::new();
+    el(&mut body, "return", "true");
+    Ok(xml_response("AuthorizeSecurityGroupIngress", &body))
+}
+
+/// `ModifyInstanceMetadataOptions`: sets `HttpEndpoint` (the only option
+/// the bed models).
+fn modify_metadata_options(
+    _api: &Api,
+    st: &mut State,
+    p: &BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
+    let id = p.get("InstanceId").cloned().unwrap_or_default();
+    if !api::is_ec2_instance_id(&id) {
+        return Err(err(
+            400,
+            "InvalidInstanceID.Malformed",
+            format!("Invalid id: \"{id}\""),
+        ));
+    }
+    let Some(rec) = st.instances.iter_mut().find(|i| i.id == id) else {
+        return Err(err(
+            400,
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{id}' does not exist"),
+        ));
+    };
+    if rec.state == "terminated" {
+        return Err(err(
+            400,
+            "IncorrectInstanceState",
+            format!("The instance '{id}' is not in a state from which it can be modified."),
+        ));
+    }
+    if let Some(endpoint) = p.get("HttpEndpoint") {
+        if endpoint != "enabled" && endpoint != "disabled" {
+            return Err(err(
+                400,
+                "InvalidParameterValue",
+                format!("Value ({endpoint}) for parameter HttpEndpoint is invalid."),
+            ));
+        }
+        rec.metadata_http_endpoint = endpoint.clone();
+    }
+    let mut body = String::new();
+    el(&mut body, "instanceId", &id);
+    body.push_str("<instanceMetadataOptions>");
+    el(&mut body, "state", "pending");
+    el(&mut body, "httpTokens", "required");
+    el(&mut body, "httpPutResponseHopLimit", "2");
+    el(&mut body, "httpEndpoint", &rec.metadata_http_endpoint);
+    body.push_str("</instanceMetadataOptions>");
+    Ok(xml_response("ModifyInstanceMetadataOptions", &body))
+}
+
 /// Realistic console output around cloud-init's host-key blocks: boot noise,
 /// the fingerprints through syslog (`<14>… ec2: ` prefixes), the key lines
 /// raw, CRLF line ends. `keys` are OpenSSH public key lines.
@@ -495,6 +683,33 @@ impl TestBed {
             .diag
             .groups
             .insert(id.to_owned(), (name.to_owned(), rules));
+    }
+
+    /// The inbound rules of a security group (the bed's default group
+    /// as it starts when never set).
+    pub fn security_group_rules(&self, id: &str) -> Vec<SgRule> {
+        let st = self.api.lock();
+        match st.diag.groups.get(id) {
+            Some((_, rules)) => rules.clone(),
+            None if id == self.api.config.security_group_id => {
+                vec![SgRule::tcp(22, 22).allow_cidr("0.0.0.0/0")]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// An instance's metadata `HttpEndpoint` as the bed holds it now.
+    pub fn api_instance_metadata_endpoint(&self, instance_id: &str) -> Option<String> {
+        let st = self.api.lock();
+        st.instances
+            .iter()
+            .find(|i| i.id == instance_id)
+            .map(|i| i.metadata_http_endpoint.clone())
+    }
+
+    /// How many inbound rules a security group may hold.
+    pub fn set_rule_limit(&self, n: usize) {
+        self.api.lock().diag.rule_limit = Some(n);
     }
 
     /// Id of the `com.amazonaws.<region>.ec2-instance-connect` prefix list.
