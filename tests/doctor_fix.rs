@@ -292,12 +292,12 @@ fn through_an_endpoint_the_port_is_opened_to_the_endpoints_group() {
     assert!(
         text.contains(&format!(
             "command: aws ec2 authorize-security-group-ingress --group-id {sg} --protocol tcp --port 22 --source-group {}",
-            endpoint.security_group_id
+            endpoint.security_group_ids[0]
         )),
         "{text}"
     );
     let now = bed.security_group_rules(&sg);
-    let want = vec![SgRule::tcp(22, 22).allow_group(&endpoint.security_group_id)];
+    let want = vec![SgRule::tcp(22, 22).allow_group(&endpoint.security_group_ids[0])];
     assert!(same(&now, &want), "{now:?}");
 }
 

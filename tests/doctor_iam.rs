@@ -276,7 +276,7 @@ fn behind_an_endpoint(bed: &TestBed) -> (support::Instance, support::eice::Endpo
     let db = healthy(bed, InstanceSpec::named("db-1").public_ip(false));
     bed.set_security_group(
         &bed.security_group_id(),
-        vec![SgRule::tcp(22, 22).allow_group(&endpoint.security_group_id)],
+        vec![SgRule::tcp(22, 22).allow_group(&endpoint.security_group_ids[0])],
     );
     (db, endpoint)
 }
