@@ -162,10 +162,7 @@ fn no_allowing_statement_is_an_implicit_deny_with_the_policy_to_attach() {
     );
     let fix = fix.unwrap();
     assert!(
-        fix.contains(&format!(
-            "eic-connect policy {} --os-user ubuntu",
-            web.id
-        )),
+        fix.contains(&format!("eic-connect policy {} --os-user ubuntu", web.id)),
         "{fix}"
     );
     assert!(

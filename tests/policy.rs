@@ -461,6 +461,7 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
     bed.wait_for_ssm_sessions_closed(1, std::time::Duration::from_secs(10));
     assert_signed(&bed);
 
+    let authorizations = bed.authorizations();
     let mut c = bed.command();
     let cidr = format!("{}/32", db.private_ip);
     c.args(["policy", "--tag", "Team=web", "-l", &user])
@@ -480,8 +481,11 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
         "{printed:#}"
     );
 
-    let vars = std::collections::BTreeMap::from([("aws:username", "test")]);
-    let authorizations = bed.authorizations();
+    assert_eq!(
+        bed.requests().last().map(|c| c.action.as_str()),
+        Some("GetCallerIdentity")
+    );
+    let vars = std::collections::BTreeMap::from([("aws:username", "eic-test")]);
     let actions: BTreeSet<&str> = authorizations.iter().map(|a| a.action.as_str()).collect();
     for needed in [
         "ec2-instance-connect:SendSSHPublicKey",
@@ -525,7 +529,9 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
         }
         if auth.resource.contains(":session/") {
             let mut other = auth.clone();
-            other.resource = auth.resource.replace("session/test-", "session/someone-");
+            other.resource = auth
+                .resource
+                .replace("session/eic-test-", "session/someone-");
             others.push(other);
         }
         for other in others {

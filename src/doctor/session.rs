@@ -5,6 +5,7 @@
 use crate::aws::Clients;
 use crate::aws::ec2::InstanceInfo;
 use crate::error::{Failure, FailureKind, is_kind};
+use crate::policy::partition;
 use crate::ssm::api::{self, Managed, SSH_DOCUMENT};
 
 use super::checks::{Check, Status, failure_of};
@@ -38,17 +39,6 @@ pub async fn ask(clients: &Clients, instance: &InstanceInfo) -> Agent {
             denied: is_kind(&err, FailureKind::NotAuthorized),
             failure: failure_of(&err),
         },
-    }
-}
-
-/// The ARN partition of a region.
-fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
     }
 }
 

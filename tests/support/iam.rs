@@ -333,7 +333,120 @@ pub fn handle(
 }
 
 /// A context value as sent: its type and values.
-type Context = BTreeMap<String, (String, Vec<String>)>;
+/// Condition keys (lowercase) -> (type, values), as a request carries them.
+pub type Context = BTreeMap<String, (String, Vec<String>)>;
+
+/// Whether a statement applies to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applies {
+    Yes,
+    No,
+    /// Action and resource match, but the request lacks these condition
+    /// keys (so it does not apply).
+    Missing(Vec<String>),
+}
+
+impl Stmt {
+    /// Whether the statement applies to `action` on `resource` with
+    /// `context`: its action and resource patterns match, and every
+    /// condition holds.
+    pub fn applies(&self, action: &str, resource: &str, context: &Context) -> Applies {
+        let acts = self.actions.iter().any(|p| glob(p, action, true));
+        let res = self.resources.iter().any(|p| glob(p, resource, false));
+        if !(acts && res) {
+            return Applies::No;
+        }
+        let mut ok = true;
+        let mut missing = Vec::new();
+        for c in &self.conditions {
+            match holds(c, context) {
+                Ok(true) => {}
+                Ok(false) => ok = false,
+                Err(key) => {
+                    ok = false;
+                    missing.push(key);
+                }
+            }
+        }
+        match (ok, missing.is_empty()) {
+            (true, _) => Applies::Yes,
+            (false, true) => Applies::No,
+            (false, false) => Applies::Missing(missing),
+        }
+    }
+
+    /// The statements of a policy document (`Action`/`Resource` as a
+    /// string or a list). Anything the model lacks (`NotAction`, an
+    /// operator it does not know) panics, so it cannot pass unnoticed.
+    pub fn parse_document(document: &serde_json::Value) -> Vec<Stmt> {
+        let listed = |v: &serde_json::Value| -> Vec<String> {
+            match v {
+                serde_json::Value::String(s) => vec![s.clone()],
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().expect("strings").to_owned())
+                    .collect(),
+                other => panic!("not a string or a list: {other}"),
+            }
+        };
+        let statements = document["Statement"]
+            .as_array()
+            .expect("Statement is a list");
+        statements
+            .iter()
+            .map(|s| {
+                for key in s.as_object().expect("a statement is an object").keys() {
+                    assert!(
+                        ["Sid", "Effect", "Action", "Resource", "Condition"]
+                            .contains(&key.as_str()),
+                        "{key} is not modelled"
+                    );
+                }
+                let effect = match s["Effect"].as_str() {
+                    Some("Allow") => Effect::Allow,
+                    Some("Deny") => Effect::Deny,
+                    other => panic!("Effect {other:?}"),
+                };
+                let mut conditions = Vec::new();
+                if let Some(ops) = s["Condition"].as_object() {
+                    for (operator, keys) in ops {
+                        assert!(
+                            KNOWN_OPERATORS.contains(&operator.as_str()),
+                            "{operator} is not modelled"
+                        );
+                        for (key, values) in keys.as_object().expect("keys map to values") {
+                            conditions.push(Condition {
+                                operator: operator.clone(),
+                                key: key.clone(),
+                                values: listed(values),
+                            });
+                        }
+                    }
+                }
+                Stmt {
+                    sid: s["Sid"].as_str().unwrap_or_default().to_owned(),
+                    effect,
+                    actions: listed(&s["Action"]),
+                    resources: listed(&s["Resource"]),
+                    conditions,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The condition operators [`holds`] knows.
+const KNOWN_OPERATORS: &[&str] = &[
+    "StringEquals",
+    "StringEqualsIgnoreCase",
+    "StringLike",
+    "StringNotEquals",
+    "NumericEquals",
+    "NumericLessThanEquals",
+    "NumericLessThan",
+    "IpAddress",
+    "NotIpAddress",
+];
 
 fn context_entries(params: &BTreeMap<String, String>) -> Context {
     let mut out = Context::new();
@@ -487,29 +600,21 @@ fn simulate(
         for policy in &iam.policies {
             let positions = policy.positions();
             for (stmt, at) in policy.statements.iter().zip(positions) {
-                let acts = stmt.actions.iter().any(|p| glob(p, action, true));
-                let res = stmt.resources.iter().any(|p| glob(p, &resource, false));
-                if !(acts && res) {
-                    continue;
-                }
-                let mut ok = true;
-                for c in &stmt.conditions {
-                    match holds(c, &context) {
-                        Ok(true) => {}
-                        Ok(false) => ok = false,
-                        Err(key) => {
-                            ok = false;
+                match stmt.applies(action, &resource, &context) {
+                    Applies::Yes => {
+                        let hit = (policy.name.clone(), at);
+                        match stmt.effect {
+                            Effect::Allow => allows.push(hit),
+                            Effect::Deny => denies.push(hit),
+                        }
+                    }
+                    Applies::No => {}
+                    Applies::Missing(keys) => {
+                        for key in keys {
                             if !missing.contains(&key) {
                                 missing.push(key);
                             }
                         }
-                    }
-                }
-                if ok {
-                    let hit = (policy.name.clone(), at);
-                    match stmt.effect {
-                        Effect::Allow => allows.push(hit),
-                        Effect::Deny => denies.push(hit),
                     }
                 }
             }

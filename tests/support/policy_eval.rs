@@ -1,20 +1,15 @@
-//! IAM policy evaluation for the test bed: which calls the bed saw a
-//! policy document allows, each with the resource and condition keys AWS
-//! authorises it by (the instance and its tags, the OS user, the tunnel's
-//! port, address and duration, the session document).
-//!
-//! Covers the policy grammar the tests need: `Allow`/`Deny`, `Action` and
-//! `Resource` (string or list, `*`/`?` wildcards, `${aws:…}` variables) and
-//! the operators `StringEquals`, `StringLike`, `NumericEquals`,
-//! `NumericLessThanEquals` and `IpAddress`. Anything else panics, so a
-//! policy using it cannot pass unnoticed.
+//! Which calls the bed saw a policy document allows: each call with the
+//! resource and condition keys AWS authorises it by (the instance and its
+//! tags, the OS user, the tunnel's port, address and duration, the session
+//! document), judged by the IAM model of [`super::iam`].
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::TestBed;
-use super::api::{Service, wildcard_match};
+use super::api::Service;
+use super::iam::{Applies, Context, Effect, Stmt};
 
 /// One authorisation AWS makes: an action on a resource, with its context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,94 +29,39 @@ impl Authorization {
 }
 
 /// Whether `policy` allows the authorisation: some statement allows it and
-/// none denies it. `vars` fills `${aws:username}` and the like.
+/// none denies it. `vars` fills `${aws:username}` and the like; a resource
+/// naming a variable the request has no value for matches nothing, as in
+/// IAM.
 pub fn allows(policy: &Value, auth: &Authorization, vars: &BTreeMap<&str, &str>) -> bool {
-    let statements = policy["Statement"].as_array().expect("Statement is a list");
+    let context: Context = auth
+        .context
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), (String::new(), vec![v.clone()])))
+        .collect();
     let mut allowed = false;
-    for s in statements {
-        if !listed(&s["Action"])
+    for mut stmt in Stmt::parse_document(policy) {
+        stmt.resources = stmt
+            .resources
             .iter()
-            .any(|a| wildcard_match(&a.to_ascii_lowercase(), &auth.action.to_ascii_lowercase()))
-        {
-            continue;
-        }
-        if !listed(&s["Resource"])
-            .iter()
-            .any(|r| substitute(r, vars).is_some_and(|r| wildcard_match(&r, &auth.resource)))
-        {
-            continue;
-        }
-        if !conditions_hold(&s["Condition"], &auth.context) {
-            continue;
-        }
-        match s["Effect"].as_str() {
-            Some("Allow") => allowed = true,
-            Some("Deny") => return false,
-            other => panic!("Effect {other:?}"),
+            .filter_map(|r| substitute(r, vars))
+            .collect();
+        if stmt.applies(&auth.action, &auth.resource, &context) == Applies::Yes {
+            match stmt.effect {
+                Effect::Allow => allowed = true,
+                Effect::Deny => return false,
+            }
         }
     }
     allowed
 }
 
-fn listed(v: &Value) -> Vec<String> {
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().expect("strings").to_owned())
-            .collect(),
-        other => panic!("not a string or a list: {other}"),
-    }
-}
-
-/// The pattern with its variables filled in; `None` when the request has
-/// no value for one (AWS then treats the element as not matching).
+/// The pattern with its variables filled in; `None` when one has no value.
 fn substitute(pattern: &str, vars: &BTreeMap<&str, &str>) -> Option<String> {
     let mut out = pattern.to_owned();
     for (name, value) in vars {
         out = out.replace(&format!("${{{name}}}"), value);
     }
     (!out.contains("${")).then_some(out)
-}
-
-/// Every operator holds; within one, every key; for a key, any value. A
-/// key the request does not have fails its condition (no `…IfExists`).
-fn conditions_hold(conditions: &Value, context: &BTreeMap<String, String>) -> bool {
-    let Some(ops) = conditions.as_object() else {
-        assert!(conditions.is_null(), "Condition {conditions}");
-        return true;
-    };
-    ops.iter().all(|(op, keys)| {
-        keys.as_object()
-            .expect("a condition maps keys to values")
-            .iter()
-            .all(|(key, values)| {
-                let Some(actual) = context.get(key) else {
-                    return false;
-                };
-                listed(values).iter().any(|want| holds(op, want, actual))
-            })
-    })
-}
-
-fn holds(op: &str, want: &str, actual: &str) -> bool {
-    let number = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
-    match op {
-        "StringEquals" => want == actual,
-        "StringLike" => wildcard_match(want, actual),
-        "NumericEquals" => number(actual) == number(want),
-        "NumericLessThanEquals" => number(actual) <= number(want),
-        "IpAddress" => {
-            let net: ipnet::IpNet = want
-                .parse()
-                .or_else(|_| want.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .expect("a CIDR");
-            actual
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| net.contains(&ip))
-        }
-        other => panic!("condition operator {other} is not modelled"),
-    }
 }
 
 impl TestBed {

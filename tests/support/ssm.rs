@@ -520,7 +520,13 @@ fn start_session(st: &mut State, params: &BTreeMap<String, String>) -> Result<Re
         ));
     }
 
-    let session_id = format!("test-{}", api::random_hex(17));
+    // Session ids start with the caller's name (an IAM user's name, or an
+    // assumed role's session name).
+    let caller = match &st.diag.iam.caller {
+        super::iam::CallerSpec::User { name, .. } => name.clone(),
+        super::iam::CallerSpec::AssumedRole { session, .. } => session.clone(),
+    };
+    let session_id = format!("{caller}-{}", api::random_hex(17));
     let token = format!(
         "AAEAA{}",
         base64_std(&api::random_bytes::<96>()).trim_end_matches('=')
