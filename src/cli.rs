@@ -537,6 +537,10 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub audit: bool,
 
+    /// Allow eic-connect doctor's checks (IAM simulation included)
+    #[arg(long)]
+    pub doctor: bool,
+
     /// Account the instances are in [default: the caller's, from sts:GetCallerIdentity]
     #[arg(long, value_name = "ACCOUNT")]
     pub account: Option<String>,

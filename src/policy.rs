@@ -33,10 +33,13 @@ pub enum Capability {
     Serial,
     /// `eic-connect audit`.
     Audit,
+    /// `eic-connect doctor` (its checks; through an endpoint or Session
+    /// Manager, the way in's own permissions too).
+    Doctor,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Connect,
         Capability::Endpoint,
         Capability::SessionManager,
@@ -44,6 +47,7 @@ impl Capability {
         Capability::VerifyHostKey,
         Capability::Serial,
         Capability::Audit,
+        Capability::Doctor,
     ];
 
     /// Every IAM action eic-connect calls for this capability.
@@ -76,6 +80,19 @@ impl Capability {
                 "ec2-instance-connect:SendSerialConsoleSSHPublicKey",
             ],
             Capability::Audit => &["ec2:DescribeInstances", "cloudtrail:LookupEvents"],
+            Capability::Doctor => &[
+                "ec2:DescribeInstances",
+                "ec2:DescribeImages",
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeManagedPrefixLists",
+                "ec2:DescribeInstanceConnectEndpoints",
+                "ssm:DescribeInstanceInformation",
+                "ec2:GetConsoleOutput",
+                "ec2-instance-connect:SendSSHPublicKey",
+                "sts:GetCallerIdentity",
+                "iam:GetRole",
+                "iam:SimulatePrincipalPolicy",
+            ],
         }
     }
 
@@ -90,6 +107,7 @@ impl Capability {
             Capability::VerifyHostKey => Some("--verify-host-key"),
             Capability::Serial => Some("--serial"),
             Capability::Audit => Some("--audit"),
+            Capability::Doctor => Some("--doctor"),
         }
     }
 }
@@ -99,8 +117,11 @@ const UNSCOPED: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:DescribeImages",
     "ec2:DescribeInstanceConnectEndpoints",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeManagedPrefixLists",
     "ssm:DescribeInstanceInformation",
     "cloudtrail:LookupEvents",
+    "sts:GetCallerIdentity",
 ];
 
 /// Actions on the instance itself, which instance ARNs and tags scope.
@@ -314,6 +335,28 @@ impl Request {
                     self.arn("ssm", &self.account, "session/${aws:username}-*"),
                     self.arn("ssm", &self.account, "session/${aws:userid}-*"),
                 ],
+                conditions: Conditions::new(),
+            });
+        }
+        if self.has(Capability::Doctor) {
+            // doctor's IAM check: the caller's own role (for its path) and
+            // a simulation of the caller's own policies.
+            let iam = |resource: &str| {
+                let partition = self.region.as_deref().map_or("aws", partition);
+                format!("arn:{partition}:iam::{}:{resource}", self.account)
+            };
+            statements.push(Statement {
+                sid: "EicConnectDoctorReadsOwnRole",
+                effect: "Allow",
+                actions: vec!["iam:GetRole"],
+                resources: vec![iam("role/*")],
+                conditions: Conditions::new(),
+            });
+            statements.push(Statement {
+                sid: "EicConnectDoctorSimulatesOwnPolicies",
+                effect: "Allow",
+                actions: vec!["iam:SimulatePrincipalPolicy"],
+                resources: vec![iam("user/${aws:username}"), iam("role/*")],
                 conditions: Conditions::new(),
             });
         }

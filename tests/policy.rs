@@ -142,6 +142,23 @@ fn observe(capability: &str) -> BTreeSet<String> {
                 stdout(&out)
             );
         }
+        // doctor for a public instance and a private one (no endpoint, not
+        // managed: both lookups come back empty), as an assumed role.
+        "doctor" => {
+            bed.add_instance(InstanceSpec::named("web-1"));
+            bed.add_instance(InstanceSpec::named("db-1").public_ip(false));
+            bed.iam_assumed_role("developers", "/team/", "me");
+            // (Port 22 for the private one: endpoints carry only 22 and
+            // 3389, so only then does doctor look for one.)
+            let port = bed.sshd_port().to_string();
+            for (target, port) in [("web-1", port.as_str()), ("db-1", "22")] {
+                let mut c = bed.command();
+                c.args(["doctor", "-l", &user, "-p", port, target])
+                    .stdin(Stdio::null());
+                let out = run(c);
+                assert!(stdout(&out).contains("iam"), "{}", stdout(&out));
+            }
+        }
         other => panic!("no scenario for {other}"),
     }
     assert_signed(&bed);
@@ -180,6 +197,7 @@ fn every_combination_grants_exactly_the_actions_called() {
         ("verify-host-key", &["--verify-host-key"][..]),
         ("serial", &["--serial"][..]),
         ("audit", &["--audit"][..]),
+        ("doctor", &["--doctor"][..]),
     ];
     let base = observe("connect");
     let seen: Vec<BTreeSet<String>> = optional.iter().map(|(name, _)| observe(name)).collect();
@@ -459,6 +477,20 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
     .args(["serial", "web-1"]);
     run(c);
     bed.wait_for_ssm_sessions_closed(1, std::time::Duration::from_secs(10));
+    let mut c = bed.command();
+    c.args([
+        "doctor",
+        "-l",
+        &user,
+        "-p",
+        &bed.sshd_port().to_string(),
+        "web-1",
+    ])
+    .stdin(Stdio::null());
+    let out = run(c);
+    // (The bed's security group does not open its sshd's port: only the
+    // calls count.)
+    assert!(stdout(&out).contains("PASS  iam"), "{}", stdout(&out));
     assert_signed(&bed);
 
     let authorizations = bed.authorizations();
@@ -471,6 +503,7 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
             "--start",
             "--verify-host-key",
             "--serial",
+            "--doctor",
         ]);
     let out = run(c);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -495,6 +528,7 @@ fn a_narrowed_policy_allows_every_call_made_and_nothing_beside() {
         "ec2:GetConsoleOutput",
         "ssm:StartSession",
         "ssm:TerminateSession",
+        "iam:SimulatePrincipalPolicy",
     ] {
         assert!(
             actions.contains(needed),

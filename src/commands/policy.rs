@@ -57,6 +57,7 @@ pub async fn run(settings: Admin<PolicyArgs>) -> anyhow::Result<ExitCode> {
         (args.verify_host_key, Capability::VerifyHostKey),
         (args.serial, Capability::Serial),
         (args.audit, Capability::Audit),
+        (args.doctor, Capability::Doctor),
     ] {
         if on {
             capabilities.push(capability);

@@ -147,6 +147,17 @@ impl TestBed {
                         context: BTreeMap::new(),
                     }
                 }
+                // IAM's resources are global: no region.
+                (Service::Iam, "GetRole") => Authorization {
+                    action: "iam:GetRole".into(),
+                    resource: format!("arn:aws:iam::{}:role/{}", self.account_id(), p("RoleName")),
+                    context: BTreeMap::new(),
+                },
+                (Service::Iam, "SimulatePrincipalPolicy") => Authorization {
+                    action: "iam:SimulatePrincipalPolicy".into(),
+                    resource: p("PolicySourceArn"),
+                    context: BTreeMap::new(),
+                },
                 (Service::Ssm, "TerminateSession") => Authorization {
                     action: "ssm:TerminateSession".into(),
                     resource: self.arn("ssm", &format!("session/{}", p("SessionId"))),
