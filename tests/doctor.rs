@@ -484,7 +484,7 @@ fn without_public_ip_or_endpoint_a_managed_instance_is_checked_through_session_m
     );
     let session = line(&text, "session");
     assert!(
-        session.starts_with("PASS  session         StartSession opened session test-"),
+        session.starts_with("PASS  session         StartSession opened session eic-test-"),
         "{text}"
     );
     assert!(
