@@ -112,7 +112,7 @@ pub async fn run(settings: Admin<PolicyArgs>) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&document)?
     };
     for note in request.notes() {
-        eprintln!("note: {note}");
+        eprintln!("eic-connect: note: {note}");
     }
     crate::error::print_stdout(&(text + "\n"))?;
     Ok(ExitCode::SUCCESS)
