@@ -7,20 +7,7 @@ use aws_sdk_ec2::types::Filter;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::Clients;
-use super::errors::{Attempt, from_sdk};
-
-fn attempt<'a>(
-    clients: &'a Clients,
-    op: &'static str,
-    instance_id: Option<&'a str>,
-) -> Attempt<'a> {
-    Attempt {
-        op,
-        scope: &clients.scope,
-        instance_id,
-        os_user: None,
-    }
-}
+use super::errors::from_sdk;
 
 /// The instance's console output, decoded. Tries the buffered output first
 /// (what was posted around the last start, which holds cloud-init's first
@@ -33,7 +20,7 @@ pub async fn console_output(clients: &Clients, instance_id: &str) -> anyhow::Res
         .instance_id(instance_id)
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "GetConsoleOutput", Some(instance_id))))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("GetConsoleOutput", Some(instance_id))))?;
     let mut text = decode(out.output());
     if text.trim().is_empty()
         && let Ok(latest) = clients
@@ -89,42 +76,14 @@ pub async fn security_groups(
         .set_group_ids(Some(ids.to_vec()))
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DescribeSecurityGroups", None)))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DescribeSecurityGroups", None)))?;
     Ok(out
         .security_groups()
         .iter()
         .map(|g| SecurityGroup {
             id: g.group_id().unwrap_or_default().to_owned(),
             name: g.group_name().unwrap_or_default().to_owned(),
-            inbound: g
-                .ip_permissions()
-                .iter()
-                .map(|p| InboundRule {
-                    protocol: p.ip_protocol().unwrap_or("-1").to_owned(),
-                    from_port: p.from_port(),
-                    to_port: p.to_port(),
-                    cidrs: p
-                        .ip_ranges()
-                        .iter()
-                        .filter_map(|r| r.cidr_ip().map(str::to_owned))
-                        .chain(
-                            p.ipv6_ranges()
-                                .iter()
-                                .filter_map(|r| r.cidr_ipv6().map(str::to_owned)),
-                        )
-                        .collect(),
-                    group_ids: p
-                        .user_id_group_pairs()
-                        .iter()
-                        .filter_map(|g| g.group_id().map(str::to_owned))
-                        .collect(),
-                    prefix_list_ids: p
-                        .prefix_list_ids()
-                        .iter()
-                        .filter_map(|l| l.prefix_list_id().map(str::to_owned))
-                        .collect(),
-                })
-                .collect(),
+            inbound: g.ip_permissions().iter().map(rule).collect(),
         })
         .collect())
 }
@@ -147,7 +106,7 @@ pub async fn console_prefix_list(clients: &Clients) -> anyhow::Result<Option<Str
         )
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DescribeManagedPrefixLists", None)))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DescribeManagedPrefixLists", None)))?;
     Ok(out
         .prefix_lists()
         .iter()
@@ -218,7 +177,7 @@ pub async fn endpoints(
             Err(err) => {
                 return Err(from_sdk(
                     err,
-                    &attempt(clients, "DescribeInstanceConnectEndpoints", None),
+                    &clients.attempt("DescribeInstanceConnectEndpoints", None),
                 ));
             }
         };
@@ -264,7 +223,36 @@ pub async fn push_serial_key(
         ),
         Err(err) => Err(from_sdk(
             err,
-            &attempt(clients, "SendSerialConsoleSSHPublicKey", Some(instance_id)),
+            &clients.attempt("SendSerialConsoleSSHPublicKey", Some(instance_id)),
         )),
+    }
+}
+
+/// One rule of a security group as AWS describes it (inbound or outbound).
+pub fn rule(p: &aws_sdk_ec2::types::IpPermission) -> InboundRule {
+    InboundRule {
+        protocol: p.ip_protocol().unwrap_or("-1").to_owned(),
+        from_port: p.from_port(),
+        to_port: p.to_port(),
+        cidrs: p
+            .ip_ranges()
+            .iter()
+            .filter_map(|r| r.cidr_ip().map(str::to_owned))
+            .chain(
+                p.ipv6_ranges()
+                    .iter()
+                    .filter_map(|r| r.cidr_ipv6().map(str::to_owned)),
+            )
+            .collect(),
+        group_ids: p
+            .user_id_group_pairs()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect(),
+        prefix_list_ids: p
+            .prefix_list_ids()
+            .iter()
+            .filter_map(|l| l.prefix_list_id().map(str::to_owned))
+            .collect(),
     }
 }

@@ -71,6 +71,20 @@ impl Clients {
         aws_sdk_iam::Client::new(&self.config)
     }
 
+    /// What a call is, for its error message: `op` on `instance_id`.
+    pub fn attempt<'a>(
+        &'a self,
+        op: &'static str,
+        instance_id: Option<&'a str>,
+    ) -> errors::Attempt<'a> {
+        errors::Attempt {
+            op,
+            scope: &self.scope,
+            instance_id,
+            os_user: None,
+        }
+    }
+
     /// STS (who the caller is).
     pub fn sts(&self) -> aws_sdk_sts::Client {
         aws_sdk_sts::Client::new(&self.config)

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 use crate::aws::Clients;
 use crate::aws::ec2::{self, InstanceInfo};
-use crate::aws::errors::{Attempt, from_sdk};
+use crate::aws::errors::from_sdk;
 
 /// Where a new inbound rule admits traffic from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ impl Fix {
                     }
                     Err(e) => Err(from_sdk(
                         e,
-                        &attempt(clients, "AuthorizeSecurityGroupIngress", None),
+                        &clients.attempt("AuthorizeSecurityGroupIngress", None),
                     )),
                 }
             }
@@ -213,7 +213,7 @@ impl Fix {
                     .map_err(|e| {
                         from_sdk(
                             e,
-                            &attempt(clients, "ModifyInstanceMetadataOptions", Some(instance_id)),
+                            &clients.attempt("ModifyInstanceMetadataOptions", Some(instance_id)),
                         )
                     })?;
                 Ok(Applied::Done)
@@ -275,19 +275,6 @@ pub fn pending(checks: &[super::checks::Check], before: &[Fix]) -> Vec<(&'static
         .collect();
     fixes.sort_by_key(|(_, f)| !matches!(f, Fix::Start { .. }));
     fixes
-}
-
-fn attempt<'a>(
-    clients: &'a Clients,
-    op: &'static str,
-    instance_id: Option<&'a str>,
-) -> Attempt<'a> {
-    Attempt {
-        op,
-        scope: &clients.scope,
-        instance_id,
-        os_user: None,
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use aws_sdk_iam::types::{ContextEntry, ContextKeyTypeEnum, PolicyEvaluationDecis
 
 use crate::aws::Clients;
 use crate::aws::ec2::InstanceInfo;
-use crate::aws::errors::{Attempt, from_sdk};
+use crate::aws::errors::from_sdk;
 use crate::error::{Failure, FailureKind, is_kind};
 use crate::sanitize::terminal_safe;
 
@@ -98,22 +98,13 @@ pub enum Caller {
     Failed(Failure),
 }
 
-fn attempt<'a>(clients: &'a Clients, op: &'static str) -> Attempt<'a> {
-    Attempt {
-        op,
-        scope: &clients.scope,
-        instance_id: None,
-        os_user: None,
-    }
-}
-
 /// Asks STS who the caller is and, for an assumed role, IAM for the role's
 /// ARN.
 pub async fn whoami(clients: &Clients) -> Caller {
     let out = match clients.sts().get_caller_identity().send().await {
         Ok(out) => out,
         Err(e) => {
-            let err = from_sdk(e, &attempt(clients, "GetCallerIdentity"));
+            let err = from_sdk(e, &clients.attempt("GetCallerIdentity", None));
             return if is_kind(&err, FailureKind::NotAuthorized) {
                 Caller::CannotSimulate("missing sts:GetCallerIdentity".into())
             } else {
@@ -148,7 +139,7 @@ pub async fn whoami(clients: &Clients) -> Caller {
                     }
                 },
                 Err(e) => {
-                    let err = from_sdk(e, &attempt(clients, "GetRole"));
+                    let err = from_sdk(e, &clients.attempt("GetRole", None));
                     return if is_kind(&err, FailureKind::NotAuthorized) {
                         Caller::CannotSimulate(format!(
                             "missing iam:GetRole, which maps the assumed role {} to its ARN",
@@ -334,7 +325,7 @@ pub async fn simulate(clients: &Clients, identity: &Identity, sim: &Simulation) 
     let out = match call.send().await {
         Ok(out) => out,
         Err(e) => {
-            let err = from_sdk(e, &attempt(clients, "SimulatePrincipalPolicy"));
+            let err = from_sdk(e, &clients.attempt("SimulatePrincipalPolicy", None));
             return if is_kind(&err, FailureKind::NotAuthorized) {
                 Answer::Denied
             } else {

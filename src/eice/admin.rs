@@ -11,20 +11,11 @@ use aws_sdk_ec2::types::{Ec2InstanceConnectEndpoint, Filter, IpAddressType, IpPe
 use aws_smithy_types::date_time::Format;
 
 use crate::aws::Clients;
-use crate::aws::diag::InboundRule;
-use crate::aws::errors::{Attempt, from_sdk};
+use crate::aws::diag::{InboundRule, rule};
+use crate::aws::errors::from_sdk;
 use crate::error::{Failure, fail};
 use crate::progress;
 use crate::sanitize::terminal_safe;
-
-fn attempt<'a>(clients: &'a Clients, op: &'static str) -> Attempt<'a> {
-    Attempt {
-        op,
-        scope: &clients.scope,
-        instance_id: None,
-        os_user: None,
-    }
-}
 
 /// An endpoint as `endpoint list` shows it. Every text is as AWS sent it:
 /// sanitise before printing.
@@ -102,8 +93,12 @@ pub async fn list(clients: &Clients, vpc_id: Option<&str>) -> anyhow::Result<Vec
     let mut pages = request.into_paginator().send();
     let mut found = Vec::new();
     while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| from_sdk(e, &attempt(clients, "DescribeInstanceConnectEndpoints")))?;
+        let page = page.map_err(|e| {
+            from_sdk(
+                e,
+                &clients.attempt("DescribeInstanceConnectEndpoints", None),
+            )
+        })?;
         found.extend(
             page.instance_connect_endpoints()
                 .iter()
@@ -137,7 +132,7 @@ pub async fn describe(clients: &Clients, id: &str) -> anyhow::Result<Option<Endp
         }
         Err(err) => Err(from_sdk(
             err,
-            &attempt(clients, "DescribeInstanceConnectEndpoints"),
+            &clients.attempt("DescribeInstanceConnectEndpoints", None),
         )),
     }
 }
@@ -179,7 +174,7 @@ pub async fn create(clients: &Clients, req: &CreateRequest) -> anyhow::Result<En
     let out = request
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "CreateInstanceConnectEndpoint")))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("CreateInstanceConnectEndpoint", None)))?;
     match out
         .instance_connect_endpoint()
         .and_then(EndpointInfo::from_sdk)
@@ -200,7 +195,7 @@ pub async fn delete(clients: &Clients, id: &str) -> anyhow::Result<()> {
         .instance_connect_endpoint_id(id)
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DeleteInstanceConnectEndpoint")))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DeleteInstanceConnectEndpoint", None)))?;
     Ok(())
 }
 
@@ -266,7 +261,7 @@ pub async fn subnet_vpc(clients: &Clients, subnet_id: &str) -> anyhow::Result<St
         .subnet_ids(subnet_id)
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DescribeSubnets")))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DescribeSubnets", None)))?;
     match out
         .subnets()
         .iter()
@@ -294,34 +289,6 @@ pub struct Group {
     pub vpc_id: Option<String>,
     pub inbound: Vec<InboundRule>,
     pub outbound: Vec<InboundRule>,
-}
-
-fn rule(p: &IpPermission) -> InboundRule {
-    InboundRule {
-        protocol: p.ip_protocol().unwrap_or("-1").to_owned(),
-        from_port: p.from_port(),
-        to_port: p.to_port(),
-        cidrs: p
-            .ip_ranges()
-            .iter()
-            .filter_map(|r| r.cidr_ip().map(str::to_owned))
-            .chain(
-                p.ipv6_ranges()
-                    .iter()
-                    .filter_map(|r| r.cidr_ipv6().map(str::to_owned)),
-            )
-            .collect(),
-        group_ids: p
-            .user_id_group_pairs()
-            .iter()
-            .filter_map(|g| g.group_id().map(str::to_owned))
-            .collect(),
-        prefix_list_ids: p
-            .prefix_list_ids()
-            .iter()
-            .filter_map(|l| l.prefix_list_id().map(str::to_owned))
-            .collect(),
-    }
 }
 
 /// The groups in an answer. Their ids, names and rule values are shown in
@@ -364,7 +331,7 @@ pub async fn groups(clients: &Clients, ids: &[String]) -> anyhow::Result<Vec<Gro
         .set_group_ids(Some(ids.to_vec()))
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DescribeSecurityGroups")))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DescribeSecurityGroups", None)))?;
     Ok(groups_of(&out))
 }
 
@@ -383,7 +350,7 @@ pub async fn default_group(clients: &Clients, vpc_id: &str) -> anyhow::Result<Op
         )
         .send()
         .await
-        .map_err(|e| from_sdk(e, &attempt(clients, "DescribeSecurityGroups")))?;
+        .map_err(|e| from_sdk(e, &clients.attempt("DescribeSecurityGroups", None)))?;
     Ok(groups_of(&out)
         .into_iter()
         .find(|g| g.name == "default" && g.vpc_id.as_deref().is_none_or(|v| v == vpc_id)))

@@ -2,7 +2,7 @@
 //! port session to it, end one.
 
 use crate::aws::Clients;
-use crate::aws::errors::{Attempt, from_sdk};
+use crate::aws::errors::from_sdk;
 use crate::error::{Failure, fail};
 
 /// The document that forwards a session to the instance's sshd port.
@@ -39,19 +39,6 @@ impl std::fmt::Debug for Token {
     }
 }
 
-fn attempt<'a>(
-    op: &'static str,
-    clients: &'a Clients,
-    instance_id: Option<&'a str>,
-) -> Attempt<'a> {
-    Attempt {
-        op,
-        scope: &clients.scope,
-        instance_id,
-        os_user: None,
-    }
-}
-
 /// `DescribeInstanceInformation` for one instance: `None` when Session
 /// Manager does not manage it.
 pub async fn managed(clients: &Clients, instance_id: &str) -> anyhow::Result<Option<Managed>> {
@@ -68,7 +55,7 @@ pub async fn managed(clients: &Clients, instance_id: &str) -> anyhow::Result<Opt
         .map_err(|err| {
             from_sdk(
                 err,
-                &attempt("DescribeInstanceInformation", clients, Some(instance_id)),
+                &clients.attempt("DescribeInstanceInformation", Some(instance_id)),
             )
         })?;
     Ok(out
@@ -96,7 +83,7 @@ pub async fn start(clients: &Clients, instance_id: &str, port: u16) -> anyhow::R
         .reason("eic-connect")
         .send()
         .await
-        .map_err(|err| from_sdk(err, &attempt("StartSession", clients, Some(instance_id))))?;
+        .map_err(|err| from_sdk(err, &clients.attempt("StartSession", Some(instance_id))))?;
     match (out.session_id(), out.stream_url(), out.token_value()) {
         (Some(id), Some(url), Some(token)) if !url.is_empty() && !token.is_empty() => Ok(Started {
             session_id: id.to_owned(),
@@ -121,6 +108,6 @@ pub async fn terminate(clients: &Clients, session_id: &str) -> anyhow::Result<()
         .session_id(session_id)
         .send()
         .await
-        .map_err(|err| from_sdk(err, &attempt("TerminateSession", clients, None)))?;
+        .map_err(|err| from_sdk(err, &clients.attempt("TerminateSession", None)))?;
     Ok(())
 }
